@@ -1,0 +1,1 @@
+"""HTTP API of rlhf-service: routes stay thin, services own transactions."""

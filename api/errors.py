@@ -1,0 +1,83 @@
+"""Domain errors and their one mapping to HTTP responses with the error envelope.
+
+Every error body is `{"error": {"type", "message", "param", "details": [...]}}`.
+"""
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import OperationalError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+
+class ApiError(Exception):
+    status_code = 400
+    type = "invalid_request_error"
+
+    def __init__(self, message: str, *, param: str | None = None,
+                 details: list[dict[str, Any]] | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message, self.param, self.details, self.headers = message, param, details or [], headers
+
+
+class InvalidRequest(ApiError):
+    status_code = 422
+
+
+class NotFound(ApiError):
+    status_code = 404
+    type = "not_found_error"
+
+
+class Conflict(ApiError):
+    status_code = 409
+    type = "conflict_error"
+
+
+class ServiceUnavailable(ApiError):
+    status_code = 503
+    type = "service_unavailable"
+
+
+def error_body(type_: str, message: str, param: str | None = None,
+               details: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    return {"error": {"type": type_, "message": message, "param": param, "details": details or []}}
+
+
+def _loc_to_param(loc: tuple[Any, ...]) -> str:
+    parts = [p for p in loc if p not in ("body", "query", "path", "header", "form")]
+    out = ""
+    for p in parts:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Map domain errors, validation errors, HTTP errors and database outages to the envelope."""
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
+        return JSONResponse(error_body(exc.type, exc.message, exc.param, exc.details),
+                            status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        details = [{"field": _loc_to_param(tuple(e["loc"])), "message": e["msg"]} for e in exc.errors()]
+        first = details[0] if details else {"field": None, "message": "invalid request"}
+        message = f"{first['field']}: {first['message']}" if first["field"] else first["message"]
+        return JSONResponse(error_body("invalid_request_error", message, first["field"] or None, details),
+                            status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        type_ = {404: "not_found_error", 405: "invalid_request_error"}.get(exc.status_code, "http_error")
+        return JSONResponse(error_body(type_, str(exc.detail)), status_code=exc.status_code,
+                            headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(OperationalError)
+    async def _db_down(_request: Request, _exc: OperationalError) -> JSONResponse:
+        return JSONResponse(error_body("service_unavailable", "the database is unreachable; retry later"),
+                            status_code=503, headers={"Retry-After": "5"})

@@ -1,0 +1,28 @@
+"""The FastAPI application: `uvicorn api.main:app`."""
+
+from fastapi import FastAPI
+
+from api.errors import install_error_handlers
+from api.routes import checkpoints, datasets, health, jobs
+from core.queue import make_celery
+from core.settings import Settings, get_settings
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the app for `settings` (the environment's by default)."""
+    settings = settings or get_settings()
+    app = FastAPI(
+        title="rlhf-service",
+        version="0.1.0",
+        description="Self-hosted RLHF training: upload preference data, train reward models and "
+                    "align language models with DPO, PPO or GRPO, stream metrics, download checkpoints.",
+    )
+    app.state.settings = settings
+    app.state.celery = make_celery(settings)
+    install_error_handlers(app)
+    for module in (datasets, jobs, checkpoints, health):
+        app.include_router(module.router)
+    return app
+
+
+app = create_app()

@@ -1,0 +1,88 @@
+"""Jobs: create, list, read, cancel; their metrics, events, checkpoints and live stream."""
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Body, Depends, Header, Query, Request, Response, status
+from fastapi.responses import StreamingResponse
+
+from api.deps import CeleryDep, JobDep, SessionDep, SettingsDep
+from api.pagination import PageParams, page_params
+from api.schemas import (CheckpointsPublic, EventsPublic, JobCreate, JobPublic, JobsPublic,
+                         MetricsPublic)
+from api.services import jobs as service
+from api.services import results
+from api.services.stream import job_stream, parse_last_event_id
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+Page = Annotated[PageParams, Depends(page_params)]
+JobStatusFilter = Literal["queued", "running", "cancelling", "succeeded", "failed", "cancelled"]
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=JobPublic)
+def create_job(
+    session: SessionDep, celery: CeleryDep, settings: SettingsDep, response: Response,
+    body: Annotated[JobCreate, Body()],
+    idempotency_key: Annotated[str | None, Header(max_length=256)] = None,
+):
+    """Create a training job; a repeated Idempotency-Key returns the first job."""
+    job, created = service.create(session=session, celery=celery, settings=settings, body=body,
+                                  idempotency_key=idempotency_key)
+    if not created:
+        response.status_code = status.HTTP_200_OK
+    return job
+
+
+@router.get("", response_model=JobsPublic)
+def list_jobs(session: SessionDep, page: Page,
+              status: Annotated[JobStatusFilter | None, Query()] = None,
+              type: Annotated[Literal["dpo"] | None, Query()] = None):
+    """List jobs, newest first, filtered by status and type."""
+    data, has_more = service.list_page(session=session, limit=page.limit, after=page.after,
+                                       status=status, type_=type)
+    return {"data": data, "has_more": has_more}
+
+
+@router.get("/{job_id}", response_model=JobPublic)
+def get_job(job: JobDep):
+    """Read one job."""
+    return job
+
+
+@router.post("/{job_id}/cancel", response_model=JobPublic)
+def cancel_job(session: SessionDep, job: JobDep):
+    """Cancel a job: queued jobs at once, running jobs at their next step (checkpoint kept)."""
+    return service.cancel(session=session, job=job)
+
+
+@router.get("/{job_id}/metrics", response_model=MetricsPublic)
+def list_metrics(session: SessionDep, job: JobDep, page: Page):
+    """Metrics by step (`after` is a step)."""
+    data, has_more = results.metrics_page(session=session, job=job, limit=page.limit, after=page.after)
+    return {"data": data, "has_more": has_more}
+
+
+@router.get("/{job_id}/events", response_model=EventsPublic)
+def list_events(session: SessionDep, job: JobDep, page: Page):
+    """Status changes, warnings, errors and checkpoints, in order (`after` is an event id)."""
+    data, has_more = results.events_page(session=session, job=job, limit=page.limit, after=page.after)
+    return {"data": data, "has_more": has_more}
+
+
+@router.get("/{job_id}/checkpoints", response_model=CheckpointsPublic)
+def list_checkpoints(session: SessionDep, job: JobDep, page: Page):
+    """Checkpoints by step (`after` is a step)."""
+    data, has_more = results.checkpoints_page(session=session, job=job, limit=page.limit, after=page.after)
+    return {"data": data, "has_more": has_more}
+
+
+@router.get("/{job_id}/stream", response_class=StreamingResponse,
+            responses={200: {"content": {"text/event-stream": {}},
+                             "description": "Server-Sent Events: metrics, event, status, checkpoint."}})
+def stream_job(request: Request, settings: SettingsDep, job: JobDep,
+               last_event_id: Annotated[str | None, Header()] = None):
+    """Live metrics, events, status changes and checkpoints; resumable with Last-Event-ID."""
+    parse_last_event_id(last_event_id)  # reject a malformed header before the stream starts
+    frames = job_stream(settings=settings, job_id=job.id, last_event_id=last_event_id,
+                        is_disconnected=request.is_disconnected)
+    return StreamingResponse(frames, media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

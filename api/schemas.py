@@ -1,0 +1,150 @@
+"""Request and response schemas (`XCreate` in, `XPublic` out, `XsPublic` for pages).
+
+Job hyperparameters reuse the trainers' own config models, so Swagger shows the real defaults.
+"""
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from trainers.config import DPOHyperparameters
+
+DatasetKind = Literal["preference", "prompt"]
+Metadata = dict[Annotated[str, StringConstraints(max_length=64)],
+                Annotated[str, StringConstraints(max_length=512)]]
+
+
+class PublicModel(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+
+class DatasetPublic(PublicModel):
+    id: str
+    object: Literal["dataset"] = "dataset"
+    name: str
+    kind: DatasetKind
+    filename: str
+    format: str
+    row_count: int
+    size_bytes: int
+    sha256: str
+    created_at: datetime
+
+
+class DatasetsPublic(BaseModel):
+    data: list[DatasetPublic]
+    has_more: bool
+
+
+class DatasetRowPublic(PublicModel):
+    idx: int = Field(description="0-based position of the row in the dataset.")
+    line: int = Field(description="Line (or record) of the uploaded file the row came from.")
+    data: dict[str, Any]
+
+
+class DatasetRowsPublic(BaseModel):
+    data: list[DatasetRowPublic]
+    has_more: bool
+
+
+class JobCreateBase(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    base_model: str = Field(
+        min_length=1, max_length=512, examples=["builtin:tiny-llama"],
+        description="builtin:<name>, checkpoint:<id>, a Hugging Face hub id, or a directory under "
+                    "the server's models root.",
+    )
+    dataset_id: str = Field(max_length=40, description="Training dataset.")
+    eval_dataset_id: str | None = Field(None, max_length=40, description="Optional evaluation dataset.")
+    seed: int | None = Field(None, ge=0, le=2**31 - 1, description="Random seed; chosen for you if unset.")
+    name: str | None = Field(None, max_length=256)
+    metadata: Metadata | None = Field(None, max_length=16, description="Up to 16 string pairs.")
+
+
+class DPOJobCreate(JobCreateBase):
+    """Direct Preference Optimization on a preference dataset."""
+
+    type: Literal["dpo"]
+    hyperparameters: DPOHyperparameters = Field(default_factory=DPOHyperparameters)
+
+
+# The body of POST /v1/jobs; further job types join as a union discriminated by `type`.
+JobCreate = DPOJobCreate
+
+
+class JobError(BaseModel):
+    type: Literal["user_error", "internal_error"]
+    message: str
+    param: str | None = None
+
+
+class JobPublic(PublicModel):
+    id: str
+    object: Literal["job"] = "job"
+    type: str
+    status: Literal["queued", "running", "cancelling", "succeeded", "failed", "cancelled"]
+    name: str | None
+    base_model: str
+    dataset_id: str
+    eval_dataset_id: str | None
+    hyperparameters: dict[str, Any] = Field(description="Fully resolved, defaults included.")
+    seed: int
+    metadata: dict[str, str] | None = Field(validation_alias="metadata_")
+    error: JobError | None
+    current_step: int
+    total_steps: int | None
+    attempts: int
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class JobsPublic(BaseModel):
+    data: list[JobPublic]
+    has_more: bool
+
+
+class MetricPublic(PublicModel):
+    step: int
+    values: dict[str, float] = Field(description="`group/name` keys, e.g. train/loss.")
+    created_at: datetime
+
+
+class MetricsPublic(BaseModel):
+    data: list[MetricPublic]
+    has_more: bool
+
+
+class EventPublic(PublicModel):
+    id: int
+    type: Literal["status", "event", "checkpoint"]
+    level: Literal["info", "warning", "error"]
+    message: str
+    data: dict[str, Any] | None
+    created_at: datetime
+
+
+class EventsPublic(BaseModel):
+    data: list[EventPublic]
+    has_more: bool
+
+
+class CheckpointPublic(PublicModel):
+    id: str
+    object: Literal["checkpoint"] = "checkpoint"
+    job_id: str
+    step: int
+    metrics: dict[str, float] = Field(description="Metrics of the job at this step.")
+    size_bytes: int = Field(description="Size of the download archive.")
+    sha256: str = Field(description="sha256 of the download archive.")
+    is_final: bool
+    probe: dict[str, Any] | None = Field(
+        description="Logits of the trained model on a fixed text, to verify a loaded copy.")
+    created_at: datetime
+
+
+class CheckpointsPublic(BaseModel):
+    data: list[CheckpointPublic]
+    has_more: bool

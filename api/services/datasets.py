@@ -1,0 +1,100 @@
+"""Dataset upload (validate every row while streaming; store all rows or none), listing, deletion."""
+
+import hashlib
+from pathlib import PurePath
+from typing import BinaryIO
+
+from sqlalchemy import delete, insert, select
+from sqlalchemy.orm import Session
+
+from api.errors import Conflict, InvalidRequest
+from api.ingest import RowIssue, UnsupportedFormat, iter_rows
+from api.services.paging import newest_first_page, ascending_page
+from core.models import ACTIVE_STATUSES, Dataset, DatasetRow, Job
+
+INSERT_BATCH = 500
+MAX_REPORTED_ISSUES = 50
+
+
+def _digest(file: BinaryIO) -> tuple[int, str]:
+    digest, size = hashlib.sha256(), 0
+    file.seek(0)
+    while chunk := file.read(1 << 20):
+        digest.update(chunk)
+        size += len(chunk)
+    file.seek(0)
+    return size, digest.hexdigest()
+
+
+def create(*, session: Session, file: BinaryIO, filename: str, name: str | None, kind: str) -> Dataset:
+    """Validate and store an uploaded file in one transaction; on any bad row nothing is stored."""
+    size, sha256 = _digest(file)
+    suffix = PurePath(filename).suffix.lower().lstrip(".")
+    dataset = Dataset(name=name or filename, kind=kind, filename=filename, format=suffix,
+                      size_bytes=size, sha256=sha256)
+    session.add(dataset)
+    session.flush()
+    issues: list[RowIssue] = []
+    batch: list[dict] = []
+    count = 0
+    try:
+        for line, row in iter_rows(file, filename, kind):
+            if isinstance(row, RowIssue):
+                issues.append(row)
+                if len(issues) >= MAX_REPORTED_ISSUES:
+                    break
+                continue
+            if issues:
+                continue  # keep scanning for more problems, but nothing will be stored
+            batch.append({"dataset_id": dataset.id, "idx": count, "line": line, "data": row})
+            count += 1
+            if len(batch) >= INSERT_BATCH:
+                session.execute(insert(DatasetRow), batch)
+                batch.clear()
+    except UnsupportedFormat as exc:
+        session.rollback()
+        raise InvalidRequest(str(exc), param="file") from exc
+    if issues:
+        session.rollback()
+        first = issues[0]
+        where = f"line {first.line}" + (f", field {first.field!r}" if first.field else "")
+        raise InvalidRequest(
+            f"{len(issues)}{'+' if len(issues) >= MAX_REPORTED_ISSUES else ''} invalid row(s); "
+            f"nothing was stored. First: {where}: {first.message}",
+            param="file",
+            details=[{"line": i.line, "field": i.field, "message": i.message} for i in issues],
+        )
+    if batch:
+        session.execute(insert(DatasetRow), batch)
+    if count == 0:
+        session.rollback()
+        raise InvalidRequest("the file holds no rows", param="file")
+    dataset.row_count = count
+    session.commit()
+    return dataset
+
+
+def list_page(*, session: Session, limit: int, after: str | None) -> tuple[list[Dataset], bool]:
+    """Datasets, newest first."""
+    return newest_first_page(session, select(Dataset), Dataset, limit=limit, after=after)
+
+
+def rows_page(*, session: Session, dataset: Dataset, limit: int, after: str | None) -> tuple[list[DatasetRow], bool]:
+    """Rows of a dataset in file order; `after` is a row idx."""
+    stmt = select(DatasetRow).where(DatasetRow.dataset_id == dataset.id)
+    return ascending_page(session, stmt, DatasetRow.idx, limit=limit, after=after)
+
+
+def remove(*, session: Session, dataset: Dataset) -> None:
+    """Delete a dataset and its rows, unless an active job still needs it."""
+    active = session.scalar(
+        select(Job.id).where(
+            (Job.dataset_id == dataset.id) | (Job.eval_dataset_id == dataset.id),
+            Job.status.in_([s.value for s in ACTIVE_STATUSES]),
+        ).limit(1)
+    )
+    if active:
+        raise Conflict(f"dataset {dataset.id} is used by active job {active}", param="dataset_id")
+    session.execute(delete(DatasetRow).where(DatasetRow.dataset_id == dataset.id))
+    session.delete(dataset)
+    session.commit()

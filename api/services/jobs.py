@@ -1,0 +1,125 @@
+"""Job creation (validated, idempotent, enqueued after commit), listing and cancellation."""
+
+import hashlib
+import json
+import logging
+import secrets
+
+from celery import Celery
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from api.errors import Conflict, InvalidRequest, NotFound, ServiceUnavailable
+from api.schemas import DPOJobCreate
+from api.services.paging import newest_first_page
+from core.lifecycle import InvalidTransition, transition
+from core.model_refs import ModelRefError, resolve_model_ref
+from core.models import TERMINAL_STATUSES, Dataset, Job, JobStatus
+from core.queue import enqueue_job
+from core.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# The dataset kind each job type trains on.
+DATASET_KIND = {"dpo": "preference"}
+
+
+def _request_hash(body: DPOJobCreate) -> str:
+    canonical = json.dumps(body.model_dump(mode="json", exclude_unset=True), sort_keys=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _check_dataset(session: Session, dataset_id: str, kind: str, param: str) -> Dataset:
+    dataset = session.get(Dataset, dataset_id)
+    if dataset is None:
+        raise NotFound(f"no dataset with id {dataset_id!r}", param=param)
+    if dataset.kind != kind:
+        raise InvalidRequest(
+            f"dataset {dataset_id} is a {dataset.kind} dataset; this job needs a {kind} dataset",
+            param=param)
+    return dataset
+
+
+def _replay(session: Session, key: str, request_hash: str) -> Job | None:
+    existing = session.scalar(select(Job).where(Job.idempotency_key == key))
+    if existing is not None and existing.request_hash != request_hash:
+        raise Conflict("this Idempotency-Key was used with a different request body",
+                       param="Idempotency-Key")
+    return existing
+
+
+def create(*, session: Session, celery: Celery, settings: Settings, body: DPOJobCreate,
+           idempotency_key: str | None) -> tuple[Job, bool]:
+    """Validate and store a job, then enqueue it. Returns the job and whether it is new."""
+    request_hash = _request_hash(body)
+    if idempotency_key and (job := _replay(session, idempotency_key, request_hash)):
+        return job, False
+    kind = DATASET_KIND[body.type]
+    _check_dataset(session, body.dataset_id, kind, "dataset_id")
+    if body.eval_dataset_id:
+        _check_dataset(session, body.eval_dataset_id, kind, "eval_dataset_id")
+    try:
+        resolve_model_ref(body.base_model, settings=settings, session=session)
+    except ModelRefError as exc:
+        raise InvalidRequest(str(exc), param="base_model") from exc
+
+    job = Job(
+        type=body.type, name=body.name, base_model=body.base_model, dataset_id=body.dataset_id,
+        eval_dataset_id=body.eval_dataset_id,
+        hyperparameters=body.hyperparameters.model_dump(mode="json"),
+        seed=body.seed if body.seed is not None else secrets.randbelow(2**31),
+        metadata_=body.metadata, idempotency_key=idempotency_key, request_hash=request_hash,
+        status=JobStatus.queued,
+    )
+    session.add(job)
+    try:
+        session.commit()
+    except IntegrityError:
+        # Another request with the same Idempotency-Key committed first.
+        session.rollback()
+        if idempotency_key and (job := _replay(session, idempotency_key, request_hash)):
+            return job, False
+        raise
+    try:
+        enqueue_job(celery, job.id)
+    except Exception as exc:  # the broker is down: the job must not sit queued forever
+        log.exception("could not enqueue job %s", job.id)
+        transition(session, job.id, JobStatus.failed, message="the task queue is unreachable",
+                   error={"type": "internal_error", "message": "the task queue is unreachable"})
+        session.commit()
+        raise ServiceUnavailable("the task queue is unreachable; retry later",
+                                 headers={"Retry-After": "5"}) from exc
+    return job, True
+
+
+def list_page(*, session: Session, limit: int, after: str | None, status: str | None,
+              type_: str | None) -> tuple[list[Job], bool]:
+    """Jobs, newest first, optionally filtered."""
+    stmt = select(Job)
+    if status:
+        stmt = stmt.where(Job.status == status)
+    if type_:
+        stmt = stmt.where(Job.type == type_)
+    return newest_first_page(session, stmt, Job, limit=limit, after=after)
+
+
+def cancel(*, session: Session, job: Job) -> Job:
+    """Cancel a queued job at once; ask a running one to stop at its next step."""
+    for _ in range(3):  # the job may start running between our read and our write
+        session.refresh(job)
+        if job.status == JobStatus.cancelling:
+            return job
+        target = JobStatus.cancelled if job.status == JobStatus.queued else JobStatus.cancelling
+        try:
+            transition(session, job.id, target, message="cancel requested")
+        except InvalidTransition as exc:
+            session.rollback()
+            if exc.current in TERMINAL_STATUSES:
+                raise Conflict(f"job {job.id} is {exc.current} and cannot be cancelled",
+                               param="job_id") from exc
+            continue
+        session.commit()
+        session.refresh(job)
+        return job
+    raise Conflict(f"job {job.id} changed status while being cancelled; retry", param="job_id")

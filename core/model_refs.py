@@ -1,0 +1,60 @@
+"""What a job's `base_model` names, and where to load it from."""
+
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from core.artifacts import ArtifactStore
+from core.models import Checkpoint
+from core.settings import Settings
+
+BUILTIN_PREFIX = "builtin:"
+CHECKPOINT_PREFIX = "checkpoint:"
+MODEL_SUBDIR = "model"
+
+
+class ModelRefError(ValueError):
+    """The reference can never work: unknown checkpoint, or a path leaving the models root."""
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    ref: str  # what the user wrote
+    location: str  # what the trainer loads: builtin name, directory, or hub id
+
+
+def checkpoint_model_dir(store: ArtifactStore, checkpoint: Checkpoint) -> Path:
+    return store.path(checkpoint.artifact_key) / MODEL_SUBDIR
+
+
+def resolve_model_ref(ref: str, *, settings: Settings, session: Session) -> ResolvedModel:
+    """Map `ref` to something the trainer can load, or raise ModelRefError.
+
+    `builtin:<name>` passes through; `checkpoint:<id>` becomes that checkpoint's model directory; a
+    relative path that exists under `settings.models_dir` becomes that directory (symlinks may not
+    lead outside the root); anything else is taken as a Hugging Face hub id.
+    """
+    if ref.startswith(BUILTIN_PREFIX):
+        return ResolvedModel(ref, ref)
+    if ref.startswith(CHECKPOINT_PREFIX):
+        ckpt_id = ref.removeprefix(CHECKPOINT_PREFIX)
+        ckpt = session.scalar(select(Checkpoint).where(Checkpoint.id == ckpt_id))
+        if ckpt is None:
+            raise ModelRefError(f"checkpoint {ckpt_id!r} does not exist")
+        store = ArtifactStore(settings.artifacts_dir)
+        return ResolvedModel(ref, str(checkpoint_model_dir(store, ckpt)))
+    pure = PurePosixPath(ref)
+    if ref.startswith(("/", "~", "\\")) or ".." in pure.parts or not ref.strip():
+        raise ModelRefError(
+            f"{ref!r} is not a model reference: use builtin:<name>, checkpoint:<id>, a hub id, "
+            "or a directory relative to the models root"
+        )
+    root = Path(settings.models_dir).resolve()
+    candidate = (root / pure).resolve()
+    if (root / pure).exists():
+        if not candidate.is_relative_to(root):
+            raise ModelRefError(f"{ref!r} leads outside the models root")
+        return ResolvedModel(ref, str(candidate))
+    return ResolvedModel(ref, ref)

@@ -1,0 +1,42 @@
+"""One typed settings object, read from the environment (and `.env`), shared by api and worker."""
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Deployment settings. Defaults are the embedded mode: SQLite, a serverless broker, local disk."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
+
+    database_url: str = Field(
+        "sqlite:///./var/rlhf.db",
+        description="SQLAlchemy URL of the database, e.g. postgresql+psycopg://user:pw@host/db.",
+    )
+    celery_broker_url: str = Field(
+        "sqla+sqlite:///./var/broker.db",
+        description="Celery broker URL: redis://host:6379/0 in production; the default needs no server.",
+    )
+    artifacts_dir: Path = Field(Path("./var/artifacts"), description="Where checkpoints are stored.")
+    models_dir: Path = Field(
+        Path("./var/models"),
+        description="Root of local model directories a job may name as base_model (nothing outside it).",
+    )
+    training_queue: str = Field("training", description="Celery queue the training tasks go to.")
+    heartbeat_seconds: float = Field(5.0, gt=0, description="How often a worker renews its job lease.")
+    stream_poll_seconds: float = Field(0.5, gt=0, description="How often a live stream looks for news.")
+    stream_keepalive_seconds: float = Field(15.0, gt=0, description="SSE comment interval when idle.")
+    torch_threads: int = Field(0, ge=0, description="CPU threads per training process; 0 lets torch decide.")
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings, read once."""
+    return Settings()

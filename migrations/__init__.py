@@ -1,0 +1,1 @@
+"""Alembic revisions of the rlhf-service schema."""

@@ -1,0 +1,95 @@
+"""Trainer callbacks that write to the database and the artifact store (run in the child process)."""
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from core.artifacts import ArtifactStore, tar_digest
+from core.db import session_scope
+from core.model_refs import MODEL_SUBDIR
+from core.models import Checkpoint, Job, JobEvent, JobStatus, Metric, new_id, utcnow
+from trainers.callbacks import Callbacks
+
+FLUSH_SECONDS = 1.0
+FLUSH_ROWS = 50
+
+
+def upsert_metrics(session: Session, job_id: str, rows: list[tuple[int, dict[str, float]]]) -> None:
+    """Insert metrics rows, replacing an existing (job, step): a resumed run never duplicates a step."""
+    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+    now = utcnow()
+    stmt = dialect.insert(Metric).values(
+        [{"job_id": job_id, "step": step, "values": values, "created_at": now} for step, values in rows])
+    stmt = stmt.on_conflict_do_update(index_elements=["job_id", "step"],
+                                      set_={"values": stmt.excluded["values"], "created_at": now})
+    session.execute(stmt)
+
+
+class JobReporter(Callbacks):
+    """Batches metrics, stores checkpoints, records events and reads the cancel flag."""
+
+    def __init__(self, *, url: str, job_id: str, store: ArtifactStore) -> None:
+        self.url, self.job_id, self.store = url, job_id, store
+        self._pending: dict[int, dict[str, float]] = {}
+        self._last_flush = time.monotonic()
+
+    def on_metrics(self, step: int, metrics: dict[str, float]) -> None:
+        self._pending[step] = {k: float(v) for k, v in metrics.items()}
+        if len(self._pending) >= FLUSH_ROWS or time.monotonic() - self._last_flush >= FLUSH_SECONDS:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write buffered metrics and the job's step counter in one transaction."""
+        self._last_flush = time.monotonic()
+        if not self._pending:
+            return
+        rows = sorted(self._pending.items())
+        with session_scope(self.url) as session:
+            upsert_metrics(session, self.job_id, rows)
+            session.execute(update(Job).where(Job.id == self.job_id).values(current_step=rows[-1][0]))
+        self._pending.clear()
+
+    def on_checkpoint(self, step: int, save: Callable[[Path], None], info: dict[str, Any]) -> None:
+        self.flush()
+        staging = self.store.staging_dir()
+        save(staging)
+        checkpoint_id = new_id("ckpt")
+        size, sha256 = tar_digest(staging / MODEL_SUBDIR, checkpoint_id)
+        key = f"jobs/{self.job_id}/checkpoint-{step:08d}"
+        self.store.commit(staging, key)
+        with session_scope(self.url) as session:
+            # A resumed run may save a step again: the newer files replace the older row.
+            old = session.scalar(select(Checkpoint).where(Checkpoint.job_id == self.job_id,
+                                                          Checkpoint.step == step))
+            if old is not None:
+                session.delete(old)
+                session.flush()
+            session.add(Checkpoint(id=checkpoint_id, job_id=self.job_id, step=step, artifact_key=key,
+                                   size_bytes=size, sha256=sha256, metrics=info.get("metrics", {}),
+                                   probe=info.get("probe")))
+            session.add(JobEvent(job_id=self.job_id, type="checkpoint", message=f"checkpoint at step {step}",
+                                 data={"checkpoint_id": checkpoint_id, "step": step}))
+
+    def should_stop(self) -> bool:
+        with session_scope(self.url) as session:
+            status = session.scalar(select(Job.status).where(Job.id == self.job_id))
+        return status != JobStatus.running
+
+    def on_event(self, level: str, message: str) -> None:
+        with session_scope(self.url) as session:
+            session.add(JobEvent(job_id=self.job_id, type="event", level=level, message=message))
+
+    def latest_checkpoint(self) -> Checkpoint | None:
+        with session_scope(self.url) as session:
+            return session.scalar(select(Checkpoint).where(Checkpoint.job_id == self.job_id)
+                                  .order_by(Checkpoint.step.desc()).limit(1))
+
+    def mark_final(self, step: int) -> None:
+        with session_scope(self.url) as session:
+            session.execute(update(Checkpoint).where(Checkpoint.job_id == self.job_id)
+                            .values(is_final=Checkpoint.step == step))

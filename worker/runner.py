@@ -1,0 +1,109 @@
+"""The training child process: `python -m worker.runner <job_id>`.
+
+Reads the job and its data, resolves the model, runs the trainer with database-backed callbacks,
+and records the outcome. Whose fault a failure is goes into `error.type`.
+"""
+
+import logging
+import sys
+
+from sqlalchemy import select
+
+from core.artifacts import ArtifactStore
+from core.db import session_scope
+from core.lifecycle import InvalidTransition, transition
+from core.model_refs import ModelRefError, resolve_model_ref
+from core.models import DatasetRow, Job, JobStatus
+from core.settings import Settings, get_settings
+from worker.reporting import JobReporter
+
+log = logging.getLogger("worker.runner")
+
+
+def load_rows(url: str, dataset_id: str | None) -> list[dict] | None:
+    if dataset_id is None:
+        return None
+    with session_scope(url) as session:
+        return list(session.scalars(select(DatasetRow.data).where(DatasetRow.dataset_id == dataset_id)
+                                    .order_by(DatasetRow.idx)))
+
+
+def finish(url: str, job_id: str, target: JobStatus, message: str, error: dict | None = None) -> None:
+    try:
+        with session_scope(url) as session:
+            transition(session, job_id, target, message=message, error=error)
+    except InvalidTransition as exc:
+        log.warning("outcome of %s not recorded: %s", job_id, exc)
+
+
+def train(settings: Settings, job_id: str) -> None:
+    import torch
+
+    import trainers
+    from trainers.config import DPOHyperparameters, DPOJob
+    from trainers.errors import ModelNotFoundError, NumericalError, UserError
+
+    url = settings.database_url
+    if settings.torch_threads:
+        torch.set_num_threads(settings.torch_threads)
+    with session_scope(url) as session:
+        job = session.get(Job, job_id)
+        if job is None or job.status != JobStatus.running:
+            return
+        try:
+            model = resolve_model_ref(job.base_model, settings=settings, session=session)
+        except ModelRefError as exc:
+            return finish(url, job_id, JobStatus.failed, str(exc),
+                          {"type": "user_error", "message": str(exc), "param": "base_model"})
+    store = ArtifactStore(settings.artifacts_dir)
+    reporter = JobReporter(url=url, job_id=job_id, store=store)
+    data = trainers.TrainingData(train=load_rows(url, job.dataset_id), eval=load_rows(url, job.eval_dataset_id))
+    config = DPOJob(base_model=model.location, seed=job.seed,
+                    hyperparameters=DPOHyperparameters.model_validate(job.hyperparameters))
+    resume = reporter.latest_checkpoint()
+    if resume is not None:
+        reporter.on_event("info", f"resuming from the checkpoint at step {resume.step}")
+    try:
+        result = trainers.run(config, data, reporter,
+                              resume_from=store.path(resume.artifact_key) if resume else None)
+    except UserError as exc:
+        reporter.flush()
+        message = str(exc).replace(model.location, model.ref) if model.location != model.ref else str(exc)
+        param = exc.param or ("base_model" if isinstance(exc, ModelNotFoundError) else None)
+        return finish(url, job_id, JobStatus.failed, message,
+                      {"type": "user_error", "message": message, "param": param})
+    except NumericalError as exc:
+        reporter.flush()
+        return finish(url, job_id, JobStatus.failed, str(exc),
+                      {"type": "user_error", "message": f"{exc} (try a lower learning_rate)",
+                       "param": "hyperparameters.learning_rate"})
+    except torch.OutOfMemoryError as exc:
+        reporter.flush()
+        message = f"out of memory: {exc}".splitlines()[0]
+        return finish(url, job_id, JobStatus.failed, message,
+                      {"type": "internal_error", "message": message + " (resources: use a smaller "
+                       "batch_size or max_length, LoRA, or a larger GPU)"})
+    reporter.flush()
+    reporter.mark_final(result.step)
+    if result.status == "completed":
+        finish(url, job_id, JobStatus.succeeded, f"finished at step {result.step}")
+    else:
+        finish(url, job_id, JobStatus.cancelled, f"stopped at step {result.step}; checkpoint kept")
+
+
+def main(argv: list[str]) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    job_id = argv[1]
+    settings = get_settings()
+    try:
+        train(settings, job_id)
+    except Exception as exc:  # anything unforeseen is ours, not the user's
+        log.exception("job %s failed", job_id)
+        message = f"internal error: {type(exc).__name__}: {exc}"[:2000]
+        finish(settings.database_url, job_id, JobStatus.failed, message,
+               {"type": "internal_error", "message": message})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
