@@ -1,0 +1,252 @@
+"""Canonical dataset rows: validation and normalisation of preference and prompt records.
+
+The API validates every uploaded row with these functions and the trainers consume what they return,
+so both sides agree on one shape per dataset kind:
+
+- preference: ``{"prompt": P, "chosen": R, "rejected": R, **extra}`` where either P and R are all
+  strings, or P is a list of messages and R is a list of messages with at least one assistant turn.
+- prompt: ``{"prompt": P, **extra}`` with P a non-empty string or a non-empty list of messages;
+  the extra keys (e.g. ``answer``) are passed to graders.
+
+A message is ``{"role": "system" | "user" | "assistant", "content": str, **extra}``.
+
+Decisions:
+- A plain preference prompt may be ``""``: the text being compared lives in chosen and rejected, so
+  an unconditional pair still carries its full signal. A conversational prompt needs at least one
+  message: the chat template renders it, and the trainers read only the assistant turns of chosen
+  and rejected, so the "implicit prompt" layout (whole conversations in chosen and rejected) would
+  silently lose its user turns. A prompt-dataset prompt may not be empty in either form, since it
+  is the only input the policy generates from.
+- An empty or whitespace-only response (a plain ``chosen``/``rejected``, or a message list whose
+  assistant turns are all blank) is an error: it is almost always a broken export.
+- ``chosen`` identical to ``rejected`` is accepted. Such a pair gives no gradient signal (the margin is
+  zero whatever the weights), but ties are common in real preference exports, and rejecting one would
+  fail the whole upload for legal data.
+- In the OpenAI format, keys of ``input`` other than ``messages`` (``tools``, ``parallel_tool_calls``)
+  are dropped: the trainers render conversations with the model's chat template, without tools.
+- Extra message keys whose value is ``None`` are dropped: columnar files (Parquet) fill absent struct
+  fields with null, and a ``"name": None`` would otherwise reach the chat template.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+DatasetKind = Literal["preference", "prompt"]
+
+ROLES = ("system", "user", "assistant")
+_PAIR_KEYS = ("prompt", "chosen", "rejected")
+_OPENAI_KEYS = ("input", "preferred_output", "non_preferred_output")
+_OPENAI_TO_CANONICAL = {"preferred_output": "chosen", "non_preferred_output": "rejected"}
+_FORM_NAMES = {"text": "a string", "messages": "a list of messages"}
+
+
+class RowError(ValueError):
+    """A dataset row that does not match its kind; ``field`` is a dotted path such as ``chosen[0].role``."""
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message if field is None else f"{field}: {message}")
+        self.message = message
+        self.field = field
+
+
+def normalize_row(kind: DatasetKind, obj: object) -> dict:
+    """Validate one decoded row of a dataset and return its canonical form.
+
+    Args:
+        kind: the dataset kind, ``"preference"`` or ``"prompt"``.
+        obj: the decoded row (normally a dict from JSON, CSV or Parquet).
+
+    Returns:
+        A new dict in the canonical form of ``kind``; the input is not modified.
+
+    Raises:
+        RowError: the row is invalid; ``field`` names the offending field, or is None when the row
+            as a whole is wrong (not an object, unknown shape).
+    """
+    if kind == "preference":
+        return normalize_preference(obj)
+    if kind == "prompt":
+        return normalize_prompt(obj)
+    raise ValueError(f"unknown dataset kind {kind!r}; expected 'preference' or 'prompt'")
+
+
+def normalize_preference(obj: object) -> dict:
+    """Normalise a plain, conversational or OpenAI-format preference row.
+
+    Args:
+        obj: the decoded row.
+
+    Returns:
+        ``{"prompt": P, "chosen": R, "rejected": R, **extra}``: P and R are strings for plain rows;
+        for conversational and OpenAI rows P is a list of messages and R a list of messages holding at
+        least one assistant message with non-empty content. Top-level extra keys are kept.
+
+    Raises:
+        RowError: the row is invalid; ``field`` names the offending field.
+    """
+    row = _require_object(obj)
+    # chosen/rejected win over the OpenAI keys so that a plain row with an extra "input" column
+    # is still read as a plain row.
+    if "chosen" in row or "rejected" in row:
+        return _normalize_pair(row)
+    if any(key in row for key in _OPENAI_KEYS):
+        return _normalize_openai(row)
+    if "prompt" in row:
+        return _normalize_pair(row)
+    raise RowError(
+        "unknown preference row shape: expected keys prompt, chosen, rejected "
+        "or input, preferred_output, non_preferred_output; got "
+        + _key_list(row)
+    )
+
+
+def normalize_prompt(obj: object) -> dict:
+    """Normalise a prompt row (PPO/GRPO), keeping the keys graders read.
+
+    Args:
+        obj: the decoded row.
+
+    Returns:
+        ``{"prompt": P, **extra}`` with P a non-empty string or a non-empty list of messages;
+        every other key is kept as-is.
+
+    Raises:
+        RowError: the row is invalid; ``field`` names the offending field.
+    """
+    row = _require_object(obj)
+    if "prompt" not in row:
+        raise RowError(f"missing required key 'prompt' (got {_key_list(row)})", field="prompt")
+    prompt = row["prompt"]
+    if _form(prompt, "prompt") == "text":
+        if not prompt.strip():
+            raise RowError("must not be empty", field="prompt")
+        return dict(row)
+    return {**row, "prompt": _prompt_messages(prompt, "prompt")}
+
+
+def _normalize_pair(row: dict) -> dict:
+    """Validate a plain or conversational ``prompt``/``chosen``/``rejected`` row."""
+    for key in _PAIR_KEYS:
+        if key not in row:
+            raise RowError(f"missing required key {key!r}", field=key)
+    form = _form(row["prompt"], "prompt")
+    for key in ("chosen", "rejected"):
+        other = _form(row[key], key)
+        if other != form:
+            raise RowError(
+                f"is {_FORM_NAMES[other]} but prompt is {_FORM_NAMES[form]}; "
+                "use one form for prompt, chosen and rejected",
+                field=key,
+            )
+    if form == "text":
+        for key in ("chosen", "rejected"):
+            if not row[key].strip():
+                raise RowError("must not be empty", field=key)
+        return dict(row)
+    return {
+        **row,
+        "prompt": _prompt_messages(row["prompt"], "prompt"),
+        "chosen": _response(row["chosen"], "chosen"),
+        "rejected": _response(row["rejected"], "rejected"),
+    }
+
+
+def _normalize_openai(row: dict) -> dict:
+    """Map an OpenAI preference row onto the conversational canonical form."""
+    if "prompt" in row:
+        raise RowError("cannot be combined with the OpenAI keys input/preferred_output", field="prompt")
+    for key in _OPENAI_KEYS:
+        if key not in row:
+            raise RowError(f"missing required key {key!r}", field=key)
+    source = row["input"]
+    if not isinstance(source, dict):
+        raise RowError(f"must be an object with 'messages', got {_json_type(source)}", field="input")
+    if "messages" not in source:
+        raise RowError("missing required key 'messages'", field="input.messages")
+    if not isinstance(source["messages"], list):
+        raise RowError(
+            f"must be a list of messages, got {_json_type(source['messages'])}", field="input.messages"
+        )
+    extra = {key: value for key, value in row.items() if key not in _OPENAI_KEYS}
+    canonical = {"prompt": _prompt_messages(source["messages"], "input.messages")}
+    for key, target in _OPENAI_TO_CANONICAL.items():
+        if not isinstance(row[key], list):
+            raise RowError(f"must be a list of messages, got {_json_type(row[key])}", field=key)
+        canonical[target] = _response(row[key], key)
+    return {**canonical, **extra}
+
+
+def _form(value: object, field: str) -> Literal["text", "messages"]:
+    """Say whether a prompt/response value is plain text or a message list."""
+    if isinstance(value, str):
+        return "text"
+    if isinstance(value, list):
+        return "messages"
+    raise RowError(f"must be a string or a list of messages, got {_json_type(value)}", field=field)
+
+
+def _response(value: list, field: str) -> list[dict]:
+    """Validate a response message list, which must hold a non-empty assistant turn."""
+    messages = _messages(value, field)
+    if not any(m["role"] == "assistant" and m["content"].strip() for m in messages):
+        raise RowError("must contain at least one assistant message with non-empty content", field=field)
+    return messages
+
+
+def _prompt_messages(value: list, field: str) -> list[dict]:
+    """Validate a conversational prompt, which needs at least one message."""
+    if not value:
+        raise RowError("must contain at least one message", field=field)
+    return _messages(value, field)
+
+
+def _messages(value: list, field: str) -> list[dict]:
+    """Validate a list of messages and return shallow copies of them."""
+    return [_message(item, f"{field}[{i}]") for i, item in enumerate(value)]
+
+
+def _message(item: object, field: str) -> dict:
+    """Validate one ``{"role", "content"}`` message."""
+    if not isinstance(item, dict):
+        raise RowError(f"must be a message object, got {_json_type(item)}", field=field)
+    role = item.get("role")
+    if role not in ROLES:
+        shown = "missing" if "role" not in item else repr(role)
+        raise RowError(f"must be one of {', '.join(ROLES)} (got {shown})", field=f"{field}.role")
+    content = item.get("content")
+    if not isinstance(content, str):
+        shown = "missing" if "content" not in item else _json_type(content)
+        raise RowError(f"must be a string (got {shown})", field=f"{field}.content")
+    return {key: value for key, value in item.items() if value is not None}
+
+
+def _require_object(obj: object) -> dict:
+    """Reject rows that are not JSON objects."""
+    if not isinstance(obj, dict):
+        raise RowError(f"row must be a JSON object, got {_json_type(obj)}")
+    return obj
+
+
+def _key_list(row: dict) -> str:
+    """List a row's keys for an error message, capped so a wide row stays readable."""
+    keys = sorted(map(str, row))
+    shown = ", ".join(keys[:10]) + (", ..." if len(keys) > 10 else "")
+    return shown or "no keys"
+
+
+def _json_type(value: object) -> str:
+    """Name a decoded value's type the way a JSON author would."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, dict):
+        return "object"
+    return type(value).__name__
