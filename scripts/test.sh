@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Run the whole test suite: set-up, make sure the local PostgreSQL and Redis servers are up, pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+
+pg_host=127.0.0.1 pg_port=5432 redis_port=6379
+if command -v pg_isready >/dev/null && ! pg_isready -q -h "$pg_host" -p "$pg_port"; then
+  echo "starting PostgreSQL"
+  pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n1)" main start
+  for _ in $(seq 30); do pg_isready -q -h "$pg_host" -p "$pg_port" && break; sleep 1; done
+fi
+if command -v redis-server >/dev/null && ! redis-cli -h 127.0.0.1 -p "$redis_port" ping >/dev/null 2>&1; then
+  echo "starting Redis"
+  redis-server --daemonize yes --bind 127.0.0.1 -::1 --port "$redis_port" --save "" --appendonly no \
+    --dir /var/lib/redis --logfile /var/log/redis/ci.log
+  for _ in $(seq 30); do redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break; sleep 1; done
+fi
+
+exec .venv/bin/python -m pytest "$@"
