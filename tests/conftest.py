@@ -9,6 +9,7 @@ Celery queue name, so tests never see each other's rows or messages.
 import os
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -58,29 +59,37 @@ def embedded_settings(root: Path, **overrides) -> Settings:
     return settings
 
 
-@pytest.fixture
-def postgres_settings_factory(pg_template: str, tmp_path: Path):
-    """Make settings on a fresh Postgres database and a private Redis queue; drop both afterwards."""
+@contextmanager
+def postgres_deployments(template: str, root: Path) -> Iterator:
+    """Yield a maker of settings on fresh Postgres databases and private Redis queues; drop them after."""
     made: list[Settings] = []
 
     def make(**overrides) -> Settings:
         name = f"rlhf_test_{uuid.uuid4().hex[:10]}"
-        pg_admin(f'CREATE DATABASE "{name}" TEMPLATE "{pg_template}"')
+        pg_admin(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
         settings = Settings(
             database_url=pg_url(name), celery_broker_url=REDIS_URL,
-            artifacts_dir=tmp_path / "artifacts", models_dir=tmp_path / "models",
+            artifacts_dir=root / "artifacts", models_dir=root / "models",
             training_queue=f"training-{uuid.uuid4().hex[:8]}", stream_poll_seconds=0.1, **overrides,
         )
         made.append(settings)
         return settings
 
-    yield make
-    client = redis.Redis.from_url(REDIS_URL)
-    for settings in made:
-        engine_for(settings.database_url).dispose()
-        pg_admin(f'DROP DATABASE IF EXISTS "{settings.database_url.rsplit("/", 1)[1]}" WITH (FORCE)')
-        client.delete(settings.training_queue)
-    client.close()
+    try:
+        yield make
+    finally:
+        client = redis.Redis.from_url(REDIS_URL)
+        for settings in made:
+            engine_for(settings.database_url).dispose()
+            pg_admin(f'DROP DATABASE IF EXISTS "{settings.database_url.rsplit("/", 1)[1]}" WITH (FORCE)')
+            client.delete(settings.training_queue)
+        client.close()
+
+
+@pytest.fixture
+def postgres_settings_factory(pg_template: str, tmp_path: Path):
+    with postgres_deployments(pg_template, tmp_path) as make:
+        yield make
 
 
 @pytest.fixture(params=BACKENDS)

@@ -1,0 +1,188 @@
+"""The whole service as a user meets it: uvicorn and a Celery worker as real processes.
+
+Both deployments: embedded (SQLite + kombu's SQLAlchemy transport) and Postgres + Redis. A DPO job
+on builtin:tiny-llama is followed over Server-Sent Events to its end; its checkpoint is downloaded,
+verified and loaded with transformers; failures and cancellation go through the same processes.
+"""
+
+import hashlib
+import io
+import os
+import socket
+import subprocess
+import sys
+import tarfile
+import time
+from contextlib import ExitStack
+from pathlib import Path
+
+import httpx
+import pytest
+
+from conftest import BACKENDS, embedded_settings, postgres_deployments
+from support import jsonl, parse_sse
+from trainers.synthetic import uppercase_preference_rows
+
+pytestmark = pytest.mark.e2e
+ROOT = Path(__file__).resolve().parents[2]
+DEADLINE = 240  # seconds for any one job to finish on a 2-core machine
+HYPERPARAMETERS = {"learning_rate": 3e-3, "max_steps": 30, "batch_size": 8, "checkpoint_every": 10}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def service(request, tmp_path_factory):
+    """Run `rlhf-service api` and `rlhf-service worker` on one deployment; yield an HTTP client."""
+    root = tmp_path_factory.mktemp(request.param)
+    with ExitStack() as stack:
+        if request.param == "embedded":
+            settings = embedded_settings(root)
+        else:
+            make = stack.enter_context(postgres_deployments(request.getfixturevalue("pg_template"), root))
+            settings = make()
+            assert settings.database_url.startswith("postgresql") and settings.celery_broker_url.startswith("redis")
+        yield from run_service(settings, root, request)
+
+
+def run_service(settings, root, request):
+    """Start the API and a worker on `settings` as processes; yield a client; stop them after."""
+    env = os.environ | {
+        "DATABASE_URL": settings.database_url, "CELERY_BROKER_URL": settings.celery_broker_url,
+        "ARTIFACTS_DIR": str(settings.artifacts_dir), "MODELS_DIR": str(settings.models_dir),
+        "TRAINING_QUEUE": settings.training_queue, "STREAM_POLL_SECONDS": "0.2",
+        "HEARTBEAT_SECONDS": "1", "HF_HUB_OFFLINE": "1", "TORCH_THREADS": "2",
+    }
+    port = free_port()
+    cli = [sys.executable, "-m", "core.cli"]
+    logs = {name: open(root / f"{name}.log", "wb") for name in ("api", "worker")}
+    procs = [
+        subprocess.Popen(cli + ["api", "--port", str(port)], env=env, cwd=ROOT, stdout=logs["api"],
+                         stderr=subprocess.STDOUT),
+        subprocess.Popen(cli + ["worker", "--hostname", f"e2e-{port}@localhost"], env=env, cwd=ROOT,
+                         stdout=logs["worker"], stderr=subprocess.STDOUT),
+    ]
+    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
+    try:
+        for _ in range(120):
+            try:
+                if client.get("/readyz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.5)
+        else:
+            pytest.fail("the API did not become ready:\n" + (root / "api.log").read_text())
+        yield client
+    finally:
+        client.close()
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        for f in logs.values():
+            f.close()
+        if request.node.session.testsfailed:
+            for name in ("api", "worker"):
+                print(f"--- {name} log ---\n" + (root / f"{name}.log").read_text()[-8000:])
+
+
+def create_dataset(client) -> str:
+    r = client.post("/v1/datasets", data={"kind": "preference", "name": "uppercase"},
+                    files={"file": ("pairs.jsonl", jsonl(uppercase_preference_rows(96, seed=1)))})
+    assert r.status_code == 201, r.text
+    return r.json()["id"]
+
+
+def stream_until_done(client, job_id: str) -> list[dict]:
+    text = []
+    with client.stream("GET", f"/v1/jobs/{job_id}/stream", timeout=DEADLINE) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        for chunk in r.iter_text():
+            text.append(chunk)
+    return parse_sse("".join(text))
+
+
+def wait_for(client, job_id: str, predicate, what: str) -> dict:
+    deadline = time.monotonic() + DEADLINE
+    while time.monotonic() < deadline:
+        job = client.get(f"/v1/jobs/{job_id}").json()
+        if predicate(job):
+            return job
+        time.sleep(0.3)
+    pytest.fail(f"job {job_id} never reached {what}: {job}")
+
+
+def test_dpo_job_trains_streams_and_its_checkpoint_loads(service, tmp_path):
+    dataset_id = create_dataset(service)
+    r = service.post("/v1/jobs", json={"type": "dpo", "base_model": "builtin:tiny-llama", "seed": 0,
+                                       "dataset_id": dataset_id, "hyperparameters": HYPERPARAMETERS})
+    assert r.status_code == 201, r.text
+    job_id = r.json()["id"]
+
+    frames = stream_until_done(service, job_id)
+    statuses = [f["data"]["status"] for f in frames if f["event"] == "status"]
+    assert statuses == ["running", "succeeded"], frames[-1]
+    assert frames[-1]["event"] == "status"
+    metrics = [f["data"] for f in frames if f["event"] == "metrics"]
+    assert [m["step"] for m in metrics] == list(range(1, 31))
+    first, last = metrics[0]["values"], metrics[-1]["values"]
+    assert first["train/loss"] == pytest.approx(0.693, abs=0.05)  # log 2: policy == reference
+    assert last["train/loss"] < 0.2 and last["train/loss"] < first["train/loss"] - 0.4
+    assert all(m["values"]["rewards/accuracies"] > 0.9 for m in metrics[-5:])
+    assert [f["data"]["step"] for f in frames if f["event"] == "checkpoint"] == [10, 20, 30]
+
+    job = service.get(f"/v1/jobs/{job_id}").json()
+    assert job["status"] == "succeeded" and job["current_step"] == 30 and job["error"] is None
+    assert len(service.get(f"/v1/jobs/{job_id}/metrics", params={"limit": 1000}).json()["data"]) == 30
+    ckpts = service.get(f"/v1/jobs/{job_id}/checkpoints").json()["data"]
+    assert [(c["step"], c["is_final"]) for c in ckpts] == [(10, False), (20, False), (30, True)]
+    final = ckpts[-1]
+    assert final["metrics"]["train/loss"] == pytest.approx(last["train/loss"])
+
+    archive = service.get(f"/v1/checkpoints/{final['id']}/download").content
+    assert hashlib.sha256(archive).hexdigest() == final["sha256"] and len(archive) == final["size_bytes"]
+    tarfile.open(fileobj=io.BytesIO(archive)).extractall(tmp_path, filter="data")
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / final["id"]).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / final["id"])
+    assert tokenizer.pad_token_id != tokenizer.eos_token_id
+    with torch.no_grad():
+        ids = tokenizer(final["probe"]["text"], return_tensors="pt")["input_ids"]
+        logits = model(input_ids=ids).logits[0, -1, : len(final["probe"]["logits"])]
+    torch.testing.assert_close(logits, torch.tensor(final["probe"]["logits"]), rtol=0, atol=1e-5)
+
+
+def test_unknown_model_fails_as_a_user_error(service):
+    dataset_id = create_dataset(service)
+    job_id = service.post("/v1/jobs", json={"type": "dpo", "base_model": "nobody/no-such-model",
+                                            "dataset_id": dataset_id}).json()["id"]
+    frames = stream_until_done(service, job_id)
+    assert frames[-1]["data"]["status"] == "failed"
+    error = service.get(f"/v1/jobs/{job_id}").json()["error"]
+    assert error["type"] == "user_error" and error["param"] == "base_model"
+    assert "nobody/no-such-model" in error["message"]
+
+
+def test_running_job_is_cancelled_and_keeps_its_checkpoint(service):
+    dataset_id = create_dataset(service)
+    job_id = service.post("/v1/jobs", json={
+        "type": "dpo", "base_model": "builtin:tiny-llama", "dataset_id": dataset_id,
+        "hyperparameters": {"max_steps": 100000, "checkpoint_every": 100000}}).json()["id"]
+    wait_for(service, job_id, lambda j: j["current_step"] >= 2, "step 2")
+    assert service.post(f"/v1/jobs/{job_id}/cancel").json()["status"] == "cancelling"
+    job = wait_for(service, job_id, lambda j: j["status"] not in ("running", "cancelling"), "an end")
+    assert job["status"] == "cancelled"
+    ckpts = service.get(f"/v1/jobs/{job_id}/checkpoints").json()["data"]
+    assert len(ckpts) == 1 and ckpts[0]["step"] >= 2 and ckpts[0]["is_final"]
+    assert service.post(f"/v1/jobs/{job_id}/cancel").status_code == 409
