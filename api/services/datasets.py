@@ -1,6 +1,7 @@
 """Dataset upload (validate every row while streaming; store all rows or none), listing, deletion."""
 
 import hashlib
+import json
 from pathlib import PurePath
 from typing import BinaryIO
 
@@ -26,6 +27,15 @@ def _digest(file: BinaryIO) -> tuple[int, str]:
     return size, digest.hexdigest()
 
 
+def _json_issue(line: int, row: dict) -> RowIssue | None:
+    """Rows are stored as JSON: values JSON cannot hold (timestamps, bytes, NaN) are the row's fault."""
+    try:
+        json.dumps(row, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        return RowIssue(line=line, field=None, message=f"value cannot be stored as JSON: {exc}")
+    return None
+
+
 def create(*, session: Session, file: BinaryIO, filename: str, name: str | None, kind: str) -> Dataset:
     """Validate and store an uploaded file in one transaction; on any bad row nothing is stored."""
     size, sha256 = _digest(file)
@@ -39,6 +49,8 @@ def create(*, session: Session, file: BinaryIO, filename: str, name: str | None,
     count = 0
     try:
         for line, row in iter_rows(file, filename, kind):
+            if not isinstance(row, RowIssue):
+                row = _json_issue(line, row) or row
             if isinstance(row, RowIssue):
                 issues.append(row)
                 if len(issues) >= MAX_REPORTED_ISSUES:

@@ -134,3 +134,14 @@ def test_delete_refused_while_an_active_job_uses_it(client, settings):
     r = client.delete(f"/v1/datasets/{ds}")
     assert r.status_code == 409 and r.json()["error"]["type"] == "conflict_error"
     assert client.get(f"/v1/datasets/{ds}").status_code == 200
+
+
+def test_values_json_cannot_hold_are_row_errors(client, settings):
+    import datetime
+    rows = [dict(ROWS[0], when=None, score=1.0),
+            dict(ROWS[1], when=datetime.datetime(2024, 1, 1), score=1.0),
+            dict(ROWS[2], when=None, score=float("nan"))]
+    r = upload(client, _parquet(rows), filename="d.parquet")
+    assert r.status_code == 422
+    assert [d["line"] for d in r.json()["error"]["details"]] == [2, 3]
+    assert _stored_rows(settings) == 0
