@@ -1,0 +1,108 @@
+"""Resolve a `base_model` reference to a causal LM and its tokenizer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from trainers.errors import ModelNotFoundError
+from trainers.tiny import TINY_LLAMA, build_tiny_llama
+
+BUILTIN_PREFIX = "builtin:"
+BUILTIN_MODELS = (TINY_LLAMA,)
+ADDED_PAD_TOKEN = "<pad>"
+
+
+def default_device() -> torch.device:
+    """The device training runs on: the first CUDA GPU when there is one, else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def load_policy(
+    ref: str | Path, *, dtype: torch.dtype = torch.float32
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load a causal LM and its tokenizer from a reference, with a pad token distinct from EOS.
+
+    References: ``builtin:<name>`` (built in code, see `trainers.tiny`), a local directory
+    written by ``save_pretrained``, or a Hugging Face hub id. A hub id is read from the local
+    cache first; the hub is asked only when the cache misses.
+
+    Args:
+        ref: the model reference.
+        dtype: floating-point type of the loaded weights.
+
+    Returns:
+        The model (on the CPU, eval mode) and its tokenizer. When the tokenizer had no pad token,
+        or its pad was EOS, a new pad token is added and the embeddings grow by one row.
+
+    Raises:
+        ModelNotFoundError: the reference is unknown or cannot be loaded; the message names it.
+    """
+    ref = str(ref)
+    if ref.startswith(BUILTIN_PREFIX):
+        name = ref.removeprefix(BUILTIN_PREFIX)
+        if name not in BUILTIN_MODELS:
+            known = ", ".join(BUILTIN_PREFIX + m for m in BUILTIN_MODELS)
+            raise ModelNotFoundError(f"unknown builtin model {ref!r}; known: {known}")
+        model, tokenizer = build_tiny_llama()
+        model = model.to(dtype)
+    elif Path(ref).is_dir():
+        model, tokenizer = _from_pretrained(ref, dtype=dtype, local_files_only=True)
+    else:
+        model, tokenizer = _from_hub(ref, dtype=dtype)
+    _ensure_pad_token(model, tokenizer)
+    return model, tokenizer
+
+
+def _from_hub(ref: str, *, dtype: torch.dtype) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load a hub id from the cache, else download it; any failure names the reference."""
+    try:
+        return _from_pretrained(ref, dtype=dtype, local_files_only=True)
+    except ModelNotFoundError:
+        pass
+    # Asking the hub first fails fast when it is unreachable or the id does not exist, where a
+    # download attempt would retry for tens of seconds.
+    try:
+        import huggingface_hub
+
+        huggingface_hub.HfApi().model_info(ref, timeout=10)
+    except Exception as exc:  # noqa: BLE001 - network, validation and not-found errors alike
+        raise ModelNotFoundError(
+            f"model {ref!r} is neither a builtin model, a directory, nor in the local Hugging Face "
+            f"cache, and the hub could not provide it: {exc}"
+        ) from exc
+    return _from_pretrained(ref, dtype=dtype, local_files_only=False)
+
+
+def _from_pretrained(
+    ref: str, *, dtype: torch.dtype, local_files_only: bool
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(ref, local_files_only=local_files_only)
+        model = AutoModelForCausalLM.from_pretrained(ref, local_files_only=local_files_only, dtype=dtype)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelNotFoundError(f"could not load model {ref!r}: {exc}") from exc
+    model.eval()
+    return model, tokenizer
+
+
+def _ensure_pad_token(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
+    """Give the tokenizer a pad token distinct from EOS, growing the embeddings if needed."""
+    if tokenizer.pad_token_id is not None and tokenizer.pad_token_id != tokenizer.eos_token_id:
+        model.config.pad_token_id = tokenizer.pad_token_id
+        return
+    tokenizer.add_special_tokens({"pad_token": ADDED_PAD_TOKEN})
+    old_rows = model.get_input_embeddings().weight.shape[0]
+    if len(tokenizer) > old_rows:
+        # The new row is set to the mean embedding, without the library's random draw, so two
+        # loads of the same reference give the same weights. Pad positions are masked anyway.
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+        with torch.no_grad():
+            for emb in (model.get_input_embeddings(), model.get_output_embeddings()):
+                if emb is not None:
+                    emb.weight[old_rows:] = emb.weight[:old_rows].mean(dim=0)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    if model.generation_config is not None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
