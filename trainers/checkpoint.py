@@ -1,0 +1,172 @@
+"""Checkpoints: a Hugging Face model directory plus the trainer state that resuming needs.
+
+Layout written by `save_checkpoint(directory, ...)`:
+    directory/model/            save_pretrained of model and tokenizer (safetensors, config, tokenizer files)
+    directory/trainer_state.pt  optimizer, scheduler, step, RNG states, data position, job spec
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from trainers.callbacks import Callbacks
+from trainers.errors import UserError
+
+MODEL_DIR = "model"
+STATE_FILE = "trainer_state.pt"
+STATE_VERSION = 1
+
+PROBE_TEXT = "rlhf-service checkpoint probe"
+PROBE_VOCAB = 32  # logits of the first PROBE_VOCAB vocabulary entries are reported
+
+
+def save_checkpoint(
+    directory: str | Path,
+    *,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    step: int,
+    data_position: dict[str, int],
+    job: dict[str, Any],
+) -> None:
+    """Write model, tokenizer and trainer state into `directory` (created if missing).
+
+    Args:
+        directory: where to write; `model/` and `trainer_state.pt` are created inside.
+        model: the policy being trained.
+        tokenizer: its tokenizer.
+        optimizer: the optimizer, whose moments resuming needs.
+        scheduler: the learning-rate schedule.
+        step: optimizer steps done.
+        data_position: where in the data order training stands (e.g. ``{"steps_done": step}``).
+        job: the job spec as a plain dict, to detect a resume with a different spec.
+    """
+    directory = Path(directory)
+    model_dir = directory / MODEL_DIR
+    model_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(model_dir, safe_serialization=True)
+    tokenizer.save_pretrained(model_dir)
+    state = {
+        "version": STATE_VERSION,
+        "step": step,
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "rng": capture_rng(),
+        "data_position": data_position,
+        "job": job,
+    }
+    torch.save(state, directory / STATE_FILE)
+
+
+def offer_checkpoint(
+    callbacks: Callbacks,
+    step: int,
+    *,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    metrics: dict[str, float],
+    data_position: dict[str, int],
+    job: dict[str, Any],
+) -> None:
+    """Hand a checkpoint of the current state to `callbacks.on_checkpoint`.
+
+    The `save` function given to the callback writes the state as it is during the call; call
+    it before returning.
+
+    Args:
+        callbacks: receives ``(step, save, info)``.
+        step: optimizer steps done.
+        model: the policy.
+        tokenizer: its tokenizer.
+        optimizer: the optimizer.
+        scheduler: the learning-rate schedule.
+        metrics: the latest metrics, passed on in ``info["metrics"]``.
+        data_position: where in the data order training stands.
+        job: the job spec as a plain dict.
+    """
+
+    def save(directory: Path) -> None:
+        save_checkpoint(
+            directory,
+            model=model,
+            tokenizer=tokenizer,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            step=step,
+            data_position=data_position,
+            job=job,
+        )
+
+    info = {"metrics": dict(metrics), "probe": {"text": PROBE_TEXT, "logits": probe_logits(model, tokenizer)}}
+    callbacks.on_checkpoint(step, save, info)
+
+
+def load_trainer_state(directory: str | Path) -> dict[str, Any]:
+    """Read `trainer_state.pt` of a checkpoint directory (tensors loaded on the CPU).
+
+    Args:
+        directory: a directory written by `save_checkpoint`.
+
+    Returns:
+        The state dict with keys ``version, step, optimizer, scheduler, rng, data_position, job``.
+
+    Raises:
+        UserError: the directory is not a complete checkpoint.
+    """
+    directory = Path(directory)
+    path = directory / STATE_FILE
+    if not path.is_file() or not (directory / MODEL_DIR).is_dir():
+        raise UserError(f"{directory} is not a checkpoint: expected {MODEL_DIR}/ and {STATE_FILE}", param="resume_from")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if state.get("version") != STATE_VERSION:
+        raise UserError(f"{path} has unsupported version {state.get('version')!r}", param="resume_from")
+    return state
+
+
+def capture_rng() -> dict[str, Any]:
+    """The Python and torch (CPU and CUDA) RNG states."""
+    return {
+        "python": random.getstate(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def restore_rng(rng: dict[str, Any]) -> None:
+    """Restore the RNG states captured by `capture_rng`."""
+    random.setstate(rng["python"])
+    torch.set_rng_state(rng["torch"])
+    if rng["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+
+
+@torch.no_grad()
+def probe_logits(model: nn.Module, tokenizer: PreTrainedTokenizerBase) -> list[float]:
+    """Logits at the last position of the tokenised `PROBE_TEXT`, first `PROBE_VOCAB` entries.
+
+    Computed in eval mode (no dropout), so a reloaded checkpoint reproduces them.
+
+    Args:
+        model: a causal LM.
+        tokenizer: its tokenizer.
+
+    Returns:
+        `PROBE_VOCAB` float32 logits as Python floats.
+    """
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    input_ids = tokenizer(PROBE_TEXT, return_tensors="pt")["input_ids"].to(device)  # (1, T)
+    logits = model(input_ids=input_ids, use_cache=False).logits  # (1, T, V)
+    model.train(was_training)
+    return logits[0, -1, :PROBE_VOCAB].float().cpu().tolist()

@@ -1,0 +1,177 @@
+"""Tokenise canonical preference rows and collate them into one policy forward per micro-batch.
+
+A pair is ``prompt_ids + chosen_ids`` and ``prompt_ids + rejected_ids``. String prompts are
+tokenised as they are (with the tokenizer's own special tokens, e.g. BOS); message-list prompts are
+rendered with the tokenizer's chat template and a generation prompt. A response is its text (for
+message lists: the assistant contents, joined by newlines) followed by EOS.
+
+Truncation keeps what matters for the preference: the prompt keeps its last `max_prompt_length`
+tokens (left truncation), then each response is cut on the right so prompt + response fits in
+`max_length`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+from transformers import PreTrainedTokenizerBase
+
+from trainers.errors import UserError
+
+
+@dataclass
+class TokenizedPair:
+    """One preference pair as token ids, after truncation."""
+
+    prompt_ids: list[int]  # (P,) prompt tokens, P <= max_prompt_length
+    chosen_ids: list[int]  # (A_w,) chosen response tokens, EOS last unless truncated
+    rejected_ids: list[int]  # (A_l,) rejected response tokens, EOS last unless truncated
+    truncated: bool  # whether any of the three was cut
+
+
+@dataclass
+class PreferenceBatch:
+    """B pairs as 2B right-padded rows: chosen responses in rows [0, B), rejected in [B, 2B)."""
+
+    input_ids: Tensor  # (2B, T) prompt + response tokens, then pad_token_id
+    attention_mask: Tensor  # (2B, T) 1 on prompt and response tokens, 0 on padding
+    loss_mask: Tensor  # (2B, T) 1 on response tokens only
+
+    @property
+    def num_pairs(self) -> int:
+        """B, the number of preference pairs."""
+        return self.input_ids.shape[0] // 2
+
+    def to(self, device: torch.device) -> PreferenceBatch:
+        """The same batch on `device`."""
+        return PreferenceBatch(
+            input_ids=self.input_ids.to(device),
+            attention_mask=self.attention_mask.to(device),
+            loss_mask=self.loss_mask.to(device),
+        )
+
+
+def tokenize_pairs(
+    rows: Sequence[dict[str, Any]],
+    tokenizer: PreTrainedTokenizerBase,
+    *,
+    max_length: int,
+    max_prompt_length: int,
+    split: str = "train",
+) -> list[TokenizedPair]:
+    """Tokenise and truncate canonical preference rows.
+
+    Args:
+        rows: canonical rows ``{"prompt", "chosen", "rejected"}``, each a string or a list of
+            ``{"role", "content"}`` messages.
+        tokenizer: the policy's tokenizer; it needs an EOS token, and a chat template for
+            message-list prompts.
+        max_length: most tokens of prompt plus response.
+        max_prompt_length: most prompt tokens (must be < max_length).
+        split: name of the rows in error messages (``"train"`` or ``"eval"``).
+
+    Returns:
+        One `TokenizedPair` per row, in order.
+
+    Raises:
+        UserError: a row is malformed, or message rows meet a tokenizer without chat template;
+            the message names the row.
+    """
+    if tokenizer.eos_token_id is None:
+        raise UserError("the model's tokenizer has no EOS token", param="base_model")
+    pairs = []
+    for i, row in enumerate(rows):
+        for key in ("prompt", "chosen", "rejected"):
+            if key not in row:
+                raise UserError(f"{split} row {i}: missing field {key!r}")
+        prompt_ids = _prompt_ids(row["prompt"], tokenizer, where=f"{split} row {i}")
+        chosen_ids = _response_ids(row["chosen"], tokenizer, where=f"{split} row {i}, field 'chosen'")
+        rejected_ids = _response_ids(row["rejected"], tokenizer, where=f"{split} row {i}, field 'rejected'")
+        pairs.append(truncate_pair(prompt_ids, chosen_ids, rejected_ids, max_length, max_prompt_length))
+    return pairs
+
+
+def truncate_pair(
+    prompt_ids: list[int],
+    chosen_ids: list[int],
+    rejected_ids: list[int],
+    max_length: int,
+    max_prompt_length: int,
+) -> TokenizedPair:
+    """Keep the prompt's last `max_prompt_length` tokens, then cut responses to fit `max_length`.
+
+    Args:
+        prompt_ids: (P,) prompt tokens.
+        chosen_ids: (A_w,) chosen response tokens.
+        rejected_ids: (A_l,) rejected response tokens.
+        max_length: most tokens of prompt plus response.
+        max_prompt_length: most prompt tokens.
+
+    Returns:
+        The truncated pair, flagged when anything was cut.
+    """
+    prompt = prompt_ids[-max_prompt_length:]  # left truncation: the end of the prompt matters most
+    budget = max_length - len(prompt)
+    chosen, rejected = chosen_ids[:budget], rejected_ids[:budget]  # right truncation
+    truncated = len(prompt) < len(prompt_ids) or len(chosen) < len(chosen_ids) or len(rejected) < len(rejected_ids)
+    return TokenizedPair(prompt_ids=prompt, chosen_ids=chosen, rejected_ids=rejected, truncated=truncated)
+
+
+def collate_pairs(pairs: Sequence[TokenizedPair], pad_token_id: int) -> PreferenceBatch:
+    """Stack B pairs into one right-padded batch of 2B rows, chosen rows first.
+
+    Args:
+        pairs: the B pairs of a micro-batch.
+        pad_token_id: id written into padding positions (distinct from EOS).
+
+    Returns:
+        The batch; T is the longest prompt + response among the 2B rows.
+    """
+    sequences = [(p.prompt_ids, p.chosen_ids) for p in pairs] + [(p.prompt_ids, p.rejected_ids) for p in pairs]
+    width = max(len(prompt) + len(response) for prompt, response in sequences)  # T
+    input_ids = torch.full((len(sequences), width), pad_token_id, dtype=torch.long)  # (2B, T)
+    attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)  # (2B, T)
+    loss_mask = torch.zeros((len(sequences), width), dtype=torch.long)  # (2B, T)
+    for row, (prompt, response) in enumerate(sequences):
+        end = len(prompt) + len(response)
+        input_ids[row, :end] = torch.tensor(prompt + response, dtype=torch.long)
+        attention_mask[row, :end] = 1
+        loss_mask[row, len(prompt) : end] = 1
+    return PreferenceBatch(input_ids=input_ids, attention_mask=attention_mask, loss_mask=loss_mask)
+
+
+def _prompt_ids(prompt: Any, tokenizer: PreTrainedTokenizerBase, *, where: str) -> list[int]:
+    if isinstance(prompt, str):
+        return tokenizer(prompt, add_special_tokens=True)["input_ids"]
+    messages = _messages(prompt, where=f"{where}, field 'prompt'")
+    if not getattr(tokenizer, "chat_template", None):
+        raise UserError(
+            f"{where}: conversational rows need a chat template, and the model's tokenizer has none",
+            param="base_model",
+        )
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]  # the template adds its own BOS
+
+
+def _response_ids(response: Any, tokenizer: PreTrainedTokenizerBase, *, where: str) -> list[int]:
+    if isinstance(response, str):
+        text = response
+    else:
+        messages = _messages(response, where=where)
+        text = "\n".join(m["content"] for m in messages if m["role"] == "assistant")
+        if not any(m["role"] == "assistant" for m in messages):
+            raise UserError(f"{where}: expected at least one assistant message")
+    return tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+
+
+def _messages(value: Any, *, where: str) -> list[dict[str, str]]:
+    ok = isinstance(value, list) and all(
+        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in value
+    )
+    if not ok or not value:
+        raise UserError(f"{where}: expected a string or a non-empty list of {{'role', 'content'}} messages")
+    return value
