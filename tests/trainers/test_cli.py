@@ -1,0 +1,58 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from trainers.__main__ import build_parser
+from trainers.synthetic import uppercase_preference_rows
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def cli(*args):
+    return subprocess.run([sys.executable, "-m", "trainers", *map(str, args)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)  # fmt: skip
+
+
+def test_flags_come_from_the_config_models():
+    args = build_parser().parse_args(
+        ["dpo", "--data", "d.jsonl", "--base-model", "m", "--output", "o", "--max-steps", "3", "--beta", "0.2"]
+    )
+    assert (args.max_steps, args.beta, args.learning_rate) == (3, 0.2, None)
+
+
+def test_cli_trains_prints_json_metrics_and_writes_checkpoints(tmp_path):
+    # OpenAI-format rows are normalised on the way in
+    rows = [
+        {"input": {"messages": [{"role": "user", "content": r["prompt"]}]},
+         "preferred_output": [{"role": "assistant", "content": r["chosen"]}],
+         "non_preferred_output": [{"role": "assistant", "content": r["rejected"]}]}
+        for r in uppercase_preference_rows(16)
+    ]  # fmt: skip
+    data = write_jsonl(tmp_path / "rows.jsonl", rows)
+
+    out = cli("dpo", "--data", data, "--base-model", "builtin:tiny-llama", "--output", tmp_path / "run",
+              "--max-steps", 3, "--learning-rate", 1e-3, "--batch-size", 4, "--checkpoint-every", 2)  # fmt: skip
+
+    assert out.returncode == 0, out.stderr
+    lines = [json.loads(line) for line in out.stdout.splitlines()]
+    assert [line["step"] for line in lines] == [1, 2, 3]
+    assert lines[-1]["train/learning_rate"] == 1e-3
+    for step in (2, 3):
+        assert (tmp_path / "run" / f"checkpoint-{step}" / "model" / "config.json").is_file()
+        assert (tmp_path / "run" / f"checkpoint-{step}" / "trainer_state.pt").is_file()
+
+
+def test_cli_reports_bad_rows_and_bad_hyperparameters(tmp_path):
+    data = write_jsonl(tmp_path / "rows.jsonl", [{"prompt": "p", "chosen": "c", "rejected": "r"}, {"prompt": "p"}])
+    out = cli("dpo", "--data", data, "--base-model", "builtin:tiny-llama", "--output", tmp_path / "run")
+    assert out.returncode == 2 and "line 2" in out.stderr
+
+    out = cli("dpo", "--data", data, "--base-model", "builtin:tiny-llama", "--output", tmp_path / "run",
+              "--max-length", 16, "--max-prompt-length", 16)  # fmt: skip
+    assert out.returncode == 2 and "max_prompt_length" in out.stderr

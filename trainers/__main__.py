@@ -1,0 +1,156 @@
+"""Run a trainer standalone: ``python -m trainers dpo --data rows.jsonl --base-model builtin:tiny-llama --output DIR``.
+
+Hyperparameter flags are generated from the config models (``--max-steps``, ``--learning-rate``,
+...), so they and their defaults are declared once. Metrics go to stdout as JSON lines
+(``{"step": ..., "train/loss": ...}``), events to stderr, checkpoints to ``DIR/checkpoint-<step>/``.
+The first Ctrl-C stops cooperatively after the current step, saving a checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import types
+import typing
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from trainers.callbacks import Callbacks
+from trainers.config import DPOHyperparameters, DPOJob
+from trainers.errors import NumericalError, UserError
+from trainers.formats import RowError, normalize_preference
+from trainers.run_types import TrainingData
+
+ALGORITHMS: dict[str, tuple[type[BaseModel], type[BaseModel]]] = {"dpo": (DPOJob, DPOHyperparameters)}
+
+
+class ConsoleCallbacks(Callbacks):
+    """Print metrics as JSON lines, events to stderr, and save checkpoints under an output folder."""
+
+    def __init__(self, output: Path):
+        self.output = output
+        self.stop_requested = False
+
+    def on_metrics(self, step: int, metrics: dict[str, float]) -> None:
+        print(json.dumps({"step": step, **metrics}), flush=True)
+
+    def on_checkpoint(self, step: int, save: Callable[[Path], None], info: dict) -> None:
+        directory = self.output / f"checkpoint-{step}"
+        directory.mkdir(parents=True, exist_ok=False)
+        save(directory)
+        print(f"[info] saved checkpoint {directory}", file=sys.stderr, flush=True)
+
+    def should_stop(self) -> bool:
+        return self.stop_requested
+
+    def on_event(self, level: str, message: str) -> None:
+        print(f"[{level}] {message}", file=sys.stderr, flush=True)
+
+
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    """Read a JSON-lines file of preference rows in any accepted format, as canonical rows.
+
+    Args:
+        path: the `.jsonl` file (plain, conversational or OpenAI preference rows).
+
+    Returns:
+        One canonical row per non-blank line.
+
+    Raises:
+        UserError: unreadable file, invalid JSON or an invalid row; the message names the line.
+    """
+    rows = []
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise UserError(f"cannot read {path}: {exc}", param="data") from exc
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{path}, line {number}: invalid JSON ({exc.msg})", param="data") from exc
+        try:
+            rows.append(normalize_preference(row))
+        except RowError as exc:
+            raise UserError(f"{path}, line {number}: {exc}", param="data") from exc
+    return rows
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line: one subcommand per algorithm, one flag per hyperparameter."""
+    parser = argparse.ArgumentParser(prog="python -m trainers", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="algorithm", required=True)
+    for name, (_, hyper) in ALGORITHMS.items():
+        cmd = sub.add_parser(name, help=f"train with {name.upper()}")
+        cmd.add_argument("--data", type=Path, required=True, help="training rows (.jsonl)")
+        cmd.add_argument("--eval-data", type=Path, help="evaluation rows (.jsonl)")
+        cmd.add_argument("--base-model", required=True, help="builtin:tiny-llama, a model directory or a hub id")
+        cmd.add_argument("--output", type=Path, required=True, help="folder for checkpoint-<step>/ directories")
+        cmd.add_argument("--seed", type=int, default=0, help="seed for data order and dropout (default 0)")
+        cmd.add_argument("--resume-from", type=Path, help="checkpoint directory to continue from")
+        for field_name, field in hyper.model_fields.items():
+            flag = "--" + field_name.replace("_", "-")
+            kind, choices = _flag_type(field.annotation)
+            cmd.add_argument(
+                flag, dest=field_name, type=kind, choices=choices, default=None,
+                help=f"{field.description} (default {field.default})",
+            )  # fmt: skip
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse arguments, run the trainer, and return the process exit status."""
+    args = build_parser().parse_args(argv)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # keep stderr to our own event lines
+    job_model, hyper = ALGORITHMS[args.algorithm]
+    overrides = {k: getattr(args, k) for k in hyper.model_fields if getattr(args, k) is not None}
+    try:
+        job = job_model(type=args.algorithm, base_model=args.base_model, seed=args.seed, hyperparameters=overrides)
+    except ValidationError as exc:
+        print(f"error: invalid hyperparameters:\n{exc}", file=sys.stderr)
+        return 2
+    callbacks = ConsoleCallbacks(args.output)
+
+    def request_stop(signum: int, frame: Any) -> None:
+        callbacks.stop_requested = True
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C interrupts
+
+    signal.signal(signal.SIGINT, request_stop)
+    try:
+        from trainers import run
+
+        data = TrainingData(
+            train=read_rows(args.data), eval=read_rows(args.eval_data) if args.eval_data else None
+        )
+        result = run(job, data, callbacks, resume_from=args.resume_from)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except NumericalError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"[info] {result.status} at step {result.step}", file=sys.stderr)
+    return 0
+
+
+def _flag_type(annotation: Any) -> tuple[Callable[[str], Any], list[Any] | None]:
+    """argparse type and choices for a config field's annotation (int | None → int, Literal → choices)."""
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
+    if typing.get_origin(annotation) is typing.Literal:
+        choices = list(typing.get_args(annotation))
+        return type(choices[0]), choices
+    return annotation, None
+
+
+if __name__ == "__main__":
+    sys.exit(main())
