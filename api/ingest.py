@@ -305,7 +305,7 @@ def _csv_stream(file: BinaryIO, kind: DatasetKind) -> Iterator[tuple[int, object
                 yield start, RowIssue(start, None, message)
                 continue
             # Missing trailing cells leave their keys absent, so normalisation names the field.
-            yield start, {name: _decode_cell(cell) for name, cell in zip(columns, cells) if name}
+            yield start, {name: _decode_cell(cell) for name, cell in zip(columns, cells, strict=False) if name}
     finally:
         # Detach so the wrapper does not close the caller's file when it is garbage-collected.
         text.detach()

@@ -17,4 +17,5 @@ if command -v redis-server >/dev/null && ! redis-cli -h 127.0.0.1 -p "$redis_por
   for _ in $(seq 30); do redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break; sleep 1; done
 fi
 
+.venv/bin/ruff check .
 exec .venv/bin/python -m pytest "$@"

@@ -13,6 +13,7 @@ from core.artifacts import ArtifactStore, tar_digest
 from core.db import session_scope
 from core.model_refs import MODEL_SUBDIR
 from core.models import Checkpoint, Job, JobEvent, JobStatus, Metric, new_id, utcnow
+from core.notify import publish
 from trainers.callbacks import Callbacks
 
 FLUSH_SECONDS = 1.0
@@ -33,8 +34,8 @@ def upsert_metrics(session: Session, job_id: str, rows: list[tuple[int, dict[str
 class JobReporter(Callbacks):
     """Batches metrics, stores checkpoints, records events and reads the cancel flag."""
 
-    def __init__(self, *, url: str, job_id: str, store: ArtifactStore) -> None:
-        self.url, self.job_id, self.store = url, job_id, store
+    def __init__(self, *, url: str, job_id: str, store: ArtifactStore, broker_url: str = "") -> None:
+        self.url, self.job_id, self.store, self.broker_url = url, job_id, store, broker_url
         self._pending: dict[int, dict[str, float]] = {}
         self._last_flush = time.monotonic()
 
@@ -53,6 +54,7 @@ class JobReporter(Callbacks):
             upsert_metrics(session, self.job_id, rows)
             session.execute(update(Job).where(Job.id == self.job_id).values(current_step=rows[-1][0]))
         self._pending.clear()
+        publish(self.broker_url, self.job_id)
 
     def on_checkpoint(self, step: int, save: Callable[[Path], None], info: dict[str, Any]) -> None:
         self.flush()
@@ -74,6 +76,7 @@ class JobReporter(Callbacks):
                                    probe=info.get("probe")))
             session.add(JobEvent(job_id=self.job_id, type="checkpoint", message=f"checkpoint at step {step}",
                                  data={"checkpoint_id": checkpoint_id, "step": step}))
+        publish(self.broker_url, self.job_id)
 
     def should_stop(self) -> bool:
         with session_scope(self.url) as session:
@@ -83,6 +86,7 @@ class JobReporter(Callbacks):
     def on_event(self, level: str, message: str) -> None:
         with session_scope(self.url) as session:
             session.add(JobEvent(job_id=self.job_id, type="event", level=level, message=message))
+        publish(self.broker_url, self.job_id)
 
     def latest_checkpoint(self) -> Checkpoint | None:
         with session_scope(self.url) as session:

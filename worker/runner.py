@@ -14,6 +14,7 @@ from core.db import session_scope
 from core.lifecycle import InvalidTransition, transition
 from core.model_refs import ModelRefError, resolve_model_ref
 from core.models import DatasetRow, Job, JobStatus
+from core.notify import publish
 from core.settings import Settings, get_settings
 from worker.reporting import JobReporter
 
@@ -28,12 +29,14 @@ def load_rows(url: str, dataset_id: str | None) -> list[dict] | None:
                                     .order_by(DatasetRow.idx)))
 
 
-def finish(url: str, job_id: str, target: JobStatus, message: str, error: dict | None = None) -> None:
+def finish(settings: Settings, job_id: str, target: JobStatus, message: str,
+           error: dict | None = None) -> None:
     try:
-        with session_scope(url) as session:
+        with session_scope(settings.database_url) as session:
             transition(session, job_id, target, message=message, error=error)
     except InvalidTransition as exc:
         log.warning("outcome of %s not recorded: %s", job_id, exc)
+    publish(settings.celery_broker_url, job_id)
 
 
 def train(settings: Settings, job_id: str) -> None:
@@ -53,10 +56,10 @@ def train(settings: Settings, job_id: str) -> None:
         try:
             model = resolve_model_ref(job.base_model, settings=settings, session=session)
         except ModelRefError as exc:
-            return finish(url, job_id, JobStatus.failed, str(exc),
+            return finish(settings, job_id, JobStatus.failed, str(exc),
                           {"type": "user_error", "message": str(exc), "param": "base_model"})
     store = ArtifactStore(settings.artifacts_dir)
-    reporter = JobReporter(url=url, job_id=job_id, store=store)
+    reporter = JobReporter(url=url, job_id=job_id, store=store, broker_url=settings.celery_broker_url)
     data = trainers.TrainingData(train=load_rows(url, job.dataset_id), eval=load_rows(url, job.eval_dataset_id))
     config = DPOJob(base_model=model.location, seed=job.seed,
                     hyperparameters=DPOHyperparameters.model_validate(job.hyperparameters))
@@ -70,25 +73,25 @@ def train(settings: Settings, job_id: str) -> None:
         reporter.flush()
         message = str(exc).replace(model.location, model.ref) if model.location != model.ref else str(exc)
         param = exc.param or ("base_model" if isinstance(exc, ModelNotFoundError) else None)
-        return finish(url, job_id, JobStatus.failed, message,
+        return finish(settings, job_id, JobStatus.failed, message,
                       {"type": "user_error", "message": message, "param": param})
     except NumericalError as exc:
         reporter.flush()
-        return finish(url, job_id, JobStatus.failed, str(exc),
+        return finish(settings, job_id, JobStatus.failed, str(exc),
                       {"type": "user_error", "message": f"{exc} (try a lower learning_rate)",
                        "param": "hyperparameters.learning_rate"})
     except torch.OutOfMemoryError as exc:
         reporter.flush()
         message = f"out of memory: {exc}".splitlines()[0]
-        return finish(url, job_id, JobStatus.failed, message,
+        return finish(settings, job_id, JobStatus.failed, message,
                       {"type": "internal_error", "message": message + " (resources: use a smaller "
                        "batch_size or max_length, LoRA, or a larger GPU)"})
     reporter.flush()
     reporter.mark_final(result.step)
     if result.status == "completed":
-        finish(url, job_id, JobStatus.succeeded, f"finished at step {result.step}")
+        finish(settings, job_id, JobStatus.succeeded, f"finished at step {result.step}")
     else:
-        finish(url, job_id, JobStatus.cancelled, f"stopped at step {result.step}; checkpoint kept")
+        finish(settings, job_id, JobStatus.cancelled, f"stopped at step {result.step}; checkpoint kept")
 
 
 def main(argv: list[str]) -> int:
@@ -100,7 +103,7 @@ def main(argv: list[str]) -> int:
     except Exception as exc:  # anything unforeseen is ours, not the user's
         log.exception("job %s failed", job_id)
         message = f"internal error: {type(exc).__name__}: {exc}"[:2000]
-        finish(settings.database_url, job_id, JobStatus.failed, message,
+        finish(settings, job_id, JobStatus.failed, message,
                {"type": "internal_error", "message": message})
     return 0
 

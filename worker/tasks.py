@@ -10,13 +10,13 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 
 from sqlalchemy import update
 
 from core.db import session_scope
 from core.lifecycle import InvalidTransition, transition
 from core.models import TERMINAL_STATUSES, Job, JobStatus, utcnow
+from core.notify import publish
 from core.queue import RUN_JOB_TASK
 from core.settings import get_settings
 from worker.celery_app import app
@@ -39,6 +39,7 @@ def claim(url: str, job_id: str, worker_id: str) -> bool:
     except InvalidTransition as exc:
         log.info("job %s not claimed: %s", job_id, exc)
         return False
+    publish(get_settings().celery_broker_url, job_id)
     return True
 
 
@@ -59,6 +60,8 @@ def fail_if_unfinished(url: str, job_id: str, message: str) -> None:
                        error={"type": "internal_error", "message": message})
         except InvalidTransition:
             log.warning("job %s changed status while recording its failure", job_id)
+            return
+    publish(get_settings().celery_broker_url, job_id)
 
 
 @app.task(name=RUN_JOB_TASK, acks_late=True)

@@ -7,8 +7,7 @@ from fastapi.responses import StreamingResponse
 
 from api.deps import CeleryDep, JobDep, SessionDep, SettingsDep
 from api.pagination import PageParams, page_params
-from api.schemas import (CheckpointsPublic, EventsPublic, JobCreate, JobPublic, JobsPublic,
-                         MetricsPublic)
+from api.schemas import CheckpointsPublic, EventsPublic, JobCreate, JobPublic, JobsPublic, MetricsPublic
 from api.services import jobs as service
 from api.services import results
 from api.services.stream import job_stream, parse_last_event_id
@@ -49,9 +48,9 @@ def get_job(job: JobDep):
 
 
 @router.post("/{job_id}/cancel", response_model=JobPublic)
-def cancel_job(session: SessionDep, job: JobDep):
+def cancel_job(session: SessionDep, settings: SettingsDep, job: JobDep):
     """Cancel a job: queued jobs at once, running jobs at their next step (checkpoint kept)."""
-    return service.cancel(session=session, job=job)
+    return service.cancel(session=session, settings=settings, job=job)
 
 
 @router.get("/{job_id}/metrics", response_model=MetricsPublic)

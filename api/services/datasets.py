@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from api.errors import Conflict, InvalidRequest
 from api.ingest import RowIssue, UnsupportedFormat, iter_rows
-from api.services.paging import newest_first_page, ascending_page
+from api.services.paging import ascending_page, newest_first_page
 from core.models import ACTIVE_STATUSES, Dataset, DatasetRow, Job
 
 INSERT_BATCH = 500

@@ -16,6 +16,7 @@ from api.services.paging import newest_first_page
 from core.lifecycle import InvalidTransition, transition
 from core.model_refs import ModelRefError, resolve_model_ref
 from core.models import TERMINAL_STATUSES, Dataset, Job, JobStatus
+from core.notify import publish
 from core.queue import enqueue_job
 from core.settings import Settings
 
@@ -104,7 +105,7 @@ def list_page(*, session: Session, limit: int, after: str | None, status: str | 
     return newest_first_page(session, stmt, Job, limit=limit, after=after)
 
 
-def cancel(*, session: Session, job: Job) -> Job:
+def cancel(*, session: Session, settings: Settings, job: Job) -> Job:
     """Cancel a queued job at once; ask a running one to stop at its next step."""
     for _ in range(3):  # the job may start running between our read and our write
         session.refresh(job)
@@ -120,6 +121,7 @@ def cancel(*, session: Session, job: Job) -> Job:
                                param="job_id") from exc
             continue
         session.commit()
+        publish(settings.celery_broker_url, job.id)
         session.refresh(job)
         return job
     raise Conflict(f"job {job.id} changed status while being cancelled; retry", param="job_id")

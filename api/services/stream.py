@@ -5,7 +5,6 @@ is the pair of cursors `<last job_event id>-<last metric id>`. The database is t
 the stream polls it and closes once the job is terminal and everything has been sent.
 """
 
-import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -17,6 +16,7 @@ from starlette.concurrency import run_in_threadpool
 from api.errors import InvalidRequest
 from core.db import session_scope
 from core.models import TERMINAL_STATUSES, Checkpoint, Job, JobEvent, Metric
+from core.notify import Waiter
 from core.settings import Settings
 
 FETCH_LIMIT = 500
@@ -75,6 +75,13 @@ async def job_stream(*, settings: Settings, job_id: str, last_event_id: str | No
     """Yield SSE frames for the job until it is terminal and fully sent, or the client leaves."""
     event_cursor, metric_cursor = parse_last_event_id(last_event_id)
     yield "retry: 2000\n\n"
+    async with Waiter(settings.celery_broker_url, job_id) as waiter:  # subscribe before the first read
+        async for frame in _frames(settings, job_id, event_cursor, metric_cursor, waiter, is_disconnected):
+            yield frame
+
+
+async def _frames(settings: Settings, job_id: str, event_cursor: int, metric_cursor: int, waiter: Waiter,
+                  is_disconnected: Callable[[], Awaitable[bool]]) -> AsyncIterator[str]:
     last_write = time.monotonic()
     while not await is_disconnected():
         status, items = await run_in_threadpool(fetch_news, settings.database_url, job_id,
@@ -92,4 +99,4 @@ async def job_stream(*, settings: Settings, job_id: str, last_event_id: str | No
             yield ": keep-alive\n\n"
             last_write = time.monotonic()
         if not items:
-            await asyncio.sleep(settings.stream_poll_seconds)
+            await waiter.wait(settings.stream_poll_seconds)

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from conftest import BACKENDS, embedded_settings, postgres_deployments
 from support import jsonl, parse_sse
+
 from trainers.synthetic import uppercase_preference_rows
 
 pytestmark = pytest.mark.e2e

@@ -6,10 +6,10 @@ import json
 import pyarrow as pa
 import pyarrow.parquet as pq
 from sqlalchemy import func, select
+from support import jsonl, preference_rows, upload
 
 from core.db import session_scope
 from core.models import DatasetRow, Job
-from support import jsonl, preference_rows, upload
 
 ROWS = preference_rows(3)
 

@@ -5,11 +5,11 @@ import json
 import pytest
 import redis
 from sqlalchemy import inspect, text
+from support import jsonl, preference_rows, upload
 
 from core.db import engine_for, session_scope
 from core.lifecycle import transition
 from core.models import JobStatus
-from support import jsonl, preference_rows, upload
 
 
 @pytest.fixture

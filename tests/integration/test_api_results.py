@@ -12,13 +12,13 @@ import time
 
 import pytest
 from fastapi.testclient import TestClient
+from support import jsonl, parse_sse, preference_rows, upload
 
 from api.main import create_app
 from core.artifacts import ArtifactStore
 from core.db import session_scope
 from core.lifecycle import transition
 from core.models import JobStatus
-from support import jsonl, parse_sse, preference_rows, upload
 from worker.reporting import JobReporter
 
 

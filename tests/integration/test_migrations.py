@@ -4,9 +4,9 @@ import uuid
 
 import pytest
 from alembic import command
+from conftest import pg_admin, pg_url
 from sqlalchemy import inspect
 
-from conftest import pg_admin, pg_url
 from core.db import make_engine
 from core.migrate import alembic_config, downgrade, upgrade
 from core.models import Base

@@ -1,8 +1,8 @@
 """The transition table and the compare-and-set move, on a real SQLite database."""
 
 import pytest
-
 from conftest import embedded_settings
+
 from core.db import session_scope
 from core.lifecycle import ALLOWED_MOVES, InvalidTransition, transition
 from core.models import TERMINAL_STATUSES, Job, JobEvent, JobStatus

@@ -1,8 +1,8 @@
 """base_model references: builtins, checkpoints, the models root, hub ids, and escapes refused."""
 
 import pytest
-
 from conftest import embedded_settings
+
 from core.db import session_scope
 from core.model_refs import ModelRefError, resolve_model_ref
 from core.models import Checkpoint, Job
