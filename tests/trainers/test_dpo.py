@@ -2,13 +2,14 @@
 
 import math
 
+from trainer_fixtures import RecordingCallbacks  # first: it makes `trainers` the real package
+
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import trainers
 import trainers.dpo
-from conftest import RecordingCallbacks
 from trainers import DPOJob, ModelNotFoundError, NumericalError, TrainingData
 from trainers.checkpoint import MODEL_DIR, PROBE_TEXT, PROBE_VOCAB, STATE_FILE
 from trainers.synthetic import uppercase_preference_rows

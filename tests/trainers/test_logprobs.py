@@ -4,6 +4,7 @@ import pytest
 import torch
 from torch import nn
 
+from trainer_fixtures import tiny
 from trainers.logprobs import selective_log_softmax, sequence_logprobs
 
 
@@ -86,8 +87,8 @@ def test_prompt_and_padding_logits_do_not_change_response_logprobs():
     torch.testing.assert_close(total, total_scrambled)
 
 
-def test_pad_token_ids_do_not_change_response_logprobs_of_a_real_model(tiny):
-    model, tokenizer = tiny
+def test_pad_token_ids_do_not_change_response_logprobs_of_a_real_model():
+    model, tokenizer = tiny()
     input_ids = torch.tensor([[257, 104, 105, 72, 73, 258, 256, 256], [257, 97, 98, 99, 65, 66, 67, 258]])
     attention_mask = (input_ids != tokenizer.pad_token_id).long()
     loss_mask = torch.tensor([[0, 0, 0, 1, 1, 1, 0, 0], [0, 0, 0, 0, 1, 1, 1, 1]])

@@ -1,10 +1,16 @@
 import pytest
 import torch
 
+from trainer_fixtures import tiny
 from trainers.errors import UserError
 from trainers.preference_data import collate_pairs, tokenize_pairs, truncate_pair
 
 BOS, EOS, PAD = 257, 258, 256  # builtin:tiny-llama; byte b is token b
+
+
+@pytest.fixture
+def tokenizer():
+    return tiny()[1]
 
 
 def tokenize(rows, tokenizer, max_length=64, max_prompt_length=32):

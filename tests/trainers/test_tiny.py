@@ -1,6 +1,7 @@
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from trainer_fixtures import tiny
 from trainers.tiny import build_tiny_llama
 
 
@@ -18,8 +19,8 @@ def test_two_builds_have_identical_weights_and_leave_the_global_rng_alone():
     assert not torch.equal(a["model.embed_tokens.weight"], a["lm_head.weight"])
 
 
-def test_tokenizer_round_trips_through_save_pretrained(tiny, tmp_path):
-    _, tokenizer = tiny
+def test_tokenizer_round_trips_through_save_pretrained(tmp_path):
+    _, tokenizer = tiny()
     tokenizer.save_pretrained(tmp_path)
     assert (tmp_path / "tokenizer.json").is_file()
     loaded = AutoTokenizer.from_pretrained(tmp_path)
@@ -36,8 +37,8 @@ def test_tokenizer_round_trips_through_save_pretrained(tiny, tmp_path):
     assert len(loaded) == len(tokenizer) == 256 + 6
 
 
-def test_model_round_trips_through_auto_model(tiny, tmp_path):
-    model, _ = tiny
+def test_model_round_trips_through_auto_model(tmp_path):
+    model, _ = tiny()
     model.save_pretrained(tmp_path)
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
     input_ids = torch.tensor([[257, 1, 2, 3, 200, 258]])

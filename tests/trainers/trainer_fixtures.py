@@ -1,22 +1,32 @@
-"""Fixtures for the trainer tests: the builtin tiny model and callbacks that record everything."""
+"""Shared pieces of the trainer tests: the builtin tiny model and callbacks that record everything.
+
+Not a conftest.py: the suite's other folders import `tests/conftest.py` as the module `conftest`,
+and a second conftest.py would take that name over.
+
+Import this module before `trainers` in a test module that uses the package itself (`trainers.run`).
+Under plain `pytest` (rather than `python -m pytest`) the repository root is not on sys.path while
+`tests/` is, so this folder would be imported as a namespace package called `trainers`. A regular
+package wins over a namespace one, so putting the root on the path, and swapping out a namespace
+`trainers` imported earlier, is enough.
+"""
 
 from __future__ import annotations
 
+import functools
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
-import pytest
-
-# With `tests/` on sys.path (pytest puts it there for tests/conftest.py), this folder would be
-# importable as a namespace package called `trainers` when the repository root is not on sys.path
-# (plain `pytest` rather than `python -m pytest`). A regular package wins over a namespace one,
-# so putting the root on the path, and dropping a namespace `trainers` imported earlier, is enough.
 ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.append(str(ROOT))
 if getattr(sys.modules.get("trainers"), "__file__", "") is None:
     del sys.modules["trainers"]
+    import trainers  # the real package now
+
+    for _name, _module in list(sys.modules.items()):
+        if _name.count(".") == 1 and _name.startswith("trainers."):
+            setattr(trainers, _name.partition(".")[2], _module)
 
 from trainers.callbacks import Callbacks  # noqa: E402
 
@@ -54,14 +64,9 @@ class RecordingCallbacks(Callbacks):
         self.events.append((level, message))
 
 
-@pytest.fixture(scope="session")
+@functools.cache
 def tiny():
-    """(model, tokenizer) of builtin:tiny-llama; do not modify the model."""
+    """(model, tokenizer) of builtin:tiny-llama, built once; do not modify the model."""
     from trainers.tiny import build_tiny_llama
 
     return build_tiny_llama()
-
-
-@pytest.fixture(scope="session")
-def tokenizer(tiny):
-    return tiny[1]
