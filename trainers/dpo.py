@@ -130,7 +130,7 @@ def train_dpo(
         optimizer.zero_grad(set_to_none=True)
 
         # 7. Metrics: per step, averaged over the step's pairs; evaluation on checkpoint steps.
-        metrics = {("train/loss" if k == "loss" else k): v for k, v in zip(PAIR_STATS, values)}
+        metrics = {("train/loss" if k == "loss" else k): v for k, v in zip(PAIR_STATS, values[:-1], strict=True)}
         metrics |= {
             "train/learning_rate": learning_rate,
             "train/grad_norm": norm,
@@ -220,7 +220,7 @@ def evaluate(
         _, stats = pair_losses_and_stats(policy, reference, batch, hp)  # (S, b)
         sums += stats.sum(dim=1)
     policy.train(was_training)
-    return {f"eval/{k}": v for k, v in zip(PAIR_STATS, (sums / len(pairs)).tolist())}
+    return {f"eval/{k}": v for k, v in zip(PAIR_STATS, (sums / len(pairs)).tolist(), strict=True)}
 
 
 def _tokenize(rows, tokenizer, hp: DPOHyperparameters, split: str, callbacks: Callbacks) -> list[TokenizedPair]:

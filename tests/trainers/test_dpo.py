@@ -2,10 +2,9 @@
 
 import math
 
-from trainer_fixtures import RecordingCallbacks  # first: it makes `trainers` the real package
-
 import pytest
 import torch
+from trainer_fixtures import RecordingCallbacks  # before `import trainers`: makes it the real package
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import trainers
