@@ -18,8 +18,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import BACKENDS, embedded_settings, postgres_deployments
-from support import jsonl, parse_sse
+from support import BACKENDS, embedded_settings, jsonl, parse_sse, postgres_deployments
 
 from trainers.synthetic import uppercase_preference_rows
 

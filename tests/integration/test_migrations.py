@@ -4,8 +4,8 @@ import uuid
 
 import pytest
 from alembic import command
-from conftest import pg_admin, pg_url
 from sqlalchemy import inspect
+from support import pg_admin, pg_url
 
 from core.db import make_engine
 from core.migrate import alembic_config, downgrade, upgrade

@@ -3,7 +3,7 @@
 import asyncio
 import uuid
 
-from conftest import REDIS_URL
+from support import REDIS_URL
 
 from core.notify import Waiter, publish
 

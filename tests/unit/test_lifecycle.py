@@ -1,7 +1,7 @@
 """The transition table and the compare-and-set move, on a real SQLite database."""
 
 import pytest
-from conftest import embedded_settings
+from support import embedded_settings
 
 from core.db import session_scope
 from core.lifecycle import ALLOWED_MOVES, InvalidTransition, transition

@@ -1,7 +1,7 @@
 """base_model references: builtins, checkpoints, the models root, hub ids, and escapes refused."""
 
 import pytest
-from conftest import embedded_settings
+from support import embedded_settings
 
 from core.db import session_scope
 from core.model_refs import ModelRefError, resolve_model_ref
