@@ -49,14 +49,17 @@ def test_metrics_are_batched_upserted_and_paginated(client, settings, job_id):
     rep = reporter(settings, job_id)
     for step in range(1, 6):
         rep.on_metrics(step, {"train/loss": 1.0 / step})
-    rep.on_metrics(3, {"train/loss": 0.25})  # a resumed run reports step 3 again
     rep.flush()
+    assert client.get(f"/v1/jobs/{job_id}").json()["current_step"] == 5
+    resumed = reporter(settings, job_id)  # a resumed run reports step 3 again, in a new process
+    resumed.on_metrics(3, {"train/loss": 0.25})
+    resumed.flush()
     data = client.get(f"/v1/jobs/{job_id}/metrics").json()["data"]
     assert [m["step"] for m in data] == [1, 2, 3, 4, 5]
     assert data[2]["values"] == {"train/loss": 0.25}
     page = client.get(f"/v1/jobs/{job_id}/metrics", params={"after": 2, "limit": 2}).json()
     assert [m["step"] for m in page["data"]] == [3, 4] and page["has_more"]
-    assert client.get(f"/v1/jobs/{job_id}").json()["current_step"] == 5
+    assert client.get(f"/v1/jobs/{job_id}").json()["current_step"] == 3  # where the resumed run is
 
 
 def test_checkpoints_list_and_download_verifies(client, settings, job_id):
