@@ -17,6 +17,13 @@ class Callbacks:
     synchronously, so a slow hook slows training.
     """
 
+    def on_start(self, total_steps: int) -> None:
+        """Called once, before the first step of a run (or of a resumed run).
+
+        Args:
+            total_steps: optimizer steps the run will reach if it is not stopped.
+        """
+
     def on_metrics(self, step: int, metrics: dict[str, float]) -> None:
         """Receive the metrics of optimizer step `step` (1-based), keys named `group/name`.
 

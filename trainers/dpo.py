@@ -89,6 +89,7 @@ def train_dpo(
         _check_resume(state, job, len(train_pairs), callbacks)
         callbacks.on_event("info", f"resumed from step {step}")
     saved_step = step  # the latest step a checkpoint exists for
+    callbacks.on_start(total_steps)
     metrics: dict[str, float] = {}
 
     def checkpoint() -> None:

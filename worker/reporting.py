@@ -39,6 +39,11 @@ class JobReporter(Callbacks):
         self._pending: dict[int, dict[str, float]] = {}
         self._last_flush = time.monotonic()
 
+    def on_start(self, total_steps: int) -> None:
+        with session_scope(self.url) as session:
+            session.execute(update(Job).where(Job.id == self.job_id).values(total_steps=total_steps))
+        publish(self.broker_url, self.job_id)
+
     def on_metrics(self, step: int, metrics: dict[str, float]) -> None:
         self._pending[step] = {k: float(v) for k, v in metrics.items()}
         if len(self._pending) >= FLUSH_ROWS or time.monotonic() - self._last_flush >= FLUSH_SECONDS:

@@ -139,7 +139,8 @@ def test_dpo_job_trains_streams_and_its_checkpoint_loads(service, tmp_path):
     assert [f["data"]["step"] for f in frames if f["event"] == "checkpoint"] == [10, 20, 30]
 
     job = service.get(f"/v1/jobs/{job_id}").json()
-    assert job["status"] == "succeeded" and job["current_step"] == 30 and job["error"] is None
+    assert job["status"] == "succeeded" and job["error"] is None
+    assert job["current_step"] == job["total_steps"] == 30
     assert len(service.get(f"/v1/jobs/{job_id}/metrics", params={"limit": 1000}).json()["data"]) == 30
     ckpts = service.get(f"/v1/jobs/{job_id}/checkpoints").json()["data"]
     assert [(c["step"], c["is_final"]) for c in ckpts] == [(10, False), (20, False), (30, True)]

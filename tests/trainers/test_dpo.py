@@ -65,6 +65,7 @@ def test_interrupted_and_resumed_run_matches_an_uninterrupted_one(tmp_path):
     result = trainers.run(job, TrainingData(train=rows), resumed, resume_from=saved)
     assert (result.status, result.step) == ("completed", 6)
     assert sorted(resumed.metrics) == [4, 5, 6]
+    assert straight.total_steps == interrupted.total_steps == resumed.total_steps == [6]
 
     combined = interrupted.metrics | resumed.metrics
     assert sorted(combined) == sorted(straight.metrics) == [1, 2, 3, 4, 5, 6]
@@ -88,6 +89,7 @@ def test_checkpoints_and_logs_follow_their_intervals_and_probe_matches_the_reloa
 
     trainers.run(job, data, callbacks)
 
+    assert callbacks.total_steps == [5]
     assert sorted(callbacks.checkpoints) == [2, 4, 5]
     assert sorted(callbacks.metrics) == [2, 4, 5]  # logged every 2 steps, and at the last one
     directory, info = callbacks.checkpoints[5]

@@ -44,6 +44,10 @@ class RecordingCallbacks(Callbacks):
         self.events: list[tuple[str, str]] = []
         self.checkpoints: dict[int, tuple[Path | None, dict]] = {}
         self.polls = 0
+        self.total_steps: list[int] = []
+
+    def on_start(self, total_steps: int) -> None:
+        self.total_steps.append(total_steps)
 
     def on_metrics(self, step: int, metrics: dict[str, float]) -> None:
         self.metrics[step] = dict(metrics)
