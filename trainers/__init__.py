@@ -9,7 +9,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from trainers.callbacks import Callbacks
-from trainers.config import DPOHyperparameters, DPOJob, JobConfig
+from trainers.config import (
+    DPOHyperparameters,
+    DPOJob,
+    JobConfig,
+    LoRAConfig,
+    RewardModelHyperparameters,
+    RewardModelJob,
+)
 from trainers.errors import ModelNotFoundError, NumericalError, TrainerError, UserError
 from trainers.run_types import RunResult, TrainingData
 
@@ -18,6 +25,9 @@ __all__ = [
     "DPOHyperparameters",
     "DPOJob",
     "JobConfig",
+    "LoRAConfig",
+    "RewardModelHyperparameters",
+    "RewardModelJob",
     "ModelNotFoundError",
     "NumericalError",
     "RunResult",
@@ -58,5 +68,9 @@ def run(
             from trainers.dpo import train_dpo  # heavy: torch and transformers
 
             return train_dpo(job, data, callbacks, resume_from=resume_from)
+        case "reward_model":
+            from trainers.reward import train_reward_model
+
+            return train_reward_model(job, data, callbacks, resume_from=resume_from)
         case _:
             raise UserError(f"unknown job type {job.type!r}", param="type")
