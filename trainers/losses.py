@@ -47,3 +47,34 @@ def dpo_loss(
     chosen_rewards = beta * chosen_logratios.detach()  # (B,)
     rejected_rewards = beta * rejected_logratios.detach()  # (B,)
     return losses, chosen_rewards, rejected_rewards
+
+
+def bradley_terry_loss(
+    chosen_rewards: Tensor,
+    rejected_rewards: Tensor,
+    margin: Tensor | None = None,
+    center_rewards_coefficient: float = 0.0,
+) -> Tensor:
+    """Pairwise reward-model loss per pair (Bradley & Terry 1952; Ouyang et al. 2022, eq. 1).
+
+    ``loss = −log σ(r_c − r_r − m) + η·(r_c + r_r)²``
+    The margin m (Touvron et al. 2023, §3.2.2) asks for a larger gap on clearer preferences; the
+    centring term η (Eisenstein et al. 2023) keeps rewards near zero, as their scale is free.
+    https://arxiv.org/abs/2203.02155
+
+    Args:
+        chosen_rewards: (B,) scalar rewards of the chosen responses.
+        rejected_rewards: (B,) scalar rewards of the rejected responses.
+        margin: (B,) optional per-pair margin m; zero when None.
+        center_rewards_coefficient: η; 0 turns the centring term off.
+
+    Returns:
+        (B,) loss per pair, differentiable w.r.t. both rewards.
+    """
+    diff = chosen_rewards - rejected_rewards  # (B,)
+    if margin is not None:
+        diff = diff - margin
+    losses = -F.logsigmoid(diff)  # (B,)
+    if center_rewards_coefficient:
+        losses = losses + center_rewards_coefficient * (chosen_rewards + rejected_rewards) ** 2
+    return losses

@@ -40,3 +40,28 @@ def test_gradient_pushes_chosen_up_and_rejected_down_and_rewards_are_detached():
     # d/dπ_c of −log σ(β h) at h = 0 is −β σ(0) = −0.05, and +0.05 for π_r
     assert pc.grad.item() == pytest.approx(-0.05) and pr.grad.item() == pytest.approx(0.05)
     assert not chosen.requires_grad and not rejected.requires_grad
+
+
+def test_bradley_terry_loss_by_hand():
+    from trainers.losses import bradley_terry_loss
+
+    chosen, rejected = torch.tensor([2.0, 0.0, -1.0]), torch.tensor([1.0, 0.0, 1.0])
+    # −log σ(d) = log(1 + e^{−d}) with d = 1, 0, −2
+    expected = torch.tensor([math.log(1 + math.exp(-1)), math.log(2), math.log(1 + math.exp(2))])
+    torch.testing.assert_close(bradley_terry_loss(chosen, rejected), expected)
+    # a margin of 1 on the first pair turns its d into 0
+    with_margin = bradley_terry_loss(chosen, rejected, margin=torch.tensor([1.0, 0.0, 0.0]))
+    torch.testing.assert_close(with_margin[0], torch.tensor(math.log(2)))
+    # centring adds η·(r_c + r_r)²: 0.01·9, 0, 0
+    centred = bradley_terry_loss(chosen, rejected, center_rewards_coefficient=0.01)
+    torch.testing.assert_close(centred - expected, torch.tensor([0.09, 0.0, 0.0]))
+
+
+def test_bradley_terry_gradient_pushes_rewards_apart():
+    from trainers.losses import bradley_terry_loss
+
+    chosen = torch.zeros(4, requires_grad=True)
+    rejected = torch.zeros(4, requires_grad=True)
+    bradley_terry_loss(chosen, rejected).sum().backward()
+    assert (chosen.grad < 0).all() and (rejected.grad > 0).all()  # descent raises r_c, lowers r_r
+    torch.testing.assert_close(chosen.grad, torch.full((4,), -0.5))  # −σ(−0) = −0.5
