@@ -47,6 +47,18 @@ def error_body(type_: str, message: str, param: str | None = None,
     return {"error": {"type": type_, "message": message, "param": param, "details": details or []}}
 
 
+def _param(error: dict[str, Any]) -> str:
+    """The dotted field a validation error is about, without the union tag pydantic inserts."""
+    from api.schemas import JOB_TYPES
+
+    loc = tuple(error["loc"])
+    if loc[:1] == ("body",) and len(loc) > 1 and loc[1] in JOB_TYPES:
+        loc = loc[:1] + loc[2:]
+    if error["type"] in ("union_tag_invalid", "union_tag_not_found"):
+        loc = (*loc, "type")
+    return _loc_to_param(loc)
+
+
 def _loc_to_param(loc: tuple[Any, ...]) -> str:
     parts = [p for p in loc if p not in ("body", "query", "path", "header", "form")]
     out = ""
@@ -65,7 +77,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_request: Request, exc: RequestValidationError) -> JSONResponse:
-        details = [{"field": _loc_to_param(tuple(e["loc"])), "message": e["msg"]} for e in exc.errors()]
+        details = [{"field": _param(e), "message": e["msg"]} for e in exc.errors()]
         first = details[0] if details else {"field": None, "message": "invalid request"}
         message = f"{first['field']}: {first['message']}" if first["field"] else first["message"]
         return JSONResponse(error_body("invalid_request_error", message, first["field"] or None, details),

@@ -6,9 +6,9 @@ Job hyperparameters reuse the trainers' own config models, so Swagger shows the 
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
-from trainers.config import DPOHyperparameters
+from trainers.config import DPOHyperparameters, LoRAConfig, RewardModelHyperparameters
 
 DatasetKind = Literal["preference", "prompt"]
 Metadata = dict[Annotated[str, StringConstraints(max_length=64)],
@@ -61,6 +61,7 @@ class JobCreateBase(BaseModel):
     seed: int | None = Field(None, ge=0, le=2**31 - 1, description="Random seed; chosen for you if unset.")
     name: str | None = Field(None, max_length=256)
     metadata: Metadata | None = Field(None, max_length=16, description="Up to 16 string pairs.")
+    lora: LoRAConfig | None = Field(None, description="Train LoRA adapters (peft) instead of all weights.")
 
 
 class DPOJobCreate(JobCreateBase):
@@ -70,8 +71,17 @@ class DPOJobCreate(JobCreateBase):
     hyperparameters: DPOHyperparameters = Field(default_factory=DPOHyperparameters)
 
 
-# The body of POST /v1/jobs; further job types join as a union discriminated by `type`.
-JobCreate = DPOJobCreate
+class RewardModelJobCreate(JobCreateBase):
+    """A Bradley-Terry reward model on a preference dataset; its checkpoints score text."""
+
+    type: Literal["reward_model"]
+    hyperparameters: RewardModelHyperparameters = Field(default_factory=RewardModelHyperparameters)
+
+
+# The body of POST /v1/jobs, discriminated by `type`.
+JobCreate = Annotated[DPOJobCreate | RewardModelJobCreate, Field(discriminator="type")]
+JOB_TYPES = ("dpo", "reward_model")
+JobType = Literal["dpo", "reward_model"]
 
 
 class JobError(BaseModel):
@@ -90,6 +100,7 @@ class JobPublic(PublicModel):
     dataset_id: str
     eval_dataset_id: str | None
     hyperparameters: dict[str, Any] = Field(description="Fully resolved, defaults included.")
+    lora: dict[str, Any] | None = Field(description="Fully resolved LoRA settings, when LoRA is on.")
     seed: int
     metadata: dict[str, str] | None = Field(validation_alias="metadata_")
     error: JobError | None
@@ -140,6 +151,11 @@ class CheckpointPublic(PublicModel):
     size_bytes: int = Field(description="Size of the download archive.")
     sha256: str = Field(description="sha256 of the download archive.")
     is_final: bool
+    model: dict[str, Any] | None = Field(
+        validation_alias="model_info",
+        description='What it holds: {"kind": "causal_lm" | "reward_model", "adapter": bool, "base_model"; '
+                    'reward models also "reward_mean" and "reward_std" on their training data}.')
+    merged_sha256: str | None = Field(description="sha256 of the merged-model archive, once built.")
     probe: dict[str, Any] | None = Field(
         description="Logits of the trained model on a fixed text, to verify a loaded copy.")
     created_at: datetime
@@ -148,3 +164,41 @@ class CheckpointPublic(PublicModel):
 class CheckpointsPublic(BaseModel):
     data: list[CheckpointPublic]
     has_more: bool
+
+
+Message = dict[str, str]
+
+
+class ScorePair(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: Annotated[str, StringConstraints(max_length=100_000)] | list[Message]
+    response: Annotated[str, StringConstraints(max_length=100_000)] | list[Message]
+
+
+class ScoreRequest(BaseModel):
+    """Either `texts` (scored as they are) or `pairs` (rendered as in training), not both."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={
+        "examples": [{"pairs": [{"prompt": "say: hello\n", "response": "HELLO"}]}]})
+
+    texts: list[Annotated[str, StringConstraints(min_length=1, max_length=100_000)]] | None = Field(
+        None, min_length=1, max_length=256)
+    pairs: list[ScorePair] | None = Field(None, min_length=1, max_length=256)
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "ScoreRequest":
+        if (self.texts is None) == (self.pairs is None):
+            raise ValueError("give exactly one of texts or pairs")
+        return self
+
+
+class ScorePublic(BaseModel):
+    score: float = Field(description="The reward model's raw output.")
+    normalized: float | None = Field(
+        None, description="(score - mean) / std with the reward statistics of its training data.")
+
+
+class ScoresPublic(BaseModel):
+    checkpoint_id: str
+    data: list[ScorePublic]

@@ -112,6 +112,7 @@ class Job(Base):
     dataset_id: Mapped[str] = mapped_column(String(40), index=True)
     eval_dataset_id: Mapped[str | None] = mapped_column(String(40), index=True)
     hyperparameters: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    lora: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
     seed: Mapped[int] = mapped_column(BigInteger, default=0)
     metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSONType)
     idempotency_key: Mapped[str | None] = mapped_column(String(256), unique=True)
@@ -167,5 +168,10 @@ class Checkpoint(Base):
     sha256: Mapped[str] = mapped_column(String(64))
     metrics: Mapped[dict[str, float]] = mapped_column(JSONType)
     probe: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    # What the checkpoint holds: {"kind": "causal_lm" | "reward_model", "adapter": bool, ...}.
+    model_info: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    # A LoRA checkpoint's merged model is built on first request and kept beside the adapter.
+    merged_size_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    merged_sha256: Mapped[str | None] = mapped_column(String(64))
     is_final: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

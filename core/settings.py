@@ -29,6 +29,8 @@ class Settings(BaseSettings):
     heartbeat_seconds: float = Field(5.0, gt=0, description="How often a worker renews its job lease.")
     stream_poll_seconds: float = Field(0.5, gt=0, description="How often a live stream looks for news.")
     stream_keepalive_seconds: float = Field(15.0, gt=0, description="SSE comment interval when idle.")
+    model_ops_timeout_seconds: float = Field(
+        600.0, gt=0, description="Longest a scoring or adapter-merge request may run.")
     torch_threads: int = Field(0, ge=0, description="CPU threads per training process; 0 lets torch decide.")
 
     @property

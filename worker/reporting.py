@@ -78,7 +78,7 @@ class JobReporter(Callbacks):
                 session.flush()
             session.add(Checkpoint(id=checkpoint_id, job_id=self.job_id, step=step, artifact_key=key,
                                    size_bytes=size, sha256=sha256, metrics=info.get("metrics", {}),
-                                   probe=info.get("probe")))
+                                   probe=info.get("probe"), model_info=info.get("model")))
             session.add(JobEvent(job_id=self.job_id, type="checkpoint", message=f"checkpoint at step {step}",
                                  data={"checkpoint_id": checkpoint_id, "step": step}))
         publish(self.broker_url, self.job_id)

@@ -41,9 +41,10 @@ def finish(settings: Settings, job_id: str, target: JobStatus, message: str,
 
 def train(settings: Settings, job_id: str) -> None:
     import torch
+    from pydantic import TypeAdapter
 
     import trainers
-    from trainers.config import DPOHyperparameters, DPOJob
+    from trainers.config import JobConfig
     from trainers.errors import ModelNotFoundError, NumericalError, UserError
 
     url = settings.database_url
@@ -61,8 +62,10 @@ def train(settings: Settings, job_id: str) -> None:
     store = ArtifactStore(settings.artifacts_dir)
     reporter = JobReporter(url=url, job_id=job_id, store=store, broker_url=settings.celery_broker_url)
     data = trainers.TrainingData(train=load_rows(url, job.dataset_id), eval=load_rows(url, job.eval_dataset_id))
-    config = DPOJob(base_model=model.location, seed=job.seed,
-                    hyperparameters=DPOHyperparameters.model_validate(job.hyperparameters))
+    config = TypeAdapter(JobConfig).validate_python({
+        "type": job.type, "base_model": model.location, "seed": job.seed,
+        "hyperparameters": job.hyperparameters, "lora": job.lora,
+    })
     resume = reporter.latest_checkpoint()
     if resume is not None:
         reporter.on_event("info", f"resuming from the checkpoint at step {resume.step}")

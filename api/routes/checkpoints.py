@@ -1,10 +1,12 @@
-"""Checkpoints: read and download."""
+"""Checkpoints: read, download (adapter or merged), and score text with reward models."""
 
-from fastapi import APIRouter
+from typing import Annotated
+
+from fastapi import APIRouter, Query
 from fastapi.responses import StreamingResponse
 
-from api.deps import CheckpointDep, StoreDep
-from api.schemas import CheckpointPublic
+from api.deps import CheckpointDep, SessionDep, SettingsDep, StoreDep
+from api.schemas import CheckpointPublic, ScoreRequest, ScoresPublic
 from api.services import results
 
 router = APIRouter(prefix="/v1/checkpoints", tags=["checkpoints"])
@@ -19,11 +21,27 @@ def get_checkpoint(checkpoint: CheckpointDep):
 @router.get("/{checkpoint_id}/download", response_class=StreamingResponse,
             responses={200: {"content": {"application/x-tar": {}},
                              "description": "tar of a save_pretrained directory"}})
-def download_checkpoint(checkpoint: CheckpointDep, store: StoreDep):
-    """Stream the checkpoint as a tar archive (model weights, config, tokenizer)."""
+def download_checkpoint(
+    session: SessionDep, settings: SettingsDep, checkpoint: CheckpointDep, store: StoreDep,
+    merged: Annotated[bool, Query(description="LoRA checkpoints: base and adapter merged into one model.")] = False,
+):
+    """Stream the checkpoint as a tar archive (weights, config, tokenizer; a LoRA job's adapter)."""
+    if merged:
+        frames, size, sha256 = results.merged_archive(session=session, settings=settings, store=store,
+                                                      checkpoint=checkpoint)
+    else:
+        frames, size, sha256 = results.archive(store=store, checkpoint=checkpoint)
+    name = f"{checkpoint.id}-merged" if merged and results.is_adapter(checkpoint) else checkpoint.id
     return StreamingResponse(
-        results.archive(store=store, checkpoint=checkpoint),
-        media_type="application/x-tar",
-        headers={"Content-Length": str(checkpoint.size_bytes), "ETag": f'"{checkpoint.sha256}"',
-                 "Content-Disposition": f'attachment; filename="{checkpoint.id}.tar"'},
+        frames, media_type="application/x-tar",
+        headers={"Content-Length": str(size), "ETag": f'"{sha256}"',
+                 "Content-Disposition": f'attachment; filename="{name}.tar"'},
     )
+
+
+@router.post("/{checkpoint_id}/score", response_model=ScoresPublic)
+def score_with_checkpoint(settings: SettingsDep, checkpoint: CheckpointDep, store: StoreDep, body: ScoreRequest):
+    """Score texts or prompt/response pairs with a reward-model checkpoint (raw and normalised)."""
+    items = [{"text": t} for t in body.texts] if body.texts is not None else [p.model_dump() for p in body.pairs]
+    return {"checkpoint_id": checkpoint.id,
+            "data": results.score(settings=settings, store=store, checkpoint=checkpoint, items=items)}

@@ -7,7 +7,7 @@ from fastapi.responses import StreamingResponse
 
 from api.deps import CeleryDep, JobDep, SessionDep, SettingsDep
 from api.pagination import PageParams, page_params
-from api.schemas import CheckpointsPublic, EventsPublic, JobCreate, JobPublic, JobsPublic, MetricsPublic
+from api.schemas import CheckpointsPublic, EventsPublic, JobCreate, JobPublic, JobsPublic, JobType, MetricsPublic
 from api.services import jobs as service
 from api.services import results
 from api.services.stream import job_stream, parse_last_event_id
@@ -34,7 +34,7 @@ def create_job(
 @router.get("", response_model=JobsPublic)
 def list_jobs(session: SessionDep, page: Page,
               status: Annotated[JobStatusFilter | None, Query()] = None,
-              type: Annotated[Literal["dpo"] | None, Query()] = None):
+              type: Annotated[JobType | None, Query()] = None):
     """List jobs, newest first, filtered by status and type."""
     data, has_more = service.list_page(session=session, limit=page.limit, after=page.after,
                                        status=status, type_=type)

@@ -11,7 +11,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from api.errors import Conflict, InvalidRequest, NotFound, ServiceUnavailable
-from api.schemas import DPOJobCreate
+from api.schemas import JobCreate
 from api.services.paging import newest_first_page
 from core.lifecycle import InvalidTransition, transition
 from core.model_refs import ModelRefError, resolve_model_ref
@@ -23,10 +23,10 @@ from core.settings import Settings
 log = logging.getLogger(__name__)
 
 # The dataset kind each job type trains on.
-DATASET_KIND = {"dpo": "preference"}
+DATASET_KIND = {"dpo": "preference", "reward_model": "preference"}
 
 
-def _request_hash(body: DPOJobCreate) -> str:
+def _request_hash(body: JobCreate) -> str:
     canonical = json.dumps(body.model_dump(mode="json", exclude_unset=True), sort_keys=True)
     return hashlib.sha256(canonical.encode()).hexdigest()
 
@@ -50,7 +50,7 @@ def _replay(session: Session, key: str, request_hash: str) -> Job | None:
     return existing
 
 
-def create(*, session: Session, celery: Celery, settings: Settings, body: DPOJobCreate,
+def create(*, session: Session, celery: Celery, settings: Settings, body: JobCreate,
            idempotency_key: str | None) -> tuple[Job, bool]:
     """Validate and store a job, then enqueue it. Returns the job and whether it is new."""
     request_hash = _request_hash(body)
@@ -69,6 +69,7 @@ def create(*, session: Session, celery: Celery, settings: Settings, body: DPOJob
         type=body.type, name=body.name, base_model=body.base_model, dataset_id=body.dataset_id,
         eval_dataset_id=body.eval_dataset_id,
         hyperparameters=body.hyperparameters.model_dump(mode="json"),
+        lora=body.lora.model_dump(mode="json") if body.lora else None,
         seed=body.seed if body.seed is not None else secrets.randbelow(2**31),
         metadata_=body.metadata, idempotency_key=idempotency_key, request_hash=request_hash,
         status=JobStatus.queued,

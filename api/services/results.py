@@ -1,14 +1,18 @@
 """What a job produced: metrics, events and checkpoints, and checkpoint archives."""
 
 from collections.abc import Iterator
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from api.errors import InvalidRequest
+from api.services import modelops
 from api.services.paging import ascending_page
-from core.artifacts import ArtifactStore, iter_tar
+from core.artifacts import ArtifactStore, iter_tar, tar_digest
 from core.model_refs import MODEL_SUBDIR
 from core.models import Checkpoint, Job, JobEvent, Metric
+from core.settings import Settings
 
 
 def metrics_page(*, session: Session, job: Job, limit: int, after: str | None) -> tuple[list[Metric], bool]:
@@ -29,6 +33,41 @@ def checkpoints_page(*, session: Session, job: Job, limit: int, after: str | Non
     return ascending_page(session, stmt, Checkpoint.step, limit=limit, after=after)
 
 
-def archive(*, store: ArtifactStore, checkpoint: Checkpoint) -> Iterator[bytes]:
-    """The checkpoint's model directory as a tar stream (the bytes its sha256 was taken of)."""
-    return iter_tar(store.path(checkpoint.artifact_key) / MODEL_SUBDIR, checkpoint.id)
+MERGED_SUBDIR = "merged"
+
+
+def is_adapter(checkpoint: Checkpoint) -> bool:
+    return bool((checkpoint.model_info or {}).get("adapter"))
+
+
+def archive(*, store: ArtifactStore, checkpoint: Checkpoint) -> tuple[Iterator[bytes], int, str]:
+    """The checkpoint's model directory as a tar stream, with its size and sha256."""
+    frames = iter_tar(store.path(checkpoint.artifact_key) / MODEL_SUBDIR, checkpoint.id)
+    return frames, checkpoint.size_bytes, checkpoint.sha256
+
+
+def merged_archive(*, session: Session, settings: Settings, store: ArtifactStore,
+                   checkpoint: Checkpoint) -> tuple[Iterator[bytes], int, str]:
+    """A LoRA checkpoint's base + adapter as one model: merged on first request, then kept."""
+    if not is_adapter(checkpoint):
+        return archive(store=store, checkpoint=checkpoint)  # already a full model
+    root_name = f"{checkpoint.id}-merged"
+    merged_dir = store.path(checkpoint.artifact_key) / MERGED_SUBDIR
+    if checkpoint.merged_sha256 is None or not merged_dir.is_dir():
+        staging = store.staging_dir()
+        modelops.merge(store.path(checkpoint.artifact_key) / MODEL_SUBDIR, staging,
+                       timeout=settings.model_ops_timeout_seconds)
+        size, sha256 = tar_digest(staging, root_name)
+        store.commit(staging, f"{checkpoint.artifact_key}/{MERGED_SUBDIR}")
+        checkpoint.merged_size_bytes, checkpoint.merged_sha256 = size, sha256
+        session.commit()
+    return iter_tar(merged_dir, root_name), checkpoint.merged_size_bytes, checkpoint.merged_sha256
+
+
+def score(*, settings: Settings, store: ArtifactStore, checkpoint: Checkpoint,
+          items: list[dict[str, Any]]) -> list[dict[str, float]]:
+    """Score texts or prompt/response pairs with a reward-model checkpoint."""
+    if (checkpoint.model_info or {}).get("kind") != "reward_model":
+        raise InvalidRequest(f"checkpoint {checkpoint.id} is not a reward model", param="checkpoint_id")
+    return modelops.score(store.path(checkpoint.artifact_key) / MODEL_SUBDIR, items,
+                          timeout=settings.model_ops_timeout_seconds)

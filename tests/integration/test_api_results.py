@@ -65,12 +65,14 @@ def test_metrics_are_batched_upserted_and_paginated(client, settings, job_id):
 def test_checkpoints_list_and_download_verifies(client, settings, job_id):
     rep = reporter(settings, job_id)
     rep.on_metrics(2, {"train/loss": 0.5})
-    rep.on_checkpoint(2, save_files(2), {"metrics": {"train/loss": 0.5}, "probe": {"logits": [0.1]}})
+    rep.on_checkpoint(2, save_files(2), {"metrics": {"train/loss": 0.5}, "probe": {"logits": [0.1]},
+                                         "model": {"kind": "causal_lm", "adapter": False}})
     rep.on_checkpoint(4, save_files(4), {"metrics": {"train/loss": 0.4}})
     rep.mark_final(4)
     ckpts = client.get(f"/v1/jobs/{job_id}/checkpoints").json()["data"]
     assert [(c["step"], c["is_final"]) for c in ckpts] == [(2, False), (4, True)]
     assert ckpts[0]["metrics"] == {"train/loss": 0.5} and ckpts[0]["probe"] == {"logits": [0.1]}
+    assert ckpts[0]["model"] == {"kind": "causal_lm", "adapter": False} and ckpts[1]["model"] is None
     # the metrics of the step were flushed before the checkpoint was recorded
     assert client.get(f"/v1/jobs/{job_id}/metrics").json()["data"][0]["step"] == 2
 
