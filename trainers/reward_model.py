@@ -1,0 +1,221 @@
+"""Reward models: a decoder with a one-output score head, read at the last real token of each row.
+
+The score head maps every position's final hidden state to a scalar; a sequence's reward is the
+score at its last attended position (for preference rows: the EOS after the response). The index
+comes from the attention mask, never from the pad token id, so a pad id that also occurs in the
+text (or any padding width) cannot move it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from peft import PeftModel
+from torch import Tensor, nn
+from transformers import (
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    LlamaForSequenceClassification,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+from trainers.errors import ModelNotFoundError, UserError
+from trainers.modeling import BUILTIN_MODELS, BUILTIN_PREFIX, _ensure_pad_token
+from trainers.preference_data import TokenizedPair, collate_pairs
+from trainers.tiny import build_model_config, build_tiny_llama
+
+SCORE_HEAD_SEED = 1  # seed of the private generator that initialises a fresh score head
+
+
+def load_reward_model(
+    ref: str | Path, *, dtype: torch.dtype = torch.float32
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load a sequence-classification reward model (one output) and its tokenizer.
+
+    ``builtin:tiny-llama`` becomes a `LlamaForSequenceClassification` whose backbone holds the
+    built-in causal LM's weights; a local directory or hub id is loaded with
+    ``AutoModelForSequenceClassification.from_pretrained(ref, num_labels=1)`` (a saved reward
+    model loads as it is). A score head that the reference does not hold is drawn from
+    N(0, initializer_range²) by a generator seeded with `SCORE_HEAD_SEED`, so every load of the
+    same reference gives the same weights.
+
+    Args:
+        ref: ``builtin:<name>``, a directory written by ``save_pretrained``, or a hub id (read
+            from the local cache first).
+        dtype: floating-point type of the weights.
+
+    Returns:
+        The model (CPU, eval mode, ``config.pad_token_id`` set) and its tokenizer, whose pad token
+        is distinct from EOS (added, with one more embedding row, when it was missing or EOS).
+
+    Raises:
+        ModelNotFoundError: the reference is unknown or cannot be loaded; the message names it.
+    """
+    ref = str(ref)
+    if ref.startswith(BUILTIN_PREFIX):
+        model, tokenizer = _builtin(ref)
+        model = model.to(dtype)
+    else:
+        local = Path(ref).is_dir()
+        try:
+            model, tokenizer = _from_pretrained(ref, dtype=dtype, local_files_only=True)
+        except (OSError, ValueError, KeyError) as exc:
+            if local:
+                raise ModelNotFoundError(f"could not load model {ref!r}: {exc}") from exc
+            _require_hub_model(ref)
+            try:
+                model, tokenizer = _from_pretrained(ref, dtype=dtype, local_files_only=False)
+            except (OSError, ValueError, KeyError) as exc2:
+                raise ModelNotFoundError(f"could not load model {ref!r}: {exc2}") from exc2
+    _ensure_pad_token(model, tokenizer)
+    model.eval()
+    return model, tokenizer
+
+
+def rewards(model: nn.Module, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+    """Scalar reward of each row: the score head's output at the row's last attended position.
+
+    ``r_n = score(h_{n, t_n})`` with ``t_n = max{t : attention_mask[n, t] = 1}``.
+
+    Args:
+        model: a reward model from `load_reward_model`, possibly wrapped by peft.
+        input_ids: (N, T) token ids, padded on either side.
+        attention_mask: (N, T) 1 on real tokens, 0 on padding; every row has a real token.
+
+    Returns:
+        (N,) float32 rewards, differentiable w.r.t. the model's parameters.
+    """
+    backbone, head = _backbone_and_head(model)
+    outputs = backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+    hidden = outputs.last_hidden_state  # (N, T, H)
+    scores = head(hidden).squeeze(-1)  # (N, T) a score per position
+    last = last_token_index(attention_mask)  # (N,)
+    return scores.gather(1, last.unsqueeze(1)).squeeze(1).float()  # (N,)
+
+
+def last_token_index(attention_mask: Tensor) -> Tensor:
+    """Position of each row's last real token: ``max{t : attention_mask[n, t] = 1}``.
+
+    Args:
+        attention_mask: (N, T) 1 on real tokens, 0 on padding.
+
+    Returns:
+        (N,) long indices (0 for a row without any real token).
+    """
+    positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)  # (T,)
+    return (positions * attention_mask.long()).argmax(dim=1)  # (N,)
+
+
+def stats_sample(num_pairs: int, size: int, seed: int) -> list[int]:
+    """A fixed sample of pair indices for the reward statistics: the same for every checkpoint.
+
+    Args:
+        num_pairs: training pairs available.
+        size: most pairs to take.
+        seed: seed of the private generator.
+
+    Returns:
+        ``min(size, num_pairs)`` distinct indices, ascending.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    return sorted(torch.randperm(num_pairs, generator=generator)[:size].tolist())
+
+
+@torch.no_grad()
+def reward_stats(
+    model: nn.Module, pairs: Sequence[TokenizedPair], pad_token_id: int, *, batch_size: int, device: torch.device
+) -> tuple[float, float]:
+    """Mean and standard deviation of the rewards of both responses of every pair, in eval mode.
+
+    ``mean = (1/2n)·Σ (r_c + r_r)``, ``std = sqrt((1/2n)·Σ (r_c² + r_r²) − mean²)`` (population
+    std over the 2n rewards). PPO and GRPO normalise this model's rewards with them.
+
+    Args:
+        model: the reward model (restored to its previous train/eval mode afterwards).
+        pairs: the tokenised pairs to score.
+        pad_token_id: padding id.
+        batch_size: pairs per forward.
+        device: where the model is.
+
+    Returns:
+        ``(mean, std)`` as Python floats.
+    """
+    was_training = model.training
+    model.eval()
+    scored = []
+    for start in range(0, len(pairs), batch_size):
+        batch = collate_pairs(pairs[start : start + batch_size], pad_token_id).to(device)
+        scored.append(rewards(model, batch.input_ids, batch.attention_mask))  # (2b,)
+    model.train(was_training)
+    all_rewards = torch.cat(scored).double()  # (2n,)
+    return all_rewards.mean().item(), all_rewards.std(correction=0).item()
+
+
+def _backbone_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module]:
+    """The transformer body and the `score` head of a (possibly peft-wrapped) reward model."""
+    inner = model.get_base_model() if isinstance(model, PeftModel) else model
+    head = getattr(inner, "score", None)
+    if not isinstance(head, nn.Module):
+        raise UserError(
+            f"{type(inner).__name__} has no 'score' head; reward models need a decoder with a "
+            "sequence-classification head (e.g. LlamaForSequenceClassification)",
+            param="base_model",
+        )
+    return inner.base_model, head  # peft's copy of the head is used through its wrapper
+
+
+def _builtin(ref: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """The built-in causal LM's backbone under a freshly, deterministically initialised score head."""
+    name = ref.removeprefix(BUILTIN_PREFIX)
+    if name not in BUILTIN_MODELS:
+        known = ", ".join(BUILTIN_PREFIX + m for m in BUILTIN_MODELS)
+        raise ModelNotFoundError(f"unknown builtin model {ref!r}; known: {known}")
+    causal, tokenizer = build_tiny_llama()
+    config = build_model_config(tokenizer)
+    config.num_labels = 1
+    with torch.random.fork_rng(devices=[]):  # construction runs the library's own random init
+        model = LlamaForSequenceClassification(config)
+    model.model.load_state_dict(causal.model.state_dict())
+    _init_score_head(model)
+    return model, tokenizer
+
+
+def _from_pretrained(
+    ref: str, *, dtype: torch.dtype, local_files_only: bool
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    tokenizer = AutoTokenizer.from_pretrained(ref, local_files_only=local_files_only)
+    with torch.random.fork_rng(devices=[]):  # a missing head gets the library's random init first
+        model, info = AutoModelForSequenceClassification.from_pretrained(
+            ref, num_labels=1, dtype=dtype, local_files_only=local_files_only, output_loading_info=True
+        )
+    if any(key.startswith("score.") for key in info["missing_keys"]):
+        _init_score_head(model)
+    return model, tokenizer
+
+
+def _init_score_head(model: PreTrainedModel) -> None:
+    """Draw the score head from N(0, initializer_range²) with a private seeded generator."""
+    std = getattr(model.config, "initializer_range", 0.02)
+    generator = torch.Generator().manual_seed(SCORE_HEAD_SEED)
+    with torch.no_grad():
+        for param in model.score.parameters():
+            if param.dim() >= 2:
+                param.copy_(torch.randn(param.shape, generator=generator) * std)
+            else:
+                param.zero_()
+
+
+def _require_hub_model(ref: str) -> None:
+    """Ask the hub whether `ref` exists: fails fast offline, where a download would retry for long."""
+    try:
+        import huggingface_hub
+
+        huggingface_hub.HfApi().model_info(ref, timeout=10)
+    except Exception as exc:  # noqa: BLE001 - network, validation and not-found errors alike
+        raise ModelNotFoundError(
+            f"model {ref!r} is neither a builtin model, a directory, nor in the local Hugging Face "
+            f"cache, and the hub could not provide it: {exc}"
+        ) from exc
