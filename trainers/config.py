@@ -130,8 +130,9 @@ class LoRAConfig(BaseModel):
     r: int = Field(16, ge=1, le=1024, description="Rank of the update matrices.")
     alpha: float = Field(32.0, gt=0, le=4096, description="Scale: the update is multiplied by alpha / r.")
     dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the adapter's input.")
-    target_modules: list[Annotated[str, Field(min_length=1, max_length=128)]] | Literal["all-linear"] = Field(
-        "all-linear", description="Module names to adapt (e.g. ['q_proj', 'v_proj']), or 'all-linear'."
+    target_modules: list[Annotated[str, Field(min_length=1, max_length=128)]] | None = Field(
+        None, min_length=1, max_length=256,
+        description="Module names to adapt (e.g. ['q_proj', 'v_proj']); null adapts every linear layer.",
     )
 
 

@@ -34,7 +34,7 @@ def apply_lora(
         r=config.r,
         lora_alpha=config.alpha,
         lora_dropout=config.dropout,
-        target_modules=config.target_modules,
+        target_modules=config.target_modules or "all-linear",
         task_type=TASK_TYPES[task],
     )
     return get_peft_model(model, peft_config)

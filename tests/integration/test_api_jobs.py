@@ -154,3 +154,32 @@ def test_enqueue_failure_fails_the_job_and_answers_503(settings, dataset_id):
         assert r.status_code == 503 and r.headers["Retry-After"]
         job = client.get("/v1/jobs").json()["data"][0]
         assert job["status"] == "failed" and job["error"]["type"] == "internal_error"
+
+
+def test_reward_model_job_with_lora_echoes_resolved_settings(client, dataset_id):
+    r = client.post("/v1/jobs", json=job_body(dataset_id, type="reward_model", lora={"r": 4},
+                                              hyperparameters={"center_rewards_coefficient": 0.01}))
+    assert r.status_code == 201, r.text
+    job = r.json()
+    assert job["type"] == "reward_model"
+    assert job["hyperparameters"]["center_rewards_coefficient"] == 0.01
+    assert job["hyperparameters"]["learning_rate"] == 1e-5 and "beta" not in job["hyperparameters"]
+    assert job["lora"] == {"r": 4, "alpha": 32.0, "dropout": 0.05, "target_modules": None}
+    assert client.get("/v1/jobs", params={"type": "reward_model"}).json()["data"][0]["id"] == job["id"]
+    assert client.post("/v1/jobs", json=job_body(dataset_id)).json()["lora"] is None
+
+
+@pytest.mark.parametrize(("body", "param"), [
+    ({"type": "reward_model", "hyperparameters": {"beta": 0.1}}, "hyperparameters.beta"),
+    ({"type": "reward_model", "hyperparameters": {"center_rewards_coefficient": -1}},
+     "hyperparameters.center_rewards_coefficient"),
+    ({"type": "dpo", "hyperparameters": {"loss_type": "hinge", "label_smoothing": 0.1}},
+     "hyperparameters.label_smoothing"),
+    ({"type": "dpo", "lora": {"r": 0}}, "lora.r"),
+    ({"type": "dpo", "lora": {"target_modules": []}}, "lora.target_modules"),
+    ({"type": "ppo-ish"}, "type"),
+])
+def test_job_type_specific_errors_name_the_field(client, dataset_id, body, param):
+    r = client.post("/v1/jobs", json=job_body(dataset_id) | body)
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["param"] == param
