@@ -7,116 +7,13 @@ verified and loaded with transformers; failures and cancellation go through the 
 
 import hashlib
 import io
-import os
-import socket
-import subprocess
-import sys
 import tarfile
-import time
-from contextlib import ExitStack
-from pathlib import Path
 
-import httpx
 import pytest
-from support import BACKENDS, embedded_settings, jsonl, parse_sse, postgres_deployments
-
-from trainers.synthetic import uppercase_preference_rows
+from e2e_support import create_dataset, stream_until_done, wait_for
 
 pytestmark = pytest.mark.e2e
-ROOT = Path(__file__).resolve().parents[2]
-DEADLINE = 240  # seconds for any one job to finish on a 2-core machine
 HYPERPARAMETERS = {"learning_rate": 3e-3, "max_steps": 30, "batch_size": 8, "checkpoint_every": 10}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module", params=BACKENDS)
-def service(request, tmp_path_factory):
-    """Run `rlhf-service api` and `rlhf-service worker` on one deployment; yield an HTTP client."""
-    root = tmp_path_factory.mktemp(request.param)
-    with ExitStack() as stack:
-        if request.param == "embedded":
-            settings = embedded_settings(root)
-        else:
-            make = stack.enter_context(postgres_deployments(request.getfixturevalue("pg_template"), root))
-            settings = make()
-            assert settings.database_url.startswith("postgresql") and settings.celery_broker_url.startswith("redis")
-        yield from run_service(settings, root, request)
-
-
-def run_service(settings, root, request):
-    """Start the API and a worker on `settings` as processes; yield a client; stop them after."""
-    env = os.environ | {
-        "DATABASE_URL": settings.database_url, "CELERY_BROKER_URL": settings.celery_broker_url,
-        "ARTIFACTS_DIR": str(settings.artifacts_dir), "MODELS_DIR": str(settings.models_dir),
-        "TRAINING_QUEUE": settings.training_queue, "STREAM_POLL_SECONDS": "0.2",
-        "HEARTBEAT_SECONDS": "1", "HF_HUB_OFFLINE": "1", "TORCH_THREADS": "2",
-    }
-    port = free_port()
-    cli = [sys.executable, "-m", "core.cli"]
-    logs = {name: open(root / f"{name}.log", "wb") for name in ("api", "worker")}
-    procs = [
-        subprocess.Popen(cli + ["api", "--port", str(port)], env=env, cwd=ROOT, stdout=logs["api"],
-                         stderr=subprocess.STDOUT),
-        subprocess.Popen(cli + ["worker", "--hostname", f"e2e-{port}@localhost"], env=env, cwd=ROOT,
-                         stdout=logs["worker"], stderr=subprocess.STDOUT),
-    ]
-    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
-    try:
-        for _ in range(120):
-            try:
-                if client.get("/readyz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.5)
-        else:
-            pytest.fail("the API did not become ready:\n" + (root / "api.log").read_text())
-        yield client
-    finally:
-        client.close()
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        for f in logs.values():
-            f.close()
-        if request.node.session.testsfailed:
-            for name in ("api", "worker"):
-                print(f"--- {name} log ---\n" + (root / f"{name}.log").read_text()[-8000:])
-
-
-def create_dataset(client) -> str:
-    r = client.post("/v1/datasets", data={"kind": "preference", "name": "uppercase"},
-                    files={"file": ("pairs.jsonl", jsonl(uppercase_preference_rows(96, seed=1)))})
-    assert r.status_code == 201, r.text
-    return r.json()["id"]
-
-
-def stream_until_done(client, job_id: str) -> list[dict]:
-    text = []
-    with client.stream("GET", f"/v1/jobs/{job_id}/stream", timeout=DEADLINE) as r:
-        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
-        for chunk in r.iter_text():
-            text.append(chunk)
-    return parse_sse("".join(text))
-
-
-def wait_for(client, job_id: str, predicate, what: str) -> dict:
-    deadline = time.monotonic() + DEADLINE
-    while time.monotonic() < deadline:
-        job = client.get(f"/v1/jobs/{job_id}").json()
-        if predicate(job):
-            return job
-        time.sleep(0.3)
-    pytest.fail(f"job {job_id} never reached {what}: {job}")
 
 
 def test_dpo_job_trains_streams_and_its_checkpoint_loads(service, tmp_path):
