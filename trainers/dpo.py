@@ -8,8 +8,6 @@ rises linearly for `warmup_steps` steps, then stays constant, as in the DPO pape
 from __future__ import annotations
 
 import copy
-import math
-import random
 from pathlib import Path
 
 import torch
@@ -17,17 +15,21 @@ from torch import Tensor, nn
 
 from trainers.batching import BatchOrder, split_micro_batches
 from trainers.callbacks import Callbacks
-from trainers.checkpoint import MODEL_DIR, load_trainer_state, offer_checkpoint, restore_rng
+from trainers.checkpoint import MODEL_DIR, load_trainer_state
 from trainers.config import DPOHyperparameters, DPOJob
-from trainers.errors import NumericalError, UserError
+from trainers.errors import UserError
 from trainers.logprobs import sequence_logprobs
+from trainers.loop import TrainingLoop, seed_everything
 from trainers.losses import dpo_loss
 from trainers.modeling import default_device, load_policy
 from trainers.preference_data import PreferenceBatch, TokenizedPair, collate_pairs, tokenize_pairs
 from trainers.run_types import RunResult, TrainingData
 
-PAIR_STATS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
-              "logps/chosen", "logps/rejected")  # fmt: skip
+# Per-pair statistics, in the order `pair_losses_and_stats` stacks them; eval metrics are the same
+# under `eval/` (eval/loss, eval/rewards/chosen, ...).
+TRAIN_METRICS = ("train/loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
+                 "logps/chosen", "logps/rejected")  # fmt: skip
+EVAL_METRICS = tuple("eval/" + name.removeprefix("train/") for name in TRAIN_METRICS)
 
 
 def train_dpo(
@@ -50,6 +52,7 @@ def train_dpo(
     """
     hp = job.hyperparameters
     device = default_device()
+    seed_everything(job.seed)
 
     # 1. Models: the reference is the initial policy, frozen; when resuming, the policy is the
     #    checkpoint's model while the reference is still the job's base model.
@@ -70,48 +73,25 @@ def train_dpo(
     if not train_pairs:
         raise UserError("the training data has no rows")
     order = BatchOrder(num_rows=len(train_pairs), batch_size=hp.batch_size, seed=job.seed)
-    total_steps = hp.max_steps if hp.max_steps is not None else hp.n_epochs * order.steps_per_epoch
 
-    # 3. Optimiser, schedule (linear warmup, then constant) and RNG; restored when resuming.
-    optimizer = torch.optim.AdamW(policy.parameters(), lr=hp.learning_rate, weight_decay=hp.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / (hp.warmup_steps + 1))  # s counts steps from 0
-    )
-    if state is None:
-        step = 0
-        random.seed(job.seed)
-        torch.manual_seed(job.seed)  # dropout, if the model has any
-    else:
-        step = state["step"]
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        restore_rng(state["rng"])
-        _check_resume(state, job, len(train_pairs), callbacks)
-        callbacks.on_event("info", f"resumed from step {step}")
-    saved_step = step  # the latest step a checkpoint exists for
-    callbacks.on_start(total_steps)
+    # 3. Optimiser, schedule, step and RNG (restored when resuming), cadence and checkpoints.
+    loop = TrainingLoop(
+        job, callbacks, model=policy, tokenizer=tokenizer, state=state,
+        model_info=lambda: {"kind": "causal_lm", "adapter": False, "base_model": job.base_model},
+        num_rows=len(train_pairs), steps_per_epoch=order.steps_per_epoch,
+    )  # fmt: skip
     metrics: dict[str, float] = {}
 
-    def checkpoint() -> None:
-        offer_checkpoint(
-            callbacks, step, model=policy, tokenizer=tokenizer, optimizer=optimizer, scheduler=scheduler,
-            metrics=metrics, data_position={"steps_done": step, "num_rows": len(train_pairs)},
-            job=job.model_dump(mode="json"),
-        )  # fmt: skip
-
-    while step < total_steps:
+    while loop.step < loop.total_steps:
         # 4. Cooperative stop, polled once per step: keep the progress, then return.
-        if callbacks.should_stop():
-            if step > saved_step:
-                checkpoint()
-            callbacks.on_event("info", f"stopped at step {step}")
-            return RunResult(status="stopped", step=step, metrics=metrics)
-        step += 1
+        if loop.stop_requested():
+            return loop.stop(metrics)
+        step = loop.next_step()
 
         # 5. Gradients: every micro-batch's summed loss is divided by the pairs in the whole
         #    step, so the update is the mean over the step's pairs whatever the micro-batching.
         indices = order.step_indices(step)
-        sums = torch.zeros(len(PAIR_STATS), device=device)  # (S,) per-pair statistics, summed
+        sums = torch.zeros(len(TRAIN_METRICS), device=device)  # (S,) per-pair statistics, summed
         for micro in split_micro_batches(indices, hp.gradient_accumulation_steps):
             batch = collate_pairs([train_pairs[i] for i in micro], tokenizer.pad_token_id).to(device)
             losses, stats = pair_losses_and_stats(policy, reference, batch, hp)  # (b,), (S, b)
@@ -119,37 +99,21 @@ def train_dpo(
             sums += stats.sum(dim=1)
 
         # 6. Update: clip, refuse non-finite values, step the optimiser and the schedule.
-        grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), hp.max_grad_norm)
-        learning_rate = scheduler.get_last_lr()[0]
-        values = torch.cat([sums / len(indices), grad_norm.reshape(1)]).tolist()  # the step's one host sync
-        loss, norm = values[0], values[-1]
-        if not (math.isfinite(loss) and math.isfinite(norm)):
-            what = "loss" if not math.isfinite(loss) else "gradient norm"
-            raise NumericalError(f"non-finite {what} at step {step} (loss={loss}, grad_norm={norm})", step=step)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        metrics = loop.update(sums / len(indices), TRAIN_METRICS)
 
-        # 7. Metrics: per step, averaged over the step's pairs; evaluation on checkpoint steps.
-        metrics = {("train/loss" if k == "loss" else k): v for k, v in zip(PAIR_STATS, values[:-1], strict=True)}
-        metrics |= {
-            "train/learning_rate": learning_rate,
-            "train/grad_norm": norm,
-            "train/epoch": step / order.steps_per_epoch,
-        }
-        checkpoint_due = step % hp.checkpoint_every == 0 or step == total_steps
-        if eval_pairs and checkpoint_due:
+        # 7. Metrics: per step, averaged over the step's pairs; evaluation every `eval_every`
+        #    steps, at checkpoints and at the end, reported with the train metrics of its step.
+        evaluated = bool(eval_pairs) and loop.eval_due()
+        if evaluated:
             metrics |= evaluate(policy, reference, eval_pairs, tokenizer.pad_token_id, hp, device)
-        if step % hp.log_every == 0 or checkpoint_due:
+        if evaluated or loop.log_due():
             callbacks.on_metrics(step, metrics)
 
         # 8. Checkpoint every `checkpoint_every` steps and at the end.
-        if checkpoint_due:
-            checkpoint()
-            saved_step = step
+        if loop.checkpoint_due():
+            loop.checkpoint(metrics)
 
-    callbacks.on_event("info", f"completed {step} steps")
-    return RunResult(status="completed", step=step, metrics=metrics)
+    return loop.finish(metrics)
 
 
 def pair_losses_and_stats(
@@ -167,7 +131,7 @@ def pair_losses_and_stats(
 
     Returns:
         losses: (B,) differentiable DPO loss per pair.
-        stats: (S, B) detached statistics in `PAIR_STATS` order.
+        stats: (S, B) detached statistics in `TRAIN_METRICS` order.
     """
     b = batch.num_pairs
     _, logps = sequence_logprobs(policy, batch.input_ids, batch.attention_mask, batch.loss_mask)  # (2B,)
@@ -215,13 +179,13 @@ def evaluate(
     was_training = policy.training
     policy.eval()
     micro = max(1, hp.batch_size // hp.gradient_accumulation_steps)
-    sums = torch.zeros(len(PAIR_STATS), device=device)  # (S,)
+    sums = torch.zeros(len(EVAL_METRICS), device=device)  # (S,)
     for start in range(0, len(pairs), micro):
         batch = collate_pairs(pairs[start : start + micro], pad_token_id).to(device)
         _, stats = pair_losses_and_stats(policy, reference, batch, hp)  # (S, b)
         sums += stats.sum(dim=1)
     policy.train(was_training)
-    return {f"eval/{k}": v for k, v in zip(PAIR_STATS, (sums / len(pairs)).tolist(), strict=True)}
+    return dict(zip(EVAL_METRICS, (sums / len(pairs)).tolist(), strict=True))
 
 
 def _tokenize(rows, tokenizer, hp: DPOHyperparameters, split: str, callbacks: Callbacks) -> list[TokenizedPair]:
@@ -236,14 +200,3 @@ def _tokenize(rows, tokenizer, hp: DPOHyperparameters, split: str, callbacks: Ca
             f"(max_prompt_length={hp.max_prompt_length}, max_length={hp.max_length})",
         )
     return pairs
-
-
-def _check_resume(state: dict, job: DPOJob, num_rows: int, callbacks: Callbacks) -> None:
-    if state["job"] != job.model_dump(mode="json"):
-        callbacks.on_event("warning", "resuming with a job spec that differs from the checkpoint's")
-    if state["data_position"].get("num_rows") != num_rows:
-        callbacks.on_event(
-            "warning",
-            f"resuming on {num_rows} training rows where the checkpoint saw "
-            f"{state['data_position'].get('num_rows')}: the data order differs",
-        )
