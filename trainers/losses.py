@@ -1,4 +1,4 @@
-"""Preference losses as pure functions of summed log-probabilities."""
+"""Preference losses as pure functions of sequence log-probabilities and rewards."""
 
 from __future__ import annotations
 
@@ -14,22 +14,31 @@ def dpo_loss(
     ref_chosen_logps: Tensor,
     ref_rejected_logps: Tensor,
     beta: float,
-    loss_type: Literal["sigmoid"],
+    loss_type: Literal["sigmoid", "ipo", "hinge"],
+    label_smoothing: float = 0.0,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Direct Preference Optimization loss per pair (Rafailov et al. 2023, eq. 7).
+    """Direct Preference Optimization loss per pair, and its variants.
 
     ``h = (log π(y_w|x) − log π_ref(y_w|x)) − (log π(y_l|x) − log π_ref(y_l|x))``
-    ``sigmoid: loss = −log σ(β·h) = log(1 + exp(−β·h))``
+
+    - ``sigmoid``: ``−(1−ε)·log σ(β·h) − ε·log σ(−β·h)``. With ε = 0 it is DPO's loss (Rafailov
+      et al. 2023, eq. 7, https://arxiv.org/abs/2305.18290); ε > 0 is conservative DPO (cDPO,
+      Mitchell 2023), which treats each label as flipped with probability ε.
+    - ``ipo``: ``(h − 1/(2β))²`` (Azar et al. 2023, eq. 17, https://arxiv.org/abs/2310.12036).
+      IPO's h compares length-AVERAGED log-probs: pass ``Σ_t log π(y_t) / |y|`` for all four inputs.
+    - ``hinge``: ``max(0, 1 − β·h)`` (SLiC, Zhao et al. 2023, https://arxiv.org/abs/2305.10425).
+
     The implicit rewards are ``r_w = β·(log π(y_w|x) − log π_ref(y_w|x))`` and likewise ``r_l``.
-    https://arxiv.org/abs/2305.18290
 
     Args:
-        policy_chosen_logps: (B,) summed response log-probs of the chosen responses under π.
+        policy_chosen_logps: (B,) response log-probs of the chosen responses under π (summed
+            over tokens; averaged for ``ipo``).
         policy_rejected_logps: (B,) the same for the rejected responses.
         ref_chosen_logps: (B,) chosen responses under the frozen reference π_ref.
         ref_rejected_logps: (B,) rejected responses under π_ref.
-        beta: β, the strength of the implicit KL penalty.
-        loss_type: ``"sigmoid"`` (the paper's loss).
+        beta: β, the strength of the implicit KL penalty (for ``ipo``: h is pulled towards 1/(2β)).
+        loss_type: ``"sigmoid"``, ``"ipo"`` or ``"hinge"``.
+        label_smoothing: ε of cDPO, in [0, 0.5); ``sigmoid`` only.
 
     Returns:
         losses: (B,) loss per pair (differentiable w.r.t. the policy log-probs).
@@ -39,9 +48,16 @@ def dpo_loss(
     chosen_logratios = policy_chosen_logps - ref_chosen_logps  # (B,)
     rejected_logratios = policy_rejected_logps - ref_rejected_logps  # (B,)
     h = chosen_logratios - rejected_logratios  # (B,)
+    if label_smoothing and loss_type != "sigmoid":
+        raise ValueError(f"label_smoothing applies to the 'sigmoid' loss only, not {loss_type!r}")
     match loss_type:
         case "sigmoid":
-            losses = -F.logsigmoid(beta * h)  # (B,)
+            # ε = 0 leaves the second term at exactly 0, so plain DPO is computed bit for bit.
+            losses = -(1 - label_smoothing) * F.logsigmoid(beta * h) - label_smoothing * F.logsigmoid(-beta * h)
+        case "ipo":
+            losses = (h - 1 / (2 * beta)) ** 2  # (B,)
+        case "hinge":
+            losses = F.relu(1 - beta * h)  # (B,)
         case _:
             raise ValueError(f"unknown DPO loss type {loss_type!r}")
     chosen_rewards = beta * chosen_logratios.detach()  # (B,)

@@ -65,3 +65,44 @@ def test_bradley_terry_gradient_pushes_rewards_apart():
     bradley_terry_loss(chosen, rejected).sum().backward()
     assert (chosen.grad < 0).all() and (rejected.grad > 0).all()  # descent raises r_c, lowers r_r
     torch.testing.assert_close(chosen.grad, torch.full((4,), -0.5))  # −σ(−0) = −0.5
+
+
+# The pairs of `test_sigmoid_loss_and_rewards_by_hand`: h = 2 and h = −4.
+PAIRS = (torch.tensor([-10.0, -13.0]), torch.tensor([-12.0, -9.0]), torch.tensor([-11.0, -11.0]),
+         torch.tensor([-11.0, -11.0]))  # fmt: skip
+
+
+def test_conservative_dpo_by_hand():
+    # −(1−ε)·log σ(x) − ε·log σ(−x) with x = βh: 0.9·softplus(−x) + 0.1·softplus(x)
+    # x = 0.2:  0.9·0.598139 + 0.1·0.798139 = 0.618139;  x = −0.4: 0.9·0.913015 + 0.1·0.513015 = 0.873015
+    losses, chosen, rejected = dpo_loss(*PAIRS, beta=0.1, loss_type="sigmoid", label_smoothing=0.1)
+    assert losses.tolist() == pytest.approx([0.618139, 0.873015], abs=1e-6)
+    assert chosen.tolist() == pytest.approx([0.1, -0.2]) and rejected.tolist() == pytest.approx([-0.1, 0.2])
+
+
+def test_conservative_dpo_with_no_smoothing_is_exactly_the_sigmoid_loss():
+    g = torch.Generator().manual_seed(0)
+    logps = [torch.randn(64, generator=g) * 10 for _ in range(4)]
+    plain, _, _ = dpo_loss(*logps, beta=0.3, loss_type="sigmoid")
+    smoothed, _, _ = dpo_loss(*logps, beta=0.3, loss_type="sigmoid", label_smoothing=0.0)
+    assert torch.equal(plain, smoothed)
+
+
+def test_ipo_loss_by_hand():
+    # (h − 1/(2β))² with 1/(2·0.1) = 5: (2 − 5)² = 9, (−4 − 5)² = 81
+    losses, chosen, rejected = dpo_loss(*PAIRS, beta=0.1, loss_type="ipo")
+    assert losses.tolist() == pytest.approx([9.0, 81.0])
+    assert chosen.tolist() == pytest.approx([0.1, -0.2]) and rejected.tolist() == pytest.approx([-0.1, 0.2])
+
+
+def test_hinge_loss_by_hand():
+    # relu(1 − βh): β = 0.1 → 1 − 0.2 = 0.8, 1 + 0.4 = 1.4;  β = 1 → relu(−1) = 0, 1 + 4 = 5
+    losses, _, _ = dpo_loss(*PAIRS, beta=0.1, loss_type="hinge")
+    assert losses.tolist() == pytest.approx([0.8, 1.4])
+    losses, _, _ = dpo_loss(*PAIRS, beta=1.0, loss_type="hinge")
+    assert losses.tolist() == pytest.approx([0.0, 5.0])
+
+
+def test_label_smoothing_is_refused_for_other_losses():
+    with pytest.raises(ValueError, match="'sigmoid' loss only"):
+        dpo_loss(*PAIRS, beta=0.1, loss_type="ipo", label_smoothing=0.1)
