@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
+from peft import PeftModel
 from torch import Tensor, nn
 
 
@@ -59,3 +62,47 @@ def sequence_logprobs(
     mask = loss_mask[:, 1:].to(torch.float32)  # (B, T-1)
     per_token = selective_log_softmax(logits, targets) * mask  # (B, T-1)
     return per_token, per_token.sum(dim=-1)
+
+
+def scored_token_counts(loss_mask: Tensor) -> Tensor:
+    """How many tokens `sequence_logprobs` sums over in each row: ``n[b] = Σ_{t≥1} loss_mask[b, t]``.
+
+    Dividing `sequence_logprobs`' totals by it gives length-averaged log-probs (as IPO needs).
+    The first position is left out because no logit predicts it.
+
+    Args:
+        loss_mask: (B, T) 1 on the tokens to score.
+
+    Returns:
+        (B,) float32 counts, at least 1 (a row with nothing to score averages to 0, not NaN).
+    """
+    return loss_mask[:, 1:].sum(dim=-1).clamp(min=1).to(torch.float32)
+
+
+@torch.no_grad()
+def reference_sequence_logprobs(
+    model: nn.Module, input_ids: Tensor, attention_mask: Tensor, loss_mask: Tensor, temperature: float = 1.0
+) -> Tensor:
+    """`sequence_logprobs` totals under a frozen reference: no gradients, eval mode, adapters off.
+
+    A peft model stands for its own base model here: its adapters are disabled for the pass, so
+    LoRA training needs no second copy of the weights. Eval mode keeps dropout out of the
+    reference, whatever mode `model` is in (it is restored afterwards).
+
+    Args:
+        model: the reference model, or a peft model whose base is the reference.
+        input_ids: (B, T) token ids, right-padded.
+        attention_mask: (B, T) 1 on real tokens.
+        loss_mask: (B, T) 1 on the tokens to score.
+        temperature: logits are divided by it, as during sampling.
+
+    Returns:
+        (B,) float32 summed log-probabilities of the scored tokens.
+    """
+    was_training = model.training
+    model.eval()
+    adapters_off = model.disable_adapter() if isinstance(model, PeftModel) else contextlib.nullcontext()
+    with adapters_off:
+        _, total = sequence_logprobs(model, input_ids, attention_mask, loss_mask, temperature)  # (B,)
+    model.train(was_training)
+    return total

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from trainers.errors import ModelNotFoundError
+from trainers.lora import is_adapter_dir, load_merged
 from trainers.tiny import TINY_LLAMA, build_tiny_llama
 
 BUILTIN_PREFIX = "builtin:"
@@ -27,14 +29,17 @@ def load_policy(
 
     References: ``builtin:<name>`` (built in code, see `trainers.tiny`), a local directory
     written by ``save_pretrained``, or a Hugging Face hub id. A hub id is read from the local
-    cache first; the hub is asked only when the cache misses.
+    cache first; the hub is asked only when the cache misses. A directory holding a LoRA adapter
+    (``adapter_config.json``, e.g. a LoRA job's checkpoint) loads as its base model, itself
+    resolved by this function from the reference the adapter names, with the adapter merged in;
+    so a LoRA checkpoint can be the base model of a new job.
 
     Args:
         ref: the model reference.
         dtype: floating-point type of the loaded weights.
 
     Returns:
-        The model (on the CPU, eval mode) and its tokenizer. When the tokenizer had no pad token,
+        The model (on the CPU, eval mode; never a peft wrapper) and its tokenizer. When the tokenizer had no pad token,
         or its pad was EOS, a new pad token is added and the embeddings grow by one row.
 
     Raises:
@@ -48,6 +53,8 @@ def load_policy(
             raise ModelNotFoundError(f"unknown builtin model {ref!r}; known: {known}")
         model, tokenizer = build_tiny_llama()
         model = model.to(dtype)
+    elif is_adapter_dir(ref):
+        return load_merged(ref, functools.partial(load_policy, dtype=dtype))  # the base got its pad token
     elif Path(ref).is_dir():
         model, tokenizer = _from_pretrained(ref, dtype=dtype, local_files_only=True)
     else:
