@@ -1,8 +1,12 @@
 """Direct Preference Optimization (Rafailov et al. 2023, https://arxiv.org/abs/2305.18290).
 
-One loop in numbered sections. The reference model is a frozen copy of the initial policy and its
-log-probs are computed on the fly, in the same micro-batches as the policy's. The learning rate
-rises linearly for `warmup_steps` steps, then stays constant, as in the DPO paper's setup.
+One loop in numbered sections; the optimisation plumbing (AdamW with linear warmup then a constant
+rate, resume, stop, the update guard, cadence and checkpoints) is `trainers.loop`'s. The
+reference policy π_ref is the job's base model. By default its log-probs are computed in one pass
+before training and kept as a table, so no reference model is in memory while training; with
+``precompute_ref_logprobs=False`` they are computed on the fly, in the same micro-batches as the
+policy's. With LoRA the reference is the policy with its adapters disabled: there is never a
+second copy of the weights.
 """
 
 from __future__ import annotations
@@ -11,15 +15,17 @@ import copy
 from pathlib import Path
 
 import torch
+from peft import PeftModel
 from torch import Tensor, nn
 
 from trainers.batching import BatchOrder, split_micro_batches
 from trainers.callbacks import Callbacks
-from trainers.checkpoint import MODEL_DIR, load_trainer_state
+from trainers.checkpoint import load_trainer_state
 from trainers.config import DPOHyperparameters, DPOJob
 from trainers.errors import UserError
-from trainers.logprobs import sequence_logprobs
+from trainers.logprobs import reference_sequence_logprobs, scored_token_counts, sequence_logprobs
 from trainers.loop import TrainingLoop, seed_everything
+from trainers.lora import load_trainable_model
 from trainers.losses import dpo_loss
 from trainers.modeling import default_device, load_policy
 from trainers.preference_data import PreferenceBatch, TokenizedPair, collate_pairs, tokenize_pairs
@@ -52,20 +58,17 @@ def train_dpo(
     """
     hp = job.hyperparameters
     device = default_device()
-    seed_everything(job.seed)
-
-    # 1. Models: the reference is the initial policy, frozen; when resuming, the policy is the
-    #    checkpoint's model while the reference is still the job's base model.
-    reference, tokenizer = load_policy(job.base_model)
+    seed_everything(job.seed)  # before adapters are drawn; a resumed run restores its RNG states later
     state = load_trainer_state(resume_from) if resume_from is not None else None
-    if state is None:
-        policy = copy.deepcopy(reference)
-    else:
-        policy, tokenizer = load_policy(Path(resume_from) / MODEL_DIR)
-    reference.to(device).eval().requires_grad_(False)
+
+    # 1. Policy: the base model (wrapped in fresh adapters for LoRA), or the checkpoint's model.
+    policy, tokenizer = load_trainable_model(load_policy, job, resume_from, task="causal_lm")
     policy.to(device).train()
     n_params = sum(p.numel() for p in policy.parameters())
-    callbacks.on_event("info", f"loaded {job.base_model} ({n_params:,} parameters) on {device.type}")
+    n_trainable = sum(p.numel() for p in policy.parameters() if p.requires_grad)
+    callbacks.on_event(
+        "info", f"loaded {job.base_model} ({n_params:,} parameters, {n_trainable:,} trained) on {device.type}"
+    )
 
     # 2. Data: tokenised once; the rows of step s are a pure function of (seed, s).
     train_pairs = _tokenize(data.train, tokenizer, hp, "train", callbacks)
@@ -74,60 +77,130 @@ def train_dpo(
         raise UserError("the training data has no rows")
     order = BatchOrder(num_rows=len(train_pairs), batch_size=hp.batch_size, seed=job.seed)
 
-    # 3. Optimiser, schedule, step and RNG (restored when resuming), cadence and checkpoints.
+    # 3. Reference log-probs: precomputed in one pass (no reference model kept), or a model that
+    #    computes them on every batch.
+    reference_model = _reference_model(policy, job, resumed=state is not None, device=device)
+    if hp.precompute_ref_logprobs:
+        size = _pass_batch_size(hp)
+        train_reference = Reference.precompute(reference_model, train_pairs, tokenizer.pad_token_id, size, device)
+        eval_reference = Reference.precompute(reference_model, eval_pairs, tokenizer.pad_token_id, size, device)
+        callbacks.on_event("info", f"precomputed reference log-probs of {len(train_pairs) + len(eval_pairs)} pairs")
+    else:
+        train_reference = eval_reference = Reference(model=reference_model)
+    del reference_model  # with precomputed log-probs nothing holds a separate reference model now
+
+    # 4. Optimiser, schedule, step and RNG (restored when resuming), cadence and checkpoints.
     loop = TrainingLoop(
         job, callbacks, model=policy, tokenizer=tokenizer, state=state,
-        model_info=lambda: {"kind": "causal_lm", "adapter": False, "base_model": job.base_model},
+        model_info=lambda: {"kind": "causal_lm", "adapter": job.lora is not None, "base_model": job.base_model},
         num_rows=len(train_pairs), steps_per_epoch=order.steps_per_epoch,
     )  # fmt: skip
     metrics: dict[str, float] = {}
 
     while loop.step < loop.total_steps:
-        # 4. Cooperative stop, polled once per step: keep the progress, then return.
+        # 5. Cooperative stop, polled once per step: keep the progress, then return.
         if loop.stop_requested():
             return loop.stop(metrics)
         step = loop.next_step()
 
-        # 5. Gradients: every micro-batch's summed loss is divided by the pairs in the whole
+        # 6. Gradients: every micro-batch's summed loss is divided by the pairs in the whole
         #    step, so the update is the mean over the step's pairs whatever the micro-batching.
         indices = order.step_indices(step)
         sums = torch.zeros(len(TRAIN_METRICS), device=device)  # (S,) per-pair statistics, summed
         for micro in split_micro_batches(indices, hp.gradient_accumulation_steps):
             batch = collate_pairs([train_pairs[i] for i in micro], tokenizer.pad_token_id).to(device)
-            losses, stats = pair_losses_and_stats(policy, reference, batch, hp)  # (b,), (S, b)
+            ref_logps = train_reference.logps(batch, micro)  # (2b,)
+            losses, stats = pair_losses_and_stats(policy, batch, ref_logps, hp)  # (b,), (S, b)
             (losses.sum() / len(indices)).backward()
             sums += stats.sum(dim=1)
 
-        # 6. Update: clip, refuse non-finite values, step the optimiser and the schedule.
+        # 7. Update: clip, refuse non-finite values, step the optimiser and the schedule.
         metrics = loop.update(sums / len(indices), TRAIN_METRICS)
 
-        # 7. Metrics: per step, averaged over the step's pairs; evaluation every `eval_every`
+        # 8. Metrics: per step, averaged over the step's pairs; evaluation every `eval_every`
         #    steps, at checkpoints and at the end, reported with the train metrics of its step.
         evaluated = bool(eval_pairs) and loop.eval_due()
         if evaluated:
-            metrics |= evaluate(policy, reference, eval_pairs, tokenizer.pad_token_id, hp, device)
+            metrics |= evaluate(policy, eval_reference, eval_pairs, tokenizer.pad_token_id, hp, device)
         if evaluated or loop.log_due():
             callbacks.on_metrics(step, metrics)
 
-        # 8. Checkpoint every `checkpoint_every` steps and at the end.
+        # 9. Checkpoint every `checkpoint_every` steps and at the end.
         if loop.checkpoint_due():
             loop.checkpoint(metrics)
 
     return loop.finish(metrics)
 
 
+class Reference:
+    """Summed response log-probs of the reference policy π_ref, for batches of pairs.
+
+    Either a table filled once before training (`Reference.precompute`), so no reference model
+    is needed while training; or a model run on each batch with `reference_sequence_logprobs`
+    (no gradients, eval mode, a peft model's adapters disabled). Both give the same numbers.
+
+    Args:
+        model: the reference model, for log-probs computed on the fly.
+        table: (N, 2) precomputed log-probs of each pair's chosen and rejected response.
+    """
+
+    def __init__(self, *, model: nn.Module | None = None, table: Tensor | None = None):
+        self.model = model
+        self.table = table
+
+    @classmethod
+    def precompute(
+        cls, model: nn.Module, pairs: list[TokenizedPair], pad_token_id: int, batch_size: int, device: torch.device
+    ) -> Reference:
+        """One pass of `model` over `pairs`, kept as a table indexed by pair.
+
+        Args:
+            model: the reference model (or a peft model whose base is the reference).
+            pairs: every pair of a split, in the order later lookups index.
+            pad_token_id: padding id.
+            batch_size: pairs per forward.
+            device: where `model` is; the table stays there.
+
+        Returns:
+            A table-backed `Reference`.
+        """
+        on_the_fly = cls(model=model)
+        rows = [torch.zeros(0, 2, device=device)]
+        for start in range(0, len(pairs), batch_size):
+            batch = collate_pairs(pairs[start : start + batch_size], pad_token_id).to(device)
+            rows.append(on_the_fly.logps(batch).reshape(2, -1).T)  # (b, 2): chosen, rejected
+        return cls(table=torch.cat(rows))  # (N, 2)
+
+    def logps(self, batch: PreferenceBatch, indices: list[int] | None = None) -> Tensor:
+        """(2B,) reference log-probs of a batch's rows, chosen rows first.
+
+        Args:
+            batch: B pairs as 2B rows.
+            indices: the B pairs' positions in the split (needed for a table).
+
+        Returns:
+            (2B,) float32 summed log-probs of each row's response.
+        """
+        if self.table is None:
+            return reference_sequence_logprobs(self.model, batch.input_ids, batch.attention_mask, batch.loss_mask)
+        rows = self.table[indices]  # (B, 2)
+        return torch.cat([rows[:, 0], rows[:, 1]])  # (2B,)
+
+
 def pair_losses_and_stats(
-    policy: nn.Module, reference: nn.Module, batch: PreferenceBatch, hp: DPOHyperparameters
+    policy: nn.Module, batch: PreferenceBatch, ref_logps: Tensor, hp: DPOHyperparameters
 ) -> tuple[Tensor, Tensor]:
     """DPO losses of a batch of pairs, and the per-pair statistics behind the metrics.
 
-    Chosen and rejected rows go through one policy forward (and one reference forward).
+    Chosen and rejected rows go through one policy forward. For the ``ipo`` loss, policy and
+    reference log-probs are divided by the response length before the loss (Azar et al. 2023,
+    eq. 17), and the ``logps/*`` statistics are those averages.
 
     Args:
         policy: the model being trained.
-        reference: the frozen reference model.
         batch: B pairs as 2B rows, chosen first.
-        hp: supplies β and the loss type.
+        ref_logps: (2B,) summed reference log-probs of the same rows.
+        hp: supplies β, the loss type and the label smoothing.
 
     Returns:
         losses: (B,) differentiable DPO loss per pair.
@@ -135,10 +208,11 @@ def pair_losses_and_stats(
     """
     b = batch.num_pairs
     _, logps = sequence_logprobs(policy, batch.input_ids, batch.attention_mask, batch.loss_mask)  # (2B,)
-    with torch.no_grad():
-        _, ref_logps = sequence_logprobs(reference, batch.input_ids, batch.attention_mask, batch.loss_mask)  # (2B,)
+    if hp.loss_type == "ipo":
+        counts = scored_token_counts(batch.loss_mask)  # (2B,) the same tokens under π and π_ref
+        logps, ref_logps = logps / counts, ref_logps / counts
     losses, chosen_rewards, rejected_rewards = dpo_loss(
-        logps[:b], logps[b:], ref_logps[:b], ref_logps[b:], hp.beta, hp.loss_type
+        logps[:b], logps[b:], ref_logps[:b], ref_logps[b:], hp.beta, hp.loss_type, hp.label_smoothing
     )  # (B,) each
     stats = torch.stack(
         [
@@ -157,7 +231,7 @@ def pair_losses_and_stats(
 @torch.no_grad()
 def evaluate(
     policy: nn.Module,
-    reference: nn.Module,
+    reference: Reference,
     pairs: list[TokenizedPair],
     pad_token_id: int,
     hp: DPOHyperparameters,
@@ -167,7 +241,7 @@ def evaluate(
 
     Args:
         policy: the model being trained (put in eval mode for the duration).
-        reference: the frozen reference model.
+        reference: the reference log-probs of `pairs`.
         pairs: tokenised evaluation pairs.
         pad_token_id: padding id.
         hp: supplies β, the loss type and the batch size.
@@ -178,14 +252,33 @@ def evaluate(
     """
     was_training = policy.training
     policy.eval()
-    micro = max(1, hp.batch_size // hp.gradient_accumulation_steps)
+    size = _pass_batch_size(hp)
     sums = torch.zeros(len(EVAL_METRICS), device=device)  # (S,)
-    for start in range(0, len(pairs), micro):
-        batch = collate_pairs(pairs[start : start + micro], pad_token_id).to(device)
-        _, stats = pair_losses_and_stats(policy, reference, batch, hp)  # (S, b)
+    for start in range(0, len(pairs), size):
+        indices = list(range(start, min(start + size, len(pairs))))
+        batch = collate_pairs([pairs[i] for i in indices], pad_token_id).to(device)
+        _, stats = pair_losses_and_stats(policy, batch, reference.logps(batch, indices), hp)  # (S, b)
         sums += stats.sum(dim=1)
     policy.train(was_training)
     return dict(zip(EVAL_METRICS, (sums / len(pairs)).tolist(), strict=True))
+
+
+def _reference_model(policy: nn.Module, job: DPOJob, *, resumed: bool, device: torch.device) -> nn.Module:
+    """A model whose log-probs are π_ref's, the job's base model, with as few copies as possible."""
+    if isinstance(policy, PeftModel):
+        return policy  # the base under the adapters; `reference_sequence_logprobs` disables them
+    if resumed:
+        model, _ = load_policy(job.base_model)  # the policy has moved away from it
+    elif job.hyperparameters.precompute_ref_logprobs:
+        return policy  # read once, before the first step changes it
+    else:
+        model = copy.deepcopy(policy)
+    return model.to(device).eval().requires_grad_(False)
+
+
+def _pass_batch_size(hp: DPOHyperparameters) -> int:
+    """Pairs per forward in gradient-free passes: the size of a training micro-batch."""
+    return max(1, hp.batch_size // hp.gradient_accumulation_steps)
 
 
 def _tokenize(rows, tokenizer, hp: DPOHyperparameters, split: str, callbacks: Callbacks) -> list[TokenizedPair]:

@@ -1,6 +1,9 @@
 """End-to-end behaviour of the DPO loop on builtin:tiny-llama (a few seconds on a 2-core CPU)."""
 
+import gc
 import math
+import weakref
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -150,3 +153,74 @@ def test_truncated_pairs_are_counted_in_a_warning():
     trainers.run(dpo_job(max_steps=1, max_length=24, max_prompt_length=16), TrainingData(train=rows), callbacks)
     warnings = [m for level, m in callbacks.events if level == "warning"]
     assert any(m.startswith("6 of 6 train pairs were truncated") for m in warnings), warnings
+
+
+@pytest.mark.parametrize(
+    "loss", [{"loss_type": "ipo", "learning_rate": 3e-3}, {"loss_type": "hinge"}, {"label_smoothing": 0.1}]
+)
+def test_every_loss_of_the_family_learns_the_synthetic_preference(loss):
+    callbacks = RecordingCallbacks()
+    trainers.run(dpo_job(**(LEARNING | loss)), TrainingData(train=uppercase_preference_rows(256)), callbacks)
+    assert all(callbacks.metrics[s]["rewards/accuracies"] > 0.9 for s in range(26, 31))
+    assert callbacks.metrics[30]["train/loss"] < callbacks.metrics[1]["train/loss"]
+
+
+def test_eval_metrics_arrive_every_eval_every_steps_and_at_the_end_with_the_train_metrics():
+    callbacks = RecordingCallbacks()
+    job = dpo_job(max_steps=5, batch_size=4, eval_every=2, log_every=100, checkpoint_every=100)
+    data = TrainingData(train=uppercase_preference_rows(16), eval=uppercase_preference_rows(5, seed=9))
+    trainers.run(job, data, callbacks)
+    assert sorted(callbacks.metrics) == [2, 4, 5]
+    for metrics in callbacks.metrics.values():
+        assert {"train/loss", "eval/loss", "eval/rewards/accuracies", "eval/logps/chosen"} <= set(metrics)
+
+
+@pytest.mark.parametrize("loss_type", ["sigmoid", "ipo"])
+def test_precomputed_and_on_the_fly_reference_give_the_same_run(monkeypatch, loss_type):
+    rows, eval_rows = uppercase_preference_rows(24, seed=6), uppercase_preference_rows(7, seed=7)
+    runs = {}
+    for precompute in (True, False):
+        callbacks = RecordingCallbacks()
+        job = dpo_job(max_steps=4, batch_size=6, gradient_accumulation_steps=2, learning_rate=2e-3,
+                      eval_every=2, loss_type=loss_type, precompute_ref_logprobs=precompute)  # fmt: skip
+        if precompute:  # full fine-tuning: the pass reads the initial policy, no frozen copy is made
+            monkeypatch.setattr(trainers.dpo, "copy", SimpleNamespace(deepcopy=no_copy))
+        trainers.run(job, TrainingData(train=rows, eval=eval_rows), callbacks)
+        monkeypatch.undo()
+        runs[precompute] = callbacks.metrics
+    assert sorted(runs[True]) == sorted(runs[False]) == [1, 2, 3, 4]
+    for step, metrics in runs[False].items():
+        assert runs[True][step] == pytest.approx(metrics, abs=1e-5), f"step {step}"
+    assert "eval/loss" in runs[True][2]
+
+
+def no_copy(obj):
+    raise AssertionError("the reference model was copied")
+
+
+def test_resumed_run_with_precomputed_reference_does_not_keep_the_base_model(monkeypatch, tmp_path):
+    rows = uppercase_preference_rows(12, seed=2)
+    job = dpo_job(max_steps=4, batch_size=4, learning_rate=1e-3)
+    first = RecordingCallbacks(tmp_path, stop_after=2)
+    trainers.run(job, TrainingData(train=rows), first)
+
+    loaded = {}
+    real_load = trainers.dpo.load_policy
+
+    def recording_load(ref, **kwargs):
+        model, tokenizer = real_load(ref, **kwargs)
+        loaded[str(ref)] = weakref.ref(model)
+        return model, tokenizer
+
+    class ChecksMemory(RecordingCallbacks):
+        def on_metrics(self, step, metrics):
+            gc.collect()
+            self.base_alive = loaded["builtin:tiny-llama"]() is not None
+            super().on_metrics(step, metrics)
+
+    monkeypatch.setattr(trainers.dpo, "load_policy", recording_load)
+    resumed = ChecksMemory()
+    trainers.run(job, TrainingData(train=rows), resumed, resume_from=first.checkpoints[2][0])
+    assert set(loaded) == {"builtin:tiny-llama", str(first.checkpoints[2][0] / MODEL_DIR)}
+    assert resumed.base_alive is False  # loaded for the reference pass, then dropped
+    assert sorted(resumed.metrics) == [3, 4]
