@@ -1,9 +1,15 @@
 """Run a trainer standalone: ``python -m trainers dpo --data rows.jsonl --base-model builtin:tiny-llama --output DIR``.
 
-Hyperparameter flags are generated from the config models (``--max-steps``, ``--learning-rate``,
-...), so they and their defaults are declared once. Metrics go to stdout as JSON lines
+One subcommand per algorithm in `ALGORITHMS`. Hyperparameter flags are generated from the config
+models (``--max-steps``, ``--learning-rate``, ...), so they and their defaults are declared once;
+``--lora '{"r": 8}'`` trains adapters. Metrics go to stdout as JSON lines
 (``{"step": ..., "train/loss": ...}``), events to stderr, checkpoints to ``DIR/checkpoint-<step>/``.
 The first Ctrl-C stops cooperatively after the current step, saving a checkpoint.
+
+``python -m trainers merge --model-dir CHECKPOINT/model --output DIR`` writes a LoRA checkpoint's
+base and adapter as one full model (`trainers.export.merge_checkpoint`).
+
+Exit status: 0 on success, 2 for bad input (data, spec, model), 1 for a numerical failure.
 """
 
 from __future__ import annotations
@@ -84,17 +90,18 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The command line: one subcommand per algorithm, one flag per hyperparameter."""
+    """The command line: one subcommand per algorithm (one flag per hyperparameter), and `merge`."""
     parser = argparse.ArgumentParser(prog="python -m trainers", description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="algorithm", required=True)
+    sub = parser.add_subparsers(dest="command", required=True)
     for name, (_, hyper) in ALGORITHMS.items():
-        cmd = sub.add_parser(name, help=f"train with {name.upper()}")
+        cmd = sub.add_parser(name, help=f"train with {name}")
         cmd.add_argument("--data", type=Path, required=True, help="training rows (.jsonl)")
         cmd.add_argument("--eval-data", type=Path, help="evaluation rows (.jsonl)")
         cmd.add_argument("--base-model", required=True, help="builtin:tiny-llama, a model directory or a hub id")
         cmd.add_argument("--output", type=Path, required=True, help="folder for checkpoint-<step>/ directories")
         cmd.add_argument("--seed", type=int, default=0, help="seed for data order and dropout (default 0)")
         cmd.add_argument("--resume-from", type=Path, help="checkpoint directory to continue from")
+        cmd.add_argument("--lora", type=json.loads, help='train LoRA adapters: JSON settings, e.g. \'{"r": 8}\'')
         for field_name, field in hyper.model_fields.items():
             flag = "--" + field_name.replace("_", "-")
             kind, choices = _flag_type(field.annotation)
@@ -102,21 +109,43 @@ def build_parser() -> argparse.ArgumentParser:
                 flag, dest=field_name, type=kind, choices=choices, default=None,
                 help=f"{field.description} (default {field.default})",
             )  # fmt: skip
+    merge = sub.add_parser("merge", help="write a LoRA checkpoint's base and adapter as one full model")
+    merge.add_argument("--model-dir", type=Path, required=True, help="a checkpoint's model/ directory")
+    merge.add_argument("--output", type=Path, required=True, help="folder for the merged model")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Parse arguments, run the trainer, and return the process exit status."""
+    """Parse arguments, run the command, and return the process exit status."""
     args = build_parser().parse_args(argv)
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # keep stderr to our own event lines
-    job_model, hyper = ALGORITHMS[args.algorithm]
+    try:
+        if args.command == "merge":
+            from trainers.export import merge_checkpoint
+
+            merge_checkpoint(args.model_dir, args.output)
+            return 0
+        return train(args)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except NumericalError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+def train(args: argparse.Namespace) -> int:
+    """Run the training subcommand `args.command` and return the exit status."""
+    job_model, hyper = ALGORITHMS[args.command]
     overrides = {k: getattr(args, k) for k in hyper.model_fields if getattr(args, k) is not None}
     try:
-        job = job_model(type=args.algorithm, base_model=args.base_model, seed=args.seed, hyperparameters=overrides)
+        job = job_model(
+            type=args.command, base_model=args.base_model, seed=args.seed, lora=args.lora, hyperparameters=overrides
+        )
     except ValidationError as exc:
-        print(f"error: invalid hyperparameters:\n{exc}", file=sys.stderr)
+        print(f"error: invalid job settings:\n{exc}", file=sys.stderr)
         return 2
     callbacks = ConsoleCallbacks(args.output)
 
@@ -125,19 +154,10 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C interrupts
 
     signal.signal(signal.SIGINT, request_stop)
-    try:
-        from trainers import run
+    from trainers import run
 
-        data = TrainingData(
-            train=read_rows(args.data), eval=read_rows(args.eval_data) if args.eval_data else None
-        )
-        result = run(job, data, callbacks, resume_from=args.resume_from)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except NumericalError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    data = TrainingData(train=read_rows(args.data), eval=read_rows(args.eval_data) if args.eval_data else None)
+    result = run(job, data, callbacks, resume_from=args.resume_from)
     print(f"[info] {result.status} at step {result.step}", file=sys.stderr)
     return 0
 

@@ -3,6 +3,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from trainer_fixtures import RecordingCallbacks  # before `import trainers`: makes it the real package
+
+import trainers
+from trainers import DPOJob, TrainingData
 from trainers.__main__ import build_parser
 from trainers.synthetic import uppercase_preference_rows
 
@@ -56,3 +60,24 @@ def test_cli_reports_bad_rows_and_bad_hyperparameters(tmp_path):
     out = cli("dpo", "--data", data, "--base-model", "builtin:tiny-llama", "--output", tmp_path / "run",
               "--max-length", 16, "--max-prompt-length", 16)  # fmt: skip
     assert out.returncode == 2 and "max_prompt_length" in out.stderr
+
+
+def test_merge_writes_a_full_model_and_reports_a_missing_directory(tmp_path):
+    callbacks = RecordingCallbacks(tmp_path / "run")
+    job = DPOJob(base_model="builtin:tiny-llama", lora={"r": 4}, hyperparameters={"max_steps": 1, "batch_size": 4})
+    trainers.run(job, TrainingData(train=uppercase_preference_rows(4)), callbacks)
+    model_dir = callbacks.checkpoints[1][0] / "model"
+
+    out = cli("merge", "--model-dir", model_dir, "--output", tmp_path / "merged")
+
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "merged" / "model.safetensors").is_file()
+    assert json.loads((tmp_path / "merged" / "rlhf_service.json").read_text())["adapter"] is False
+
+    out = cli("merge", "--model-dir", tmp_path / "nothing", "--output", tmp_path / "merged-2")
+    assert out.returncode == 2 and "nothing" in out.stderr.splitlines()[-1]
+
+
+def test_lora_settings_are_json():
+    args = build_parser().parse_args(["dpo", "--data", "d", "--base-model", "m", "--output", "o", "--lora", '{"r": 4}'])
+    assert args.lora == {"r": 4}
