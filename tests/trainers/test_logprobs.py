@@ -98,3 +98,31 @@ def test_pad_token_ids_do_not_change_response_logprobs_of_a_real_model():
         other[0, 6:] = torch.tensor([5, 77])  # garbage where the padding was
         _, total_other = sequence_logprobs(model, other, attention_mask, loss_mask)
     torch.testing.assert_close(total, total_other, rtol=0, atol=1e-6)
+
+
+def test_reference_logprobs_of_a_peft_model_are_its_base_models_in_eval_mode():
+    import copy
+
+    from trainers.config import LoRAConfig
+    from trainers.logprobs import reference_sequence_logprobs
+    from trainers.lora import apply_lora
+
+    base, tokenizer = tiny()
+    policy = apply_lora(copy.deepcopy(base), LoRAConfig(r=4, dropout=0.5), task="causal_lm").train()
+    with torch.no_grad():  # move the adapter away from its zero start
+        for name, p in policy.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.1, generator=torch.Generator().manual_seed(0))
+    input_ids = torch.tensor([[257, 104, 105, 72, 73, 258]])
+    mask = torch.ones_like(input_ids)
+    loss_mask = torch.tensor([[0, 0, 0, 1, 1, 1]])
+
+    reference = reference_sequence_logprobs(policy, input_ids, mask, loss_mask)
+    assert policy.training  # the mode it was in
+
+    with torch.no_grad():
+        _, expected = sequence_logprobs(base, input_ids, mask, loss_mask)
+        _, adapted = sequence_logprobs(policy.eval(), input_ids, mask, loss_mask)
+    torch.testing.assert_close(reference, expected, rtol=0, atol=1e-6)  # adapter off, no dropout
+    assert not torch.allclose(adapted, expected, atol=1e-3)  # and back on afterwards
+    assert not reference.requires_grad

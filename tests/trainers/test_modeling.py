@@ -44,3 +44,16 @@ def test_local_directory_without_pad_token_gets_one(tmp_path):
     torch.testing.assert_close(emb[4], emb[:4].mean(dim=0))
     assert torch.equal(emb, again.get_input_embeddings().weight)  # no random draw for the new row
     assert model.config.pad_token_id == 4
+
+
+def test_an_adapter_that_does_not_name_its_base_is_not_found(tmp_path):
+    from trainers.config import LoRAConfig
+    from trainers.lora import apply_lora
+    from trainers.tiny import build_tiny_llama
+
+    model, _ = build_tiny_llama()
+    adapter = apply_lora(model, LoRAConfig(r=2), task="causal_lm")
+    adapter.peft_config["default"].base_model_name_or_path = None
+    adapter.save_pretrained(tmp_path, save_embedding_layers=False)
+    with pytest.raises(ModelNotFoundError, match="does not name its base model"):
+        load_policy(tmp_path)
