@@ -87,7 +87,7 @@ def train_dpo(
         callbacks.on_event("info", f"precomputed reference log-probs of {len(train_pairs) + len(eval_pairs)} pairs")
     else:
         train_reference = eval_reference = Reference(model=reference_model)
-    del reference_model  # with precomputed log-probs nothing holds a separate reference model now
+    del reference_model  # its last name here: a precomputed run keeps no reference model from now on
 
     # 4. Optimiser, schedule, step and RNG (restored when resuming), cadence and checkpoints.
     loop = TrainingLoop(

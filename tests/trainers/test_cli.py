@@ -3,11 +3,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from trainer_fixtures import RecordingCallbacks  # before `import trainers`: makes it the real package
-
 import trainers
+from trainer_fixtures import RecordingCallbacks  # before `import trainers`: makes it the real package
 from trainers import DPOJob, TrainingData
-from trainers.__main__ import build_parser
+from trainers.__main__ import build_parser, main
 from trainers.synthetic import uppercase_preference_rows
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -62,7 +61,7 @@ def test_cli_reports_bad_rows_and_bad_hyperparameters(tmp_path):
     assert out.returncode == 2 and "max_prompt_length" in out.stderr
 
 
-def test_merge_writes_a_full_model_and_reports_a_missing_directory(tmp_path):
+def test_merge_writes_a_full_model(tmp_path):
     callbacks = RecordingCallbacks(tmp_path / "run")
     job = DPOJob(base_model="builtin:tiny-llama", lora={"r": 4}, hyperparameters={"max_steps": 1, "batch_size": 4})
     trainers.run(job, TrainingData(train=uppercase_preference_rows(4)), callbacks)
@@ -74,8 +73,10 @@ def test_merge_writes_a_full_model_and_reports_a_missing_directory(tmp_path):
     assert (tmp_path / "merged" / "model.safetensors").is_file()
     assert json.loads((tmp_path / "merged" / "rlhf_service.json").read_text())["adapter"] is False
 
-    out = cli("merge", "--model-dir", tmp_path / "nothing", "--output", tmp_path / "merged-2")
-    assert out.returncode == 2 and "nothing" in out.stderr.splitlines()[-1]
+
+def test_merge_of_a_missing_directory_exits_2_naming_it(tmp_path, capsys):
+    assert main(["merge", "--model-dir", str(tmp_path / "nothing"), "--output", str(tmp_path / "out")]) == 2
+    assert "nothing" in capsys.readouterr().err.splitlines()[-1]
 
 
 def test_lora_settings_are_json():
