@@ -238,7 +238,7 @@ def test_validation_context_checks_function_names_in_the_model():
 # --- the import boundary -----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("module", ["trainers.rewards_spec", "trainers.reward_functions"])
+@pytest.mark.parametrize("module", ["trainers.rewards_spec", "trainers.reward_functions", "trainers.graders"])
 def test_reward_modules_import_neither_torch_nor_the_service_stack(module):
     # The API imports these to validate specs and dry-run graders.
     code = f"import sys, json\nimport {module}\nprint(json.dumps(sorted({{m.split('.')[0] for m in sys.modules}})))"
