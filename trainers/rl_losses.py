@@ -1,0 +1,237 @@
+"""PPO/GRPO losses as pure functions of per-token tensors, and how they are aggregated (DESIGN §7).
+
+Shapes: B sequences in the micro-batch, A response tokens, V vocabulary.
+
+**Aggregation does not depend on micro-batching.** An optimizer step sees N sequences, split into
+micro-batches for gradient accumulation (and, later, across data-parallel ranks). Every loss here
+divides by a `normalizer` that the caller computes once for the whole step with `loss_normalizer`
+(global token count, global sequence count, or a constant), never by a count of the micro-batch
+alone. Summing the micro-batch losses (calling ``backward`` on each) therefore gives exactly the
+loss, and the gradient, of the whole step in one batch. Under data parallelism with averaged
+gradients, multiply the loss by the world size (or divide the normalizer by it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+Aggregation = Literal["token", "sequence", "constant"]
+
+
+def loss_normalizer(
+    mode: Aggregation, *, num_tokens: Tensor | float, num_sequences: int, max_tokens: int | None = None
+) -> Tensor | float:
+    """What `aggregate` divides by, for the whole optimizer step.
+
+    - ``token`` (DAPO, Yu et al. 2025, §3.3, https://arxiv.org/abs/2503.14476): the number of
+      response tokens in the step, so every token weighs the same.
+    - ``sequence`` (GRPO, Shao et al. 2024, eq. 3, https://arxiv.org/abs/2402.03300): the number of
+      sequences; each sequence's loss is first its mean over its own tokens.
+    - ``constant`` (Dr. GRPO, Liu et al. 2025, §3.1, https://arxiv.org/abs/2503.20783):
+      ``num_sequences · max_tokens``, the same for every step, so no length bias creeps in.
+
+    Args:
+        mode: the aggregation.
+        num_tokens: response tokens (sum of the response masks) over the whole step: all
+            micro-batches, and all ranks under data parallelism. May stay a device tensor.
+        num_sequences: sequences in the whole step.
+        max_tokens: the constant of ``constant`` (e.g. the generation's max new tokens).
+
+    Returns:
+        The normalizer (a tensor if `num_tokens` is one and the mode uses it).
+    """
+    match mode:
+        case "token":
+            return num_tokens
+        case "sequence":
+            return num_sequences
+        case "constant":
+            if max_tokens is None:
+                raise ValueError("the 'constant' aggregation needs max_tokens")
+            return num_sequences * max_tokens
+        case _:
+            raise ValueError(f"unknown aggregation {mode!r}")
+
+
+def aggregate(per_token: Tensor, mask: Tensor, mode: Aggregation, *, normalizer: Tensor | float) -> Tensor:
+    """Reduce a per-token loss to this micro-batch's share of the step's scalar loss.
+
+    - ``token``: ``Σ_{b,t} m·ℓ / N_tokens``
+    - ``sequence``: ``Σ_b (Σ_t m·ℓ / Σ_t m) / N_sequences`` (an empty row contributes 0)
+    - ``constant``: ``Σ_{b,t} m·ℓ / (N_sequences · max_tokens)``
+
+    With `normalizer` from `loss_normalizer` for the whole step, the shares of all micro-batches
+    add up to the step's loss (see the module docstring).
+
+    Args:
+        per_token: (B, A) loss of each token.
+        mask: (B, A) 1 on response tokens.
+        mode: ``"token"``, ``"sequence"`` or ``"constant"``.
+        normalizer: from `loss_normalizer`, for the whole step.
+
+    Returns:
+        A scalar tensor.
+    """
+    m = mask.to(per_token.dtype)  # (B, A)
+    match mode:
+        case "token" | "constant":
+            return (per_token * m).sum() / normalizer
+        case "sequence":
+            per_sequence = (per_token * m).sum(dim=1) / m.sum(dim=1).clamp(min=1)  # (B,)
+            return per_sequence.sum() / normalizer
+        case _:
+            raise ValueError(f"unknown aggregation {mode!r}")
+
+
+@dataclass
+class PolicyLoss:
+    """What `clipped_policy_loss` returns.
+
+    Attributes:
+        loss: () the aggregated loss, differentiable.
+        clip_frac: () detached, fraction of this micro-batch's tokens whose clipped term was
+            chosen (no gradient flows through them): ``policy/clipfrac``.
+        approx_kl: () detached, mean k3 estimate of KL(π_old ‖ π) over the micro-batch's tokens:
+            ``policy/approx_kl``.
+    """
+
+    loss: Tensor
+    clip_frac: Tensor
+    approx_kl: Tensor
+
+
+def clipped_policy_loss(
+    logp: Tensor,
+    logp_old: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    *,
+    eps_low: float,
+    eps_high: float,
+    aggregation: Aggregation,
+    normalizer: Tensor | float,
+    max_log_ratio: float = 20.0,
+) -> PolicyLoss:
+    """PPO's clipped surrogate (Schulman et al. 2017, eq. 7, https://arxiv.org/abs/1707.06347).
+
+    ``ρ = exp(clamp(log π − log π_old, ±max_log_ratio))``,
+    ``ℓ_t = −min(ρ·A, clip(ρ, 1 − ε_low, 1 + ε_high)·A)``, aggregated by `aggregate`.
+    ε_low = ε_high is PPO; ε_high > ε_low is DAPO's clip-higher (Yu et al. 2025, §3.1). The clamp
+    only guards exp against overflow on a token whose probability collapsed; at ±20 it never
+    changes a ratio the clip keeps. GRPO's KL term is linear in the aggregation, so it is added
+    by the caller: ``loss + β·aggregate(kl_k3(logp, ref_logp), mask, mode, normalizer=n)``.
+
+    `approx_kl` is k3 of the ratio, ``(ρ − 1) − log ρ`` (Schulman's low-variance, never negative
+    estimator of KL(π_old ‖ π) from tokens sampled by π_old; cleanrl logs the same).
+
+    Args:
+        logp: (B, A) log-probs of the response tokens under the policy being trained.
+        logp_old: (B, A) the same under the rollout policy (no gradient).
+        advantages: (B, A), or (B, 1) for one advantage per sequence (GRPO).
+        mask: (B, A) 1 on response tokens.
+        eps_low: ε_low, the ratio's lower clip is 1 − ε_low.
+        eps_high: ε_high, the upper clip is 1 + ε_high.
+        aggregation: see `aggregate`.
+        normalizer: from `loss_normalizer`, for the whole step.
+        max_log_ratio: bound of the log-ratio before exponentiating.
+
+    Returns:
+        The loss, clip fraction and approximate KL.
+    """
+    log_ratio = (logp - logp_old.detach()).clamp(-max_log_ratio, max_log_ratio)  # (B, A)
+    ratio = torch.exp(log_ratio)  # (B, A)
+    advantages = advantages.detach()
+    unclipped = -ratio * advantages  # (B, A)
+    clipped = -ratio.clamp(1 - eps_low, 1 + eps_high) * advantages  # (B, A)
+    per_token = torch.maximum(unclipped, clipped)  # (B, A) −min(ρA, clip(ρ)A)
+    loss = aggregate(per_token, mask, aggregation, normalizer=normalizer)
+    with torch.no_grad():
+        real = mask.to(torch.float32)  # (B, A)
+        n = real.sum().clamp(min=1)
+        clip_frac = ((clipped > unclipped).float() * real).sum() / n
+        approx_kl = ((ratio - 1 - log_ratio) * real).sum() / n
+    return PolicyLoss(loss=loss, clip_frac=clip_frac, approx_kl=approx_kl)
+
+
+@dataclass
+class ValueLoss:
+    """What `clipped_value_loss` returns.
+
+    Attributes:
+        loss: () the aggregated value loss, differentiable.
+        clip_frac: () detached, fraction of this micro-batch's tokens where the clipped error was
+            the larger: ``val/clipfrac``.
+    """
+
+    loss: Tensor
+    clip_frac: Tensor
+
+
+def clipped_value_loss(
+    values: Tensor,
+    values_old: Tensor,
+    returns: Tensor,
+    mask: Tensor,
+    *,
+    eps_v: float,
+    aggregation: Aggregation,
+    normalizer: Tensor | float,
+) -> ValueLoss:
+    """PPO's clipped value loss (as in OpenAI baselines' ppo2 and Ziegler et al. 2019's code).
+
+    ``ℓ_t = ½·max((V − G)², (V_old + clip(V − V_old, −ε_v, ε_v) − G)²)``, aggregated by `aggregate`.
+    Taking the max keeps the value function from moving more than ε_v per rollout where that
+    would reduce the error (the pessimistic bound, as the policy's clip does).
+    https://github.com/openai/baselines/blob/master/baselines/ppo2/model.py
+
+    Args:
+        values: (B, A) predictions of the value head being trained.
+        values_old: (B, A) its predictions at rollout time (no gradient).
+        returns: (B, A) targets G (from `gae`).
+        mask: (B, A) 1 on response tokens.
+        eps_v: ε_v, how far a prediction may move from `values_old` and still lower the loss.
+        aggregation: see `aggregate`.
+        normalizer: from `loss_normalizer`, for the whole step.
+
+    Returns:
+        The loss and the clip fraction.
+    """
+    values_old, returns = values_old.detach(), returns.detach()
+    clipped_values = values_old + (values - values_old).clamp(-eps_v, eps_v)  # (B, A)
+    error = (values - returns) ** 2  # (B, A)
+    clipped_error = (clipped_values - returns) ** 2  # (B, A)
+    per_token = 0.5 * torch.maximum(error, clipped_error)  # (B, A)
+    loss = aggregate(per_token, mask, aggregation, normalizer=normalizer)
+    with torch.no_grad():
+        real = mask.to(torch.float32)  # (B, A)
+        clip_frac = ((clipped_error > error).float() * real).sum() / real.sum().clamp(min=1)
+    return ValueLoss(loss=loss, clip_frac=clip_frac)
+
+
+def entropy_from_logits(logits: Tensor, chunk_size: int = 64) -> Tensor:
+    """Entropy of the categorical distribution at each position: ``H = logsumexp(z) − Σ_v softmax(z)_v·z_v``.
+
+    The identity avoids a (…, V) log-softmax; rows are processed `chunk_size` at a time in float32,
+    so the extra memory is a chunk, not a second copy of the logits. For ``policy/entropy``: pass
+    the temperature-scaled logits the samples were drawn from, under ``torch.no_grad()``.
+
+    Args:
+        logits: (..., V) unnormalised scores (e.g. (B, A, V)).
+        chunk_size: rows of the flattened leading dimensions per chunk.
+
+    Returns:
+        (...) float32 entropies in nats.
+    """
+    flat = logits.reshape(-1, logits.shape[-1])  # (N, V)
+    out = []
+    for chunk in flat.split(chunk_size):
+        z = chunk.float()  # (n, V)
+        probs = torch.softmax(z, dim=-1)  # (n, V)
+        # A −inf logit (a masked-out token) has probability 0 and adds 0, not 0·(−inf) = NaN.
+        expected = torch.where(probs > 0, probs * z, 0.0).sum(dim=-1)  # (n,)
+        out.append(torch.logsumexp(z, dim=-1) - expected)  # (n,)
+    return torch.cat(out).reshape(logits.shape[:-1])
