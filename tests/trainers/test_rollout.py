@@ -1,0 +1,175 @@
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch import nn
+
+from trainer_fixtures import tiny
+from trainers.rollout import generate, left_pad, positions_from_mask, response_logprobs, top_p_filter
+
+PAD, BOS, EOS = 256, 257, 258
+PROMPTS = [[BOS, 104, 105], [BOS, 97, 98, 99, 65, 66, 67], [BOS], [BOS, 120, 121, 122, 10]]
+GREEDY = 1e-9  # top_p below any probability: only the most probable token survives
+
+
+def naive_greedy(model, prompt, n):
+    """Argmax decoding of one unpadded prompt, a full forward pass per token, no cache."""
+    ids = list(prompt)
+    with torch.no_grad():
+        for _ in range(n):
+            logits = model(input_ids=torch.tensor([ids])).logits[0, -1]
+            ids.append(int(logits.argmax()))
+    return ids[len(prompt) :]
+
+
+def naive_top_p(logits, top_p):
+    out = logits.clone()
+    for row in range(logits.shape[0]):
+        probs = torch.softmax(logits[row], -1).tolist()
+        order = sorted(range(len(probs)), key=lambda v: -probs[v])
+        kept, mass = set(), 0.0
+        for v in order:
+            kept.add(v)
+            mass += probs[v]
+            if mass >= top_p:
+                break
+        for v in range(len(probs)):
+            if v not in kept:
+                out[row, v] = float("-inf")
+    return out
+
+
+def sample(model, prompts=PROMPTS, seed=0, **kwargs):
+    options = {"pad_token_id": PAD, "eos_token_id": EOS, "max_new_tokens": 10, "temperature": 1.0, "top_p": 1.0}
+    options.update(kwargs)
+    return generate(model, prompts, generator=torch.Generator().manual_seed(seed), **options)
+
+
+@pytest.mark.parametrize("top_p", [0.05, 0.3, 0.5, 0.9, 0.999])
+def test_top_p_filter_matches_the_naive_version(top_p):
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(6, 20, generator=g) * 2
+    torch.testing.assert_close(top_p_filter(logits, top_p), naive_top_p(logits, top_p))
+
+
+def test_top_p_edges():
+    logits = torch.tensor([[0.0, 3.0, 1.0, 2.0]])
+    assert top_p_filter(logits, 1.0) is logits
+    kept = torch.isfinite(top_p_filter(logits, GREEDY))
+    assert kept.tolist() == [[False, True, False, False]]
+    with pytest.raises(ValueError):
+        top_p_filter(logits, 0.0)
+
+
+def test_left_pad_and_positions():
+    ids, mask = left_pad([[5, 6], [7]], pad_token_id=0)
+    assert ids.tolist() == [[5, 6], [0, 7]] and mask.tolist() == [[1, 1], [0, 1]]
+    assert positions_from_mask(torch.tensor([[0, 0, 1, 1, 1, 0]])).tolist() == [[0, 0, 0, 1, 2, 2]]
+    with pytest.raises(ValueError):
+        left_pad([[5], []], pad_token_id=0)
+
+
+def test_greedy_equals_naive_argmax_decoding_of_each_prompt_alone():
+    model, _ = tiny()
+    rollout = sample(model, top_p=GREEDY, max_new_tokens=8)
+    assert rollout.response_ids.shape == (len(PROMPTS), 8)
+    for row, prompt in enumerate(PROMPTS):
+        assert rollout.response_ids[row].tolist() == naive_greedy(model, prompt, 8)
+
+
+def test_left_padding_does_not_change_a_sequence():
+    model, _ = tiny()
+    batched = sample(model, top_p=GREEDY, max_new_tokens=6)
+    for row, prompt in enumerate(PROMPTS):
+        alone = sample(model, prompts=[prompt], top_p=GREEDY, max_new_tokens=6)
+        assert alone.prompt_ids.shape == (1, len(prompt))
+        assert batched.response_ids[row].tolist() == alone.response_ids[0].tolist()
+        torch.testing.assert_close(batched.logprobs[row], alone.logprobs[0], rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("temperature,top_p", [(1.0, 1.0), (0.7, 0.9), (1.6, 0.5)])
+def test_sampled_logprobs_equal_one_forward_recomputation(temperature, top_p):
+    model, _ = tiny()
+    rollout = sample(model, temperature=temperature, top_p=top_p, max_new_tokens=12)
+    with torch.no_grad():
+        recomputed = response_logprobs(model, rollout, temperature)
+    assert recomputed.shape == rollout.logprobs.shape
+    torch.testing.assert_close(recomputed, rollout.logprobs, rtol=0, atol=1e-5)
+    assert rollout.temperature == temperature
+
+
+def test_same_generator_state_gives_the_same_rollout_whatever_the_stop_check():
+    model, _ = tiny()
+    first = sample(model, seed=7, temperature=0.9)
+    for interval in (0, 1, 3):
+        again = sample(model, seed=7, temperature=0.9, stop_check_interval=interval)
+        assert torch.equal(again.response_ids, first.response_ids)
+        assert torch.equal(again.logprobs, first.logprobs)
+    assert not torch.equal(sample(model, seed=8, temperature=0.9).response_ids, first.response_ids)
+
+
+def test_eos_stops_a_row_and_masks_everything_after_it():
+    model, _ = tiny()
+    free = sample(model, top_p=GREEDY, max_new_tokens=10)
+    row0 = free.response_ids[0].tolist()
+    stop = row0[3]
+    first = row0.index(stop)  # the row ends at the first occurrence of its stop token
+    ended = sample(model, top_p=GREEDY, max_new_tokens=10, eos_token_id=[stop, EOS])
+
+    for row in range(len(PROMPTS)):
+        tokens = free.response_ids[row].tolist()
+        n = tokens.index(stop) + 1 if stop in tokens else 10
+        assert ended.response_lengths[row].item() == n
+        assert ended.ended_with_eos[row].item() == (stop in tokens)
+        assert ended.response_ids[row, :n].tolist() == tokens[:n]
+        assert (ended.response_ids[row, n:] == PAD).all()
+        assert ended.response_mask[row].tolist() == [1] * n + [0] * (ended.response_ids.shape[1] - n)
+        assert (ended.logprobs[row, n:] == 0).all() and (ended.logprobs[row, :n] < 0).all()
+    assert ended.response_lengths[0].item() == first + 1
+    assert ended.last_token_positions().tolist() == (ended.prompt_ids.shape[1] + ended.response_lengths - 1).tolist()
+
+
+def test_generation_stops_early_once_every_row_has_ended():
+    model, _ = tiny()
+    free = sample(model, prompts=PROMPTS[:1], top_p=GREEDY, max_new_tokens=8)
+    stop = free.response_ids[0, 0].item()
+    ended = sample(model, prompts=PROMPTS[:1], top_p=GREEDY, max_new_tokens=50, eos_token_id=stop,
+                   stop_check_interval=4)
+    assert ended.response_ids.shape == (1, 1)  # trimmed to the longest response
+    assert ended.ended_with_eos.tolist() == [True]
+
+
+class FixedLogitsLM(nn.Module):
+    """A stand-in causal LM whose next-token logits are always the same; it keeps no cache."""
+
+    def __init__(self, logits):
+        super().__init__()
+        self.logits = logits
+        self.anchor = nn.Parameter(torch.zeros(1))  # so generate can find the device
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None, past_key_values=None, use_cache=None,
+                logits_to_keep=0):
+        B, T = input_ids.shape
+        return SimpleNamespace(logits=self.logits.expand(B, T, -1), past_key_values=None)
+
+
+@pytest.mark.parametrize("temperature,top_p", [(1.0, 1.0), (0.5, 1.0), (2.0, 0.8)])
+def test_samples_follow_the_tempered_nucleus_distribution(temperature, top_p):
+    logits = torch.tensor([2.0, 1.0, 0.5, 0.0, -1.0])
+    n = 20_000
+    rollout = sample(FixedLogitsLM(logits), prompts=[[0]] * n, max_new_tokens=1, temperature=temperature,
+                     top_p=top_p, eos_token_id=99, pad_token_id=98)
+    expected = torch.softmax(naive_top_p((logits / temperature).unsqueeze(0), top_p)[0], -1)
+    counts = torch.bincount(rollout.response_ids[:, 0], minlength=5).float() / n
+    torch.testing.assert_close(counts, expected, rtol=0, atol=0.015)
+    # the recorded log-probs are those of the tempered distribution, before top-p
+    tempered = torch.log_softmax(logits / temperature, -1)
+    torch.testing.assert_close(rollout.logprobs[:, 0], tempered[rollout.response_ids[:, 0]])
+
+
+def test_generate_rejects_bad_settings():
+    model, _ = tiny()
+    with pytest.raises(ValueError, match="temperature"):
+        sample(model, temperature=0.0)
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        sample(model, max_new_tokens=0)
