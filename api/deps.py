@@ -1,19 +1,20 @@
 """Dependencies: settings, database session, task queue, artifact store, and fetch-or-404 lookups."""
 
 from collections.abc import Iterator
-from typing import Annotated, TypeVar
+from typing import Annotated
 
 from celery import Celery
 from fastapi import Depends, Path, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from api.errors import NotFound
+from api.errors import NotFound, Unauthenticated
 from core.artifacts import ArtifactStore
 from core.db import session_factory
-from core.models import Checkpoint, Dataset, Job
+from core.models import Checkpoint, Dataset, Job, Project
+from core.projects import authenticate, is_admin
 from core.settings import Settings
-
-M = TypeVar("M")
 
 
 def get_settings(request: Request) -> Settings:
@@ -48,23 +49,57 @@ def get_store(settings: SettingsDep) -> ArtifactStore:
 StoreDep = Annotated[ArtifactStore, Depends(get_store)]
 
 
-def _fetch(session: Session, model: type[M], id_: str, noun: str, param: str) -> M:
-    obj = session.get(model, id_)
-    if obj is None:
-        raise NotFound(f"no {noun} with id {id_!r}", param=param)
-    return obj
+bearer = HTTPBearer(auto_error=False, description="An API key of your project: `Authorization: Bearer rlhf_...`")
+Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
 
 
-def dataset_or_404(session: SessionDep, dataset_id: Annotated[str, Path()]) -> Dataset:
-    return _fetch(session, Dataset, dataset_id, "dataset", "dataset_id")
+def get_project(session: SessionDep, credentials: Credentials) -> Project:
+    """The project whose API key authenticates this request."""
+    if credentials is None:
+        raise Unauthenticated("an API key is required: send `Authorization: Bearer <key>`")
+    project = authenticate(session, credentials.credentials)
+    if project is None:
+        raise Unauthenticated("the API key is not valid (unknown or revoked)")
+    return project
 
 
-def job_or_404(session: SessionDep, job_id: Annotated[str, Path()]) -> Job:
-    return _fetch(session, Job, job_id, "job", "job_id")
+ProjectDep = Annotated[Project, Depends(get_project)]
 
 
-def checkpoint_or_404(session: SessionDep, checkpoint_id: Annotated[str, Path()]) -> Checkpoint:
-    return _fetch(session, Checkpoint, checkpoint_id, "checkpoint", "checkpoint_id")
+def require_admin(settings: SettingsDep, credentials: Credentials) -> None:
+    """Only the admin key from the settings may manage projects and keys."""
+    admin_key = settings.admin_api_key.get_secret_value() if settings.admin_api_key else None
+    if credentials is None or not is_admin(credentials.credentials, admin_key):
+        raise Unauthenticated("this endpoint needs the admin key" if admin_key else
+                              "admin endpoints are disabled: set ADMIN_API_KEY")
+
+
+def _not_found(noun: str, id_: str, param: str) -> NotFound:
+    # The same answer for "does not exist" and "belongs to another project": ids reveal nothing.
+    return NotFound(f"no {noun} with id {id_!r}", param=param)
+
+
+def dataset_or_404(session: SessionDep, project: ProjectDep, dataset_id: Annotated[str, Path()]) -> Dataset:
+    dataset = session.get(Dataset, dataset_id)
+    if dataset is None or dataset.project_id != project.id:
+        raise _not_found("dataset", dataset_id, "dataset_id")
+    return dataset
+
+
+def job_or_404(session: SessionDep, project: ProjectDep, job_id: Annotated[str, Path()]) -> Job:
+    job = session.get(Job, job_id)
+    if job is None or job.project_id != project.id:
+        raise _not_found("job", job_id, "job_id")
+    return job
+
+
+def checkpoint_or_404(session: SessionDep, project: ProjectDep,
+                      checkpoint_id: Annotated[str, Path()]) -> Checkpoint:
+    checkpoint = session.scalar(select(Checkpoint).join(Job, Job.id == Checkpoint.job_id)
+                                .where(Checkpoint.id == checkpoint_id, Job.project_id == project.id))
+    if checkpoint is None:
+        raise _not_found("checkpoint", checkpoint_id, "checkpoint_id")
+    return checkpoint
 
 
 DatasetDep = Annotated[Dataset, Depends(dataset_or_404)]

@@ -23,6 +23,14 @@ class ApiError(Exception):
         self.message, self.param, self.details, self.headers = message, param, details or [], headers
 
 
+class Unauthenticated(ApiError):
+    status_code = 401
+    type = "authentication_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, headers={"WWW-Authenticate": "Bearer"})
+
+
 class InvalidRequest(ApiError):
     status_code = 422
 

@@ -202,3 +202,44 @@ class ScorePublic(BaseModel):
 class ScoresPublic(BaseModel):
     checkpoint_id: str
     data: list[ScorePublic]
+
+
+class ProjectCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=256)
+
+
+class ProjectPublic(PublicModel):
+    id: str
+    object: Literal["project"] = "project"
+    name: str
+    created_at: datetime
+
+
+class ProjectsPublic(BaseModel):
+    data: list[ProjectPublic]
+    has_more: bool
+
+
+class ApiKeyCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field("default", min_length=1, max_length=256)
+
+
+class ApiKeyPublic(PublicModel):
+    id: str
+    object: Literal["api_key"] = "api_key"
+    project_id: str
+    name: str
+    prefix: str = Field(description="The first characters of the key, to tell keys apart.")
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+class ApiKeyCreated(ApiKeyPublic):
+    key: str = Field(description="The key itself. It is shown once and cannot be read again.")
+
+
+class ApiKeysPublic(BaseModel):
+    data: list[ApiKeyPublic]
+    has_more: bool

@@ -7,7 +7,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from core.artifacts import ArtifactStore
-from core.models import Checkpoint
+from core.models import Checkpoint, Job
 from core.settings import Settings
 
 BUILTIN_PREFIX = "builtin:"
@@ -29,10 +29,11 @@ def checkpoint_model_dir(store: ArtifactStore, checkpoint: Checkpoint) -> Path:
     return store.path(checkpoint.artifact_key) / MODEL_SUBDIR
 
 
-def resolve_model_ref(ref: str, *, settings: Settings, session: Session) -> ResolvedModel:
+def resolve_model_ref(ref: str, *, settings: Settings, session: Session, project_id: str) -> ResolvedModel:
     """Map `ref` to something the trainer can load, or raise ModelRefError.
 
-    `builtin:<name>` passes through; `checkpoint:<id>` becomes that checkpoint's model directory; a
+    `builtin:<name>` passes through; `checkpoint:<id>` (of a job of the same project) becomes that
+    checkpoint's model directory; a
     relative path that exists under `settings.models_dir` becomes that directory (symlinks may not
     lead outside the root); anything else is taken as a Hugging Face hub id.
     """
@@ -40,7 +41,8 @@ def resolve_model_ref(ref: str, *, settings: Settings, session: Session) -> Reso
         return ResolvedModel(ref, ref)
     if ref.startswith(CHECKPOINT_PREFIX):
         ckpt_id = ref.removeprefix(CHECKPOINT_PREFIX)
-        ckpt = session.scalar(select(Checkpoint).where(Checkpoint.id == ckpt_id))
+        ckpt = session.scalar(select(Checkpoint).join(Job, Job.id == Checkpoint.job_id)
+                              .where(Checkpoint.id == ckpt_id, Job.project_id == project_id))
         if ckpt is None:
             raise ModelRefError(f"checkpoint {ckpt_id!r} does not exist")
         store = ArtifactStore(settings.artifacts_dir)

@@ -75,10 +75,38 @@ TERMINAL_STATUSES = frozenset({JobStatus.succeeded, JobStatus.failed, JobStatus.
 ACTIVE_STATUSES = frozenset({JobStatus.queued, JobStatus.running, JobStatus.cancelling})
 
 
+class Project(Base):
+    """A tenant: datasets, jobs and everything they produce belong to one project."""
+
+    __tablename__ = "projects"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("proj"))
+    name: Mapped[str] = mapped_column(String(256))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class ApiKey(Base):
+    """A project's API key; only its sha256 is stored (keys are random, so no slow hash is needed)."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("key"))
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(256))
+    prefix: Mapped[str] = mapped_column(String(16))  # shown in listings so a user can tell keys apart
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
 class Dataset(Base):
     __tablename__ = "datasets"
+    __table_args__ = (UniqueConstraint("project_id", "idempotency_key"),)
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("ds"))
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
+    idempotency_key: Mapped[str | None] = mapped_column(String(256))
+    request_hash: Mapped[str | None] = mapped_column(String(64))
     name: Mapped[str] = mapped_column(String(256))
     kind: Mapped[str] = mapped_column(String(16))
     filename: Mapped[str] = mapped_column(String(512))
@@ -102,8 +130,10 @@ class DatasetRow(Base):
 
 class Job(Base):
     __tablename__ = "jobs"
+    __table_args__ = (UniqueConstraint("project_id", "idempotency_key"),)
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("job"))
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
     type: Mapped[str] = mapped_column(String(32))
     status: Mapped[str] = mapped_column(String(16), default=JobStatus.queued, index=True)
     name: Mapped[str | None] = mapped_column(String(256))
@@ -115,7 +145,7 @@ class Job(Base):
     lora: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
     seed: Mapped[int] = mapped_column(BigInteger, default=0)
     metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSONType)
-    idempotency_key: Mapped[str | None] = mapped_column(String(256), unique=True)
+    idempotency_key: Mapped[str | None] = mapped_column(String(256))
     request_hash: Mapped[str | None] = mapped_column(String(64))
     error: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
     current_step: Mapped[int] = mapped_column(Integer, default=0)

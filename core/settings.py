@@ -3,8 +3,10 @@
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PLACEHOLDER_SECRETS = {"changeme", "change-me", "secret", "admin", "password", "changethis"}
 
 
 class Settings(BaseSettings):
@@ -31,7 +33,22 @@ class Settings(BaseSettings):
     stream_keepalive_seconds: float = Field(15.0, gt=0, description="SSE comment interval when idle.")
     model_ops_timeout_seconds: float = Field(
         600.0, gt=0, description="Longest a scoring or adapter-merge request may run.")
+    admin_api_key: SecretStr | None = Field(
+        None, description="Key of the /v1/admin endpoints (projects and their keys); unset disables them.")
+    local_key_file: Path = Field(
+        Path("./var/api-key"), description="Where `rlhf-service serve` writes the key it creates on first start.")
     torch_threads: int = Field(0, ge=0, description="CPU threads per training process; 0 lets torch decide.")
+
+    @field_validator("admin_api_key")
+    @classmethod
+    def _no_placeholder_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        secret = value.get_secret_value()
+        if len(secret) < 24 or secret.lower() in PLACEHOLDER_SECRETS or len(set(secret)) < 8:
+            raise ValueError("ADMIN_API_KEY must be a random secret of at least 24 characters "
+                             "(e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))')")
+        return value
 
     @property
     def is_sqlite(self) -> bool:

@@ -11,11 +11,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support import BACKENDS, embedded_settings, pg_admin, pg_url, postgres_deployments
 
 from core.db import engine_for
 from core.migrate import upgrade
 from core.settings import Settings
+from support import BACKENDS, embedded_settings, new_project_key, pg_admin, pg_url, postgres_deployments
 
 
 @pytest.fixture(scope="session")
@@ -44,10 +44,17 @@ def settings(request, tmp_path: Path) -> Settings:
 
 
 @pytest.fixture
-def client(settings: Settings):
+def project_key(settings: Settings) -> str:
+    """An API key of a fresh project."""
+    return new_project_key(settings)
+
+
+@pytest.fixture
+def client(settings: Settings, project_key: str):
+    """An API client authenticated as a project."""
     from fastapi.testclient import TestClient
 
     from api.main import create_app
 
-    with TestClient(create_app(settings)) as client:
+    with TestClient(create_app(settings), headers={"Authorization": f"Bearer {project_key}"}) as client:
         yield client

@@ -71,6 +71,25 @@ def postgres_deployments(template: str, root: Path) -> Iterator:
         client.close()
 
 
+def new_project_key(settings: Settings, name: str = "test") -> str:
+    """Create a project and return an API key of it."""
+    from core.db import session_scope
+    from core.projects import create_key, create_project
+
+    with session_scope(settings.database_url) as session:
+        project = create_project(session, name)
+        _, key = create_key(session, project.id)
+    return key
+
+
+def project_of(settings: Settings, key: str) -> str:
+    from core.db import session_scope
+    from core.projects import authenticate
+
+    with session_scope(settings.database_url) as session:
+        return authenticate(session, key).id
+
+
 def preference_rows(n: int, seed: int = 0) -> list[dict[str, str]]:
     """Pairs with a learnable preference: the chosen answer is always the cheerful one."""
     rng = random.Random(seed)

@@ -55,7 +55,8 @@ def train(settings: Settings, job_id: str) -> None:
         if job is None or job.status != JobStatus.running:
             return
         try:
-            model = resolve_model_ref(job.base_model, settings=settings, session=session)
+            model = resolve_model_ref(job.base_model, settings=settings, session=session,
+                                      project_id=job.project_id)
         except ModelRefError as exc:
             return finish(settings, job_id, JobStatus.failed, str(exc),
                           {"type": "user_error", "message": str(exc), "param": "base_model"})

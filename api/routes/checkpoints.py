@@ -2,14 +2,14 @@
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Depends, Query
 from fastapi.responses import StreamingResponse
 
-from api.deps import CheckpointDep, SessionDep, SettingsDep, StoreDep
+from api.deps import CheckpointDep, SessionDep, SettingsDep, StoreDep, get_project
 from api.schemas import CheckpointPublic, ScoreRequest, ScoresPublic
 from api.services import results
 
-router = APIRouter(prefix="/v1/checkpoints", tags=["checkpoints"])
+router = APIRouter(prefix="/v1/checkpoints", tags=["checkpoints"], dependencies=[Depends(get_project)])
 
 
 @router.get("/{checkpoint_id}", response_model=CheckpointPublic)

@@ -2,33 +2,40 @@
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Form, UploadFile, status
+from fastapi import APIRouter, Depends, Form, Header, Response, UploadFile, status
 
-from api.deps import DatasetDep, SessionDep
+from api.deps import DatasetDep, ProjectDep, SessionDep, get_project
 from api.pagination import PageParams, page_params
 from api.schemas import DatasetKind, DatasetPublic, DatasetRowsPublic, DatasetsPublic
 from api.services import datasets as service
 
-router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
+router = APIRouter(prefix="/v1/datasets", tags=["datasets"], dependencies=[Depends(get_project)])
 Page = Annotated[PageParams, Depends(page_params)]
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=DatasetPublic)
 def upload_dataset(
     session: SessionDep,
+    project: ProjectDep,
+    response: Response,
     file: UploadFile,
     kind: Annotated[DatasetKind, Form(description="preference (for reward models and DPO) or prompt (PPO/GRPO).")],
     name: Annotated[str | None, Form(max_length=256)] = None,
+    idempotency_key: Annotated[str | None, Header(max_length=256)] = None,
 ):
     """Upload a .jsonl, .json, .parquet or .csv file; every row is validated and all or none are stored."""
-    return service.create(session=session, file=file.file, filename=file.filename or "upload.jsonl",
-                          name=name, kind=kind)
+    dataset, created = service.create(session=session, project_id=project.id, file=file.file,
+                                      filename=file.filename or "upload.jsonl", name=name, kind=kind,
+                                      idempotency_key=idempotency_key)
+    if not created:
+        response.status_code = status.HTTP_200_OK
+    return dataset
 
 
 @router.get("", response_model=DatasetsPublic)
-def list_datasets(session: SessionDep, page: Page):
+def list_datasets(session: SessionDep, project: ProjectDep, page: Page):
     """List datasets, newest first."""
-    data, has_more = service.list_page(session=session, limit=page.limit, after=page.after)
+    data, has_more = service.list_page(session=session, project_id=project.id, limit=page.limit, after=page.after)
     return {"data": data, "has_more": has_more}
 
 

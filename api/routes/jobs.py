@@ -5,38 +5,38 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Body, Depends, Header, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
 
-from api.deps import CeleryDep, JobDep, SessionDep, SettingsDep
+from api.deps import CeleryDep, JobDep, ProjectDep, SessionDep, SettingsDep, get_project
 from api.pagination import PageParams, page_params
 from api.schemas import CheckpointsPublic, EventsPublic, JobCreate, JobPublic, JobsPublic, JobType, MetricsPublic
 from api.services import jobs as service
 from api.services import results
 from api.services.stream import job_stream, parse_last_event_id
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[Depends(get_project)])
 Page = Annotated[PageParams, Depends(page_params)]
 JobStatusFilter = Literal["queued", "running", "cancelling", "succeeded", "failed", "cancelled"]
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=JobPublic)
 def create_job(
-    session: SessionDep, celery: CeleryDep, settings: SettingsDep, response: Response,
+    session: SessionDep, celery: CeleryDep, settings: SettingsDep, project: ProjectDep, response: Response,
     body: Annotated[JobCreate, Body()],
     idempotency_key: Annotated[str | None, Header(max_length=256)] = None,
 ):
     """Create a training job; a repeated Idempotency-Key returns the first job."""
-    job, created = service.create(session=session, celery=celery, settings=settings, body=body,
-                                  idempotency_key=idempotency_key)
+    job, created = service.create(session=session, celery=celery, settings=settings, project_id=project.id,
+                                  body=body, idempotency_key=idempotency_key)
     if not created:
         response.status_code = status.HTTP_200_OK
     return job
 
 
 @router.get("", response_model=JobsPublic)
-def list_jobs(session: SessionDep, page: Page,
+def list_jobs(session: SessionDep, project: ProjectDep, page: Page,
               status: Annotated[JobStatusFilter | None, Query()] = None,
               type: Annotated[JobType | None, Query()] = None):
     """List jobs, newest first, filtered by status and type."""
-    data, has_more = service.list_page(session=session, limit=page.limit, after=page.after,
+    data, has_more = service.list_page(session=session, project_id=project.id, limit=page.limit, after=page.after,
                                        status=status, type_=type)
     return {"data": data, "has_more": has_more}
 

@@ -6,6 +6,7 @@ from pathlib import PurePath
 from typing import BinaryIO
 
 from sqlalchemy import delete, insert, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from api.errors import Conflict, InvalidRequest
@@ -36,12 +37,24 @@ def _json_issue(line: int, row: dict) -> RowIssue | None:
     return None
 
 
-def create(*, session: Session, file: BinaryIO, filename: str, name: str | None, kind: str) -> Dataset:
-    """Validate and store an uploaded file in one transaction; on any bad row nothing is stored."""
+def create(*, session: Session, project_id: str, file: BinaryIO, filename: str, name: str | None, kind: str,
+           idempotency_key: str | None = None) -> tuple[Dataset, bool]:
+    """Validate and store an uploaded file in one transaction; on any bad row nothing is stored.
+
+    Returns the dataset and whether it is new (a repeated Idempotency-Key returns the first one).
+    """
     size, sha256 = _digest(file)
+    request_hash = hashlib.sha256(json.dumps([sha256, filename, name, kind]).encode()).hexdigest()
+    if idempotency_key:
+        existing = session.scalar(select(Dataset).where(Dataset.project_id == project_id,
+                                                        Dataset.idempotency_key == idempotency_key))
+        if existing is not None:
+            if existing.request_hash != request_hash:
+                raise Conflict("this Idempotency-Key was used with a different upload", param="Idempotency-Key")
+            return existing, False
     suffix = PurePath(filename).suffix.lower().lstrip(".")
-    dataset = Dataset(name=name or filename, kind=kind, filename=filename, format=suffix,
-                      size_bytes=size, sha256=sha256)
+    dataset = Dataset(project_id=project_id, name=name or filename, kind=kind, filename=filename, format=suffix,
+                      size_bytes=size, sha256=sha256, idempotency_key=idempotency_key, request_hash=request_hash)
     session.add(dataset)
     session.flush()
     issues: list[RowIssue] = []
@@ -82,13 +95,19 @@ def create(*, session: Session, file: BinaryIO, filename: str, name: str | None,
         session.rollback()
         raise InvalidRequest("the file holds no rows", param="file")
     dataset.row_count = count
-    session.commit()
-    return dataset
+    try:
+        session.commit()
+    except IntegrityError:  # the same Idempotency-Key committed by a concurrent request
+        session.rollback()
+        return create(session=session, project_id=project_id, file=file, filename=filename, name=name,
+                      kind=kind, idempotency_key=idempotency_key)
+    return dataset, True
 
 
-def list_page(*, session: Session, limit: int, after: str | None) -> tuple[list[Dataset], bool]:
-    """Datasets, newest first."""
-    return newest_first_page(session, select(Dataset), Dataset, limit=limit, after=after)
+def list_page(*, session: Session, project_id: str, limit: int, after: str | None) -> tuple[list[Dataset], bool]:
+    """The project's datasets, newest first."""
+    stmt = select(Dataset).where(Dataset.project_id == project_id)
+    return newest_first_page(session, stmt, Dataset, project_id=project_id, limit=limit, after=after)
 
 
 def rows_page(*, session: Session, dataset: Dataset, limit: int, after: str | None) -> tuple[list[DatasetRow], bool]:

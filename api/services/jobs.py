@@ -31,9 +31,9 @@ def _request_hash(body: JobCreate) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def _check_dataset(session: Session, dataset_id: str, kind: str, param: str) -> Dataset:
+def _check_dataset(session: Session, project_id: str, dataset_id: str, kind: str, param: str) -> Dataset:
     dataset = session.get(Dataset, dataset_id)
-    if dataset is None:
+    if dataset is None or dataset.project_id != project_id:
         raise NotFound(f"no dataset with id {dataset_id!r}", param=param)
     if dataset.kind != kind:
         raise InvalidRequest(
@@ -42,31 +42,31 @@ def _check_dataset(session: Session, dataset_id: str, kind: str, param: str) -> 
     return dataset
 
 
-def _replay(session: Session, key: str, request_hash: str) -> Job | None:
-    existing = session.scalar(select(Job).where(Job.idempotency_key == key))
+def _replay(session: Session, project_id: str, key: str, request_hash: str) -> Job | None:
+    existing = session.scalar(select(Job).where(Job.project_id == project_id, Job.idempotency_key == key))
     if existing is not None and existing.request_hash != request_hash:
         raise Conflict("this Idempotency-Key was used with a different request body",
                        param="Idempotency-Key")
     return existing
 
 
-def create(*, session: Session, celery: Celery, settings: Settings, body: JobCreate,
+def create(*, session: Session, celery: Celery, settings: Settings, project_id: str, body: JobCreate,
            idempotency_key: str | None) -> tuple[Job, bool]:
     """Validate and store a job, then enqueue it. Returns the job and whether it is new."""
     request_hash = _request_hash(body)
-    if idempotency_key and (job := _replay(session, idempotency_key, request_hash)):
+    if idempotency_key and (job := _replay(session, project_id, idempotency_key, request_hash)):
         return job, False
     kind = DATASET_KIND[body.type]
-    _check_dataset(session, body.dataset_id, kind, "dataset_id")
+    _check_dataset(session, project_id, body.dataset_id, kind, "dataset_id")
     if body.eval_dataset_id:
-        _check_dataset(session, body.eval_dataset_id, kind, "eval_dataset_id")
+        _check_dataset(session, project_id, body.eval_dataset_id, kind, "eval_dataset_id")
     try:
-        resolve_model_ref(body.base_model, settings=settings, session=session)
+        resolve_model_ref(body.base_model, settings=settings, session=session, project_id=project_id)
     except ModelRefError as exc:
         raise InvalidRequest(str(exc), param="base_model") from exc
 
     job = Job(
-        type=body.type, name=body.name, base_model=body.base_model, dataset_id=body.dataset_id,
+        project_id=project_id, type=body.type, name=body.name, base_model=body.base_model, dataset_id=body.dataset_id,
         eval_dataset_id=body.eval_dataset_id,
         hyperparameters=body.hyperparameters.model_dump(mode="json"),
         lora=body.lora.model_dump(mode="json") if body.lora else None,
@@ -80,7 +80,7 @@ def create(*, session: Session, celery: Celery, settings: Settings, body: JobCre
     except IntegrityError:
         # Another request with the same Idempotency-Key committed first.
         session.rollback()
-        if idempotency_key and (job := _replay(session, idempotency_key, request_hash)):
+        if idempotency_key and (job := _replay(session, project_id, idempotency_key, request_hash)):
             return job, False
         raise
     try:
@@ -95,15 +95,15 @@ def create(*, session: Session, celery: Celery, settings: Settings, body: JobCre
     return job, True
 
 
-def list_page(*, session: Session, limit: int, after: str | None, status: str | None,
+def list_page(*, session: Session, project_id: str, limit: int, after: str | None, status: str | None,
               type_: str | None) -> tuple[list[Job], bool]:
-    """Jobs, newest first, optionally filtered."""
-    stmt = select(Job)
+    """The project's jobs, newest first, optionally filtered."""
+    stmt = select(Job).where(Job.project_id == project_id)
     if status:
         stmt = stmt.where(Job.status == status)
     if type_:
         stmt = stmt.where(Job.type == type_)
-    return newest_first_page(session, stmt, Job, limit=limit, after=after)
+    return newest_first_page(session, stmt, Job, project_id=project_id, limit=limit, after=after)
 
 
 def cancel(*, session: Session, settings: Settings, job: Job) -> Job:

@@ -8,12 +8,12 @@ from sqlalchemy.orm import InstrumentedAttribute, Session
 from api.errors import InvalidRequest
 
 
-def newest_first_page(session: Session, stmt: Select, model: Any, *, limit: int,
+def newest_first_page(session: Session, stmt: Select, model: Any, *, project_id: str, limit: int,
                       after: str | None) -> tuple[list[Any], bool]:
-    """Page ordered by (created_at, id) descending; `after` is the id of the last item seen."""
+    """A project's page ordered by (created_at, id) descending; `after` is the id of the last item seen."""
     if after is not None:
         anchor = session.get(model, after)
-        if anchor is None:
+        if anchor is None or anchor.project_id != project_id:
             raise InvalidRequest(f"cursor {after!r} names no item of this list", param="after")
         stmt = stmt.where(or_(model.created_at < anchor.created_at,
                               and_(model.created_at == anchor.created_at, model.id < anchor.id)))

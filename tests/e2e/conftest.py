@@ -10,7 +10,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from support import BACKENDS, embedded_settings, postgres_deployments
+
+from support import BACKENDS, embedded_settings, new_project_key, postgres_deployments
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -52,7 +53,8 @@ def run_service(settings, root, request):
         subprocess.Popen(cli + ["worker", "--hostname", f"e2e-{port}@localhost"], env=env, cwd=ROOT,
                          stdout=logs["worker"], stderr=subprocess.STDOUT),
     ]
-    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
+    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30,
+                          headers={"Authorization": f"Bearer {new_project_key(settings)}"})
     try:
         for _ in range(120):
             try:

@@ -6,10 +6,10 @@ import json
 import pyarrow as pa
 import pyarrow.parquet as pq
 from sqlalchemy import func, select
-from support import jsonl, preference_rows, upload
 
 from core.db import session_scope
 from core.models import DatasetRow, Job
+from support import jsonl, preference_rows, project_of, upload
 
 ROWS = preference_rows(3)
 
@@ -127,10 +127,11 @@ def test_get_and_delete(client, settings):
     assert _stored_rows(settings) == 0
 
 
-def test_delete_refused_while_an_active_job_uses_it(client, settings):
+def test_delete_refused_while_an_active_job_uses_it(client, settings, project_key):
     ds = upload(client, jsonl(ROWS)).json()["id"]
     with session_scope(settings.database_url) as session:
-        session.add(Job(type="dpo", base_model="builtin:tiny-llama", dataset_id=ds, hyperparameters={}))
+        session.add(Job(type="dpo", base_model="builtin:tiny-llama", dataset_id=ds, hyperparameters={},
+                        project_id=project_of(settings, project_key)))
     r = client.delete(f"/v1/datasets/{ds}")
     assert r.status_code == 409 and r.json()["error"]["type"] == "conflict_error"
     assert client.get(f"/v1/datasets/{ds}").status_code == 200

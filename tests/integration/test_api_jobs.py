@@ -5,11 +5,11 @@ import json
 import pytest
 import redis
 from sqlalchemy import inspect, text
-from support import jsonl, preference_rows, upload
 
 from core.db import engine_for, session_scope
 from core.lifecycle import transition
 from core.models import JobStatus
+from support import jsonl, preference_rows, upload
 
 
 @pytest.fixture
@@ -143,13 +143,13 @@ def test_cancel(client, settings, dataset_id):
     assert [e["data"]["status"] for e in events] == ["cancelled"]
 
 
-def test_enqueue_failure_fails_the_job_and_answers_503(settings, dataset_id):
+def test_enqueue_failure_fails_the_job_and_answers_503(settings, dataset_id, project_key):
     from fastapi.testclient import TestClient
 
     from api.main import create_app
 
     broken = settings.model_copy(update={"celery_broker_url": "redis://127.0.0.1:1/0"})
-    with TestClient(create_app(broken)) as client:
+    with TestClient(create_app(broken), headers={"Authorization": f"Bearer {project_key}"}) as client:
         r = client.post("/v1/jobs", json=job_body(dataset_id))
         assert r.status_code == 503 and r.headers["Retry-After"]
         job = client.get("/v1/jobs").json()["data"][0]

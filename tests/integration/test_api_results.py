@@ -12,13 +12,13 @@ import time
 
 import pytest
 from fastapi.testclient import TestClient
-from support import jsonl, parse_sse, preference_rows, upload
 
 from api.main import create_app
 from core.artifacts import ArtifactStore
 from core.db import session_scope
 from core.lifecycle import transition
 from core.models import JobStatus
+from support import jsonl, parse_sse, preference_rows, upload
 from worker.reporting import JobReporter
 
 
@@ -136,14 +136,14 @@ def test_stream_replays_closes_and_resumes(client, settings, job_id):
     assert client.get("/v1/jobs/job_unknown/stream").status_code == 404
 
 
-def test_stream_delivers_live_updates(settings, job_id):
+def test_stream_delivers_live_updates(settings, job_id, project_key):
     """A client connected before the job finishes receives what happens while it waits."""
     def later():
         time.sleep(0.5)
         finish_job(settings, job_id)
 
     worker = threading.Thread(target=later)
-    with TestClient(create_app(settings)) as client:
+    with TestClient(create_app(settings), headers={"Authorization": f"Bearer {project_key}"}) as client:
         started = time.monotonic()
         worker.start()
         frames = parse_sse(client.get(f"/v1/jobs/{job_id}/stream").text)
@@ -152,13 +152,13 @@ def test_stream_delivers_live_updates(settings, job_id):
     assert time.monotonic() - started >= 0.5
 
 
-def test_health(client, settings):
+def test_health(client, settings, project_key):
     assert client.get("/healthz").json() == {"status": "ok"}
     ready = client.get("/readyz")
     assert ready.status_code == 200 and ready.json()["checks"] == {"database": "ok", "broker": "ok"}
     broken = settings.model_copy(update={"celery_broker_url": "redis://127.0.0.1:1/0",
                                          "database_url": "postgresql+psycopg://nobody@127.0.0.1:1/none"})
-    with TestClient(create_app(broken)) as bad:
+    with TestClient(create_app(broken), headers={"Authorization": f"Bearer {project_key}"}) as bad:
         r = bad.get("/readyz")
         assert r.status_code == 503 and r.headers["Retry-After"]
         assert r.json()["checks"]["database"].startswith("unreachable")

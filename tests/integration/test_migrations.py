@@ -5,11 +5,11 @@ import uuid
 import pytest
 from alembic import command
 from sqlalchemy import inspect
-from support import pg_admin, pg_url
 
 from core.db import make_engine
 from core.migrate import alembic_config, downgrade, upgrade
 from core.models import Base
+from support import pg_admin, pg_url
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

@@ -3,9 +3,8 @@
 import asyncio
 import uuid
 
-from support import REDIS_URL
-
 from core.notify import Waiter, publish
+from support import REDIS_URL
 
 
 def test_publish_wakes_a_waiting_stream():

@@ -1,11 +1,11 @@
 """The transition table and the compare-and-set move, on a real SQLite database."""
 
 import pytest
-from support import embedded_settings
 
 from core.db import session_scope
 from core.lifecycle import ALLOWED_MOVES, InvalidTransition, transition
-from core.models import TERMINAL_STATUSES, Job, JobEvent, JobStatus
+from core.models import TERMINAL_STATUSES, Job, JobEvent, JobStatus, Project
+from support import embedded_settings
 
 
 def test_table_shape():
@@ -20,7 +20,9 @@ def test_table_shape():
 def test_every_move_follows_the_table(tmp_path, source, target):
     settings = embedded_settings(tmp_path)
     with session_scope(settings.database_url) as session:
-        session.add(Job(id="job_1", type="dpo", base_model="m", dataset_id="d", hyperparameters={},
+        session.add(Project(id="proj_1", name="p"))
+        session.flush()
+        session.add(Job(id="job_1", project_id="proj_1", type="dpo", base_model="m", dataset_id="d", hyperparameters={},
                         status=source.value))
     with session_scope(settings.database_url) as session:
         if target in ALLOWED_MOVES[source]:
@@ -44,7 +46,10 @@ def test_every_move_follows_the_table(tmp_path, source, target):
 def test_failure_records_its_error(tmp_path):
     settings = embedded_settings(tmp_path)
     with session_scope(settings.database_url) as session:
-        session.add(Job(id="job_1", type="dpo", base_model="m", dataset_id="d", hyperparameters={}))
+        session.add(Project(id="proj_1", name="p"))
+        session.flush()
+        session.add(Job(id="job_1", project_id="proj_1", type="dpo", base_model="m", dataset_id="d",
+                        hyperparameters={}))
     error = {"type": "user_error", "message": "no such model"}
     with session_scope(settings.database_url) as session:
         transition(session, "job_1", JobStatus.failed, error=error)

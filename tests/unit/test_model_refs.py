@@ -1,11 +1,11 @@
 """base_model references: builtins, checkpoints, the models root, hub ids, and escapes refused."""
 
 import pytest
-from support import embedded_settings
 
 from core.db import session_scope
 from core.model_refs import ModelRefError, resolve_model_ref
-from core.models import Checkpoint, Job
+from core.models import Checkpoint, Job, Project
+from support import embedded_settings
 
 
 @pytest.fixture
@@ -15,9 +15,9 @@ def settings(tmp_path):
     return s
 
 
-def resolve(ref, settings):
+def resolve(ref, settings, project_id="proj_1"):
     with session_scope(settings.database_url) as session:
-        return resolve_model_ref(ref, settings=settings, session=session).location
+        return resolve_model_ref(ref, settings=settings, session=session, project_id=project_id).location
 
 
 def test_builtin_hub_and_local(settings):
@@ -28,7 +28,10 @@ def test_builtin_hub_and_local(settings):
 
 def test_checkpoint(settings):
     with session_scope(settings.database_url) as session:
-        session.add(Job(id="job_1", type="dpo", base_model="m", dataset_id="d", hyperparameters={}))
+        session.add(Project(id="proj_1", name="p"))
+        session.flush()
+        session.add(Job(id="job_1", project_id="proj_1", type="dpo", base_model="m", dataset_id="d",
+                        hyperparameters={}))
         session.flush()
         session.add(Checkpoint(id="ckpt_1", job_id="job_1", step=3, artifact_key="jobs/job_1/checkpoint-3",
                                size_bytes=1, sha256="0" * 64, metrics={}))
@@ -36,6 +39,8 @@ def test_checkpoint(settings):
     assert location == str(settings.artifacts_dir.resolve() / "jobs/job_1/checkpoint-3/model")
     with pytest.raises(ModelRefError, match="ckpt_2"):
         resolve("checkpoint:ckpt_2", settings)
+    with pytest.raises(ModelRefError, match="ckpt_1"):  # another project's checkpoint does not exist for it
+        resolve("checkpoint:ckpt_1", settings, project_id="proj_2")
 
 
 @pytest.mark.parametrize("ref", ["../x", "team/../../etc", "/etc", "~/models", " "])
