@@ -3,8 +3,8 @@
 import time
 
 import pytest
-from support import jsonl, parse_sse
 
+from support import jsonl, parse_sse
 from trainers.synthetic import uppercase_preference_rows
 
 DEADLINE = 240  # seconds for any one job to finish on a 2-core machine

@@ -10,6 +10,7 @@ import io
 import tarfile
 
 import pytest
+
 from e2e_support import create_dataset, stream_until_done, wait_for
 
 pytestmark = pytest.mark.e2e
