@@ -8,6 +8,7 @@ text (or any padding width) cannot move it.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from transformers import (
 )
 
 from trainers.errors import ModelNotFoundError, UserError
+from trainers.lora import is_adapter_dir, load_merged
 from trainers.modeling import BUILTIN_MODELS, BUILTIN_PREFIX, _ensure_pad_token
 from trainers.preference_data import TokenizedPair, collate_pairs
 from trainers.tiny import build_model_config, build_tiny_llama
@@ -38,9 +40,11 @@ def load_reward_model(
     ``builtin:tiny-llama`` becomes a `LlamaForSequenceClassification` whose backbone holds the
     built-in causal LM's weights; a local directory or hub id is loaded with
     ``AutoModelForSequenceClassification.from_pretrained(ref, num_labels=1)`` (a saved reward
-    model loads as it is). A score head that the reference does not hold is drawn from
-    N(0, initializer_range²) by a generator seeded with `SCORE_HEAD_SEED`, so every load of the
-    same reference gives the same weights.
+    model loads as it is). A directory holding a LoRA adapter of a reward model (a LoRA job's
+    checkpoint) loads as its base, itself resolved by this function from the reference the
+    adapter names, with the adapter (and its trained score head) merged in. A score head that the
+    reference does not hold is drawn from N(0, initializer_range²) by a generator seeded with
+    `SCORE_HEAD_SEED`, so every load of the same reference gives the same weights.
 
     Args:
         ref: ``builtin:<name>``, a directory written by ``save_pretrained``, or a hub id (read
@@ -58,6 +62,8 @@ def load_reward_model(
     if ref.startswith(BUILTIN_PREFIX):
         model, tokenizer = _builtin(ref)
         model = model.to(dtype)
+    elif is_adapter_dir(ref):
+        return load_merged(ref, functools.partial(load_reward_model, dtype=dtype))  # the base got its pad token
     else:
         local = Path(ref).is_dir()
         try:
