@@ -2,9 +2,9 @@
 
 import pytest
 import torch
-from trainer_fixtures import tiny
 from transformers import AutoModelForSequenceClassification, LlamaForSequenceClassification
 
+from trainer_fixtures import tiny
 from trainers.errors import ModelNotFoundError
 from trainers.preference_data import collate_pairs, tokenize_pairs
 from trainers.reward_model import last_token_index, load_reward_model, reward_stats, rewards, stats_sample
