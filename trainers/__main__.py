@@ -9,6 +9,10 @@ The first Ctrl-C stops cooperatively after the current step, saving a checkpoint
 ``python -m trainers merge --model-dir CHECKPOINT/model --output DIR`` writes a LoRA checkpoint's
 base and adapter as one full model (`trainers.export.merge_checkpoint`).
 
+``python -m trainers score --model-dir CHECKPOINT/model`` reads a JSON list of items
+(``{"text": ...}`` or ``{"prompt": ..., "response": ...}``) on stdin and writes a JSON list of
+``{"score", "normalized"}`` on stdout (`trainers.scoring.score`).
+
 Exit status: 0 on success, 2 for bad input (data, spec, model), 1 for a numerical failure.
 """
 
@@ -27,12 +31,15 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from trainers.callbacks import Callbacks
-from trainers.config import DPOHyperparameters, DPOJob
+from trainers.config import DPOHyperparameters, DPOJob, RewardModelHyperparameters, RewardModelJob
 from trainers.errors import NumericalError, UserError
 from trainers.formats import RowError, normalize_preference
 from trainers.run_types import TrainingData
 
-ALGORITHMS: dict[str, tuple[type[BaseModel], type[BaseModel]]] = {"dpo": (DPOJob, DPOHyperparameters)}
+ALGORITHMS: dict[str, tuple[type[BaseModel], type[BaseModel]]] = {
+    "dpo": (DPOJob, DPOHyperparameters),
+    "reward_model": (RewardModelJob, RewardModelHyperparameters),
+}
 
 
 class ConsoleCallbacks(Callbacks):
@@ -90,7 +97,7 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The command line: one subcommand per algorithm (one flag per hyperparameter), and `merge`."""
+    """The command line: one subcommand per algorithm (one flag per hyperparameter), `merge` and `score`."""
     parser = argparse.ArgumentParser(prog="python -m trainers", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (_, hyper) in ALGORITHMS.items():
@@ -112,6 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     merge = sub.add_parser("merge", help="write a LoRA checkpoint's base and adapter as one full model")
     merge.add_argument("--model-dir", type=Path, required=True, help="a checkpoint's model/ directory")
     merge.add_argument("--output", type=Path, required=True, help="folder for the merged model")
+    score = sub.add_parser("score", help="score the JSON list of items on stdin with a reward-model checkpoint")
+    score.add_argument("--model-dir", type=Path, required=True, help="a reward-model checkpoint's model/ directory")
     return parser
 
 
@@ -127,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
 
             merge_checkpoint(args.model_dir, args.output)
             return 0
+        if args.command == "score":
+            return score(args.model_dir)
         return train(args)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -159,6 +170,20 @@ def train(args: argparse.Namespace) -> int:
     data = TrainingData(train=read_rows(args.data), eval=read_rows(args.eval_data) if args.eval_data else None)
     result = run(job, data, callbacks, resume_from=args.resume_from)
     print(f"[info] {result.status} at step {result.step}", file=sys.stderr)
+    return 0
+
+
+def score(model_dir: Path) -> int:
+    """Score the JSON list of items on stdin with the reward model in `model_dir`; print the results."""
+    from trainers.scoring import score as score_items
+
+    try:
+        items = json.load(sys.stdin)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"stdin: invalid JSON ({exc.msg})", param="items") from exc
+    if not isinstance(items, list):
+        raise UserError("stdin: expected a JSON list of items", param="items")
+    print(json.dumps(score_items(model_dir, items)), flush=True)
     return 0
 
 
