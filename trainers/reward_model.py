@@ -8,6 +8,7 @@ text (or any padding width) cannot move it.
 
 from __future__ import annotations
 
+import copy
 import functools
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,16 +19,14 @@ from torch import Tensor, nn
 from transformers import (
     AutoModelForSequenceClassification,
     AutoTokenizer,
-    LlamaForSequenceClassification,
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
 
 from trainers.errors import ModelNotFoundError, UserError
 from trainers.lora import is_adapter_dir, load_merged
-from trainers.modeling import BUILTIN_MODELS, BUILTIN_PREFIX, _ensure_pad_token
+from trainers.modeling import BUILTIN_PREFIX, _ensure_pad_token, load_policy
 from trainers.preference_data import TokenizedPair, collate_pairs
-from trainers.tiny import build_model_config, build_tiny_llama
 
 SCORE_HEAD_SEED = 1  # seed of the private generator that initialises a fresh score head
 
@@ -175,16 +174,12 @@ def _backbone_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module]:
 
 def _builtin(ref: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """The built-in causal LM's backbone under a freshly, deterministically initialised score head."""
-    name = ref.removeprefix(BUILTIN_PREFIX)
-    if name not in BUILTIN_MODELS:
-        known = ", ".join(BUILTIN_PREFIX + m for m in BUILTIN_MODELS)
-        raise ModelNotFoundError(f"unknown builtin model {ref!r}; known: {known}")
-    causal, tokenizer = build_tiny_llama()
-    config = build_model_config(tokenizer)
+    causal, tokenizer = load_policy(ref)  # names the known builtin models when `ref` is not one
+    config = copy.deepcopy(causal.config)
     config.num_labels = 1
     with torch.random.fork_rng(devices=[]):  # construction runs the library's own random init
-        model = LlamaForSequenceClassification(config)
-    model.model.load_state_dict(causal.model.state_dict())
+        model = AutoModelForSequenceClassification.from_config(config)
+    model.base_model.load_state_dict(causal.base_model.state_dict())
     _init_score_head(model)
     return model, tokenizer
 
