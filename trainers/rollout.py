@@ -197,7 +197,8 @@ def generate(
     finished = torch.zeros(B, dtype=torch.bool, device=device)  # (B,)
     steps = max_new_tokens
     for step in range(max_new_tokens):
-        scaled = out.logits[:, -1].float() / temperature  # (B, V)
+        # Divided in the model's dtype, then widened: the same rounding as `response_logits`.
+        scaled = (out.logits[:, -1] / temperature).float()  # (B, V)
         step_logprobs = torch.log_softmax(scaled, dim=-1)  # (B, V) recorded before top-p
         probs = torch.softmax(top_p_filter(scaled, top_p), dim=-1)  # (B, V)
         token = torch.multinomial(probs, 1, generator=generator).squeeze(1)  # (B,)
