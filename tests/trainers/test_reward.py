@@ -156,13 +156,15 @@ def test_lora_trains_only_the_adapters_and_the_score_head(monkeypatch):
     assert callbacks.checkpoints[3][1]["model"]["adapter"] is True
 
 
-def test_interrupted_and_resumed_run_matches_an_uninterrupted_one(tmp_path):
+@pytest.mark.parametrize("lora, weights", [(None, "model.safetensors"), ({"r": 4}, "adapter_model.safetensors")])
+def test_interrupted_and_resumed_run_matches_an_uninterrupted_one(tmp_path, lora, weights):
     # 20 rows in batches of 8: 3 steps per epoch (the last one partial), so 6 steps cross an
-    # epoch boundary; warmup, accumulation and margins make the optimizer state and data matter.
+    # epoch boundary; warmup, accumulation and margins make the optimizer state and data matter,
+    # and LoRA's dropout the RNG state.
     rows = uppercase_preference_rows(20, seed=5)
     for i, row in enumerate(rows):
         row["margin"] = i / 10
-    job = reward_job(3, learning_rate=2e-3, max_steps=6, batch_size=8, gradient_accumulation_steps=2,
+    job = reward_job(3, lora, learning_rate=2e-3, max_steps=6, batch_size=8, gradient_accumulation_steps=2,
                      warmup_steps=2, weight_decay=0.1, center_rewards_coefficient=0.05)  # fmt: skip
     data = TrainingData(train=rows, eval=uppercase_preference_rows(5, seed=6))
     straight = RecordingCallbacks()
@@ -173,7 +175,7 @@ def test_interrupted_and_resumed_run_matches_an_uninterrupted_one(tmp_path):
     assert (result.status, result.step) == ("stopped", 3)
     assert list(interrupted.checkpoints) == [3]  # a stop saves the progress
     saved, _ = interrupted.checkpoints[3]
-    assert (saved / MODEL_DIR / "model.safetensors").is_file() and (saved / STATE_FILE).is_file()
+    assert (saved / MODEL_DIR / weights).is_file() and (saved / STATE_FILE).is_file()
 
     resumed = RecordingCallbacks(tmp_path / "second")
     result = trainers.run(job, data, resumed, resume_from=saved)
