@@ -2,7 +2,7 @@
 
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import ColumnElement, select, update
 from sqlalchemy.orm import Session
 
 from core.models import TERMINAL_STATUSES, Job, JobEvent, JobStatus, utcnow
@@ -39,11 +39,13 @@ def transition(
     message: str = "",
     error: dict[str, Any] | None = None,
     values: dict[str, Any] | None = None,
+    where: tuple[ColumnElement[bool], ...] = (),
 ) -> None:
     """Move a job to `target` if the table allows it from its current status, and record the event.
 
-    The update is a compare-and-set on the status, so two processes racing (a cancel request and a
-    finishing trainer, say) cannot both win. Raises InvalidTransition when the move is not allowed.
+    The update is a compare-and-set on the status (and on `where`, extra conditions the row must
+    still meet), so two processes racing (a cancel request and a finishing trainer, say) cannot both
+    win. Raises InvalidTransition when the move is not allowed or a condition no longer holds.
     """
     now = utcnow()
     changes: dict[str, Any] = {"status": target.value, **(values or {})}
@@ -56,7 +58,7 @@ def transition(
     previous = session.scalar(select(Job.status).where(Job.id == job_id))
     result = session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.status.in_(sources_of(target)), Job.status == previous)
+        .where(Job.id == job_id, Job.status.in_(sources_of(target)), Job.status == previous, *where)
         .values(**changes)
         .execution_options(synchronize_session=False)
     )

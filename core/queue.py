@@ -1,8 +1,13 @@
 """The Celery application, configured from settings; the API uses it only to send tasks by name."""
 
+import json
+
+import redis
 from celery import Celery
 from kombu import Queue
+from sqlalchemy import inspect, text
 
+from core.db import engine_for
 from core.settings import Settings
 
 RUN_JOB_TASK = "worker.run_job"
@@ -38,6 +43,45 @@ def make_celery(settings: Settings) -> Celery:
     return app
 
 
-def enqueue_job(app: Celery, job_id: str) -> None:
+def task_id(job_id: str, attempt: int = 0) -> str:
+    """Message id of a job's run: the job id, with the attempt number after a requeue."""
+    return job_id if attempt == 0 else f"{job_id}-{attempt}"
+
+
+def enqueue_job(app: Celery, job_id: str, *, attempt: int = 0) -> None:
     """Send the job to its queue; call only after the job row is committed."""
-    app.send_task(RUN_JOB_TASK, args=[job_id], retry=True, retry_policy={"max_retries": 2})
+    app.send_task(RUN_JOB_TASK, args=[job_id], task_id=task_id(job_id, attempt), retry=True,
+                  retry_policy={"max_retries": 2})
+
+
+def _is_for(job_id: str, raw: bytes | str) -> bool:
+    message_id = json.loads(raw).get("headers", {}).get("id", "")
+    return message_id == job_id or message_id.startswith(job_id + "-")
+
+
+def withdraw_job(app: Celery, job_id: str) -> int:
+    """Remove the job's waiting messages from its queue; returns how many were removed.
+
+    A message already taken by a worker is not reachable here; that worker finds the job no longer
+    queued and drops it, so withdrawing is an optimisation of the queue, never needed for safety.
+    """
+    url, queue = app.conf.broker_url, app.conf.task_default_queue
+    if url.startswith(("redis://", "rediss://")):
+        client = redis.Redis.from_url(url, socket_timeout=5)
+        try:
+            return sum(client.lrem(queue, 1, raw) for raw in client.lrange(queue, 0, -1) if _is_for(job_id, raw))
+        finally:
+            client.close()
+    if url.startswith("sqla+"):
+        engine = engine_for(url.removeprefix("sqla+"))
+        if not inspect(engine).has_table("kombu_message"):
+            return 0
+        with engine.begin() as conn:
+            rows = conn.execute(text(
+                "SELECT m.id, m.payload FROM kombu_message m JOIN kombu_queue q ON m.queue_id = q.id "
+                "WHERE q.name = :queue AND m.visible"), {"queue": queue}).all()
+            ids = [row.id for row in rows if _is_for(job_id, row.payload)]
+            for message_id in ids:
+                conn.execute(text("DELETE FROM kombu_message WHERE id = :id"), {"id": message_id})
+            return len(ids)
+    return 0

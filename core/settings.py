@@ -29,6 +29,11 @@ class Settings(BaseSettings):
     )
     training_queue: str = Field("training", description="Celery queue the training tasks go to.")
     heartbeat_seconds: float = Field(5.0, gt=0, description="How often a worker renews its job lease.")
+    lease_seconds: float = Field(
+        60.0, gt=0, description="A running job whose worker has not renewed its lease for this long is "
+                                "requeued (it resumes from its last checkpoint).")
+    max_attempts: int = Field(3, ge=1, le=100, description="Runs a job gets before a lost worker fails it.")
+    reaper_interval_seconds: float = Field(15.0, gt=0, description="How often workers look for lost jobs.")
     stream_poll_seconds: float = Field(0.5, gt=0, description="How often a live stream looks for news.")
     stream_keepalive_seconds: float = Field(15.0, gt=0, description="SSE comment interval when idle.")
     model_ops_timeout_seconds: float = Field(

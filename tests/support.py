@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import redis
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, inspect, text
 
 from core.db import engine_for
 from core.migrate import upgrade
@@ -126,3 +126,27 @@ def parse_sse(text: str) -> list[dict[str, Any]]:
             frame["data"] = json.loads(frame["data"])
             frames.append(frame)
     return frames
+
+
+def queued_messages(settings) -> list[dict]:
+    """Messages waiting in the job's Celery queue, read from the real broker."""
+    if settings.celery_broker_url.startswith("redis"):
+        client = redis.Redis.from_url(settings.celery_broker_url)
+        raw = client.lrange(settings.training_queue, 0, -1)
+        client.close()
+        bodies = [json.loads(m) for m in raw]
+    else:
+        engine = engine_for(settings.celery_broker_url.removeprefix("sqla+"))
+        if not inspect(engine).has_table("kombu_message"):
+            return []  # kombu creates its tables with the first message
+        with engine.connect() as conn:
+            raw = conn.execute(text(
+                "SELECT m.payload FROM kombu_message m JOIN kombu_queue q ON m.queue_id = q.id "
+                "WHERE q.name = :q AND m.visible"), {"q": settings.training_queue}).scalars().all()
+        bodies = [json.loads(m) for m in raw]
+    return [{"task": b["headers"]["task"], "args": json.loads(_decode(b))[0]} for b in bodies]
+
+
+def _decode(body: dict) -> str:
+    import base64
+    return base64.b64decode(body["body"]).decode()

@@ -34,8 +34,10 @@ def upsert_metrics(session: Session, job_id: str, rows: list[tuple[int, dict[str
 class JobReporter(Callbacks):
     """Batches metrics, stores checkpoints, records events and reads the cancel flag."""
 
-    def __init__(self, *, url: str, job_id: str, store: ArtifactStore, broker_url: str = "") -> None:
+    def __init__(self, *, url: str, job_id: str, store: ArtifactStore, broker_url: str = "",
+                 worker_id: str | None = None) -> None:
         self.url, self.job_id, self.store, self.broker_url = url, job_id, store, broker_url
+        self.worker_id = worker_id  # the lease holder this run belongs to, if any
         self._pending: dict[int, dict[str, float]] = {}
         self._last_flush = time.monotonic()
 
@@ -84,9 +86,10 @@ class JobReporter(Callbacks):
         publish(self.broker_url, self.job_id)
 
     def should_stop(self) -> bool:
+        """Stop when the job is no longer running under this run's lease (cancelled, or handed on)."""
         with session_scope(self.url) as session:
-            status = session.scalar(select(Job.status).where(Job.id == self.job_id))
-        return status != JobStatus.running
+            status, holder = session.execute(select(Job.status, Job.worker_id).where(Job.id == self.job_id)).one()
+        return status != JobStatus.running or (self.worker_id is not None and holder != self.worker_id)
 
     def on_event(self, level: str, message: str) -> None:
         with session_scope(self.url) as session:

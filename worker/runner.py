@@ -39,7 +39,7 @@ def finish(settings: Settings, job_id: str, target: JobStatus, message: str,
     publish(settings.celery_broker_url, job_id)
 
 
-def train(settings: Settings, job_id: str) -> None:
+def train(settings: Settings, job_id: str, worker_id: str | None) -> None:
     import torch
     from pydantic import TypeAdapter
 
@@ -61,7 +61,8 @@ def train(settings: Settings, job_id: str) -> None:
             return finish(settings, job_id, JobStatus.failed, str(exc),
                           {"type": "user_error", "message": str(exc), "param": "base_model"})
     store = ArtifactStore(settings.artifacts_dir)
-    reporter = JobReporter(url=url, job_id=job_id, store=store, broker_url=settings.celery_broker_url)
+    reporter = JobReporter(url=url, job_id=job_id, store=store, broker_url=settings.celery_broker_url,
+                           worker_id=worker_id)
     data = trainers.TrainingData(train=load_rows(url, job.dataset_id), eval=load_rows(url, job.eval_dataset_id))
     config = TypeAdapter(JobConfig).validate_python({
         "type": job.type, "base_model": model.location, "seed": job.seed,
@@ -100,10 +101,10 @@ def train(settings: Settings, job_id: str) -> None:
 
 def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    job_id = argv[1]
+    job_id, worker_id = argv[1], (argv[2] if len(argv) > 2 else None)
     settings = get_settings()
     try:
-        train(settings, job_id)
+        train(settings, job_id, worker_id)
     except Exception as exc:  # anything unforeseen is ours, not the user's
         log.exception("job %s failed", job_id)
         message = f"internal error: {type(exc).__name__}: {exc}"[:2000]

@@ -4,14 +4,17 @@ The task asserts the world from the database: a message for a job that is no lon
 cancelled, or claimed by a live worker) is a no-op, so redelivery is harmless.
 """
 
+import ctypes
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
 
 from sqlalchemy import update
+from sqlalchemy.exc import OperationalError
 
 from core.db import session_scope
 from core.lifecycle import InvalidTransition, transition
@@ -23,6 +26,7 @@ from worker.celery_app import app
 
 log = logging.getLogger(__name__)
 STDERR_TAIL = 2000
+PR_SET_PDEATHSIG = 1
 
 
 def worker_identity() -> str:
@@ -44,9 +48,19 @@ def claim(url: str, job_id: str, worker_id: str) -> bool:
 
 
 def heartbeat(url: str, job_id: str, worker_id: str) -> None:
-    with session_scope(url) as session:
-        session.execute(update(Job).where(Job.id == job_id, Job.worker_id == worker_id)
-                        .values(heartbeat_at=utcnow()))
+    """Renew the job's lease; an unreachable database only costs this beat (the lease is longer)."""
+    try:
+        with session_scope(url) as session:
+            session.execute(update(Job).where(Job.id == job_id, Job.worker_id == worker_id)
+                            .values(heartbeat_at=utcnow()))
+    except OperationalError as exc:
+        log.warning("heartbeat of %s failed: %s", job_id, exc.orig)
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: the kernel kills it when this worker process dies (Linux)."""
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def fail_if_unfinished(url: str, job_id: str, message: str) -> None:
@@ -74,7 +88,8 @@ def run_job(job_id: str) -> None:
     with tempfile.TemporaryFile() as stderr:
         # A child per job keeps CUDA and the model out of the long-lived worker process, and makes
         # crash and memory failures the child's alone.
-        child = subprocess.Popen([sys.executable, "-m", "worker.runner", job_id], stderr=stderr)
+        child = subprocess.Popen([sys.executable, "-m", "worker.runner", job_id, worker_id], stderr=stderr,
+                                 preexec_fn=_die_with_parent if sys.platform == "linux" else None)
         while True:
             try:
                 code = child.wait(timeout=settings.heartbeat_seconds)

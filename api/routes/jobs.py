@@ -48,9 +48,10 @@ def get_job(job: JobDep):
 
 
 @router.post("/{job_id}/cancel", response_model=JobPublic)
-def cancel_job(session: SessionDep, settings: SettingsDep, job: JobDep):
-    """Cancel a job: queued jobs at once, running jobs at their next step (checkpoint kept)."""
-    return service.cancel(session=session, settings=settings, job=job)
+def cancel_job(session: SessionDep, settings: SettingsDep, celery: CeleryDep, job: JobDep):
+    """Cancel a job: queued jobs at once (their message leaves the queue), running jobs at their next step
+    (checkpoint kept)."""
+    return service.cancel(session=session, settings=settings, celery=celery, job=job)
 
 
 @router.get("/{job_id}/metrics", response_model=MetricsPublic)

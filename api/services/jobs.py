@@ -17,7 +17,7 @@ from core.lifecycle import InvalidTransition, transition
 from core.model_refs import ModelRefError, resolve_model_ref
 from core.models import TERMINAL_STATUSES, Dataset, Job, JobStatus
 from core.notify import publish
-from core.queue import enqueue_job
+from core.queue import enqueue_job, withdraw_job
 from core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -106,7 +106,7 @@ def list_page(*, session: Session, project_id: str, limit: int, after: str | Non
     return newest_first_page(session, stmt, Job, project_id=project_id, limit=limit, after=after)
 
 
-def cancel(*, session: Session, settings: Settings, job: Job) -> Job:
+def cancel(*, session: Session, settings: Settings, celery: Celery, job: Job) -> Job:
     """Cancel a queued job at once; ask a running one to stop at its next step."""
     for _ in range(3):  # the job may start running between our read and our write
         session.refresh(job)
@@ -122,6 +122,11 @@ def cancel(*, session: Session, settings: Settings, job: Job) -> Job:
                                param="job_id") from exc
             continue
         session.commit()
+        if target == JobStatus.cancelled:
+            try:
+                withdraw_job(celery, job.id)
+            except Exception:  # a message left behind is dropped by the worker that takes it
+                log.warning("could not withdraw the queued message of %s", job.id, exc_info=True)
         publish(settings.celery_broker_url, job.id)
         session.refresh(job)
         return job

@@ -1,13 +1,108 @@
-"""Helpers of the end-to-end tests: datasets, following a job, waiting."""
+"""Helpers of the end-to-end tests: deployments as real processes, datasets, following a job, waiting."""
 
+import os
+import signal
+import socket
+import subprocess
+import sys
 import time
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
 
+import httpx
 import pytest
 
-from support import jsonl, parse_sse
+from support import embedded_settings, jsonl, new_project_key, parse_sse, postgres_deployments
 from trainers.synthetic import uppercase_preference_rows
 
 DEADLINE = 240  # seconds for any one job to finish on a 2-core machine
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Deployment:
+    """An API process and a worker process on one set of settings; the worker can be killed and restarted."""
+
+    def __init__(self, settings, root: Path, **env: str) -> None:
+        self.settings, self.root, self.port = settings, root, free_port()
+        self.env = os.environ | {
+            "DATABASE_URL": settings.database_url, "CELERY_BROKER_URL": settings.celery_broker_url,
+            "ARTIFACTS_DIR": str(settings.artifacts_dir), "MODELS_DIR": str(settings.models_dir),
+            "TRAINING_QUEUE": settings.training_queue, "STREAM_POLL_SECONDS": "0.2",
+            "HEARTBEAT_SECONDS": "1", "HF_HUB_OFFLINE": "1", "TORCH_THREADS": "2", **env,
+        }
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.workers_started = 0
+        self.client = httpx.Client(base_url=f"http://127.0.0.1:{self.port}", timeout=30,
+                                   headers={"Authorization": f"Bearer {new_project_key(settings)}"})
+
+    def _start(self, name: str, args: list[str]) -> None:
+        log = open(self.root / f"{name}.log", "ab")
+        # Own process group, so a test can kill a process together with everything it started.
+        self.procs[name] = subprocess.Popen([sys.executable, "-m", "core.cli", *args], env=self.env, cwd=ROOT,
+                                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        log.close()
+
+    def start_api(self) -> None:
+        self._start("api", ["api", "--port", str(self.port)])
+        for _ in range(120):
+            try:
+                if self.client.get("/readyz").status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.5)
+        pytest.fail("the API did not become ready:\n" + self.log("api"))
+
+    def start_worker(self) -> None:
+        self.workers_started += 1
+        self._start("worker", ["worker", "--hostname", f"e2e-{self.port}-{self.workers_started}@localhost"])
+
+    def kill_worker(self) -> None:
+        """SIGKILL the worker and every process it started (pool processes, the training process)."""
+        proc = self.procs.pop("worker")
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+
+    def log(self, name: str) -> str:
+        path = self.root / f"{name}.log"
+        return path.read_text(errors="replace")[-8000:] if path.exists() else ""
+
+    def stop(self) -> None:
+        self.client.close()
+        for proc in self.procs.values():
+            proc.terminate()
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+
+
+@contextmanager
+def deployment(request, root: Path, **env: str):
+    """Settings of a fresh deployment of the requested backend, with its processes started."""
+    with ExitStack() as stack:
+        if request.param == "embedded":
+            settings = embedded_settings(root)
+        else:
+            make = stack.enter_context(postgres_deployments(request.getfixturevalue("pg_template"), root))
+            settings = make()
+        dep = Deployment(settings, root, **env)
+        try:
+            dep.start_api()
+            dep.start_worker()
+            yield dep
+        finally:
+            dep.stop()
+            if request.node.session.testsfailed:
+                for name in ("api", "worker"):
+                    print(f"--- {name} log ---\n{dep.log(name)}")
 
 
 def create_dataset(client, rows=None) -> str:

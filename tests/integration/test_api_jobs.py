@@ -1,15 +1,12 @@
 """Job endpoints on both backends: creation, validation, idempotency, the queue, listing, cancel."""
 
-import json
 
 import pytest
-import redis
-from sqlalchemy import inspect, text
 
-from core.db import engine_for, session_scope
+from core.db import session_scope
 from core.lifecycle import transition
 from core.models import JobStatus
-from support import jsonl, preference_rows, upload
+from support import jsonl, preference_rows, queued_messages, upload
 
 
 @pytest.fixture
@@ -19,30 +16,6 @@ def dataset_id(client) -> str:
 
 def job_body(dataset_id: str, **overrides) -> dict:
     return {"type": "dpo", "base_model": "builtin:tiny-llama", "dataset_id": dataset_id} | overrides
-
-
-def queued_messages(settings) -> list[dict]:
-    """Messages waiting in the job's Celery queue, read from the real broker."""
-    if settings.celery_broker_url.startswith("redis"):
-        client = redis.Redis.from_url(settings.celery_broker_url)
-        raw = client.lrange(settings.training_queue, 0, -1)
-        client.close()
-        bodies = [json.loads(m) for m in raw]
-    else:
-        engine = engine_for(settings.celery_broker_url.removeprefix("sqla+"))
-        if not inspect(engine).has_table("kombu_message"):
-            return []  # kombu creates its tables with the first message
-        with engine.connect() as conn:
-            raw = conn.execute(text(
-                "SELECT m.payload FROM kombu_message m JOIN kombu_queue q ON m.queue_id = q.id "
-                "WHERE q.name = :q AND m.visible"), {"q": settings.training_queue}).scalars().all()
-        bodies = [json.loads(m) for m in raw]
-    return [{"task": b["headers"]["task"], "args": json.loads(_decode(b))[0]} for b in bodies]
-
-
-def _decode(body: dict) -> str:
-    import base64
-    return base64.b64decode(body["body"]).decode()
 
 
 def test_create_echoes_resolved_hyperparameters_and_enqueues(client, settings, dataset_id):

@@ -3,9 +3,9 @@
 import json
 
 import torch
-from trainer_fixtures import RecordingCallbacks, tiny
 from transformers import LlamaForSequenceClassification
 
+from trainer_fixtures import RecordingCallbacks, tiny
 from trainers.checkpoint import MODEL_DIR, MODEL_INFO_FILE, PROBE_TEXT, offer_checkpoint, probe_logits, read_model_info
 from trainers.config import LoopHyperparameters
 from trainers.loop import build_optimizer

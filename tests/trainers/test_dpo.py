@@ -7,11 +7,11 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from trainer_fixtures import RecordingCallbacks  # before `import trainers`: makes it the real package
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import trainers
 import trainers.dpo
+from trainer_fixtures import RecordingCallbacks  # before `import trainers`: makes it the real package
 from trainers import DPOJob, ModelNotFoundError, NumericalError, TrainingData
 from trainers.checkpoint import MODEL_DIR, PROBE_TEXT, PROBE_VOCAB, STATE_FILE
 from trainers.synthetic import uppercase_preference_rows

@@ -8,11 +8,11 @@ import pytest
 import torch
 from peft import PeftModel
 from safetensors import safe_open
-from trainer_fixtures import RecordingCallbacks, tiny  # before `import trainers`: makes it the real package
 from transformers import AutoModelForCausalLM
 
 import trainers
 import trainers.dpo
+from trainer_fixtures import RecordingCallbacks, tiny  # before `import trainers`: makes it the real package
 from trainers import DPOJob, TrainingData
 from trainers.checkpoint import MODEL_DIR, MODEL_INFO_FILE, PROBE_TEXT, PROBE_VOCAB
 from trainers.export import merge_checkpoint

@@ -7,8 +7,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 from torch import nn
-from trainer_fixtures import tiny
 
+from trainer_fixtures import tiny
 from trainers.config import DPOHyperparameters
 from trainers.dpo import Reference, pair_losses_and_stats
 from trainers.preference_data import TokenizedPair, collate_pairs, tokenize_pairs

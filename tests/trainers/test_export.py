@@ -4,8 +4,8 @@ import json
 
 import pytest
 import torch
-from trainer_fixtures import tiny
 
+from trainer_fixtures import tiny
 from trainers.checkpoint import MODEL_DIR, MODEL_INFO_FILE, save_checkpoint, write_model_info
 from trainers.config import LoopHyperparameters, LoRAConfig
 from trainers.errors import ModelNotFoundError, UserError

@@ -3,8 +3,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 from torch import nn
-from trainer_fixtures import tiny
 
+from trainer_fixtures import tiny
 from trainers.logprobs import selective_log_softmax, sequence_logprobs
 
 

@@ -5,8 +5,8 @@ import copy
 
 import pytest
 import torch
-from trainer_fixtures import RecordingCallbacks, tiny
 
+from trainer_fixtures import RecordingCallbacks, tiny
 from trainers.checkpoint import load_trainer_state
 from trainers.config import DPOJob, LoopHyperparameters
 from trainers.errors import NumericalError

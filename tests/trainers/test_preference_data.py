@@ -1,7 +1,7 @@
 import pytest
 import torch
-from trainer_fixtures import tiny
 
+from trainer_fixtures import tiny
 from trainers.errors import UserError
 from trainers.preference_data import collate_pairs, tokenize_pairs, truncate_pair
 

@@ -1,7 +1,7 @@
 import torch
-from trainer_fixtures import tiny
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from trainer_fixtures import tiny
 from trainers.tiny import build_tiny_llama
 
 
