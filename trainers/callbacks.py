@@ -46,7 +46,10 @@ class Callbacks:
             info: ``{"metrics": {...latest metrics...}, "probe": {"text": str, "logits": [float, ...]}}``;
                 the probe holds the in-memory model's logits (eval mode, float32) at the last
                 position of the tokenised probe text, first 32 vocabulary entries, so a reader
-                can check that a reloaded checkpoint is the same model.
+                can check that a reloaded checkpoint is the same model; ``info["model"]`` says
+                what the checkpoint holds (``{"kind": "causal_lm" | "reward_model", "adapter": bool,
+                "base_model": str}``, reward models also ``reward_mean`` and ``reward_std``), the
+                same dictionary `save` writes to ``model/rlhf_service.json``.
         """
 
     def should_stop(self) -> bool:
