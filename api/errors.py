@@ -35,6 +35,11 @@ class InvalidRequest(ApiError):
     status_code = 422
 
 
+class TooLarge(ApiError):
+    status_code = 413
+    type = "request_too_large"
+
+
 class NotFound(ApiError):
     status_code = 404
     type = "not_found_error"

@@ -3,6 +3,7 @@
 from fastapi import FastAPI
 
 from api.errors import install_error_handlers
+from api.limits import BodyLimits
 from api.routes import admin, checkpoints, datasets, health, jobs
 from core.queue import make_celery
 from core.settings import Settings, get_settings
@@ -20,6 +21,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.celery = make_celery(settings)
     install_error_handlers(app)
+    app.add_middleware(BodyLimits, settings=settings)
     for module in (datasets, jobs, checkpoints, admin, health):
         app.include_router(module.router)
     return app

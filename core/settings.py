@@ -38,6 +38,11 @@ class Settings(BaseSettings):
     stream_keepalive_seconds: float = Field(15.0, gt=0, description="SSE comment interval when idle.")
     model_ops_timeout_seconds: float = Field(
         600.0, gt=0, description="Longest a scoring or adapter-merge request may run.")
+    max_upload_bytes: int = Field(2 * 1024**3, gt=0, description="Largest dataset file accepted (413 above).")
+    max_dataset_rows: int = Field(5_000_000, gt=0, description="Most rows a dataset may hold (413 above).")
+    max_row_bytes: int = Field(8 * 1024**2, gt=0, description="Largest single row of a dataset file.")
+    max_json_body_bytes: int = Field(1024**2, gt=0, description="Largest JSON request body (413 above).")
+    max_json_depth: int = Field(32, ge=4, le=1000, description="Deepest nesting a JSON request body may have.")
     admin_api_key: SecretStr | None = Field(
         None, description="Key of the /v1/admin endpoints (projects and their keys); unset disables them.")
     local_key_file: Path = Field(

@@ -4,7 +4,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Form, Header, Response, UploadFile, status
 
-from api.deps import DatasetDep, ProjectDep, SessionDep, get_project
+from api.deps import DatasetDep, ProjectDep, SessionDep, SettingsDep, get_project
 from api.pagination import PageParams, page_params
 from api.schemas import DatasetKind, DatasetPublic, DatasetRowsPublic, DatasetsPublic
 from api.services import datasets as service
@@ -16,6 +16,7 @@ Page = Annotated[PageParams, Depends(page_params)]
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=DatasetPublic)
 def upload_dataset(
     session: SessionDep,
+    settings: SettingsDep,
     project: ProjectDep,
     response: Response,
     file: UploadFile,
@@ -26,7 +27,8 @@ def upload_dataset(
     """Upload a .jsonl, .json, .parquet or .csv file; every row is validated and all or none are stored."""
     dataset, created = service.create(session=session, project_id=project.id, file=file.file,
                                       filename=file.filename or "upload.jsonl", name=name, kind=kind,
-                                      idempotency_key=idempotency_key)
+                                      idempotency_key=idempotency_key, max_rows=settings.max_dataset_rows,
+                                      max_row_bytes=settings.max_row_bytes)
     if not created:
         response.status_code = status.HTTP_200_OK
     return dataset

@@ -9,7 +9,7 @@ from sqlalchemy import delete, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from api.errors import Conflict, InvalidRequest
+from api.errors import Conflict, InvalidRequest, TooLarge
 from api.ingest import RowIssue, UnsupportedFormat, iter_rows
 from api.services.paging import ascending_page, newest_first_page
 from core.models import ACTIVE_STATUSES, Dataset, DatasetRow, Job
@@ -38,7 +38,8 @@ def _json_issue(line: int, row: dict) -> RowIssue | None:
 
 
 def create(*, session: Session, project_id: str, file: BinaryIO, filename: str, name: str | None, kind: str,
-           idempotency_key: str | None = None) -> tuple[Dataset, bool]:
+           idempotency_key: str | None = None, max_rows: int = 5_000_000,
+           max_row_bytes: int = 8 * 1024**2) -> tuple[Dataset, bool]:
     """Validate and store an uploaded file in one transaction; on any bad row nothing is stored.
 
     Returns the dataset and whether it is new (a repeated Idempotency-Key returns the first one).
@@ -61,7 +62,7 @@ def create(*, session: Session, project_id: str, file: BinaryIO, filename: str, 
     batch: list[dict] = []
     count = 0
     try:
-        for line, row in iter_rows(file, filename, kind):
+        for line, row in iter_rows(file, filename, kind, max_line_bytes=max_row_bytes):
             if not isinstance(row, RowIssue):
                 row = _json_issue(line, row) or row
             if isinstance(row, RowIssue):
@@ -73,6 +74,10 @@ def create(*, session: Session, project_id: str, file: BinaryIO, filename: str, 
                 continue  # keep scanning for more problems, but nothing will be stored
             batch.append({"dataset_id": dataset.id, "idx": count, "line": line, "data": row})
             count += 1
+            if count > max_rows:
+                session.rollback()
+                raise TooLarge(f"the file has more than {max_rows:,} rows, the limit (MAX_DATASET_ROWS)",
+                               param="file")
             if len(batch) >= INSERT_BATCH:
                 session.execute(insert(DatasetRow), batch)
                 batch.clear()
