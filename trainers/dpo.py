@@ -28,7 +28,7 @@ from trainers.loop import TrainingLoop, seed_everything
 from trainers.lora import load_trainable_model
 from trainers.losses import dpo_loss
 from trainers.modeling import default_device, load_policy
-from trainers.preference_data import PreferenceBatch, TokenizedPair, collate_pairs, tokenize_pairs
+from trainers.preference_data import PreferenceBatch, TokenizedPair, collate_pairs, tokenize_split
 from trainers.run_types import RunResult, TrainingData
 
 # Per-pair statistics, in the order `pair_losses_and_stats` stacks them; eval metrics are the same
@@ -71,8 +71,8 @@ def train_dpo(
     )
 
     # 2. Data: tokenised once; the rows of step s are a pure function of (seed, s).
-    train_pairs = _tokenize(data.train, tokenizer, hp, "train", callbacks)
-    eval_pairs = _tokenize(data.eval, tokenizer, hp, "eval", callbacks) if data.eval else []
+    train_pairs = tokenize_split(data.train, tokenizer, hp, "train", callbacks)
+    eval_pairs = tokenize_split(data.eval, tokenizer, hp, "eval", callbacks) if data.eval else []
     if not train_pairs:
         raise UserError("the training data has no rows")
     order = BatchOrder(num_rows=len(train_pairs), batch_size=hp.batch_size, seed=job.seed)
@@ -279,17 +279,3 @@ def _reference_model(policy: nn.Module, job: DPOJob, *, resumed: bool, device: t
 def _pass_batch_size(hp: DPOHyperparameters) -> int:
     """Pairs per forward in gradient-free passes: the size of a training micro-batch."""
     return max(1, hp.batch_size // hp.gradient_accumulation_steps)
-
-
-def _tokenize(rows, tokenizer, hp: DPOHyperparameters, split: str, callbacks: Callbacks) -> list[TokenizedPair]:
-    pairs = tokenize_pairs(
-        rows, tokenizer, max_length=hp.max_length, max_prompt_length=hp.max_prompt_length, split=split
-    )
-    truncated = sum(p.truncated for p in pairs)
-    if truncated:
-        callbacks.on_event(
-            "warning",
-            f"{truncated} of {len(pairs)} {split} pairs were truncated "
-            f"(max_prompt_length={hp.max_prompt_length}, max_length={hp.max_length})",
-        )
-    return pairs

@@ -59,7 +59,7 @@ def load_policy(
         model, tokenizer = _from_pretrained(ref, dtype=dtype, local_files_only=True)
     else:
         model, tokenizer = _from_hub(ref, dtype=dtype)
-    _ensure_pad_token(model, tokenizer)
+    ensure_pad_token(model, tokenizer)
     return model, tokenizer
 
 
@@ -69,8 +69,22 @@ def _from_hub(ref: str, *, dtype: torch.dtype) -> tuple[PreTrainedModel, PreTrai
         return _from_pretrained(ref, dtype=dtype, local_files_only=True)
     except ModelNotFoundError:
         pass
-    # Asking the hub first fails fast when it is unreachable or the id does not exist, where a
-    # download attempt would retry for tens of seconds.
+    require_hub_model(ref)
+    return _from_pretrained(ref, dtype=dtype, local_files_only=False)
+
+
+def require_hub_model(ref: str) -> None:
+    """Check that the Hugging Face hub has `ref`, before downloading it.
+
+    Asking the hub first fails fast when it is unreachable or the id does not exist, where a
+    download attempt would retry for tens of seconds.
+
+    Args:
+        ref: a hub model id.
+
+    Raises:
+        ModelNotFoundError: the hub cannot be reached or has no such model; the message names `ref`.
+    """
     try:
         import huggingface_hub
 
@@ -80,7 +94,6 @@ def _from_hub(ref: str, *, dtype: torch.dtype) -> tuple[PreTrainedModel, PreTrai
             f"model {ref!r} is neither a builtin model, a directory, nor in the local Hugging Face "
             f"cache, and the hub could not provide it: {exc}"
         ) from exc
-    return _from_pretrained(ref, dtype=dtype, local_files_only=False)
 
 
 def _from_pretrained(
@@ -95,8 +108,17 @@ def _from_pretrained(
     return model, tokenizer
 
 
-def _ensure_pad_token(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
-    """Give the tokenizer a pad token distinct from EOS, growing the embeddings if needed."""
+def ensure_pad_token(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
+    """Give the tokenizer a pad token distinct from EOS, growing the embeddings if needed.
+
+    A tokenizer without a pad token, or whose pad token is EOS, gets `ADDED_PAD_TOKEN`; the new
+    embedding row (input and output) is the mean of the existing rows, so two loads of the same
+    reference give the same weights. ``config.pad_token_id`` (and the generation config's) is set.
+
+    Args:
+        model: the model whose embeddings may grow by one row (in place).
+        tokenizer: the model's tokenizer (changed in place).
+    """
     if tokenizer.pad_token_id is not None and tokenizer.pad_token_id != tokenizer.eos_token_id:
         model.config.pad_token_id = tokenizer.pad_token_id
         return

@@ -20,6 +20,8 @@ import torch
 from torch import Tensor
 from transformers import PreTrainedTokenizerBase
 
+from trainers.callbacks import Callbacks
+from trainers.config import LoopHyperparameters
 from trainers.errors import UserError
 
 
@@ -92,6 +94,41 @@ def tokenize_pairs(
         chosen_ids = _response_ids(row["chosen"], tokenizer, where=f"{split} row {i}, field 'chosen'")
         rejected_ids = _response_ids(row["rejected"], tokenizer, where=f"{split} row {i}, field 'rejected'")
         pairs.append(truncate_pair(prompt_ids, chosen_ids, rejected_ids, max_length, max_prompt_length))
+    return pairs
+
+
+def tokenize_split(
+    rows: Sequence[dict[str, Any]],
+    tokenizer: PreTrainedTokenizerBase,
+    hp: LoopHyperparameters,
+    split: str,
+    callbacks: Callbacks,
+) -> list[TokenizedPair]:
+    """`tokenize_pairs` with a job's length limits, reporting truncated pairs as one warning event.
+
+    Args:
+        rows: canonical preference rows of one split.
+        tokenizer: the model's tokenizer.
+        hp: supplies `max_length` and `max_prompt_length`.
+        split: ``"train"`` or ``"eval"``, in messages.
+        callbacks: receive the warning when any pair was cut.
+
+    Returns:
+        One `TokenizedPair` per row, in order.
+
+    Raises:
+        UserError: a row is malformed; the message names it.
+    """
+    pairs = tokenize_pairs(
+        rows, tokenizer, max_length=hp.max_length, max_prompt_length=hp.max_prompt_length, split=split
+    )
+    truncated = sum(p.truncated for p in pairs)
+    if truncated:
+        callbacks.on_event(
+            "warning",
+            f"{truncated} of {len(pairs)} {split} pairs were truncated "
+            f"(max_prompt_length={hp.max_prompt_length}, max_length={hp.max_length})",
+        )
     return pairs
 
 

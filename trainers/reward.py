@@ -22,13 +22,12 @@ from trainers.batching import BatchOrder, split_micro_batches
 from trainers.callbacks import Callbacks
 from trainers.checkpoint import load_trainer_state
 from trainers.config import RewardModelHyperparameters, RewardModelJob
-from trainers.dpo import _tokenize
 from trainers.errors import UserError
 from trainers.loop import TrainingLoop, seed_everything
 from trainers.lora import load_trainable_model
 from trainers.losses import bradley_terry_loss
 from trainers.modeling import default_device
-from trainers.preference_data import PreferenceBatch, TokenizedPair, collate_pairs
+from trainers.preference_data import PreferenceBatch, TokenizedPair, collate_pairs, tokenize_split
 from trainers.reward_model import load_reward_model, reward_stats, rewards, stats_sample
 from trainers.run_types import RunResult, TrainingData
 
@@ -74,8 +73,8 @@ def train_reward_model(
 
     # 2. Data: tokenised once, with each pair's margin; the rows of step s are a pure function of
     #    (seed, s). The reward statistics are taken on a fixed sample of training pairs.
-    train_pairs = _tokenize(data.train, tokenizer, hp, "train", callbacks)
-    eval_pairs = _tokenize(data.eval, tokenizer, hp, "eval", callbacks) if data.eval else []
+    train_pairs = tokenize_split(data.train, tokenizer, hp, "train", callbacks)
+    eval_pairs = tokenize_split(data.eval, tokenizer, hp, "eval", callbacks) if data.eval else []
     if not train_pairs:
         raise UserError("the training data has no rows")
     train_margins = pair_margins(data.train, "train").to(device)  # (N,)

@@ -25,7 +25,7 @@ from transformers import (
 
 from trainers.errors import ModelNotFoundError, UserError
 from trainers.lora import is_adapter_dir, load_merged
-from trainers.modeling import BUILTIN_PREFIX, _ensure_pad_token, load_policy
+from trainers.modeling import BUILTIN_PREFIX, ensure_pad_token, load_policy, require_hub_model
 from trainers.preference_data import TokenizedPair, collate_pairs
 
 SCORE_HEAD_SEED = 1  # seed of the private generator that initialises a fresh score head
@@ -70,12 +70,12 @@ def load_reward_model(
         except (OSError, ValueError, KeyError) as exc:
             if local:
                 raise ModelNotFoundError(f"could not load model {ref!r}: {exc}") from exc
-            _require_hub_model(ref)
+            require_hub_model(ref)
             try:
                 model, tokenizer = _from_pretrained(ref, dtype=dtype, local_files_only=False)
             except (OSError, ValueError, KeyError) as exc2:
                 raise ModelNotFoundError(f"could not load model {ref!r}: {exc2}") from exc2
-    _ensure_pad_token(model, tokenizer)
+    ensure_pad_token(model, tokenizer)
     model.eval()
     return model, tokenizer
 
@@ -207,16 +207,3 @@ def _init_score_head(model: PreTrainedModel) -> None:
                 param.copy_(torch.randn(param.shape, generator=generator) * std)
             else:
                 param.zero_()
-
-
-def _require_hub_model(ref: str) -> None:
-    """Ask the hub whether `ref` exists: fails fast offline, where a download would retry for long."""
-    try:
-        import huggingface_hub
-
-        huggingface_hub.HfApi().model_info(ref, timeout=10)
-    except Exception as exc:  # noqa: BLE001 - network, validation and not-found errors alike
-        raise ModelNotFoundError(
-            f"model {ref!r} is neither a builtin model, a directory, nor in the local Hugging Face "
-            f"cache, and the hub could not provide it: {exc}"
-        ) from exc
