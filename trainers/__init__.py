@@ -12,8 +12,12 @@ from trainers.callbacks import Callbacks
 from trainers.config import (
     DPOHyperparameters,
     DPOJob,
+    GRPOHyperparameters,
+    GRPOJob,
     JobConfig,
     LoRAConfig,
+    PPOHyperparameters,
+    PPOJob,
     RewardModelHyperparameters,
     RewardModelJob,
 )
@@ -24,8 +28,12 @@ __all__ = [
     "Callbacks",
     "DPOHyperparameters",
     "DPOJob",
+    "GRPOHyperparameters",
+    "GRPOJob",
     "JobConfig",
     "LoRAConfig",
+    "PPOHyperparameters",
+    "PPOJob",
     "RewardModelHyperparameters",
     "RewardModelJob",
     "ModelNotFoundError",
@@ -49,7 +57,8 @@ def run(
 
     Args:
         job: the validated job spec; `job.type` picks the algorithm.
-        data: canonical training (and optional evaluation) rows.
+        data: canonical training (and optional evaluation) rows: preference rows for ``dpo`` and
+            ``reward_model``, prompt rows for ``ppo`` and ``grpo``.
         callbacks: receives metrics, checkpoints and events, and is polled for cancellation;
             defaults to no-op callbacks.
         resume_from: a checkpoint directory written by a previous run's `save`; training
@@ -72,5 +81,13 @@ def run(
             from trainers.reward import train_reward_model
 
             return train_reward_model(job, data, callbacks, resume_from=resume_from)
+        case "grpo":
+            from trainers.grpo import train_grpo
+
+            return train_grpo(job, data, callbacks, resume_from=resume_from)
+        case "ppo":
+            from trainers.ppo import train_ppo
+
+            return train_ppo(job, data, callbacks, resume_from=resume_from)
         case _:
             raise UserError(f"unknown job type {job.type!r}", param="type")
