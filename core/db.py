@@ -1,13 +1,20 @@
 """Engine and session factory; SQLite gets WAL and a busy timeout so api, worker and trainer can share it."""
 
-from collections.abc import Iterator
+import logging
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
+from typing import TypeVar
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def make_engine(url: str) -> Engine:
@@ -40,6 +47,24 @@ def engine_for(url: str) -> Engine:
 @lru_cache
 def session_factory(url: str) -> sessionmaker[Session]:
     return sessionmaker(engine_for(url), expire_on_commit=False)
+
+
+def retry_on_outage(fn: Callable[[], T], *, grace_seconds: float, what: str) -> T:
+    """Call `fn`, retrying with backoff while the database is unreachable, for up to `grace_seconds`.
+
+    A training run should ride out a database restart rather than fail a job hours in; errors
+    other than lost connections (and an outage longer than the grace) propagate.
+    """
+    deadline, delay = time.monotonic() + grace_seconds, 0.25
+    while True:
+        try:
+            return fn()
+        except (OperationalError, InterfaceError) as exc:
+            if time.monotonic() + delay > deadline:
+                raise
+            log.warning("database unreachable while %s (%s); retrying in %.1f s", what, exc.orig, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
 
 
 @contextmanager

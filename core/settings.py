@@ -28,6 +28,8 @@ class Settings(BaseSettings):
         description="Root of local model directories a job may name as base_model (nothing outside it).",
     )
     training_queue: str = Field("training", description="Celery queue the training tasks go to.")
+    db_outage_grace_seconds: float = Field(
+        300.0, ge=0, description="How long a training run waits out an unreachable database before failing.")
     heartbeat_seconds: float = Field(5.0, gt=0, description="How often a worker renews its job lease.")
     lease_seconds: float = Field(
         60.0, gt=0, description="A running job whose worker has not renewed its lease for this long is "

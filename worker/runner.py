@@ -10,7 +10,7 @@ import sys
 from sqlalchemy import select
 
 from core.artifacts import ArtifactStore
-from core.db import session_scope
+from core.db import retry_on_outage, session_scope
 from core.lifecycle import InvalidTransition, transition
 from core.model_refs import ModelRefError, resolve_model_ref
 from core.models import DatasetRow, Job, JobStatus
@@ -31,9 +31,12 @@ def load_rows(url: str, dataset_id: str | None) -> list[dict] | None:
 
 def finish(settings: Settings, job_id: str, target: JobStatus, message: str,
            error: dict | None = None) -> None:
-    try:
+    def record() -> None:
         with session_scope(settings.database_url) as session:
             transition(session, job_id, target, message=message, error=error)
+
+    try:
+        retry_on_outage(record, grace_seconds=settings.db_outage_grace_seconds, what="recording the outcome")
     except InvalidTransition as exc:
         log.warning("outcome of %s not recorded: %s", job_id, exc)
     publish(settings.celery_broker_url, job_id)
@@ -62,7 +65,7 @@ def train(settings: Settings, job_id: str, worker_id: str | None) -> None:
                           {"type": "user_error", "message": str(exc), "param": "base_model"})
     store = ArtifactStore(settings.artifacts_dir)
     reporter = JobReporter(url=url, job_id=job_id, store=store, broker_url=settings.celery_broker_url,
-                           worker_id=worker_id)
+                           worker_id=worker_id, grace_seconds=settings.db_outage_grace_seconds)
     data = trainers.TrainingData(train=load_rows(url, job.dataset_id), eval=load_rows(url, job.eval_dataset_id))
     config = TypeAdapter(JobConfig).validate_python({
         "type": job.type, "base_model": model.location, "seed": job.seed,

@@ -85,12 +85,11 @@ def create(*, session: Session, celery: Celery, settings: Settings, project_id: 
         raise
     try:
         enqueue_job(celery, job.id)
-    except Exception as exc:  # the broker is down: the job must not sit queued forever
-        log.exception("could not enqueue job %s", job.id)
-        transition(session, job.id, JobStatus.failed, message="the task queue is unreachable",
-                   error={"type": "internal_error", "message": "the task queue is unreachable"})
+    except Exception as exc:  # the broker is down: take the job back, so a retry starts clean
+        log.warning("could not enqueue job %s: %s", job.id, exc)
+        session.delete(job)
         session.commit()
-        raise ServiceUnavailable("the task queue is unreachable; retry later",
+        raise ServiceUnavailable("the task queue is unreachable; nothing was created, retry later",
                                  headers={"Retry-After": "5"}) from exc
     return job, True
 

@@ -1,10 +1,12 @@
 """Helpers of the end-to-end tests: deployments as real processes, datasets, following a job, waiting."""
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -132,3 +134,60 @@ def wait_for(client, job_id: str, predicate, what: str) -> dict:
     pytest.fail(f"job {job_id} never reached {what}: {job}")
 
 
+
+
+PG_BIN = next(Path("/usr/lib/postgresql").glob("*/bin"), Path("/usr/lib/postgresql/15/bin"))
+
+
+class PrivatePostgres:
+    """A PostgreSQL server of the test's own, on a spare port, that the test may stop and start."""
+
+    def __init__(self) -> None:
+        # Not under pytest's tmp_path: that is private to root, and the server runs as postgres.
+        self.root, self.port = Path(tempfile.mkdtemp(prefix="rlhf-pg-")), free_port()
+        shutil.chown(self.root, "postgres")
+        self._as_postgres([str(PG_BIN / "initdb"), "-D", str(self.root / "data"), "-A", "trust", "-U", "postgres"])
+
+    @property
+    def url(self) -> str:
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _as_postgres(self, cmd: list[str]) -> None:
+        subprocess.run(["runuser", "-u", "postgres", "--", *cmd], check=True, capture_output=True, cwd=self.root)
+
+    def start(self) -> None:
+        self._as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(self.root / "data"), "-w", "-l",
+                           str(self.root / "log"), "-o", f"-p {self.port} -k {self.root} -h 127.0.0.1", "start"])
+
+    def stop(self) -> None:
+        self._as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(self.root / "data"), "-w", "-m", "fast", "stop"])
+
+    def remove(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+class PrivateRedis:
+    """A Redis server of the test's own, persisting to disk like a production one, stoppable."""
+
+    def __init__(self, root: Path) -> None:
+        self.root, self.port, self.proc = root, free_port(), None
+        root.mkdir(parents=True)
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
+                                      "--dir", str(self.root), "--appendonly", "yes", "--save", ""],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for _ in range(100):
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return
+            time.sleep(0.05)
+        raise RuntimeError("redis did not start")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=30)

@@ -116,17 +116,20 @@ def test_cancel(client, settings, dataset_id):
     assert [e["data"]["status"] for e in events] == ["cancelled"]
 
 
-def test_enqueue_failure_fails_the_job_and_answers_503(settings, dataset_id, project_key):
+def test_enqueue_failure_creates_nothing_and_answers_503(settings, dataset_id, project_key):
     from fastapi.testclient import TestClient
 
     from api.main import create_app
 
     broken = settings.model_copy(update={"celery_broker_url": "redis://127.0.0.1:1/0"})
     with TestClient(create_app(broken), headers={"Authorization": f"Bearer {project_key}"}) as client:
-        r = client.post("/v1/jobs", json=job_body(dataset_id))
-        assert r.status_code == 503 and r.headers["Retry-After"]
-        job = client.get("/v1/jobs").json()["data"][0]
-        assert job["status"] == "failed" and job["error"]["type"] == "internal_error"
+        r = client.post("/v1/jobs", json=job_body(dataset_id), headers={"Idempotency-Key": "k1"})
+        assert r.status_code == 503 and r.headers["Retry-After"] and "nothing was created" in r.text
+        assert client.get("/v1/jobs").json()["data"] == []
+    # the same request, retried once the broker is back, creates the job
+    with TestClient(create_app(settings), headers={"Authorization": f"Bearer {project_key}"}) as client:
+        r = client.post("/v1/jobs", json=job_body(dataset_id), headers={"Idempotency-Key": "k1"})
+        assert r.status_code == 201
 
 
 def test_reward_model_job_with_lora_echoes_resolved_settings(client, dataset_id):
