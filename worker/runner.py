@@ -85,9 +85,9 @@ def train(settings: Settings, job_id: str, worker_id: str | None) -> None:
                       {"type": "user_error", "message": message, "param": param})
     except NumericalError as exc:
         reporter.flush()
-        return finish(settings, job_id, JobStatus.failed, str(exc),
-                      {"type": "user_error", "message": f"{exc} (try a lower learning_rate)",
-                       "param": "hyperparameters.learning_rate"})
+        message = f"training diverged: {exc}; lower the learning_rate, or check the base model's weights"
+        return finish(settings, job_id, JobStatus.failed, message,
+                      {"type": "user_error", "message": message, "param": None})
     except torch.OutOfMemoryError as exc:
         reporter.flush()
         message = f"out of memory: {exc}".splitlines()[0]

@@ -1,4 +1,5 @@
-"""A worker killed with SIGKILL mid-job: the job resumes from its last checkpoint on a new worker."""
+"""Faults during a job: a worker killed with SIGKILL mid-job (the job resumes from its last checkpoint
+on a new worker), and a loss that turns NaN (the job fails naming the step)."""
 
 import pytest
 
@@ -43,3 +44,25 @@ def test_killed_worker_costs_only_the_steps_since_the_last_checkpoint(dep):
     assert min(rewritten) == last_checkpoint + 1  # the step after the resume follows the checkpoint
     statuses = [e["data"]["status"] for e in events if e["type"] == "status"]
     assert statuses == ["running", "queued", "running", "succeeded"]
+
+
+def test_a_nan_loss_fails_the_job_naming_the_step(dep):
+    """A poisoned base model (one NaN weight) under the models root makes the first loss NaN."""
+    import torch
+
+    from trainers.tiny import build_tiny_llama
+
+    model, tokenizer = build_tiny_llama()
+    with torch.no_grad():
+        model.model.layers[0].mlp.down_proj.weight[0, 0] = float("nan")
+    target = dep.settings.models_dir / "poisoned" / "tiny"
+    model.save_pretrained(target)
+    tokenizer.save_pretrained(target)
+
+    client = dep.client
+    job_id = client.post("/v1/jobs", json={"type": "dpo", "base_model": "poisoned/tiny",
+                                           "dataset_id": create_dataset(client)}).json()["id"]
+    job = wait_for(client, job_id, lambda j: j["status"] not in ("queued", "running"), "its end")
+    assert job["status"] == "failed"
+    assert job["error"]["type"] == "user_error" and "step 1" in job["error"]["message"]
+    assert "non-finite" in job["error"]["message"]
