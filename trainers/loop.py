@@ -16,6 +16,12 @@ A trainer's loop then reads::
         if loop.checkpoint_due():
             loop.checkpoint(metrics)
     return loop.finish(metrics)
+
+A trainer with a second trained model (PPO's critic) passes it as an `AuxiliaryModel`: it gets
+its own AdamW and schedule, goes through the same clipped, guarded update, and is saved beside
+the model as ``<checkpoint>/<name>/``. Whatever else a trainer must carry across a resume (a KL
+coefficient, a half-used rollout) comes from its `extra_state` function. Both go to
+``<checkpoint>/extra_state.pt``; `load_run_state` reads them back with the trainer state.
 """
 
 from __future__ import annotations
@@ -23,19 +29,23 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils import clip_grad_norm_
 from transformers import PreTrainedTokenizerBase
 
 from trainers.callbacks import Callbacks
-from trainers.checkpoint import offer_checkpoint, restore_rng
-from trainers.config import DPOJob, LoopHyperparameters, RewardModelJob
-from trainers.errors import NumericalError
+from trainers.checkpoint import load_trainer_state, offer_checkpoint, restore_rng
+from trainers.config import JobSpec, LoopHyperparameters
+from trainers.errors import NumericalError, UserError
 from trainers.run_types import RunResult
 
 LOSS_METRIC = "train/loss"  # the statistic `update` refuses to step on when it is not finite
+EXTRA_STATE_FILE = "extra_state.pt"  # beside trainer_state.pt: the auxiliary optimizer and extra state
 
 
 def seed_everything(seed: int) -> None:
@@ -86,6 +96,54 @@ def build_optimizer(
     return optimizer, scheduler
 
 
+@dataclass
+class AuxiliaryModel:
+    """A second model trained beside the main one, with an AdamW and schedule of its own (PPO's critic).
+
+    Its gradients come from the same backward pass as the main model's; `TrainingLoop.update`
+    clips them to the same `max_grad_norm` on their own, refuses a non-finite norm, and steps
+    both optimizers together. Warmup and weight decay are the job's.
+
+    Attributes:
+        name: its directory in a checkpoint (``<checkpoint>/<name>/``) and the group of its
+            metrics (``<name>/grad_norm``, ``<name>/learning_rate``).
+        model: the model; its parameters that require gradients are trained.
+        learning_rate: its peak learning rate.
+        save: writes the model into a directory (e.g. ``save_pretrained``); the trainer loads it
+            back itself when resuming.
+    """
+
+    name: str
+    model: nn.Module
+    learning_rate: float
+    save: Callable[[Path], None]
+    params: list[nn.Parameter] = field(init=False)
+
+    def __post_init__(self):
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+
+
+def load_run_state(directory: str | Path) -> dict[str, Any]:
+    """A checkpoint's trainer state, with what the trainer saved beside it, for `TrainingLoop`.
+
+    Args:
+        directory: a checkpoint directory.
+
+    Returns:
+        `load_trainer_state`'s dict, plus ``"auxiliary"`` (the auxiliary model's optimizer and
+        schedule, or None) and ``"extra"`` (the trainer's `extra_state`, or None) when the
+        checkpoint has them.
+
+    Raises:
+        UserError: the directory is not a complete checkpoint.
+    """
+    state = load_trainer_state(directory)
+    path = Path(directory) / EXTRA_STATE_FILE
+    if path.is_file():
+        state |= torch.load(path, map_location="cpu", weights_only=True)
+    return state
+
+
 class TrainingLoop:
     """Optimizer, schedule, step counter, cadence and checkpoints of one run (or resumed run).
 
@@ -104,18 +162,28 @@ class TrainingLoop:
             ``{"kind": "causal_lm", "adapter": False, "base_model": ...}``), see `offer_checkpoint`.
         num_rows: training rows, recorded in the data position.
         steps_per_epoch: optimizer steps per pass over the training rows.
-        state: `load_trainer_state` of the checkpoint to resume from, or None for a fresh run.
+        state: `load_trainer_state` (or, with `auxiliary` or `extra_state`, `load_run_state`) of
+            the checkpoint to resume from, or None for a fresh run.
+        auxiliary: a second model to train beside `model` (PPO's critic), or None.
+        extra_state: called at each checkpoint; what else the trainer needs to resume (a dict
+            torch can save with ``weights_only`` loading: tensors, numbers, strings, containers).
+            A resumed run finds it in ``state["extra"]``.
 
     Attributes:
         step: optimizer steps done (including those before a resume).
         total_steps: the step the run ends at.
         optimizer: AdamW over the trainable parameters.
         scheduler: the warmup-then-constant schedule.
+        auxiliary_optimizer: AdamW over the auxiliary model's trainable parameters, or None.
+        auxiliary_scheduler: its schedule, or None.
+
+    Raises:
+        UserError: resuming with an auxiliary model from a checkpoint that holds no state for it.
     """
 
     def __init__(
         self,
-        job: DPOJob | RewardModelJob,
+        job: JobSpec,
         callbacks: Callbacks,
         *,
         model: nn.Module,
@@ -124,9 +192,11 @@ class TrainingLoop:
         num_rows: int,
         steps_per_epoch: int,
         state: dict[str, Any] | None = None,
+        auxiliary: AuxiliaryModel | None = None,
+        extra_state: Callable[[], dict[str, Any]] | None = None,
     ):
         self.job = job
-        self.hp: LoopHyperparameters = job.hyperparameters
+        self.hp: LoopHyperparameters = job.hyperparameters  # every job type's hyperparameters extend these
         self.callbacks = callbacks
         self.model = model
         self.tokenizer = tokenizer
@@ -135,11 +205,19 @@ class TrainingLoop:
         self.steps_per_epoch = steps_per_epoch
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer, self.scheduler = build_optimizer(self.params, self.hp)
+        self.auxiliary = auxiliary
+        self.auxiliary_optimizer = self.auxiliary_scheduler = None
+        if auxiliary is not None:
+            hp = self.hp.model_copy(update={"learning_rate": auxiliary.learning_rate})
+            self.auxiliary_optimizer, self.auxiliary_scheduler = build_optimizer(auxiliary.params, hp)
+        self.extra_state = extra_state
         self.step = 0
         if state is not None:
             self.step = state["step"]
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
+            if auxiliary is not None:
+                self._restore_auxiliary(state)
             restore_rng(state["rng"])
             self._check_resume(state)
             callbacks.on_event("info", f"resumed from step {self.step}")
@@ -187,7 +265,9 @@ class TrainingLoop:
 
         The step's statistics and the gradient norm reach the host together, in the step's one
         synchronisation, and a non-finite loss or gradient norm stops the run before the
-        optimizer can write NaNs into the weights.
+        optimizer can write NaNs into the weights. With an auxiliary model, its gradients are
+        clipped on their own, a non-finite norm of theirs stops the run too, and both optimizers
+        step (or neither does).
 
         Args:
             stats: (S,) the step's statistics (means over its examples), still on the device.
@@ -195,29 +275,35 @@ class TrainingLoop:
 
         Returns:
             The step's metrics: `names` mapped to `stats`, plus ``train/learning_rate`` (the rate
-            this update used), ``train/grad_norm`` (before clipping) and ``train/epoch``.
+            this update used), ``train/grad_norm`` (before clipping) and ``train/epoch``; with an
+            auxiliary model, ``<name>/learning_rate`` and ``<name>/grad_norm`` too.
 
         Raises:
-            NumericalError: the loss or the gradient norm is NaN or infinite; names the step.
+            NumericalError: the loss or a gradient norm is NaN or infinite; names the step.
         """
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.hp.max_grad_norm)
-        learning_rate = self.scheduler.get_last_lr()[0]
-        values = torch.cat([stats.detach().float(), grad_norm.reshape(1).float().to(stats.device)]).tolist()
-        metrics = dict(zip(names, values[:-1], strict=True))
-        loss, norm = metrics[LOSS_METRIC], values[-1]
-        if not (math.isfinite(loss) and math.isfinite(norm)):
-            what = "loss" if not math.isfinite(loss) else "gradient norm"
-            raise NumericalError(
-                f"non-finite {what} at step {self.step} (loss={loss}, grad_norm={norm})", step=self.step
-            )
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        return metrics | {
-            "train/learning_rate": learning_rate,
-            "train/grad_norm": norm,
-            "train/epoch": self.step / self.steps_per_epoch,
-        }
+        trained = {"train": (self.params, self.optimizer, self.scheduler)}  # metric group → what it trains
+        if self.auxiliary is not None:
+            trained[self.auxiliary.name] = (self.auxiliary.params, self.auxiliary_optimizer, self.auxiliary_scheduler)
+        norms = [clip_grad_norm_(params, self.hp.max_grad_norm) for params, _, _ in trained.values()]
+        norms = torch.stack(norms).float().to(stats.device)  # (G,) one norm per trained model, before clipping
+        values = torch.cat([stats.detach().float(), norms]).tolist()  # the step's one synchronisation
+        metrics = dict(zip(names, values[: len(names)], strict=True))
+        checks = {"loss": metrics[LOSS_METRIC]}
+        for (group, (_, _, scheduler)), norm in zip(trained.items(), values[len(names) :], strict=True):
+            metrics |= {f"{group}/learning_rate": scheduler.get_last_lr()[0], f"{group}/grad_norm": norm}
+            checks["gradient norm" if group == "train" else f"{group} gradient norm"] = norm
+        for what, value in checks.items():
+            if not math.isfinite(value):
+                norms_text = ", ".join(f"{g}/grad_norm={metrics[f'{g}/grad_norm']}" for g in trained)
+                raise NumericalError(
+                    f"non-finite {what} at step {self.step} (loss={checks['loss']}, {norms_text})", step=self.step
+                )
+        for _, optimizer, scheduler in trained.values():
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+        metrics["train/epoch"] = self.step / self.steps_per_epoch
+        return metrics
 
     def checkpoint_due(self) -> bool:
         """Whether this step is saved: every `checkpoint_every` steps and at the last step."""
@@ -239,16 +325,44 @@ class TrainingLoop:
     def checkpoint(self, metrics: dict[str, float]) -> None:
         """Offer a checkpoint of the current step to the callbacks (`offer_checkpoint`).
 
+        With an auxiliary model or extra state, the `save` the callbacks get also writes
+        ``<name>/`` and ``extra_state.pt`` (`load_run_state` reads them back).
+
         Args:
             metrics: the step's metrics, passed on with the checkpoint.
         """
+        callbacks = self.callbacks
+        if self.auxiliary is not None or self.extra_state is not None:
+            callbacks = _AlsoSaving(self.callbacks, self._save_extra)
         offer_checkpoint(
-            self.callbacks, self.step, model=self.model, tokenizer=self.tokenizer, optimizer=self.optimizer,
+            callbacks, self.step, model=self.model, tokenizer=self.tokenizer, optimizer=self.optimizer,
             scheduler=self.scheduler, metrics=metrics,
             data_position={"steps_done": self.step, "num_rows": self.num_rows},
             job=self.job.model_dump(mode="json"), model_info=self.model_info(),
         )  # fmt: skip
         self.saved_step = self.step
+
+    def _save_extra(self, directory: Path) -> None:
+        """Write the auxiliary model and ``extra_state.pt`` into a checkpoint directory."""
+        auxiliary = None
+        if self.auxiliary is not None:
+            self.auxiliary.save(directory / self.auxiliary.name)
+            auxiliary = {
+                "optimizer": self.auxiliary_optimizer.state_dict(),
+                "scheduler": self.auxiliary_scheduler.state_dict(),
+            }
+        extra = self.extra_state() if self.extra_state is not None else None
+        torch.save({"auxiliary": auxiliary, "extra": extra}, directory / EXTRA_STATE_FILE)
+
+    def _restore_auxiliary(self, state: dict[str, Any]) -> None:
+        saved = state.get("auxiliary")
+        if saved is None:
+            raise UserError(
+                f"the checkpoint holds no {self.auxiliary.name} state: it was not written by this kind of job",
+                param="resume_from",
+            )
+        self.auxiliary_optimizer.load_state_dict(saved["optimizer"])
+        self.auxiliary_scheduler.load_state_dict(saved["scheduler"])
 
     def _check_resume(self, state: dict[str, Any]) -> None:
         """Warn when a resumed run differs from the checkpointed one in spec or data size."""
@@ -260,3 +374,25 @@ class TrainingLoop:
                 "warning",
                 f"resuming on {self.num_rows} training rows where the checkpoint saw {saw}: the data order differs",
             )
+
+
+class _AlsoSaving:
+    """The run's callbacks, except that the `save` of a checkpoint offer also writes the trainer's extras.
+
+    `offer_checkpoint` knows the model and trainer state only; this keeps the auxiliary model and
+    extra state in the same checkpoint directory, written by the same call of `save`.
+    """
+
+    def __init__(self, callbacks: Callbacks, save_extra: Callable[[Path], None]):
+        self._callbacks = callbacks
+        self._save_extra = save_extra
+
+    def on_checkpoint(self, step: int, save: Callable[[Path], None], info: dict[str, Any]) -> None:
+        def save_all(directory: Path) -> None:
+            save(directory)
+            self._save_extra(Path(directory))
+
+        self._callbacks.on_checkpoint(step, save_all, info)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._callbacks, name)  # every other hook goes to the run's callbacks

@@ -9,8 +9,8 @@ import torch
 from trainer_fixtures import RecordingCallbacks, tiny
 from trainers.checkpoint import load_trainer_state
 from trainers.config import DPOJob, LoopHyperparameters
-from trainers.errors import NumericalError
-from trainers.loop import TrainingLoop, build_optimizer, total_steps
+from trainers.errors import NumericalError, UserError
+from trainers.loop import AuxiliaryModel, TrainingLoop, build_optimizer, load_run_state, total_steps
 
 NAMES = ("train/loss",)
 
@@ -124,3 +124,83 @@ def test_resume_warns_about_a_different_spec_or_data_size(tmp_path):
     make_loop(resumed_callbacks, state=state, max_steps=7)
     warnings = [m for level, m in resumed_callbacks.events if level == "warning"]
     assert len(warnings) == 2 and "job spec" in warnings[0] and "10 training rows" in warnings[1]
+
+
+def make_loop_with_critic(callbacks, state=None, extra=None, **hyperparameters):
+    critic = torch.nn.Linear(2, 1, bias=False)
+    torch.nn.init.ones_(critic.weight)
+
+    def save(directory):
+        directory.mkdir()
+        torch.save(critic.state_dict(), directory / "weights.pt")
+
+    job = DPOJob(base_model="builtin:tiny-llama", hyperparameters={"learning_rate": 0.1} | hyperparameters)
+    model, tokenizer = tiny()
+    model = copy.deepcopy(model)
+    auxiliary = AuxiliaryModel(name="critic", model=critic, learning_rate=0.01, save=save)
+    loop = TrainingLoop(job, callbacks, model=model, tokenizer=tokenizer, state=state, auxiliary=auxiliary,
+                        extra_state=extra, model_info=lambda: {"kind": "test", "adapter": False, "base_model": "none"},
+                        num_rows=10, steps_per_epoch=5)  # fmt: skip
+    return loop, model, critic
+
+
+def run_critic_steps(loop, model, critic, n, critic_grad=1.0):
+    for _ in range(n):
+        loop.next_step()
+        loss = weight(model) ** 2 + critic_grad * critic.weight.sum()
+        loss.backward()
+        metrics = loop.update(loss.detach().reshape(1), NAMES)
+    return metrics
+
+
+def test_an_auxiliary_model_has_its_own_rate_and_clipping_and_steps_with_the_model():
+    loop, model, critic = make_loop_with_critic(RecordingCallbacks(), max_steps=4, max_grad_norm=1.0)
+    metrics = run_critic_steps(loop, model, critic, 1, critic_grad=3.0)  # gradient (3, 3): norm 3√2
+    assert metrics["critic/learning_rate"] == 0.01 and metrics["train/learning_rate"] == 0.1
+    assert metrics["critic/grad_norm"] == pytest.approx(3 * 2**0.5)
+    # AdamW's first step moves each weight by the rate, whatever the clipped gradient's scale
+    assert critic.weight.detach()[0].tolist() == pytest.approx([0.99, 0.99])
+    assert critic.weight.grad is None
+
+
+def test_a_non_finite_auxiliary_gradient_stops_both_models_before_they_move():
+    loop, model, critic = make_loop_with_critic(RecordingCallbacks(), max_steps=4)
+    run_critic_steps(loop, model, critic, 1)
+    before = model.lm_head.weight.detach().clone(), critic.weight.detach().clone()
+    loop.next_step()
+    (weight(model) ** 2).backward()
+    critic.weight.grad = torch.full_like(critic.weight, float("nan"))
+    with pytest.raises(NumericalError, match="non-finite critic gradient norm at step 2") as info:
+        loop.update(torch.tensor([1.0]), NAMES)
+    assert info.value.step == 2
+    assert torch.equal(model.lm_head.weight.detach(), before[0]) and torch.equal(critic.weight.detach(), before[1])
+
+
+def test_checkpoints_keep_the_auxiliary_model_and_extra_state_and_resume_restores_them(tmp_path):
+    callbacks = RecordingCallbacks(tmp_path)
+    extra = {"kl_coef": 0.3, "rows": torch.arange(3)}
+    loop, model, critic = make_loop_with_critic(callbacks, extra=lambda: extra, max_steps=6, warmup_steps=3)
+    run_critic_steps(loop, model, critic, 2)
+    loop.checkpoint({})
+    directory = callbacks.checkpoints[2][0]
+    assert (directory / "critic" / "weights.pt").is_file() and (directory / "model").is_dir()
+
+    state = load_run_state(directory)
+    assert state["extra"]["kl_coef"] == 0.3 and torch.equal(state["extra"]["rows"], torch.arange(3))
+    resumed, _, _ = make_loop_with_critic(RecordingCallbacks(), state=state, max_steps=6, warmup_steps=3)
+    assert resumed.auxiliary_scheduler.get_last_lr() == loop.auxiliary_scheduler.get_last_lr() == [0.01 * 3 / 4]
+    assert resumed.auxiliary_optimizer.state_dict()["state"][0]["step"] == 2
+    torch.testing.assert_close(
+        resumed.auxiliary_optimizer.state_dict()["state"][0]["exp_avg"],
+        loop.auxiliary_optimizer.state_dict()["state"][0]["exp_avg"],
+    )
+
+
+def test_resuming_with_an_auxiliary_model_needs_its_state(tmp_path):
+    callbacks = RecordingCallbacks(tmp_path)
+    loop, model = make_loop(callbacks, max_steps=6)
+    run_steps(loop, model, 1)
+    loop.checkpoint({})
+    state = load_run_state(callbacks.checkpoints[1][0])
+    with pytest.raises(UserError, match="holds no critic state"):
+        make_loop_with_critic(RecordingCallbacks(), state=state, max_steps=6)
