@@ -98,7 +98,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        type_ = {404: "not_found_error", 405: "invalid_request_error"}.get(exc.status_code, "http_error")
+        type_ = {400: "invalid_request_error", 404: "not_found_error",
+                 405: "invalid_request_error"}.get(exc.status_code, "http_error")
         return JSONResponse(error_body(type_, str(exc.detail)), status_code=exc.status_code,
                             headers=getattr(exc, "headers", None))
 

@@ -243,3 +243,31 @@ class ApiKeyCreated(ApiKeyPublic):
 class ApiKeysPublic(BaseModel):
     data: list[ApiKeyPublic]
     has_more: bool
+
+
+class ErrorBody(BaseModel):
+    type: str = Field(description="invalid_request_error, authentication_error, not_found_error, conflict_error, "
+                                  "request_too_large, service_unavailable or internal_error.")
+    message: str
+    param: str | None = Field(description="The field, header or parameter at fault, when there is one.")
+    details: list[dict[str, Any]] = Field(description="Per-row or per-field problems, e.g. {line, field, message}.")
+
+
+class ErrorResponse(BaseModel):
+    """Every error answer of the API has this one shape."""
+
+    error: ErrorBody
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI entries for the error statuses a router can answer, all with the error envelope."""
+    text = {400: "The body could not be parsed", 401: "Missing, unknown or revoked API key",
+            404: "Not found (or not this project's)",
+            409: "Conflicts with the current state", 413: "Larger than a configured limit",
+            422: "Invalid request", 500: "Internal error", 503: "Database or broker unavailable; retry later"}
+    return {code: {"model": ErrorResponse, "description": text[code]} for code in codes}
+
+
+class ReadyStatus(BaseModel):
+    status: Literal["ready", "unavailable"]
+    checks: dict[str, str] = Field(description='Per dependency: "ok" or why it is unreachable.')

@@ -15,11 +15,13 @@ from api.schemas import (
     ProjectCreate,
     ProjectPublic,
     ProjectsPublic,
+    error_responses,
 )
 from core.models import ApiKey, Project
 from core.projects import create_key, create_project, revoke_key
 
-router = APIRouter(prefix="/v1/admin", tags=["admin"], dependencies=[Depends(require_admin)])
+router = APIRouter(prefix="/v1/admin", tags=["admin"], dependencies=[Depends(require_admin)],
+                   responses=error_responses(400, 401, 404, 413, 422, 503))
 
 
 def _project(session, project_id: str) -> Project:

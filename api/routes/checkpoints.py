@@ -6,10 +6,11 @@ from fastapi import APIRouter, Depends, Query
 from fastapi.responses import StreamingResponse
 
 from api.deps import CheckpointDep, SessionDep, SettingsDep, StoreDep, get_project
-from api.schemas import CheckpointPublic, ScoreRequest, ScoresPublic
+from api.schemas import CheckpointPublic, ScoreRequest, ScoresPublic, error_responses
 from api.services import results
 
-router = APIRouter(prefix="/v1/checkpoints", tags=["checkpoints"], dependencies=[Depends(get_project)])
+router = APIRouter(prefix="/v1/checkpoints", tags=["checkpoints"], dependencies=[Depends(get_project)],
+                   responses=error_responses(400, 401, 404, 413, 422, 500, 503))
 
 
 @router.get("/{checkpoint_id}", response_model=CheckpointPublic)

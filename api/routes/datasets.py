@@ -6,10 +6,11 @@ from fastapi import APIRouter, Depends, Form, Header, Response, UploadFile, stat
 
 from api.deps import DatasetDep, ProjectDep, SessionDep, SettingsDep, get_project
 from api.pagination import PageParams, page_params
-from api.schemas import DatasetKind, DatasetPublic, DatasetRowsPublic, DatasetsPublic
+from api.schemas import DatasetKind, DatasetPublic, DatasetRowsPublic, DatasetsPublic, error_responses
 from api.services import datasets as service
 
-router = APIRouter(prefix="/v1/datasets", tags=["datasets"], dependencies=[Depends(get_project)])
+router = APIRouter(prefix="/v1/datasets", tags=["datasets"], dependencies=[Depends(get_project)],
+                   responses=error_responses(400, 401, 404, 409, 413, 422, 503))
 Page = Annotated[PageParams, Depends(page_params)]
 
 

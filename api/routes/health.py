@@ -5,6 +5,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
 from api.deps import CeleryDep, SettingsDep
+from api.schemas import ReadyStatus
 from core.db import engine_for
 
 router = APIRouter(tags=["health"])
@@ -16,7 +17,8 @@ def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+@router.get("/readyz", response_model=ReadyStatus,
+            responses={503: {"model": ReadyStatus, "description": "The database or the broker is unreachable"}})
 def readyz(settings: SettingsDep, celery: CeleryDep) -> JSONResponse:
     """The database and the broker are reachable."""
     checks: dict[str, str] = {}

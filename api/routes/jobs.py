@@ -7,12 +7,22 @@ from fastapi.responses import StreamingResponse
 
 from api.deps import CeleryDep, JobDep, ProjectDep, SessionDep, SettingsDep, get_project
 from api.pagination import PageParams, page_params
-from api.schemas import CheckpointsPublic, EventsPublic, JobCreate, JobPublic, JobsPublic, JobType, MetricsPublic
+from api.schemas import (
+    CheckpointsPublic,
+    EventsPublic,
+    JobCreate,
+    JobPublic,
+    JobsPublic,
+    JobType,
+    MetricsPublic,
+    error_responses,
+)
 from api.services import jobs as service
 from api.services import results
 from api.services.stream import job_stream, parse_last_event_id
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[Depends(get_project)])
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[Depends(get_project)],
+                   responses=error_responses(400, 401, 404, 409, 413, 422, 503))
 Page = Annotated[PageParams, Depends(page_params)]
 JobStatusFilter = Literal["queued", "running", "cancelling", "succeeded", "failed", "cancelled"]
 
