@@ -1,6 +1,6 @@
 """Dependencies: settings, database session, task queue, artifact store, and fetch-or-404 lookups."""
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Annotated
 
 from celery import Celery
@@ -40,6 +40,13 @@ def get_celery(request: Request) -> Celery:
 
 
 CeleryDep = Annotated[Celery, Depends(get_celery)]
+
+
+def get_registry(request: Request) -> dict[str, Callable[..., float]]:
+    return request.app.state.reward_registry
+
+
+RegistryDep = Annotated[dict[str, Callable[..., float]], Depends(get_registry)]
 
 
 def get_store(settings: SettingsDep) -> ArtifactStore:

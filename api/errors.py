@@ -60,16 +60,25 @@ def error_body(type_: str, message: str, param: str | None = None,
     return {"error": {"type": type_, "message": message, "param": param, "details": details or []}}
 
 
-def _param(error: dict[str, Any]) -> str:
-    """The dotted field a validation error is about, without the union tag pydantic inserts."""
+def param_of(loc: tuple[Any, ...], error_type: str) -> str:
+    """The dotted field a validation error is about, without the union tags pydantic inserts."""
     from api.schemas import JOB_TYPES
+    from trainers.rewards_spec import error_path
 
-    loc = tuple(error["loc"])
-    if loc[:1] == ("body",) and len(loc) > 1 and loc[1] in JOB_TYPES:
-        loc = loc[:1] + loc[2:]
-    if error["type"] in ("union_tag_invalid", "union_tag_not_found"):
+    loc = tuple(p for p in loc if p not in ("body", "query", "path", "header", "form"))
+    if loc and loc[0] in JOB_TYPES:
+        loc = loc[1:]
+    if "reward" in loc:
+        at = loc.index("reward")
+        prefix = _loc_to_param(loc[:at])
+        return error_path(loc[at + 1:], error_type, prefix=f"{prefix}.reward" if prefix else "reward")
+    if error_type in ("union_tag_invalid", "union_tag_not_found"):
         loc = (*loc, "type")
     return _loc_to_param(loc)
+
+
+def _param(error: dict[str, Any]) -> str:
+    return param_of(tuple(error["loc"]), error["type"])
 
 
 def _loc_to_param(loc: tuple[Any, ...]) -> str:

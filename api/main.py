@@ -4,9 +4,10 @@ from fastapi import FastAPI
 
 from api.errors import install_error_handlers
 from api.limits import BodyLimits
-from api.routes import admin, checkpoints, datasets, health, jobs
+from api.routes import admin, checkpoints, datasets, graders, health, jobs
 from core.queue import make_celery
 from core.settings import Settings, get_settings
+from trainers.reward_functions import load_registry
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -20,9 +21,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.celery = make_celery(settings)
+    # A configured module that cannot be imported stops the start: a server misconfiguration.
+    app.state.reward_registry = load_registry(settings.reward_function_modules)
     install_error_handlers(app)
     app.add_middleware(BodyLimits, settings=settings)
-    for module in (datasets, jobs, checkpoints, admin, health):
+    for module in (datasets, jobs, checkpoints, graders, admin, health):
         app.include_router(module.router)
     return app
 

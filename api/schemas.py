@@ -8,7 +8,14 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
-from trainers.config import DPOHyperparameters, LoRAConfig, RewardModelHyperparameters
+from trainers.config import (
+    DPOHyperparameters,
+    GRPOHyperparameters,
+    LoRAConfig,
+    PPOHyperparameters,
+    RewardModelHyperparameters,
+)
+from trainers.rewards_spec import RewardSpec
 
 DatasetKind = Literal["preference", "prompt"]
 Metadata = dict[Annotated[str, StringConstraints(max_length=64)],
@@ -78,10 +85,33 @@ class RewardModelJobCreate(JobCreateBase):
     hyperparameters: RewardModelHyperparameters = Field(default_factory=RewardModelHyperparameters)
 
 
+REWARD_DESCRIPTION = ("What a completion earns: a reward-model checkpoint of this project, graders "
+                      "(string_check, length, format, function), or a 'multi' combining them.")
+REWARD_EXAMPLE = {"type": "string_check", "name": "answer", "operation": "contains",
+                  "input": "{{sample.output_text}}", "reference": "{{item.answer}}"}
+
+
+class GRPOJobCreate(JobCreateBase):
+    """GRPO on a prompt dataset: groups of completions scored by the reward, no critic."""
+
+    type: Literal["grpo"]
+    hyperparameters: GRPOHyperparameters = Field(default_factory=GRPOHyperparameters)
+    reward: RewardSpec = Field(description=REWARD_DESCRIPTION, examples=[REWARD_EXAMPLE])
+
+
+class PPOJobCreate(JobCreateBase):
+    """PPO on a prompt dataset: actor, critic, frozen reward and reference models."""
+
+    type: Literal["ppo"]
+    hyperparameters: PPOHyperparameters = Field(default_factory=PPOHyperparameters)
+    reward: RewardSpec = Field(description=REWARD_DESCRIPTION, examples=[REWARD_EXAMPLE])
+
+
 # The body of POST /v1/jobs, discriminated by `type`.
-JobCreate = Annotated[DPOJobCreate | RewardModelJobCreate, Field(discriminator="type")]
-JOB_TYPES = ("dpo", "reward_model")
-JobType = Literal["dpo", "reward_model"]
+JobCreate = Annotated[DPOJobCreate | RewardModelJobCreate | GRPOJobCreate | PPOJobCreate,
+                      Field(discriminator="type")]
+JOB_TYPES = ("dpo", "reward_model", "grpo", "ppo")
+JobType = Literal["dpo", "reward_model", "grpo", "ppo"]
 
 
 class JobError(BaseModel):
@@ -101,6 +131,7 @@ class JobPublic(PublicModel):
     eval_dataset_id: str | None
     hyperparameters: dict[str, Any] = Field(description="Fully resolved, defaults included.")
     lora: dict[str, Any] | None = Field(description="Fully resolved LoRA settings, when LoRA is on.")
+    reward: dict[str, Any] | None = Field(description="PPO/GRPO: the reward spec, as resolved.")
     seed: int
     metadata: dict[str, str] | None = Field(validation_alias="metadata_")
     error: JobError | None
@@ -271,3 +302,23 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
 class ReadyStatus(BaseModel):
     status: Literal["ready", "unavailable"]
     checks: dict[str, str] = Field(description='Per dependency: "ok" or why it is unreachable.')
+
+
+class GraderRunRequest(BaseModel):
+    """A reward spec tried on one sample, without training anything."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
+        "reward": REWARD_EXAMPLE, "completion": "The answer is 4.", "item": {"answer": "4"}}]})
+
+    reward: RewardSpec = Field(description=REWARD_DESCRIPTION)
+    completion: Annotated[str, StringConstraints(max_length=100_000)] = Field(
+        description="The completion to grade ({{sample.output_text}}).")
+    item: dict[str, Any] = Field(default_factory=dict, description="The prompt row ({{item.<field>}}).")
+    model_scores: dict[str, float] | None = Field(
+        None, description="Scores to use for 'model' rewards, by checkpoint id (they are not run here).")
+
+
+class GraderRunPublic(BaseModel):
+    reward: float = Field(description="The combined reward of the completion.")
+    per_grader: dict[str, float] = Field(description="Each grader's score, before weights.")
+    errors: list[str] = Field(description="Graders that could not grade this sample (they scored 0).")

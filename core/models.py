@@ -143,6 +143,7 @@ class Job(Base):
     eval_dataset_id: Mapped[str | None] = mapped_column(String(40), index=True)
     hyperparameters: Mapped[dict[str, Any]] = mapped_column(JSONType)
     lora: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    reward: Mapped[dict[str, Any] | None] = mapped_column(JSONType)  # PPO/GRPO: what a completion earns
     seed: Mapped[int] = mapped_column(BigInteger, default=0)
     metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSONType)
     idempotency_key: Mapped[str | None] = mapped_column(String(256))

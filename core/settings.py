@@ -49,6 +49,10 @@ class Settings(BaseSettings):
         None, description="Key of the /v1/admin endpoints (projects and their keys); unset disables them.")
     local_key_file: Path = Field(
         Path("./var/api-key"), description="Where `rlhf-service serve` writes the key it creates on first start.")
+    reward_function_modules: list[str] = Field(
+        default_factory=list,
+        description='Modules of Python reward functions that "function" graders may call, as a JSON list; '
+                    "they run on the server, so only install what you trust.")
     torch_threads: int = Field(0, ge=0, description="CPU threads per training process; 0 lets torch decide.")
 
     @field_validator("admin_api_key")

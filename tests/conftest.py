@@ -58,3 +58,16 @@ def client(settings: Settings, project_key: str):
 
     with TestClient(create_app(settings), headers={"Authorization": f"Bearer {project_key}"}) as client:
         yield client
+
+
+@pytest.fixture
+def app_client_factory(settings: Settings):
+    """Make more API clients of the same deployment, each with its own key."""
+    from fastapi.testclient import TestClient
+
+    from api.main import create_app
+
+    def make(key: str) -> TestClient:
+        return TestClient(create_app(settings), headers={"Authorization": f"Bearer {key}"})
+
+    return make

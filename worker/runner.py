@@ -12,10 +12,11 @@ from sqlalchemy import select
 from core.artifacts import ArtifactStore
 from core.db import retry_on_outage, session_scope
 from core.lifecycle import InvalidTransition, transition
-from core.model_refs import ModelRefError, resolve_model_ref
-from core.models import DatasetRow, Job, JobStatus
+from core.model_refs import ModelRefError, checkpoint_model_dir, resolve_model_ref
+from core.models import Checkpoint, DatasetRow, Job, JobStatus
 from core.notify import publish
 from core.settings import Settings, get_settings
+from trainers.rewards_spec import model_checkpoints, reward_spec_adapter
 from worker.reporting import JobReporter
 
 log = logging.getLogger("worker.runner")
@@ -27,6 +28,15 @@ def load_rows(url: str, dataset_id: str | None) -> list[dict] | None:
     with session_scope(url) as session:
         return list(session.scalars(select(DatasetRow.data).where(DatasetRow.dataset_id == dataset_id)
                                     .order_by(DatasetRow.idx)))
+
+
+def reward_model_dirs(settings: Settings, job: Job) -> dict[str, str]:
+    """Checkpoint id -> model directory of each reward model the job's reward names."""
+    store = ArtifactStore(settings.artifacts_dir)
+    ids = model_checkpoints(reward_spec_adapter.validate_python(job.reward))
+    with session_scope(settings.database_url) as session:
+        checkpoints = session.scalars(select(Checkpoint).where(Checkpoint.id.in_(ids))).all()
+        return {c.id: str(checkpoint_model_dir(store, c)) for c in checkpoints}
 
 
 def finish(settings: Settings, job_id: str, target: JobStatus, message: str,
@@ -67,10 +77,12 @@ def train(settings: Settings, job_id: str, worker_id: str | None) -> None:
     reporter = JobReporter(url=url, job_id=job_id, store=store, broker_url=settings.celery_broker_url,
                            worker_id=worker_id, grace_seconds=settings.db_outage_grace_seconds)
     data = trainers.TrainingData(train=load_rows(url, job.dataset_id), eval=load_rows(url, job.eval_dataset_id))
-    config = TypeAdapter(JobConfig).validate_python({
-        "type": job.type, "base_model": model.location, "seed": job.seed,
-        "hyperparameters": job.hyperparameters, "lora": job.lora,
-    })
+    spec = {"type": job.type, "base_model": model.location, "seed": job.seed,
+            "hyperparameters": job.hyperparameters, "lora": job.lora}
+    if job.reward is not None:
+        spec |= {"reward": job.reward, "reward_function_modules": settings.reward_function_modules,
+                 "reward_model_dirs": reward_model_dirs(settings, job)}
+    config = TypeAdapter(JobConfig).validate_python(spec)
     resume = reporter.latest_checkpoint()
     if resume is not None:
         reporter.on_event("info", f"resuming from the checkpoint at step {resume.step}")

@@ -5,7 +5,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Body, Depends, Header, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
 
-from api.deps import CeleryDep, JobDep, ProjectDep, SessionDep, SettingsDep, get_project
+from api.deps import CeleryDep, JobDep, ProjectDep, RegistryDep, SessionDep, SettingsDep, get_project
 from api.pagination import PageParams, page_params
 from api.schemas import (
     CheckpointsPublic,
@@ -29,13 +29,14 @@ JobStatusFilter = Literal["queued", "running", "cancelling", "succeeded", "faile
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=JobPublic)
 def create_job(
-    session: SessionDep, celery: CeleryDep, settings: SettingsDep, project: ProjectDep, response: Response,
+    session: SessionDep, celery: CeleryDep, settings: SettingsDep, project: ProjectDep, registry: RegistryDep,
+    response: Response,
     body: Annotated[JobCreate, Body()],
     idempotency_key: Annotated[str | None, Header(max_length=256)] = None,
 ):
     """Create a training job; a repeated Idempotency-Key returns the first job."""
     job, created = service.create(session=session, celery=celery, settings=settings, project_id=project.id,
-                                  body=body, idempotency_key=idempotency_key)
+                                  body=body, idempotency_key=idempotency_key, registry=registry)
     if not created:
         response.status_code = status.HTTP_200_OK
     return job

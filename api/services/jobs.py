@@ -4,14 +4,18 @@ import hashlib
 import json
 import logging
 import secrets
+from collections.abc import Mapping
+from typing import Any
 
 from celery import Celery
+from pydantic import TypeAdapter, ValidationError
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from api.errors import Conflict, InvalidRequest, NotFound, ServiceUnavailable
+from api.errors import Conflict, InvalidRequest, NotFound, ServiceUnavailable, param_of
 from api.schemas import JobCreate
+from api.services import rewards
 from api.services.paging import newest_first_page
 from core.lifecycle import InvalidTransition, transition
 from core.model_refs import ModelRefError, resolve_model_ref
@@ -19,11 +23,13 @@ from core.models import TERMINAL_STATUSES, Dataset, Job, JobStatus
 from core.notify import publish
 from core.queue import enqueue_job, withdraw_job
 from core.settings import Settings
+from trainers.config import JobConfig
+from trainers.rewards_spec import reward_spec_adapter
 
 log = logging.getLogger(__name__)
 
 # The dataset kind each job type trains on.
-DATASET_KIND = {"dpo": "preference", "reward_model": "preference"}
+DATASET_KIND = {"dpo": "preference", "reward_model": "preference", "grpo": "prompt", "ppo": "prompt"}
 
 
 def _request_hash(body: JobCreate) -> str:
@@ -42,6 +48,17 @@ def _check_dataset(session: Session, project_id: str, dataset_id: str, kind: str
     return dataset
 
 
+def _check_job_config(body: JobCreate) -> None:
+    """Run the trainer's own job config over the request, for the rules that span several fields."""
+    spec = body.model_dump(mode="json", include={"type", "base_model", "hyperparameters", "lora", "reward"})
+    try:
+        TypeAdapter(JobConfig).validate_python(spec)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        param = param_of(tuple(error["loc"]), error["type"])
+        raise InvalidRequest(f"{param}: {error['msg']}", param=param) from exc
+
+
 def _replay(session: Session, project_id: str, key: str, request_hash: str) -> Job | None:
     existing = session.scalar(select(Job).where(Job.project_id == project_id, Job.idempotency_key == key))
     if existing is not None and existing.request_hash != request_hash:
@@ -51,7 +68,7 @@ def _replay(session: Session, project_id: str, key: str, request_hash: str) -> J
 
 
 def create(*, session: Session, celery: Celery, settings: Settings, project_id: str, body: JobCreate,
-           idempotency_key: str | None) -> tuple[Job, bool]:
+           idempotency_key: str | None, registry: Mapping[str, Any]) -> tuple[Job, bool]:
     """Validate and store a job, then enqueue it. Returns the job and whether it is new."""
     request_hash = _request_hash(body)
     if idempotency_key and (job := _replay(session, project_id, idempotency_key, request_hash)):
@@ -64,12 +81,18 @@ def create(*, session: Session, celery: Celery, settings: Settings, project_id: 
         resolve_model_ref(body.base_model, settings=settings, session=session, project_id=project_id)
     except ModelRefError as exc:
         raise InvalidRequest(str(exc), param="base_model") from exc
+    reward = getattr(body, "reward", None)
+    if reward is not None:
+        rewards.check_spec(reward, registry)
+        rewards.check_reward_models(session, project_id, reward)
+    _check_job_config(body)
 
     job = Job(
         project_id=project_id, type=body.type, name=body.name, base_model=body.base_model, dataset_id=body.dataset_id,
         eval_dataset_id=body.eval_dataset_id,
         hyperparameters=body.hyperparameters.model_dump(mode="json"),
         lora=body.lora.model_dump(mode="json") if body.lora else None,
+        reward=reward_spec_adapter.dump_python(reward, mode="json") if reward is not None else None,
         seed=body.seed if body.seed is not None else secrets.randbelow(2**31),
         metadata_=body.metadata, idempotency_key=idempotency_key, request_hash=request_hash,
         status=JobStatus.queued,
