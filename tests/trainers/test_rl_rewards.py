@@ -119,3 +119,19 @@ def test_a_reward_that_cannot_be_loaded_is_a_user_error_naming_what(reward_model
     with pytest.raises(UserError) as info:
         computer({"type": "function", "name": "f", "function": "no_such_function"})
     assert info.value.param == "reward.function" and "no_such_function" in info.value.message
+
+
+def test_a_grpo_run_is_rewarded_by_a_reward_model_checkpoint(reward_model_dir):
+    import trainers
+    from trainers import TrainingData
+
+    callbacks = RecordingCallbacks()
+    reward = {"type": "model", "name": "rm", "checkpoint_id": "ckpt", "clip": 5.0}
+    hp = {"max_steps": 1, "rollout_batch_size": 2, "num_generations": 2, "batch_size": 4, "max_new_tokens": 4,
+          "max_length": 64, "max_prompt_length": 8, "beta": 0.0}  # fmt: skip
+    job = GRPOJob(base_model="builtin:tiny-llama", reward=reward, reward_model_dirs={"ckpt": str(reward_model_dir)},
+                  hyperparameters=hp)  # fmt: skip
+    rows = [{"prompt": "hello"}, {"prompt": [{"role": "user", "content": "hi"}]}]
+    trainers.run(job, TrainingData(train=rows), callbacks)
+    metrics = callbacks.metrics[1]
+    assert metrics["reward/rm"] == pytest.approx(metrics["reward/mean"]) and metrics["reward/std"] > 0
