@@ -2,7 +2,9 @@
 
 One subcommand per algorithm in `ALGORITHMS`. Hyperparameter flags are generated from the config
 models (``--max-steps``, ``--learning-rate``, ...), so they and their defaults are declared once;
-``--lora '{"r": 8}'`` trains adapters. Metrics go to stdout as JSON lines
+``--lora '{"r": 8}'`` trains adapters. Preference trainers read preference rows, online-RL trainers
+(``grpo``) prompt rows and a ``--reward`` spec in JSON, with ``--reward-model-dir CHECKPOINT_ID=DIR``
+for each reward-model checkpoint it names. Metrics go to stdout as JSON lines
 (``{"step": ..., "train/loss": ...}``), events to stderr, checkpoints to ``DIR/checkpoint-<step>/``.
 The first Ctrl-C stops cooperatively after the current step, saving a checkpoint.
 
@@ -31,14 +33,23 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from trainers.callbacks import Callbacks
-from trainers.config import DPOHyperparameters, DPOJob, RewardModelHyperparameters, RewardModelJob
+from trainers.config import (
+    DPOHyperparameters,
+    DPOJob,
+    GRPOHyperparameters,
+    GRPOJob,
+    RewardModelHyperparameters,
+    RewardModelJob,
+)
 from trainers.errors import NumericalError, UserError
-from trainers.formats import RowError, normalize_preference
+from trainers.formats import DatasetKind, RowError, normalize_row
 from trainers.run_types import TrainingData
 
-ALGORITHMS: dict[str, tuple[type[BaseModel], type[BaseModel]]] = {
-    "dpo": (DPOJob, DPOHyperparameters),
-    "reward_model": (RewardModelJob, RewardModelHyperparameters),
+# Subcommand → (job model, hyperparameters model, kind of its dataset rows).
+ALGORITHMS: dict[str, tuple[type[BaseModel], type[BaseModel], DatasetKind]] = {
+    "dpo": (DPOJob, DPOHyperparameters, "preference"),
+    "reward_model": (RewardModelJob, RewardModelHyperparameters, "preference"),
+    "grpo": (GRPOJob, GRPOHyperparameters, "prompt"),
 }
 
 
@@ -65,11 +76,12 @@ class ConsoleCallbacks(Callbacks):
         print(f"[{level}] {message}", file=sys.stderr, flush=True)
 
 
-def read_rows(path: Path) -> list[dict[str, Any]]:
-    """Read a JSON-lines file of preference rows in any accepted format, as canonical rows.
+def read_rows(path: Path, kind: DatasetKind = "preference") -> list[dict[str, Any]]:
+    """Read a JSON-lines file of rows in any accepted format, as canonical rows.
 
     Args:
-        path: the `.jsonl` file (plain, conversational or OpenAI preference rows).
+        path: the `.jsonl` file (preference rows: plain, conversational or OpenAI; prompt rows).
+        kind: the dataset kind the rows must be.
 
     Returns:
         One canonical row per non-blank line.
@@ -90,7 +102,7 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
         except json.JSONDecodeError as exc:
             raise UserError(f"{path}, line {number}: invalid JSON ({exc.msg})", param="data") from exc
         try:
-            rows.append(normalize_preference(row))
+            rows.append(normalize_row(kind, row))
         except RowError as exc:
             raise UserError(f"{path}, line {number}: {exc}", param="data") from exc
     return rows
@@ -100,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The command line: one subcommand per algorithm (one flag per hyperparameter), `merge` and `score`."""
     parser = argparse.ArgumentParser(prog="python -m trainers", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, (_, hyper) in ALGORITHMS.items():
+    for name, (job_model, hyper, _) in ALGORITHMS.items():
         cmd = sub.add_parser(name, help=f"train with {name}")
         cmd.add_argument("--data", type=Path, required=True, help="training rows (.jsonl)")
         cmd.add_argument("--eval-data", type=Path, help="evaluation rows (.jsonl)")
@@ -109,6 +121,14 @@ def build_parser() -> argparse.ArgumentParser:
         cmd.add_argument("--seed", type=int, default=0, help="seed for data order and dropout (default 0)")
         cmd.add_argument("--resume-from", type=Path, help="checkpoint directory to continue from")
         cmd.add_argument("--lora", type=json.loads, help='train LoRA adapters: JSON settings, e.g. \'{"r": 8}\'')
+        if "reward" in job_model.model_fields:
+            cmd.add_argument("--reward", type=json.loads, required=True,
+                             help='reward spec as JSON, e.g. \'{"type": "string_check", "name": "a", '
+                                  '"operation": "contains", "reference": "{{item.answer}}"}\'')  # fmt: skip
+            cmd.add_argument("--reward-model-dir", type=_checkpoint_dir, action="append", default=[],
+                             metavar="CHECKPOINT_ID=DIR", help="where a reward-model checkpoint the reward names is")
+            cmd.add_argument("--reward-function-module", action="append", default=[], metavar="MODULE",
+                             help="module whose registered reward functions 'function' graders may call")
         for field_name, field in hyper.model_fields.items():
             flag = "--" + field_name.replace("_", "-")
             kind, choices = _flag_type(field.annotation)
@@ -149,11 +169,16 @@ def main(argv: list[str] | None = None) -> int:
 
 def train(args: argparse.Namespace) -> int:
     """Run the training subcommand `args.command` and return the exit status."""
-    job_model, hyper = ALGORITHMS[args.command]
+    job_model, hyper, kind = ALGORITHMS[args.command]
     overrides = {k: getattr(args, k) for k in hyper.model_fields if getattr(args, k) is not None}
+    reward = {}
+    if "reward" in job_model.model_fields:
+        reward = {"reward": args.reward, "reward_model_dirs": dict(args.reward_model_dir),
+                  "reward_function_modules": args.reward_function_module}  # fmt: skip
     try:
         job = job_model(
-            type=args.command, base_model=args.base_model, seed=args.seed, lora=args.lora, hyperparameters=overrides
+            type=args.command, base_model=args.base_model, seed=args.seed, lora=args.lora, hyperparameters=overrides,
+            **reward,
         )
     except ValidationError as exc:
         print(f"error: invalid job settings:\n{exc}", file=sys.stderr)
@@ -167,7 +192,9 @@ def train(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, request_stop)
     from trainers import run
 
-    data = TrainingData(train=read_rows(args.data), eval=read_rows(args.eval_data) if args.eval_data else None)
+    data = TrainingData(
+        train=read_rows(args.data, kind), eval=read_rows(args.eval_data, kind) if args.eval_data else None
+    )
     result = run(job, data, callbacks, resume_from=args.resume_from)
     print(f"[info] {result.status} at step {result.step}", file=sys.stderr)
     return 0
@@ -194,7 +221,25 @@ def _flag_type(annotation: Any) -> tuple[Callable[[str], Any], list[Any] | None]
     if typing.get_origin(annotation) is typing.Literal:
         choices = list(typing.get_args(annotation))
         return type(choices[0]), choices
+    if annotation is bool:
+        return _boolean, None  # bool("false") would be True
     return annotation, None
+
+
+def _boolean(text: str) -> bool:
+    """A boolean flag's value: true/false, yes/no or 1/0, any case."""
+    value = text.strip().lower()
+    if value not in ("true", "false", "yes", "no", "1", "0"):
+        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    return value in ("true", "yes", "1")
+
+
+def _checkpoint_dir(text: str) -> tuple[str, str]:
+    """A ``CHECKPOINT_ID=DIR`` argument as (id, directory)."""
+    checkpoint_id, sep, directory = text.partition("=")
+    if not sep or not checkpoint_id or not directory:
+        raise argparse.ArgumentTypeError(f"expected CHECKPOINT_ID=DIR, got {text!r}")
+    return checkpoint_id, directory
 
 
 if __name__ == "__main__":
