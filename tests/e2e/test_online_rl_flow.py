@@ -1,0 +1,49 @@
+"""PPO and GRPO through the real API and worker processes: rewards go up while training."""
+
+import pytest
+
+from e2e_support import stream_until_done
+from support import jsonl
+
+pytestmark = pytest.mark.e2e
+PROMPTS = [{"prompt": p, "letter": "e"} for p in ["Hello", "Say something", "Write", "Go", "Tell me", "Once",
+                                                  "Why", "Hi there"]]
+# The completion must contain the prompt row's letter: a grader reading a field of the row.
+CONTAINS_LETTER = {"type": "string_check", "name": "has_letter", "operation": "contains",
+                   "input": "{{sample.output_text}}", "reference": "{{item.letter}}"}
+GRPO_LEARNING = {"learning_rate": 1e-2, "max_steps": 16, "rollout_batch_size": 4, "num_generations": 8,
+                 "batch_size": 32, "max_new_tokens": 8, "max_prompt_length": 16, "max_length": 64}
+
+
+def prompt_dataset(client) -> str:
+    r = client.post("/v1/datasets", data={"kind": "prompt"}, files={"file": ("prompts.jsonl", jsonl(PROMPTS))})
+    assert r.status_code == 201, r.text
+    return r.json()["id"]
+
+
+def run(client, body: dict) -> tuple[dict, list[dict]]:
+    r = client.post("/v1/jobs", json=body)
+    assert r.status_code == 201, r.text
+    frames = stream_until_done(client, r.json()["id"])
+    metrics = [f["data"] for f in frames if f["event"] == "metrics"]
+    return client.get(f"/v1/jobs/{r.json()['id']}").json(), metrics
+
+
+def mean(values) -> float:
+    values = list(values)
+    return sum(values) / len(values)
+
+
+def test_grpo_with_a_string_check_grader_raises_the_reward(service):
+    job, metrics = run(service, {"type": "grpo", "base_model": "builtin:tiny-llama", "seed": 0,
+                                 "dataset_id": prompt_dataset(service), "reward": CONTAINS_LETTER,
+                                 "hyperparameters": GRPO_LEARNING})
+    assert job["status"] == "succeeded", job["error"]
+    assert [m["step"] for m in metrics] == list(range(1, 17))
+    before = mean(m["values"]["reward/mean"] for m in metrics[:3])
+    after = mean(m["values"]["reward/mean"] for m in metrics[-3:])
+    assert before < 0.15 and after > 0.8, (before, after)
+    last = metrics[-1]["values"]
+    assert {"reward/has_letter", "frac_reward_zero_std", "objective/kl", "policy/clipfrac",
+            "completions/mean_length"} <= set(last)
+    assert service.get(f"/v1/jobs/{job['id']}/checkpoints").json()["data"][-1]["is_final"]
