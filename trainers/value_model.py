@@ -31,6 +31,7 @@ from transformers import AutoModelForSequenceClassification, PreTrainedModel, Pr
 from trainers.config import LoRAConfig
 from trainers.errors import ModelNotFoundError, UserError
 from trainers.lora import apply_lora
+from trainers.online_rl import select_rows
 from trainers.reward_model import _backbone_and_head, load_reward_model
 from trainers.rollout import Rollout
 
@@ -102,35 +103,34 @@ def initial_critic(
 
 
 def trainable_critic(
-    initial: PreTrainedModel, lora: LoRAConfig | None, *, resume_dir: str | Path | None = None
+    initial: Callable[[], PreTrainedModel], lora: LoRAConfig | None, *, resume_dir: str | Path | None = None
 ) -> PreTrainedModel | PeftModel:
     """The critic a run trains: fresh (with new adapters under LoRA), or as a checkpoint saved it.
 
     Adapters are drawn from torch's global generator: seed it first.
 
     Args:
-        initial: `initial_critic`'s model; under LoRA the base of the adapters (a resumed run
-            needs it too), otherwise only its dtype and device are used when resuming.
+        initial: returns `initial_critic`'s model; called for a fresh run, and under LoRA for a
+            resumed one too (the base of the saved adapters). A resumed full critic is read from
+            `resume_dir` alone.
         lora: the job's LoRA settings, or None for a fully trained critic.
         resume_dir: the checkpoint's ``critic/`` directory (`save_critic`), or None for a fresh run.
 
     Returns:
-        The critic, parameters that train requiring gradients, in eval mode (PPO runs every
-        pass without dropout).
+        The critic (CPU unless `initial` put it elsewhere), parameters that train requiring
+        gradients, in eval mode (PPO runs every pass without dropout).
 
     Raises:
         ModelNotFoundError: the checkpoint holds no loadable critic.
     """
     if resume_dir is None:
-        return apply_lora(initial, lora, task="seq_cls").eval()
+        return apply_lora(initial(), lora, task="seq_cls").eval()
     try:
         if lora is not None:
-            return PeftModel.from_pretrained(initial, resume_dir, is_trainable=True).eval()
-        param = next(initial.parameters())
-        critic = AutoModelForSequenceClassification.from_pretrained(resume_dir, dtype=param.dtype)
+            return PeftModel.from_pretrained(initial(), resume_dir, is_trainable=True).eval()
+        return AutoModelForSequenceClassification.from_pretrained(resume_dir, dtype="auto").eval()
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         raise ModelNotFoundError(f"could not load the critic in {resume_dir}: {exc}", param="resume_from") from exc
-    return critic.to(param.device).eval()
 
 
 def save_critic(critic: PreTrainedModel | PeftModel, directory: str | Path) -> None:
@@ -187,3 +187,24 @@ def response_values(critic: nn.Module, rollout: Rollout) -> Tensor:
     P = rollout.prompt_ids.shape[1]
     values = token_values(critic, input_ids[:, :-1], attention_mask[:, :-1], position_ids[:, :-1], first=P - 1)
     return values * rollout.response_mask.to(values.dtype)  # (B, A)
+
+
+@torch.no_grad()
+def rollout_values(critic: nn.Module, rollout: Rollout, *, batch_size: int) -> Tensor:
+    """`response_values` without gradients, `batch_size` rows at a time: the rollout's V_old.
+
+    Args:
+        critic: the critic (run in whatever mode it is in; PPO keeps it in eval mode).
+        rollout: B sampled responses.
+        batch_size: rows per forward.
+
+    Returns:
+        (B, A) float32 values, 0 on padding.
+    """
+    rows = list(range(rollout.response_ids.shape[0]))
+    width = rollout.response_ids.shape[1]
+    out = []
+    for start in range(0, len(rows), batch_size):
+        values = response_values(critic, select_rows(rollout, rows[start : start + batch_size]))  # (b, a) a <= A
+        out.append(torch.nn.functional.pad(values, (0, width - values.shape[1])))  # (b, A)
+    return torch.cat(out)  # (B, A)

@@ -130,7 +130,7 @@ def test_the_critic_trains_and_loads_back_from_its_directory(lora, rollout, tmp_
         return initial_critic("policy", policy_base=lambda: policy, tokenizer=tokenizer)
 
     torch.manual_seed(0)
-    critic = trainable_critic(initial(), lora)
+    critic = trainable_critic(initial, lora)
     assert not critic.training
     trained = {n for n, p in critic.named_parameters() if p.requires_grad}
     if lora is None:
@@ -147,6 +147,6 @@ def test_the_critic_trains_and_loads_back_from_its_directory(lora, rollout, tmp_
     assert values.abs().sum() > 0
 
     save_critic(critic, tmp_path / "critic")
-    loaded = trainable_critic(initial(), lora, resume_dir=tmp_path / "critic")
+    loaded = trainable_critic(initial if lora else pytest.fail, lora, resume_dir=tmp_path / "critic")
     assert {n for n, p in loaded.named_parameters() if p.requires_grad} == trained
     torch.testing.assert_close(response_values(loaded, rollout).detach(), values, rtol=0, atol=1e-6)
