@@ -13,11 +13,14 @@ class TrainingData:
 
     Preference rows are ``{"prompt", "chosen", "rejected", ...}`` where each value is a string or
     a list of ``{"role", "content"}`` messages; for conversational rows the prompt holds the
-    conversation so far and chosen/rejected hold the assistant message(s).
+    conversation so far and chosen/rejected hold the assistant message(s). Prompt rows (PPO,
+    GRPO) are ``{"prompt", ...}``. `ptx` holds plain-text rows ``{"text": str}`` for PPO-ptx's
+    language-modelling loss (`trainers.ptx`), read only when ``ptx_coef > 0``.
     """
 
     train: Sequence[dict[str, Any]]
     eval: Sequence[dict[str, Any]] | None = None
+    ptx: Sequence[dict[str, Any]] | None = None
 
 
 @dataclass

@@ -1,0 +1,318 @@
+"""Proximal Policy Optimization for language models: actor, critic, frozen reward and reference (DESIGN §7).
+
+Ziegler et al. 2019 (https://arxiv.org/abs/1909.08593) and InstructGPT (Ouyang et al. 2022, §3.5,
+https://arxiv.org/abs/2203.02155), with TRL's and OpenRLHF's choices where the papers are silent
+(Huang et al. 2024, "The N+ implementation details of RLHF with PPO", https://arxiv.org/abs/2403.17031).
+One loop in numbered sections, one rollout per pass:
+
+1. rollout: `rollout_batch_size` prompts (a function of (seed, rollout)), one completion each,
+   sampled over the KV cache at the job's temperature and top-p by a generator seeded with
+   (seed, rollout);
+2. rewards and KL: each completion's score (`trainers.rl_rewards`: reward models and graders, the
+   missing-EOS penalty), clipped to ±`reward_clip` when set; log π_old recomputed by the policy
+   in a full forward (as TRL, so the first minibatch's ratio is exactly 1), log π_ref and the
+   critic's V_old; per-token rewards ``r_t = −β·(log π_old − log π_ref)_t`` plus the score at
+   the last token (`kl_penalized_rewards`);
+3. advantages: GAE with (γ, λ), returns ``G = A + V_old``, advantages whitened over the rollout's
+   tokens; the KL controller then sees the rollout's KL;
+4. clipped updates: `ppo_epochs` passes over the rollout in shuffled minibatches of `batch_size`
+   completions, one optimizer step each (`accumulate_gradients`).
+
+The critic (`trainers.value_model`) has its own AdamW at `critic_learning_rate`; its gradients come
+from the same backward pass, are clipped on their own, and step with the policy's through the
+loop's guarded update (`trainers.loop.AuxiliaryModel`). Its loss is weighted by `vf_coef` as in
+TRL; Adam being invariant to a constant scale, the weight acts through gradient clipping. Every
+pass runs without dropout (policy and critic stay in eval mode, as TRL's PPO disables dropout),
+so the ratio measures the updates and nothing else. Checkpoints and cooperative stops happen
+between rollouts (a rollout is never split across a resume), so stops are polled once per rollout;
+the critic, its optimizer and the KL coefficient are saved beside the policy.
+Shapes: B completions, P prompt tokens, A response tokens, V vocabulary.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from peft import PeftModel
+from torch import Tensor, nn
+
+from trainers.advantages import explained_variance, gae, whiten
+from trainers.batching import split_micro_batches
+from trainers.callbacks import Callbacks
+from trainers.config import PPOHyperparameters, PPOJob
+from trainers.grpo import evaluate
+from trainers.kl import AdaptiveKLController, FixedKLController, kl_penalized_rewards
+from trainers.logprobs import selective_log_softmax
+from trainers.loop import AuxiliaryModel, TrainingLoop, load_run_state, seed_everything
+from trainers.lora import load_trainable_model
+from trainers.modeling import default_device, load_policy
+from trainers.online_rl import (
+    completion_stats,
+    frozen_logprobs,
+    reference_policy,
+    sample_rollout,
+    sampling_generator,
+    select_rows,
+)
+from trainers.prompt_data import PromptOrder, tokenize_prompt_split
+from trainers.ptx import PtxData, backward_ptx_loss
+from trainers.rewards_spec import model_checkpoints
+from trainers.rl_losses import aggregate, clipped_policy_loss, clipped_value_loss, entropy_from_logits, loss_normalizer
+from trainers.rl_rewards import RewardComputer, RewardScores, decode_completions
+from trainers.rollout import Rollout, response_logits
+from trainers.run_types import RunResult, TrainingData
+from trainers.value_model import (
+    CRITIC_DIR,
+    initial_critic,
+    response_values,
+    rollout_values,
+    save_critic,
+    trainable_critic,
+)
+
+# What `accumulate_gradients` reports for each optimizer step, in order.
+STEP_METRICS = ("train/loss", "policy/pg_loss", "policy/clipfrac", "policy/approx_kl", "policy/entropy",
+                "val/vf_loss", "val/clipfrac")  # fmt: skip
+
+
+@dataclass
+class PPOBatch:
+    """A rollout with what the clipped updates need.
+
+    Attributes:
+        rollout: B prompts and their sampled responses.
+        old_logprobs: (B, A) log π_old of the response tokens, 0 on padding.
+        old_values: (B, A) V_old, the critic's values at rollout time, 0 on padding.
+        advantages: (B, A) GAE advantages (whitened when asked), 0 on padding.
+        returns: (B, A) value targets ``G = A + V_old`` (before whitening), 0 on padding.
+    """
+
+    rollout: Rollout
+    old_logprobs: Tensor
+    old_values: Tensor
+    advantages: Tensor
+    returns: Tensor
+
+    def select(self, rows: Sequence[int]) -> PPOBatch:
+        """The batch restricted to some rows (padding columns trimmed, see `select_rows`)."""
+        rollout = select_rows(self.rollout, rows)
+        index = torch.as_tensor(list(rows), dtype=torch.long, device=self.advantages.device)
+        width = rollout.response_ids.shape[1]
+        return PPOBatch(rollout, *(t[index, :width] for t in (self.old_logprobs, self.old_values,
+                                                               self.advantages, self.returns)))  # fmt: skip
+
+
+def train_ppo(
+    job: PPOJob, data: TrainingData, callbacks: Callbacks, *, resume_from: str | Path | None = None
+) -> RunResult:
+    """Train a policy with PPO on prompt rows, rewarded by the job's reward spec.
+
+    Args:
+        job: the PPO job spec.
+        data: canonical prompt rows (train; optional eval, whose mean reward is reported as
+            ``eval/reward/mean`` with one completion per prompt, as GRPO does), and with
+            ``ptx_coef > 0`` the text rows of the language-modelling loss (`TrainingData.ptx`,
+            see `trainers.ptx`).
+        callbacks: metrics, checkpoints, events and cooperative stop.
+        resume_from: a PPO checkpoint directory to continue from.
+
+    Returns:
+        The run's status, the step reached and the last step's metrics.
+
+    Raises:
+        UserError: bad data or spec; ModelNotFoundError for a model that cannot be loaded.
+        NumericalError: a non-finite loss or gradient norm (policy or critic), naming the step.
+    """
+    hp = job.hyperparameters
+    device = default_device()
+    seed_everything(job.seed)  # before adapters are drawn; a resumed run restores its RNG states later
+    state = load_run_state(resume_from) if resume_from is not None else None
+
+    # Models: the policy (fresh adapters for LoRA, or the checkpoint's), the frozen reference, the
+    # critic (from the policy's base or the reward model, or the checkpoint's) and the reward.
+    policy, tokenizer = load_trainable_model(load_policy, job, resume_from, task="causal_lm")
+    policy.to(device).eval()
+    reference = reference_policy(policy, job, resumed=state is not None, device=device)
+    checkpoints = model_checkpoints(job.reward)
+    initial = functools.partial(
+        initial_critic, hp.value_model, tokenizer=tokenizer,
+        policy_base=lambda: load_policy(job.base_model)[0] if isinstance(reference, PeftModel) else reference,
+        reward_model_dir=job.reward_model_dirs.get(checkpoints[0]) if checkpoints else None,
+    )  # fmt: skip
+    critic_dir = Path(resume_from) / CRITIC_DIR if resume_from is not None else None
+    critic = trainable_critic(initial, job.lora, resume_dir=critic_dir).to(device)
+    micro_size = max(1, hp.batch_size // hp.gradient_accumulation_steps)  # rows per forward
+    rewarder = RewardComputer.from_job(job, device=device, on_event=callbacks.on_event, batch_size=micro_size)
+    n_trainable = sum(p.numel() for m in (policy, critic) for p in m.parameters() if p.requires_grad)
+    callbacks.on_event("info", f"loaded {job.base_model} and its critic ({n_trainable:,} parameters trained)")
+
+    # Data: prompts (and the text of the ptx loss), in an order that is a function of the seed.
+    prompts = tokenize_prompt_split(data.train, tokenizer, max_prompt_length=hp.max_prompt_length, split="train",
+                                    callbacks=callbacks)  # fmt: skip
+    eval_prompts = tokenize_prompt_split(data.eval, tokenizer, max_prompt_length=hp.max_prompt_length, split="eval",
+                                         callbacks=callbacks) if data.eval else []  # fmt: skip
+    order = PromptOrder(num_rows=len(prompts), rollout_batch_size=hp.rollout_batch_size, seed=job.seed)
+    ptx = None
+    if hp.ptx_coef > 0:
+        ptx = PtxData.from_rows(data.ptx or [], tokenizer, max_length=hp.max_length, batch_size=hp.batch_size,
+                                seed=job.seed)  # fmt: skip
+
+    # Optimisers (the critic's beside the policy's), KL coefficient, step and RNG, restored when resuming.
+    kl_controller = (
+        AdaptiveKLController(hp.kl_coef, hp.target_kl, hp.kl_horizon) if hp.adaptive_kl
+        else FixedKLController(hp.kl_coef)
+    )  # fmt: skip
+    steps_per_rollout = hp.ppo_epochs * hp.num_minibatches
+    loop = TrainingLoop(
+        job, callbacks, model=policy, tokenizer=tokenizer, state=state,
+        model_info=lambda: {"kind": "causal_lm", "adapter": job.lora is not None, "base_model": job.base_model},
+        num_rows=len(prompts), steps_per_epoch=order.rollouts_per_epoch * steps_per_rollout,
+        auxiliary=AuxiliaryModel(CRITIC_DIR, critic, hp.critic_learning_rate, functools.partial(save_critic, critic)),
+        extra_state=lambda: {"kl_controller": kl_controller.state_dict()},
+    )  # fmt: skip
+    if state is not None:  # the loop has checked that this is a PPO checkpoint
+        kl_controller.load_state_dict(state["extra"]["kl_controller"])
+    metrics: dict[str, float] = {}
+
+    while loop.step < loop.total_steps:
+        if loop.stop_requested():  # between rollouts: a checkpoint never splits one
+            return loop.stop(metrics)
+        rollout_number = -(-loop.step // steps_per_rollout) + 1  # rollouts done, rounded up, plus one
+
+        # 1. Rollout: one completion for each of the rollout's prompts.
+        rows = [prompts[i] for i in order.rollout_indices(rollout_number)]
+        generator = sampling_generator(job.seed, rollout_number, device)
+        rollout = sample_rollout(policy, [p.ids for p in rows], tokenizer, hp, generator=generator)
+        mask = rollout.response_mask  # (B, A)
+
+        # 2. Rewards and KL: the score at the last token, a KL penalty on every token.
+        scores = rewarder.score([p.item for p in rows], decode_completions(tokenizer, rollout), rollout)
+        score = scores.rewards if hp.reward_clip is None else scores.rewards.clamp(-hp.reward_clip, hp.reward_clip)
+        old_logprobs = frozen_logprobs(policy, rollout, hp.temperature, batch_size=micro_size)  # (B, A)
+        ref_logprobs = frozen_logprobs(reference, rollout, hp.temperature, batch_size=micro_size, reference=True)
+        old_values = rollout_values(critic, rollout, batch_size=micro_size)  # (B, A)
+        beta = kl_controller.value
+        rewards, kl = kl_penalized_rewards(score, old_logprobs, ref_logprobs, mask, beta)  # (B, A) each
+
+        # 3. Advantages: GAE over each response, returns as value targets, whitened advantages.
+        advantages, returns = gae(rewards, old_values, mask, hp.gamma, hp.lam)  # (B, A) each
+        if hp.whiten_advantages and int(mask.sum()) > 1:
+            advantages = whiten(advantages, mask)
+        batch = PPOBatch(rollout, old_logprobs, old_values, advantages, returns)
+        rollout_metrics = _rollout_metrics(scores, score, kl, beta, old_values, returns, rollout)
+        kl_controller.update(rollout_metrics["objective/kl"], n_steps=len(rows))
+
+        # 4. Clipped updates: `ppo_epochs` passes over shuffled minibatches, one optimizer step each
+        #    (fewer when the run ends first). Evaluation and checkpoints that fall due wait for the
+        #    rollout's end.
+        schedule = []
+        for _ in range(hp.ppo_epochs):  # the rollout's generator, after sampling, draws the order
+            permutation = torch.randperm(len(rows), generator=generator, device=generator.device).tolist()
+            schedule += [permutation[i : i + hp.batch_size] for i in range(0, len(rows), hp.batch_size)]
+        schedule = schedule[: loop.total_steps - loop.step]
+        save = evaluate_now = False
+        for i, minibatch in enumerate(schedule):
+            step = loop.next_step()
+            stats, names = accumulate_gradients(policy, critic, batch.select(minibatch), hp), STEP_METRICS  # (S,)
+            if ptx is not None:  # PPO-ptx: the language-modelling loss joins the step's gradients and loss
+                ptx_loss = backward_ptx_loss(policy, ptx.step_rows(step), coef=hp.ptx_coef,
+                                             pad_token_id=ptx.pad_token_id,
+                                             gradient_accumulation_steps=hp.gradient_accumulation_steps)  # fmt: skip
+                stats = torch.cat([stats[:1] + hp.ptx_coef * ptx_loss, stats[1:], ptx_loss.reshape(1)])  # (S+1,)
+                names = (*STEP_METRICS, "ptx/loss")
+            metrics = loop.update(stats, names) | rollout_metrics
+            save, evaluate_now = save or loop.checkpoint_due(), evaluate_now or loop.eval_due()
+            evaluated = bool(eval_prompts) and evaluate_now and i == len(schedule) - 1
+            if evaluated:
+                metrics |= evaluate(policy, eval_prompts, tokenizer, rewarder, hp, seed=job.seed)
+            if evaluated or loop.log_due():
+                callbacks.on_metrics(step, metrics)
+        if save:
+            loop.checkpoint(metrics)
+
+    return loop.finish(metrics)
+
+
+def accumulate_gradients(policy: nn.Module, critic: nn.Module, batch: PPOBatch, hp: PPOHyperparameters) -> Tensor:
+    """Backward the PPO loss of one optimizer step (one minibatch), micro-batch by micro-batch.
+
+    Per token, with ``ρ = exp(clamp(log π − log π_old))``:
+    ``ℓ = −min(ρA, clip(ρ, 1 − ε, 1 + ε)A) + vf_coef·½·max((V − G)², (V_old + clip(V − V_old, ±ε_v) − G)²)
+    − entropy_coef·H(π)``, summed over the step's response tokens and divided by their number
+    (`trainers.rl_losses`, "token" aggregation), so the micro-batch losses add up to the step's
+    loss and the accumulated gradients of policy and critic do not depend on
+    `gradient_accumulation_steps`.
+
+    Args:
+        policy: the policy being trained; gradients accumulate into its parameters.
+        critic: the critic being trained; gradients accumulate into its parameters.
+        batch: the step's completions (one minibatch of a rollout).
+        hp: supplies the clip ranges, coefficients, temperature and micro-batch count.
+
+    Returns:
+        (S,) the step's statistics in `STEP_METRICS` order, on the device: the loss, the policy
+        loss, the share of tokens whose clipped term was chosen, the k3 estimate of KL(π_old ‖ π),
+        the mean entropy per token, the value loss and the share of tokens whose clipped value
+        error was the larger; per-token means over the whole step.
+    """
+    mask = batch.rollout.response_mask  # (B, A)
+    num_tokens = mask.sum().float()
+    normalizer = loss_normalizer("token", num_tokens=num_tokens, num_sequences=mask.shape[0])
+    sums = torch.zeros(len(STEP_METRICS), device=mask.device)  # (S,)
+    for rows in split_micro_batches(list(range(mask.shape[0])), hp.gradient_accumulation_steps):
+        micro = batch.select(rows)
+        m = micro.rollout.response_mask  # (b, a)
+        logits = response_logits(policy, micro.rollout, hp.temperature)  # (b, a, V)
+        logp = selective_log_softmax(logits, micro.rollout.response_ids) * m  # (b, a)
+        policy_loss = clipped_policy_loss(
+            logp, micro.old_logprobs, micro.advantages, m, eps_low=hp.cliprange, eps_high=hp.cliprange,
+            aggregation="token", normalizer=normalizer,
+        )  # fmt: skip
+        value_loss = clipped_value_loss(
+            response_values(critic, micro.rollout), micro.old_values, micro.returns, m, eps_v=hp.cliprange_value,
+            aggregation="token", normalizer=normalizer,
+        )  # fmt: skip
+        entropy = entropy_from_logits(logits if hp.entropy_coef > 0 else logits.detach())  # (b, a)
+        entropy_loss = aggregate(entropy, m, "token", normalizer=normalizer)
+        loss = policy_loss.loss + hp.vf_coef * value_loss.loss - hp.entropy_coef * entropy_loss
+        loss.backward()
+        share = m.sum() / num_tokens  # the micro-batch's share of the step's tokens
+        sums += torch.stack([
+            loss.detach(), policy_loss.loss.detach(), policy_loss.clip_frac * share, policy_loss.approx_kl * share,
+            entropy_loss.detach(), value_loss.loss.detach(), value_loss.clip_frac * share,
+        ])  # fmt: skip
+    return sums
+
+
+def _rollout_metrics(
+    scores: RewardScores, score: Tensor, kl: Tensor, beta: float, values: Tensor, returns: Tensor, rollout: Rollout
+) -> dict[str, float]:
+    """The rollout's objective, value and completion statistics, as host floats.
+
+    ``objective/scores`` is the mean score as optimised (missing-EOS penalty and `reward_clip`
+    applied; ``reward/<grader>`` are the graders' own scores); ``objective/kl`` the mean over
+    completions of the summed per-token k1 KL (nats); ``objective/rlhf_reward`` =
+    ``objective/scores`` + ``objective/non_score_reward`` (−β·KL), the quantity PPO maximises.
+    ``val/explained_variance`` (of the returns by V_old) is left out when the returns are constant.
+    """
+    kl_sum = kl.sum(dim=1)  # (B,)
+    stats = {
+        "objective/kl": kl_sum.mean(),
+        "objective/scores": score.mean(),
+        "objective/non_score_reward": -beta * kl_sum.mean(),
+        "objective/rlhf_reward": (score - beta * kl_sum).mean(),
+        "val/explained_variance": explained_variance(values, returns, rollout.response_mask),
+        **{f"reward/{name}": grades.mean() for name, grades in scores.per_grader.items()},
+        **completion_stats(rollout),
+    }
+    host = torch.stack([v.float().cpu() for v in stats.values()]).tolist()
+    metrics = dict(zip(stats, host, strict=True))
+    metrics |= {"objective/kl_coef": beta, "reward/error_fraction": scores.rows_with_errors / len(score)}
+    if not math.isfinite(metrics["val/explained_variance"]):
+        del metrics["val/explained_variance"]
+    return metrics
