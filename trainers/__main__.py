@@ -3,7 +3,7 @@
 One subcommand per algorithm in `ALGORITHMS`. Hyperparameter flags are generated from the config
 models (``--max-steps``, ``--learning-rate``, ...), so they and their defaults are declared once;
 ``--lora '{"r": 8}'`` trains adapters. Preference trainers read preference rows, online-RL trainers
-(``grpo``) prompt rows and a ``--reward`` spec in JSON, with ``--reward-model-dir CHECKPOINT_ID=DIR``
+(``grpo``, ``ppo``) prompt rows and a ``--reward`` spec in JSON, with ``--reward-model-dir CHECKPOINT_ID=DIR``
 for each reward-model checkpoint it names. Metrics go to stdout as JSON lines
 (``{"step": ..., "train/loss": ...}``), events to stderr, checkpoints to ``DIR/checkpoint-<step>/``.
 The first Ctrl-C stops cooperatively after the current step, saving a checkpoint.
@@ -38,6 +38,8 @@ from trainers.config import (
     DPOJob,
     GRPOHyperparameters,
     GRPOJob,
+    PPOHyperparameters,
+    PPOJob,
     RewardModelHyperparameters,
     RewardModelJob,
 )
@@ -50,6 +52,7 @@ ALGORITHMS: dict[str, tuple[type[BaseModel], type[BaseModel], DatasetKind]] = {
     "dpo": (DPOJob, DPOHyperparameters, "preference"),
     "reward_model": (RewardModelJob, RewardModelHyperparameters, "preference"),
     "grpo": (GRPOJob, GRPOHyperparameters, "prompt"),
+    "ppo": (PPOJob, PPOHyperparameters, "prompt"),
 }
 
 
