@@ -134,10 +134,12 @@ def train_ppo(
     state = load_run_state(resume_from) if resume_from is not None else None
 
     # Models: the policy (fresh adapters for LoRA, or the checkpoint's), the frozen reference, the
-    # critic (from the policy's base or the reward model, or the checkpoint's) and the reward.
+    # reward, and the critic (from the policy's base or the reward model, or the checkpoint's).
     policy, tokenizer = load_trainable_model(load_policy, job, resume_from, task="causal_lm")
     policy.to(device).eval()
     reference = reference_policy(policy, job, resumed=state is not None, device=device)
+    micro_size = max(1, hp.batch_size // hp.gradient_accumulation_steps)  # rows per forward
+    rewarder = RewardComputer.from_job(job, device=device, on_event=callbacks.on_event, batch_size=micro_size)
     checkpoints = model_checkpoints(job.reward)
     initial = functools.partial(
         initial_critic, hp.value_model, tokenizer=tokenizer,
@@ -146,8 +148,6 @@ def train_ppo(
     )  # fmt: skip
     critic_dir = Path(resume_from) / CRITIC_DIR if resume_from is not None else None
     critic = trainable_critic(initial, job.lora, resume_dir=critic_dir).to(device)
-    micro_size = max(1, hp.batch_size // hp.gradient_accumulation_steps)  # rows per forward
-    rewarder = RewardComputer.from_job(job, device=device, on_event=callbacks.on_event, batch_size=micro_size)
     n_trainable = sum(p.numel() for m in (policy, critic) for p in m.parameters() if p.requires_grad)
     callbacks.on_event("info", f"loaded {job.base_model} and its critic ({n_trainable:,} parameters trained)")
 
@@ -307,11 +307,10 @@ def _rollout_metrics(
         "objective/non_score_reward": -beta * kl_sum.mean(),
         "objective/rlhf_reward": (score - beta * kl_sum).mean(),
         "val/explained_variance": explained_variance(values, returns, rollout.response_mask),
-        **{f"reward/{name}": grades.mean() for name, grades in scores.per_grader.items()},
         **completion_stats(rollout),
-    }
-    host = torch.stack([v.float().cpu() for v in stats.values()]).tolist()
-    metrics = dict(zip(stats, host, strict=True))
+    }  # on the device: read in one synchronisation
+    metrics = dict(zip(stats, torch.stack([v.float() for v in stats.values()]).tolist(), strict=True))
+    metrics |= {f"reward/{name}": grades.mean().item() for name, grades in scores.per_grader.items()}  # on the CPU
     metrics |= {"objective/kl_coef": beta, "reward/error_fraction": scores.rows_with_errors / len(score)}
     if not math.isfinite(metrics["val/explained_variance"]):
         del metrics["val/explained_variance"]
