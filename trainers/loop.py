@@ -19,9 +19,9 @@ A trainer's loop then reads::
 
 A trainer with a second trained model (PPO's critic) passes it as an `AuxiliaryModel`: it gets
 its own AdamW and schedule, goes through the same clipped, guarded update, and is saved beside
-the model as ``<checkpoint>/<name>/``. Whatever else a trainer must carry across a resume (a KL
-coefficient, a half-used rollout) comes from its `extra_state` function. Both go to
-``<checkpoint>/extra_state.pt``; `load_run_state` reads them back with the trainer state.
+the model as ``<checkpoint>/<name>/``. Whatever else a trainer must carry across a resume (PPO's
+KL coefficient) comes from its `extra_state` function. The auxiliary optimizer and the extra
+state go to ``<checkpoint>/extra_state.pt``; `load_run_state` reads them back with the trainer state.
 """
 
 from __future__ import annotations
