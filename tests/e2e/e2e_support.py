@@ -36,7 +36,7 @@ class Deployment:
             "DATABASE_URL": settings.database_url, "CELERY_BROKER_URL": settings.celery_broker_url,
             "ARTIFACTS_DIR": str(settings.artifacts_dir), "MODELS_DIR": str(settings.models_dir),
             "TRAINING_QUEUE": settings.training_queue, "STREAM_POLL_SECONDS": "0.2",
-            "HEARTBEAT_SECONDS": "1", "HF_HUB_OFFLINE": "1", "TORCH_THREADS": "2", **env,
+            "HEARTBEAT_SECONDS": "1", "HF_HUB_OFFLINE": "1", "TORCH_THREADS": "1", **env,
         }
         self.procs: dict[str, subprocess.Popen] = {}
         self.workers_started = 0

@@ -47,3 +47,42 @@ def test_grpo_with_a_string_check_grader_raises_the_reward(service):
     assert {"reward/has_letter", "frac_reward_zero_std", "objective/kl", "policy/clipfrac",
             "completions/mean_length"} <= set(last)
     assert service.get(f"/v1/jobs/{job['id']}/checkpoints").json()["data"][-1]["is_final"]
+
+
+PPO_LEARNING = {"learning_rate": 1e-2, "critic_learning_rate": 3e-3, "max_steps": 48, "rollout_batch_size": 32,
+                "batch_size": 16, "ppo_epochs": 2, "max_new_tokens": 16, "max_prompt_length": 16, "max_length": 64}
+STEPS_PER_ROLLOUT = 4  # 2 epochs × 2 minibatches of 16 completions
+
+
+def test_ppo_with_a_string_check_grader_raises_the_reward(service):
+    job, metrics = run(service, {"type": "ppo", "base_model": "builtin:tiny-llama", "seed": 0,
+                                 "dataset_id": prompt_dataset(service), "reward": CONTAINS_LETTER,
+                                 "hyperparameters": PPO_LEARNING})
+    assert job["status"] == "succeeded", job["error"]
+    scores = [m["values"]["objective/scores"] for m in metrics if (m["step"] - 1) % STEPS_PER_ROLLOUT == 0]
+    assert len(scores) == 12
+    before, after = scores[0], mean(scores[-3:])
+    assert before < 0.2 and after > before + 0.4, (before, after)
+    last = metrics[-1]["values"]
+    assert {"objective/kl", "policy/approx_kl", "policy/clipfrac", "val/vf_loss", "val/explained_variance",
+            "policy/entropy"} <= set(last)
+
+
+def test_ppo_rewarded_by_a_reward_model_job_runs_end_to_end(service):
+    from trainers.synthetic import uppercase_preference_rows
+
+    pairs = service.post("/v1/datasets", data={"kind": "preference"},
+                         files={"file": ("pairs.jsonl", jsonl(uppercase_preference_rows(64, seed=3)))}).json()["id"]
+    rm_job, _ = run(service, {"type": "reward_model", "base_model": "builtin:tiny-llama", "dataset_id": pairs,
+                              "hyperparameters": {"learning_rate": 1e-3, "max_steps": 10}})
+    assert rm_job["status"] == "succeeded", rm_job["error"]
+    rm = service.get(f"/v1/jobs/{rm_job['id']}/checkpoints").json()["data"][-1]["id"]
+
+    reward = {"type": "multi", "name": "total", "graders": [
+        {"type": "model", "name": "rm", "checkpoint_id": rm, "clip": 5.0}, CONTAINS_LETTER | {"weight": 0.5}]}
+    job, metrics = run(service, {
+        "type": "ppo", "base_model": "builtin:tiny-llama", "dataset_id": prompt_dataset(service), "reward": reward,
+        "hyperparameters": {**PPO_LEARNING, "max_steps": 8, "value_model": "reward_model"}})
+    assert job["status"] == "succeeded", job["error"]
+    assert [m["step"] for m in metrics] == list(range(1, 9))
+    assert {"reward/rm", "reward/has_letter"} <= set(metrics[-1]["values"])
