@@ -18,12 +18,12 @@ import torch
 from peft import PeftModel
 from torch import Tensor, nn
 
-from trainers.batching import BatchOrder, split_micro_batches
+from trainers.batching import BatchOrder, bucket_overhead_tokens, split_micro_batches
 from trainers.callbacks import Callbacks
 from trainers.checkpoint import load_trainer_state
 from trainers.config import DPOHyperparameters, DPOJob
 from trainers.errors import UserError
-from trainers.logprobs import reference_sequence_logprobs, scored_token_counts, sequence_logprobs
+from trainers.logprobs import reference_sequence_logprobs, scored_token_counts, sequence_logprob_totals
 from trainers.loop import TrainingLoop, seed_everything
 from trainers.lora import load_trainable_model
 from trainers.losses import dpo_loss
@@ -76,14 +76,16 @@ def train_dpo(
     if not train_pairs:
         raise UserError("the training data has no rows")
     order = BatchOrder(num_rows=len(train_pairs), batch_size=hp.batch_size, seed=job.seed)
+    overhead = bucket_overhead_tokens(device.type)  # rows of similar length run as one forward
 
     # 3. Reference log-probs: precomputed in one pass (no reference model kept), or a model that
     #    computes them on every batch.
     reference_model = _reference_model(policy, job, resumed=state is not None, device=device)
     if hp.precompute_ref_logprobs:
         size = _pass_batch_size(hp)
-        train_reference = Reference.precompute(reference_model, train_pairs, tokenizer.pad_token_id, size, device)
-        eval_reference = Reference.precompute(reference_model, eval_pairs, tokenizer.pad_token_id, size, device)
+        pad = tokenizer.pad_token_id
+        train_reference = Reference.precompute(reference_model, train_pairs, pad, size, device, overhead)
+        eval_reference = Reference.precompute(reference_model, eval_pairs, pad, size, device, overhead)
         callbacks.on_event("info", f"precomputed reference log-probs of {len(train_pairs) + len(eval_pairs)} pairs")
     else:
         train_reference = eval_reference = Reference(model=reference_model)
@@ -108,7 +110,9 @@ def train_dpo(
         indices = order.step_indices(step)
         sums = torch.zeros(len(TRAIN_METRICS), device=device)  # (S,) per-pair statistics, summed
         for micro in split_micro_batches(indices, hp.gradient_accumulation_steps):
-            batch = collate_pairs([train_pairs[i] for i in micro], tokenizer.pad_token_id).to(device)
+            batch = collate_pairs(
+                [train_pairs[i] for i in micro], tokenizer.pad_token_id, bucket_overhead_tokens=overhead
+            ).to(device)
             ref_logps = train_reference.logps(batch, micro)  # (2b,)
             losses, stats = pair_losses_and_stats(policy, batch, ref_logps, hp)  # (b,), (S, b)
             (losses.sum() / len(indices)).backward()
@@ -121,7 +125,7 @@ def train_dpo(
         #    steps, at checkpoints and at the end, reported with the train metrics of its step.
         evaluated = bool(eval_pairs) and loop.eval_due()
         if evaluated:
-            metrics |= evaluate(policy, eval_reference, eval_pairs, tokenizer.pad_token_id, hp, device)
+            metrics |= evaluate(policy, eval_reference, eval_pairs, tokenizer.pad_token_id, hp, device, overhead)
         if evaluated or loop.log_due():
             callbacks.on_metrics(step, metrics)
 
@@ -150,9 +154,18 @@ class Reference:
 
     @classmethod
     def precompute(
-        cls, model: nn.Module, pairs: list[TokenizedPair], pad_token_id: int, batch_size: int, device: torch.device
+        cls,
+        model: nn.Module,
+        pairs: list[TokenizedPair],
+        pad_token_id: int,
+        batch_size: int,
+        device: torch.device,
+        bucket_overhead: int | None = None,
     ) -> Reference:
         """One pass of `model` over `pairs`, kept as a table indexed by pair.
+
+        The pairs are visited longest first, so each forward holds pairs of similar length and
+        pads little (a pair's log-probs do not depend on the pairs beside it).
 
         Args:
             model: the reference model (or a peft model whose base is the reference).
@@ -160,16 +173,19 @@ class Reference:
             pad_token_id: padding id.
             batch_size: pairs per forward.
             device: where `model` is; the table stays there.
+            bucket_overhead: `collate_pairs`' ``bucket_overhead_tokens``.
 
         Returns:
             A table-backed `Reference`.
         """
         on_the_fly = cls(model=model)
-        rows = [torch.zeros(0, 2, device=device)]
+        table = torch.zeros(len(pairs), 2, device=device)  # (N, 2)
+        by_length = sorted(range(len(pairs)), key=lambda i: -_pair_length(pairs[i]))
         for start in range(0, len(pairs), batch_size):
-            batch = collate_pairs(pairs[start : start + batch_size], pad_token_id).to(device)
-            rows.append(on_the_fly.logps(batch).reshape(2, -1).T)  # (b, 2): chosen, rejected
-        return cls(table=torch.cat(rows))  # (N, 2)
+            indices = by_length[start : start + batch_size]
+            batch = collate_pairs([pairs[i] for i in indices], pad_token_id, bucket_overhead_tokens=bucket_overhead)
+            table[torch.tensor(indices, device=device)] = on_the_fly.logps(batch.to(device)).reshape(2, -1).T
+        return cls(table=table)
 
     def logps(self, batch: PreferenceBatch, indices: list[int] | None = None) -> Tensor:
         """(2B,) reference log-probs of a batch's rows, chosen rows first.
@@ -182,7 +198,9 @@ class Reference:
             (2B,) float32 summed log-probs of each row's response.
         """
         if self.table is None:
-            return reference_sequence_logprobs(self.model, batch.input_ids, batch.attention_mask, batch.loss_mask)
+            return reference_sequence_logprobs(
+                self.model, batch.input_ids, batch.attention_mask, batch.loss_mask, buckets=batch.buckets
+            )
         rows = self.table[indices]  # (B, 2)
         return torch.cat([rows[:, 0], rows[:, 1]])  # (2B,)
 
@@ -207,7 +225,9 @@ def pair_losses_and_stats(
         stats: (S, B) detached statistics in `TRAIN_METRICS` order.
     """
     b = batch.num_pairs
-    _, logps = sequence_logprobs(policy, batch.input_ids, batch.attention_mask, batch.loss_mask)  # (2B,)
+    logps = sequence_logprob_totals(
+        policy, batch.input_ids, batch.attention_mask, batch.loss_mask, batch.buckets
+    )  # (2B,) rows of similar length share a forward
     if hp.loss_type == "ipo":
         counts = scored_token_counts(batch.loss_mask)  # (2B,) the same tokens under π and π_ref
         logps, ref_logps = logps / counts, ref_logps / counts
@@ -236,6 +256,7 @@ def evaluate(
     pad_token_id: int,
     hp: DPOHyperparameters,
     device: torch.device,
+    bucket_overhead: int | None = None,
 ) -> dict[str, float]:
     """Mean DPO statistics over evaluation pairs, as ``eval/<name>`` metrics.
 
@@ -246,6 +267,7 @@ def evaluate(
         pad_token_id: padding id.
         hp: supplies β, the loss type and the batch size.
         device: where the models are.
+        bucket_overhead: `collate_pairs`' ``bucket_overhead_tokens``.
 
     Returns:
         ``{"eval/loss": ..., "eval/rewards/accuracies": ..., ...}``.
@@ -256,7 +278,8 @@ def evaluate(
     sums = torch.zeros(len(EVAL_METRICS), device=device)  # (S,)
     for start in range(0, len(pairs), size):
         indices = list(range(start, min(start + size, len(pairs))))
-        batch = collate_pairs([pairs[i] for i in indices], pad_token_id).to(device)
+        batch = collate_pairs([pairs[i] for i in indices], pad_token_id, bucket_overhead_tokens=bucket_overhead)
+        batch = batch.to(device)
         _, stats = pair_losses_and_stats(policy, batch, reference.logps(batch, indices), hp)  # (S, b)
         sums += stats.sum(dim=1)
     policy.train(was_training)
@@ -279,3 +302,8 @@ def _reference_model(policy: nn.Module, job: DPOJob, *, resumed: bool, device: t
 def _pass_batch_size(hp: DPOHyperparameters) -> int:
     """Pairs per forward in gradient-free passes: the size of a training micro-batch."""
     return max(1, hp.batch_size // hp.gradient_accumulation_steps)
+
+
+def _pair_length(pair: TokenizedPair) -> int:
+    """Tokens of the longer of a pair's two rows."""
+    return len(pair.prompt_ids) + max(len(pair.chosen_ids), len(pair.rejected_ids))

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Sequence
 
 import torch
 from peft import PeftModel
 from torch import Tensor, nn
+
+from trainers.batching import map_buckets
 
 
 def selective_log_softmax(logits: Tensor, index: Tensor) -> Tensor:
@@ -64,6 +67,38 @@ def sequence_logprobs(
     return per_token, per_token.sum(dim=-1)
 
 
+def sequence_logprob_totals(
+    model: nn.Module,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    loss_mask: Tensor,
+    buckets: Sequence[tuple[Tensor, int]] = (),
+    temperature: float = 1.0,
+) -> Tensor:
+    """`sequence_logprobs`' totals, with each group of rows run as its own forward cut to its width.
+
+    A row's log-probs do not depend on the other rows of its forward, so grouping rows of similar
+    length (`trainers.batching.length_buckets`) changes no value, only how much padding is computed.
+
+    Args:
+        model: a causal LM returning `.logits`.
+        input_ids: (B, T) token ids, right-padded.
+        attention_mask: (B, T) 1 on real tokens.
+        loss_mask: (B, T) 1 on the tokens to score.
+        buckets: ``(row indices, width)`` groups (e.g. `PreferenceBatch.buckets`); empty for one
+            forward over all rows at full width.
+        temperature: logits are divided by it, as during sampling.
+
+    Returns:
+        (B,) float32 summed log-probabilities of the scored tokens.
+    """
+
+    def totals(ids: Tensor, mask: Tensor, scored: Tensor) -> Tensor:
+        return sequence_logprobs(model, ids, mask, scored, temperature)[1]  # (n,)
+
+    return map_buckets(totals, buckets, input_ids, attention_mask, loss_mask)
+
+
 def scored_token_counts(loss_mask: Tensor) -> Tensor:
     """How many tokens `sequence_logprobs` sums over in each row: ``n[b] = Σ_{t≥1} loss_mask[b, t]``.
 
@@ -81,7 +116,12 @@ def scored_token_counts(loss_mask: Tensor) -> Tensor:
 
 @torch.no_grad()
 def reference_sequence_logprobs(
-    model: nn.Module, input_ids: Tensor, attention_mask: Tensor, loss_mask: Tensor, temperature: float = 1.0
+    model: nn.Module,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    loss_mask: Tensor,
+    temperature: float = 1.0,
+    buckets: Sequence[tuple[Tensor, int]] = (),
 ) -> Tensor:
     """`sequence_logprobs` totals under a frozen reference: no gradients, eval mode, adapters off.
 
@@ -95,6 +135,7 @@ def reference_sequence_logprobs(
         attention_mask: (B, T) 1 on real tokens.
         loss_mask: (B, T) 1 on the tokens to score.
         temperature: logits are divided by it, as during sampling.
+        buckets: groups of rows run as separate forwards (`sequence_logprob_totals`).
 
     Returns:
         (B,) float32 summed log-probabilities of the scored tokens.
@@ -103,6 +144,6 @@ def reference_sequence_logprobs(
     model.eval()
     adapters_off = model.disable_adapter() if isinstance(model, PeftModel) else contextlib.nullcontext()
     with adapters_off:
-        _, total = sequence_logprobs(model, input_ids, attention_mask, loss_mask, temperature)  # (B,)
+        total = sequence_logprob_totals(model, input_ids, attention_mask, loss_mask, buckets, temperature)  # (B,)
     model.train(was_training)
     return total

@@ -13,13 +13,14 @@ tokens (left truncation), then each response is cut on the right so prompt + res
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor
 from transformers import PreTrainedTokenizerBase
 
+from trainers.batching import length_buckets
 from trainers.callbacks import Callbacks
 from trainers.config import LoopHyperparameters
 from trainers.errors import UserError
@@ -37,11 +38,16 @@ class TokenizedPair:
 
 @dataclass
 class PreferenceBatch:
-    """B pairs as 2B right-padded rows: chosen responses in rows [0, B), rejected in [B, 2B)."""
+    """B pairs as 2B right-padded rows: chosen responses in rows [0, B), rejected in [B, 2B).
+
+    `buckets` groups the rows for the forward passes (`trainers.batching.map_buckets`): each group
+    runs cut to its own longest row, so short rows do not pay for the batch's longest one.
+    """
 
     input_ids: Tensor  # (2B, T) prompt + response tokens, then pad_token_id
     attention_mask: Tensor  # (2B, T) 1 on prompt and response tokens, 0 on padding
     loss_mask: Tensor  # (2B, T) 1 on response tokens only
+    buckets: list[tuple[Tensor, int]] = field(default_factory=list)  # (n_g,) row indices and width W_g ≤ T
 
     @property
     def num_pairs(self) -> int:
@@ -54,6 +60,7 @@ class PreferenceBatch:
             input_ids=self.input_ids.to(device),
             attention_mask=self.attention_mask.to(device),
             loss_mask=self.loss_mask.to(device),
+            buckets=[(rows.to(device), width) for rows, width in self.buckets],
         )
 
 
@@ -158,12 +165,17 @@ def truncate_pair(
     return TokenizedPair(prompt_ids=prompt, chosen_ids=chosen, rejected_ids=rejected, truncated=truncated)
 
 
-def collate_pairs(pairs: Sequence[TokenizedPair], pad_token_id: int) -> PreferenceBatch:
+def collate_pairs(
+    pairs: Sequence[TokenizedPair], pad_token_id: int, *, bucket_overhead_tokens: int | None = None
+) -> PreferenceBatch:
     """Stack B pairs into one right-padded batch of 2B rows, chosen rows first.
 
     Args:
         pairs: the B pairs of a micro-batch.
         pad_token_id: id written into padding positions (distinct from EOS).
+        bucket_overhead_tokens: group the rows by length for the forward passes, a new group
+            costing this many padded tokens (`trainers.batching.length_buckets`); None keeps all
+            2B rows in one group of width T.
 
     Returns:
         The batch; T is the longest prompt + response among the 2B rows.
@@ -178,7 +190,12 @@ def collate_pairs(pairs: Sequence[TokenizedPair], pad_token_id: int) -> Preferen
         input_ids[row, :end] = torch.tensor(prompt + response, dtype=torch.long)
         attention_mask[row, :end] = 1
         loss_mask[row, len(prompt) : end] = 1
-    return PreferenceBatch(input_ids=input_ids, attention_mask=attention_mask, loss_mask=loss_mask)
+    if bucket_overhead_tokens is None:
+        buckets = [(torch.arange(len(sequences)), width)]
+    else:
+        lengths = [len(prompt) + len(response) for prompt, response in sequences]
+        buckets = [(torch.tensor(rows), w) for rows, w in length_buckets(lengths, bucket_overhead_tokens)]
+    return PreferenceBatch(input_ids=input_ids, attention_mask=attention_mask, loss_mask=loss_mask, buckets=buckets)
 
 
 def _prompt_ids(prompt: Any, tokenizer: PreTrainedTokenizerBase, *, where: str) -> list[int]:

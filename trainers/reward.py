@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from trainers.batching import BatchOrder, split_micro_batches
+from trainers.batching import BatchOrder, bucket_overhead_tokens, split_micro_batches
 from trainers.callbacks import Callbacks
 from trainers.checkpoint import load_trainer_state
 from trainers.config import RewardModelHyperparameters, RewardModelJob
@@ -82,6 +82,7 @@ def train_reward_model(
     order = BatchOrder(num_rows=len(train_pairs), batch_size=hp.batch_size, seed=job.seed)
     stats_pairs = [train_pairs[i] for i in stats_sample(len(train_pairs), hp.reward_stats_rows, job.seed)]
     pass_size = max(1, hp.batch_size // hp.gradient_accumulation_steps)  # pairs per gradient-free forward
+    overhead = bucket_overhead_tokens(device.type)  # rows of similar length run as one forward
 
     def model_info() -> dict[str, Any]:
         mean, std = reward_stats(model, stats_pairs, tokenizer.pad_token_id, batch_size=pass_size, device=device)
@@ -106,7 +107,9 @@ def train_reward_model(
         indices = order.step_indices(step)
         sums = torch.zeros(len(PAIR_STATS), device=device)  # (S,) per-pair statistics, summed
         for micro in split_micro_batches(indices, hp.gradient_accumulation_steps):
-            batch = collate_pairs([train_pairs[i] for i in micro], tokenizer.pad_token_id).to(device)
+            batch = collate_pairs(
+                [train_pairs[i] for i in micro], tokenizer.pad_token_id, bucket_overhead_tokens=overhead
+            ).to(device)
             losses, stats = pair_losses_and_stats(model, batch, train_margins[micro], hp)  # (b,), (S, b)
             (losses.sum() / len(indices)).backward()
             sums += stats.sum(dim=1)
@@ -118,7 +121,7 @@ def train_reward_model(
         #    checkpoints and at the end, reported with the train metrics of its step.
         evaluated = bool(eval_pairs) and loop.eval_due()
         if evaluated:
-            metrics |= evaluate(model, eval_pairs, eval_margins, tokenizer.pad_token_id, hp, pass_size)
+            metrics |= evaluate(model, eval_pairs, eval_margins, tokenizer.pad_token_id, hp, pass_size, overhead)
         if evaluated or loop.log_due():
             callbacks.on_metrics(step, metrics)
 
@@ -149,7 +152,7 @@ def pair_losses_and_stats(
             ``r_c − r_r``, ``r_c + r_r``, ``r_c² + r_r²``.
     """
     b = batch.num_pairs
-    r = rewards(model, batch.input_ids, batch.attention_mask)  # (2B,)
+    r = rewards(model, batch.input_ids, batch.attention_mask, batch.buckets)  # (2B,) similar lengths share a forward
     chosen, rejected = r[:b], r[b:]  # (B,) each
     losses = bradley_terry_loss(chosen, rejected, margins, hp.center_rewards_coefficient)  # (B,)
     chosen, rejected = chosen.detach(), rejected.detach()
@@ -192,6 +195,7 @@ def evaluate(
     pad_token_id: int,
     hp: RewardModelHyperparameters,
     batch_size: int,
+    bucket_overhead: int | None = None,
 ) -> dict[str, float]:
     """Bradley–Terry statistics over evaluation pairs, as ``eval/<name>`` metrics.
 
@@ -202,6 +206,7 @@ def evaluate(
         pad_token_id: padding id.
         hp: supplies the centring coefficient.
         batch_size: pairs per forward.
+        bucket_overhead: `collate_pairs`' ``bucket_overhead_tokens``.
 
     Returns:
         ``{"eval/loss", "eval/accuracy", "eval/margin", "eval/reward_mean", "eval/reward_std"}``.
@@ -210,7 +215,8 @@ def evaluate(
     model.eval()
     sums = torch.zeros(len(PAIR_STATS), device=margins.device)  # (S,)
     for start in range(0, len(pairs), batch_size):
-        batch = collate_pairs(pairs[start : start + batch_size], pad_token_id).to(margins.device)
+        batch = collate_pairs(pairs[start : start + batch_size], pad_token_id, bucket_overhead_tokens=bucket_overhead)
+        batch = batch.to(margins.device)
         _, stats = pair_losses_and_stats(model, batch, margins[start : start + batch_size], hp)  # (S, b)
         sums += stats.sum(dim=1)
     model.train(was_training)

@@ -23,6 +23,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from trainers.batching import bucket_overhead_tokens, map_buckets
 from trainers.errors import ModelNotFoundError, UserError
 from trainers.lora import is_adapter_dir, load_merged
 from trainers.modeling import BUILTIN_PREFIX, ensure_pad_token, load_policy, require_hub_model
@@ -80,7 +81,9 @@ def load_reward_model(
     return model, tokenizer
 
 
-def rewards(model: nn.Module, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+def rewards(
+    model: nn.Module, input_ids: Tensor, attention_mask: Tensor, buckets: Sequence[tuple[Tensor, int]] = ()
+) -> Tensor:
     """Scalar reward of each row: the score head's output at the row's last attended position.
 
     ``r_n = score(h_{n, t_n})`` with ``t_n = max{t : attention_mask[n, t] = 1}``.
@@ -89,16 +92,21 @@ def rewards(model: nn.Module, input_ids: Tensor, attention_mask: Tensor) -> Tens
         model: a reward model from `load_reward_model`, possibly wrapped by peft.
         input_ids: (N, T) token ids, padded on either side.
         attention_mask: (N, T) 1 on real tokens, 0 on padding; every row has a real token.
+        buckets: ``(row indices, width)`` groups of right-padded rows run as separate forwards cut
+            to their width (`trainers.batching.map_buckets`); empty for one forward over all rows.
 
     Returns:
         (N,) float32 rewards, differentiable w.r.t. the model's parameters.
     """
     backbone, head = _backbone_and_head(model)
-    outputs = backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
-    hidden = outputs.last_hidden_state  # (N, T, H)
-    scores = head(hidden).squeeze(-1)  # (N, T) a score per position
-    last = last_token_index(attention_mask)  # (N,)
-    return scores.gather(1, last.unsqueeze(1)).squeeze(1).float()  # (N,)
+
+    def scores_at_last_token(ids: Tensor, mask: Tensor) -> Tensor:
+        hidden = backbone(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state  # (n, T, H)
+        last = last_token_index(mask)  # (n,)
+        hidden = hidden.gather(1, last[:, None, None].expand(-1, 1, hidden.shape[-1])).squeeze(1)  # (n, H)
+        return head(hidden).squeeze(-1).float()  # (n,) the head only where it is read
+
+    return map_buckets(scores_at_last_token, buckets, input_ids, attention_mask)
 
 
 def last_token_index(attention_mask: Tensor) -> Tensor:
@@ -150,10 +158,12 @@ def reward_stats(
     """
     was_training = model.training
     model.eval()
+    overhead = bucket_overhead_tokens(device.type)
     scored = []
     for start in range(0, len(pairs), batch_size):
-        batch = collate_pairs(pairs[start : start + batch_size], pad_token_id).to(device)
-        scored.append(rewards(model, batch.input_ids, batch.attention_mask))  # (2b,)
+        batch = collate_pairs(pairs[start : start + batch_size], pad_token_id, bucket_overhead_tokens=overhead)
+        batch = batch.to(device)
+        scored.append(rewards(model, batch.input_ids, batch.attention_mask, batch.buckets))  # (2b,)
     model.train(was_training)
     all_rewards = torch.cat(scored).double()  # (2n,)
     return all_rewards.mean().item(), all_rewards.std(correction=0).item()

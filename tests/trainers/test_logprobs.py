@@ -126,3 +126,29 @@ def test_reference_logprobs_of_a_peft_model_are_its_base_models_in_eval_mode():
     torch.testing.assert_close(reference, expected, rtol=0, atol=1e-6)  # adapter off, no dropout
     assert not torch.allclose(adapted, expected, atol=1e-3)  # and back on afterwards
     assert not reference.requires_grad
+
+
+def test_totals_of_length_buckets_equal_one_padded_forward_with_gradients():
+    from trainers.logprobs import sequence_logprob_totals
+    from trainers.preference_data import collate_pairs, tokenize_pairs
+    from trainers.synthetic import uppercase_preference_rows
+
+    model, tokenizer = tiny()
+    rows = uppercase_preference_rows(5, seed=2)
+    for i, row in enumerate(rows):
+        row["rejected"] = row["rejected"] * (1 + 4 * i)  # lengths from 8 to 136 letters
+    pairs = tokenize_pairs(rows, tokenizer, max_length=256, max_prompt_length=64)
+    plain = collate_pairs(pairs, tokenizer.pad_token_id)
+    grouped = collate_pairs(pairs, tokenizer.pad_token_id, bucket_overhead_tokens=4)
+    assert len(grouped.buckets) > 1 and grouped.buckets[0][1] < plain.input_ids.shape[1]
+
+    grads = []
+    for batch in (plain, grouped):
+        model.zero_grad()
+        total = sequence_logprob_totals(model, batch.input_ids, batch.attention_mask, batch.loss_mask, batch.buckets)
+        total.sum().backward()
+        grads.append((total.detach(), model.lm_head.weight.grad.clone()))
+    _, expected = sequence_logprobs(model, plain.input_ids, plain.attention_mask, plain.loss_mask)
+    torch.testing.assert_close(grads[1][0], expected.detach(), rtol=1e-6, atol=1e-5)  # totals reach -500
+    torch.testing.assert_close(grads[1][0], grads[0][0], rtol=1e-6, atol=1e-5)
+    torch.testing.assert_close(grads[1][1], grads[0][1], rtol=1e-4, atol=1e-6)

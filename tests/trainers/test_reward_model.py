@@ -143,3 +143,18 @@ def test_stats_sample_is_fixed_and_bounded():
     assert stats_sample(5, 10, seed=0) == [0, 1, 2, 3, 4]
     sample = stats_sample(100, 10, seed=3)
     assert len(set(sample)) == 10 and sample == sorted(sample)
+
+
+def test_rewards_of_length_buckets_equal_one_padded_forward(reward_model):
+    model, tokenizer = reward_model
+    rows = uppercase_preference_rows(6, seed=3)
+    for i, row in enumerate(rows):
+        row["chosen"] = row["chosen"] * (1 + 3 * i)  # lengths from 8 to 128 letters
+    pairs = tokenize_pairs(rows, tokenizer, max_length=256, max_prompt_length=64)
+    plain = collate_pairs(pairs, tokenizer.pad_token_id)
+    grouped = collate_pairs(pairs, tokenizer.pad_token_id, bucket_overhead_tokens=4)
+    assert len(grouped.buckets) > 1
+    with torch.no_grad():
+        expected = rewards(model, plain.input_ids, plain.attention_mask)
+        got = rewards(model, grouped.input_ids, grouped.attention_mask, grouped.buckets)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
