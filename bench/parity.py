@@ -1,0 +1,298 @@
+"""Do our losses equal TRL's on identical inputs? DPO's loss family, the reward-model loss, GRPO's.
+
+    .venv/bin/python bench/parity.py
+
+Each check builds `builtin:tiny-llama` (a reward model on it for the reward check), hands the same
+rows and weights to TRL's trainer and to ours, and compares TRL's ``compute_loss`` and logged
+metrics on one collated batch with our ``pair_losses_and_stats`` on ours. The reference model is a
+perturbed copy of the policy, so the log-ratios are far from zero. Both sides tokenise the rows
+themselves; the token ids are compared first. Tolerance: 1e-5 absolute.
+
+TRL (1.x) has no label-smoothed "sigmoid" loss any more: its ``sigmoid`` ignores
+``label_smoothing``, and its ``robust`` loss is a different (unbiased) estimator. Its ``aot``
+loss is ``−(1−ε)·log σ(β·δ) − ε·log σ(−β·δ)`` with δ the sorted log-ratio differences of the
+batch; on a batch of one pair δ = h, which is cDPO's loss exactly. The cDPO check therefore runs
+TRL's ``aot`` one pair at a time.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere without installing
+
+from trainers.config import DPOHyperparameters, RewardModelHyperparameters  # noqa: E402
+from trainers.dpo import Reference, pair_losses_and_stats  # noqa: E402
+from trainers.preference_data import collate_pairs, tokenize_pairs  # noqa: E402
+from trainers.reward import pair_losses_and_stats as reward_losses_and_stats  # noqa: E402
+from trainers.tiny import build_tiny_llama  # noqa: E402
+
+TOLERANCE = 1e-5
+BETA = 0.1
+DPO_CASES = {  # our (loss_type, label_smoothing) → TRL's loss_type, and whether TRL sees one pair at a time
+    "sigmoid": ("sigmoid", 0.0, "sigmoid", False),
+    "cdpo": ("sigmoid", 0.2, "aot", True),
+    "ipo": ("ipo", 0.0, "ipo", False),
+    "hinge": ("hinge", 0.0, "hinge", False),
+}
+DPO_STATS = ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "logps/chosen",
+             "logps/rejected")  # fmt: skip
+
+
+def parity_rows(n: int = 6) -> list[dict[str, Any]]:
+    """Preference rows of different prompt and response lengths, so padding and masks matter."""
+    words = ["abc", "hello there", "q", "the quick brown fox", "xyz xyz", "lorem ipsum dolor"]
+    return [
+        {"prompt": f"say: {words[i % 6]}\n", "chosen": words[(i + 1) % 6].upper() * (1 + i % 3),
+         "rejected": words[(i + 2) % 6] * (1 + (i + 1) % 2), "margin": 0.25 * i}
+        for i in range(n)
+    ]  # fmt: skip
+
+
+def _perturbed(model: torch.nn.Module, scale: float = 0.02, seed: int = 7) -> torch.nn.Module:
+    """A copy of `model` with seeded Gaussian noise on every weight: a reference unlike the policy."""
+    other = copy.deepcopy(model)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in other.parameters():
+            param.add_(torch.randn(param.shape, generator=generator) * scale)
+    return other.eval()
+
+
+def _trl_config(cls, out: str, **kwargs):
+    settings = {"per_device_train_batch_size": 8, "max_length": 128} | kwargs
+    settings = {key: value for key, value in settings.items() if value is not None}
+    return cls(output_dir=out, bf16=False, fp16=False, gradient_checkpointing=False, report_to="none", use_cpu=True,
+               disable_tqdm=True, **settings)  # fmt: skip
+
+
+def dpo_parity(case: str) -> dict[str, Any]:
+    """Our DPO loss and metrics against TRL's `DPOTrainer.compute_loss` for one loss of the family.
+
+    Args:
+        case: a key of `DPO_CASES`.
+
+    Returns:
+        A benchmark entry: ours, TRL's, the largest absolute difference over the loss and the
+        metrics, whether the token ids matched, and pass/fail.
+    """
+    import trl
+    from datasets import Dataset
+
+    loss_type, smoothing, trl_loss, one_pair = DPO_CASES[case]
+    policy, tokenizer = build_tiny_llama()
+    policy.train()
+    reference = _perturbed(policy)
+    rows = [{k: v for k, v in row.items() if k != "margin"} for row in parity_rows()]
+    with tempfile.TemporaryDirectory() as out:
+        config = _trl_config(trl.DPOConfig, out, beta=BETA, loss_type=[trl_loss], label_smoothing=smoothing)
+        trainer = trl.DPOTrainer(model=policy, ref_model=reference, args=config,
+                                 train_dataset=Dataset.from_list(rows), processing_class=tokenizer)  # fmt: skip
+        examples = [trainer.train_dataset[i] for i in range(len(rows))]
+        groups = [[e] for e in examples] if one_pair else [examples]
+        trl_losses, trl_stats = [], {name: [] for name in DPO_STATS}
+        with torch.no_grad():
+            for group in groups:
+                trl_losses.append(trainer.compute_loss(trainer.model, trainer.data_collator(group)).item())
+                for name in DPO_STATS:
+                    trl_stats[name].append(trainer._metrics["train"][name][-1])
+    theirs = {"loss": sum(trl_losses) / len(trl_losses)} | {n: sum(v) / len(v) for n, v in trl_stats.items()}
+
+    hp = DPOHyperparameters(beta=BETA, loss_type=loss_type, label_smoothing=smoothing, max_length=128,
+                            max_prompt_length=64)  # fmt: skip
+    pairs = tokenize_pairs(rows, tokenizer, max_length=128, max_prompt_length=64)
+    same_tokens = all(
+        (p.prompt_ids, p.chosen_ids, p.rejected_ids) == (e["prompt_ids"], e["chosen_ids"], e["rejected_ids"])
+        for p, e in zip(pairs, examples, strict=True)
+    )
+    batch = collate_pairs(pairs, tokenizer.pad_token_id, bucket_overhead_tokens=8)  # grouped by length, as in training
+    with torch.no_grad():
+        losses, stats = pair_losses_and_stats(policy, batch, Reference(model=reference).logps(batch), hp)
+    ours = {"loss": losses.mean().item()} | dict(zip(DPO_STATS, stats[1:].mean(dim=1).tolist(), strict=True))
+    what = f"ours loss_type={loss_type!r} label_smoothing={smoothing}; TRL loss_type={trl_loss!r}"
+    what += " one pair per batch" if one_pair else ""
+    compared = ("loss",) if loss_type == "ipo" else None
+    if compared:
+        what += "; loss only: our IPO metrics are length-averaged log-probs and rewards, TRL's are sums"
+    return _entry(f"parity/dpo_{case}", ours, theirs, same_tokens, trl.__version__, what, compared)
+
+
+def reward_parity(center: float = 0.01) -> dict[str, Any]:
+    """Our Bradley–Terry loss (with margins and centring) against TRL's `RewardTrainer.compute_loss`.
+
+    Args:
+        center: the centring coefficient η given to both.
+
+    Returns:
+        A benchmark entry, as `dpo_parity`'s.
+    """
+    import trl
+    from datasets import Dataset
+
+    from trainers.reward_model import load_reward_model
+
+    model, tokenizer = load_reward_model("builtin:tiny-llama")
+    with torch.no_grad():  # a score head far from its small initial draw
+        model.score.weight.normal_(0, 0.5, generator=torch.Generator().manual_seed(3))
+    model.train()
+    rows = parity_rows()
+    with tempfile.TemporaryDirectory() as out:
+        config = _trl_config(trl.RewardConfig, out, center_rewards_coefficient=center)
+        trainer = trl.RewardTrainer(model=model, args=config, train_dataset=Dataset.from_list(rows),
+                                    processing_class=tokenizer)  # fmt: skip
+        examples = [trainer.train_dataset[i] for i in range(len(rows))]
+        with torch.no_grad():
+            loss = trainer.compute_loss(trainer.model, trainer.data_collator(examples)).item()
+        theirs = {"loss": loss, "accuracy": trainer._metrics["train"]["accuracy"][-1],
+                  "margin": trainer._metrics["train"]["margin"][-1]}  # fmt: skip
+
+    hp = RewardModelHyperparameters(center_rewards_coefficient=center, max_length=128, max_prompt_length=64)
+    pairs = tokenize_pairs(rows, tokenizer, max_length=128, max_prompt_length=64)
+    same_tokens = all(
+        (p.prompt_ids + p.chosen_ids, p.prompt_ids + p.rejected_ids) == (e["chosen_ids"], e["rejected_ids"])
+        for p, e in zip(pairs, examples, strict=True)
+    )
+    batch = collate_pairs(pairs, tokenizer.pad_token_id, bucket_overhead_tokens=8)
+    margins = torch.tensor([row["margin"] for row in rows])
+    with torch.no_grad():
+        losses, stats = reward_losses_and_stats(model, batch, margins, hp)
+    ours = {"loss": losses.mean().item(), "accuracy": stats[1].mean().item(), "margin": stats[2].mean().item()}
+    return _entry("parity/reward_model", ours, theirs, same_tokens, trl.__version__,
+                  f"Bradley-Terry with per-pair margins and centring coefficient {center}")  # fmt: skip
+
+
+GRPO_CASES = {  # our (loss_aggregation, scale_rewards) → TRL's (loss_type, scale_rewards)
+    "token_scaled": ("token", True, "dapo", "group"),
+    "sequence_scaled": ("sequence", True, "grpo", "group"),
+    "constant_unscaled": ("constant", False, "dr_grpo", "none"),
+}
+
+
+def grpo_parity(case: str) -> dict[str, Any]:
+    """Our GRPO advantages and loss against TRL's `GRPOTrainer` on TRL's own sampled completions.
+
+    TRL samples G = 4 completions for each of 4 prompts and scores them (the share of letters in the
+    completion: a reward that varies within every group); its advantages are compared with our
+    `group_advantages` of the same rewards.
+    Then both losses are computed on the same completions with the same old and reference log-probs
+    (those of two perturbed copies of the policy, so the ratios are clipped and the KL is not zero):
+    TRL's ``_compute_loss`` against our `accumulate_gradients`. Equal losses for the three
+    aggregations mean equal per-token losses, aggregated alike.
+
+    Args:
+        case: a key of `GRPO_CASES`.
+
+    Returns:
+        A benchmark entry, as `dpo_parity`'s, comparing the advantages and the loss.
+    """
+    import trl
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM
+
+    from trainers.advantages import group_advantages
+    from trainers.config import GRPOHyperparameters
+    from trainers.grpo import GRPOBatch, accumulate_gradients
+    from trainers.rollout import Rollout
+
+    aggregation, scale, trl_loss, trl_scale = GRPO_CASES[case]
+    tiny, tokenizer = build_tiny_llama()
+    tokenizer.padding_side = "left"
+    prompts = [{"prompt": f"say: {word}\n"} for word in ("abc", "hello there", "q", "the quick brown fox")]
+    G, new_tokens, beta = 4, 16, 0.04
+
+    def letter_share(completions, **kwargs):
+        return [sum(ch.isalpha() for ch in c) / max(1, len(c)) for c in completions]  # varied, in [0, 1]
+
+    torch.manual_seed(0)
+    with tempfile.TemporaryDirectory() as out:
+        tiny.save_pretrained(Path(out) / "model")  # TRL loads its reference model from the policy's path
+        policy = AutoModelForCausalLM.from_pretrained(Path(out) / "model").train()
+        config = _trl_config(trl.GRPOConfig, out, num_generations=G, max_completion_length=new_tokens, beta=beta,
+                             loss_type=trl_loss, scale_rewards=trl_scale, epsilon=0.2, per_device_train_batch_size=16,
+                             temperature=1.0, max_length=None)  # fmt: skip
+        trainer = trl.GRPOTrainer(model=policy, reward_funcs=letter_share, args=config, processing_class=tokenizer,
+                                  train_dataset=Dataset.from_list(prompts))  # fmt: skip
+        examples = [p for p in prompts for _ in range(G)]
+        with torch.no_grad():
+            inputs = trainer._generate_and_score_completions(examples)
+        texts = tokenizer.batch_decode(inputs["completion_ids"], skip_special_tokens=True)
+        rewards = torch.tensor(letter_share(texts))
+        ids, mask = inputs["completion_ids"], inputs["completion_mask"]
+        from trainers.logprobs import selective_log_softmax
+
+        def logps_under(model):
+            full = torch.cat([inputs["prompt_ids"], ids], dim=1)
+            attention = torch.cat([inputs["prompt_mask"], mask], dim=1)
+            positions = (attention.cumsum(dim=1) - 1).clamp(min=0)
+            with torch.no_grad():
+                logits = model(input_ids=full, attention_mask=attention, position_ids=positions).logits
+            return selective_log_softmax(logits[:, -ids.shape[1] - 1 : -1], ids) * mask  # (B, A)
+
+        old, ref = logps_under(_perturbed(policy, 0.01, seed=8)), logps_under(_perturbed(policy, 0.02, seed=9))
+        inputs["old_per_token_logps"], inputs["ref_per_token_logps"] = old, ref
+        trainer.current_gradient_accumulation_steps = 1  # set by `train` in a real run
+        trl_loss_value = trainer._compute_loss(trainer.model, inputs).item()
+        trl_advantages = inputs["advantages"].clone()
+
+    ours_advantages, _ = group_advantages(rewards, G, scale_std=scale)
+    hp = GRPOHyperparameters(batch_size=16, rollout_batch_size=4, num_generations=G, max_new_tokens=new_tokens,
+                             beta=beta, loss_aggregation=aggregation, scale_rewards=scale, max_length=128,
+                             max_prompt_length=64)  # fmt: skip
+    rollout = Rollout(
+        prompt_ids=inputs["prompt_ids"], prompt_mask=inputs["prompt_mask"], response_ids=ids, response_mask=mask,
+        logprobs=old, ended_with_eos=(ids == tokenizer.eos_token_id).any(dim=1), response_lengths=mask.sum(dim=1),
+        temperature=1.0,
+    )  # fmt: skip
+    batch = GRPOBatch(rollout=rollout, advantages=ours_advantages, old_logprobs=old, ref_logprobs=ref)
+    stats, names = accumulate_gradients(policy, batch, hp)
+    policy.zero_grad(set_to_none=True)
+    ours = {"loss": stats[names.index("train/loss")].item(), "advantages": ours_advantages.tolist()}
+    theirs = {"loss": trl_loss_value, "advantages": trl_advantages.tolist()}
+    diff = max(abs(ours["loss"] - theirs["loss"]), *(abs(a - b) for a, b in zip(ours["advantages"],
+                                                                              theirs["advantages"], strict=True)))
+    return {
+        "name": f"parity/grpo_{case}", "units": "loss", "ours": ours["loss"], "trl": theirs["loss"], "ratio": None,
+        "what": f"ours loss_aggregation={aggregation!r} scale_rewards={scale}; TRL loss_type={trl_loss!r} "
+                f"scale_rewards={trl_scale!r}; β={beta}, ε=0.2, G={G}; advantages and loss",
+        "ours_metrics": ours, "trl_metrics": theirs, "max_abs_diff": diff, "same_token_ids": True,
+        "compared": ["loss", "advantages"], "tolerance": TOLERANCE, "pass": diff <= TOLERANCE,
+        "nonzero_advantages": int((trl_advantages != 0).sum()), "trl_version": trl.__version__,
+    }  # fmt: skip
+
+
+def _entry(
+    name: str, ours: dict, theirs: dict, same_tokens: bool, version: str, what: str, compared=None
+) -> dict[str, Any]:
+    diff = max(abs(ours[k] - theirs[k]) for k in compared or ours)
+    return {
+        "name": name, "what": what, "units": "loss", "ours": ours["loss"], "trl": theirs["loss"], "ratio": None,
+        "ours_metrics": ours, "trl_metrics": theirs, "max_abs_diff": diff, "same_token_ids": same_tokens,
+        "compared": list(compared or ours), "tolerance": TOLERANCE, "pass": same_tokens and diff <= TOLERANCE,
+        "trl_version": version,
+    }  # fmt: skip
+
+
+def run_all() -> list[dict[str, Any]]:
+    """Every parity check, printed as it finishes."""
+    entries = []
+    checks = [*(lambda c=c: dpo_parity(c) for c in DPO_CASES), reward_parity]
+    checks += [lambda c=c: grpo_parity(c) for c in GRPO_CASES]
+    for check in checks:
+        entry = check()
+        print(f"{entry['name']}: {'pass' if entry['pass'] else 'FAIL'} (max |ours − TRL| = "
+              f"{entry['max_abs_diff']:.2e}, same token ids: {entry['same_token_ids']})", flush=True)  # fmt: skip
+        entries.append(entry)
+    return entries
+
+
+if __name__ == "__main__":
+    results = run_all()
+    print(json.dumps(results, indent=1))
+    sys.exit(0 if all(r["pass"] for r in results) else 1)
