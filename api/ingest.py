@@ -34,6 +34,7 @@ _REQUIRED_COLUMNS: dict[str, tuple[tuple[str, ...], ...]] = {
     # Preference files may use either the prompt/chosen/rejected or the OpenAI column set.
     "preference": (("prompt", "chosen", "rejected"), ("input", "preferred_output", "non_preferred_output")),
     "prompt": (("prompt",),),
+    "text": (("text",),),
 }
 _WHITESPACE = re.compile(r"[ \t\n\r]*")
 _INVALID_UTF8 = re.compile("[\udc80-\udcff]")  # bytes decoded with errors="surrogateescape"

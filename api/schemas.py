@@ -17,7 +17,7 @@ from trainers.config import (
 )
 from trainers.rewards_spec import RewardSpec
 
-DatasetKind = Literal["preference", "prompt"]
+DatasetKind = Literal["preference", "prompt", "text"]
 Metadata = dict[Annotated[str, StringConstraints(max_length=64)],
                 Annotated[str, StringConstraints(max_length=512)]]
 
@@ -105,6 +105,10 @@ class PPOJobCreate(JobCreateBase):
     type: Literal["ppo"]
     hyperparameters: PPOHyperparameters = Field(default_factory=PPOHyperparameters)
     reward: RewardSpec = Field(description=REWARD_DESCRIPTION, examples=[REWARD_EXAMPLE])
+    ptx_dataset_id: str | None = Field(
+        None, max_length=40, description="A text dataset ({\"text\": ...} rows) for PPO-ptx's language-modelling "
+                                         "loss; required when hyperparameters.ptx_coef > 0.")
+
 
 
 # The body of POST /v1/jobs, discriminated by `type`.
@@ -132,6 +136,7 @@ class JobPublic(PublicModel):
     hyperparameters: dict[str, Any] = Field(description="Fully resolved, defaults included.")
     lora: dict[str, Any] | None = Field(description="Fully resolved LoRA settings, when LoRA is on.")
     reward: dict[str, Any] | None = Field(description="PPO/GRPO: the reward spec, as resolved.")
+    ptx_dataset_id: str | None = Field(description="PPO-ptx: the text dataset of the language-modelling loss.")
     seed: int
     metadata: dict[str, str] | None = Field(validation_alias="metadata_")
     error: JobError | None

@@ -141,6 +141,7 @@ class Job(Base):
     # No foreign keys: a job keeps naming the data it trained on after the dataset is deleted.
     dataset_id: Mapped[str] = mapped_column(String(40), index=True)
     eval_dataset_id: Mapped[str | None] = mapped_column(String(40), index=True)
+    ptx_dataset_id: Mapped[str | None] = mapped_column(String(40), index=True)
     hyperparameters: Mapped[dict[str, Any]] = mapped_column(JSONType)
     lora: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
     reward: Mapped[dict[str, Any] | None] = mapped_column(JSONType)  # PPO/GRPO: what a completion earns

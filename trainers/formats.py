@@ -32,7 +32,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-DatasetKind = Literal["preference", "prompt"]
+DatasetKind = Literal["preference", "prompt", "text"]
 
 ROLES = ("system", "user", "assistant")
 _PAIR_KEYS = ("prompt", "chosen", "rejected")
@@ -54,7 +54,7 @@ def normalize_row(kind: DatasetKind, obj: object) -> dict:
     """Validate one decoded row of a dataset and return its canonical form.
 
     Args:
-        kind: the dataset kind, ``"preference"`` or ``"prompt"``.
+        kind: the dataset kind, ``"preference"``, ``"prompt"`` or ``"text"``.
         obj: the decoded row (normally a dict from JSON, CSV or Parquet).
 
     Returns:
@@ -68,7 +68,9 @@ def normalize_row(kind: DatasetKind, obj: object) -> dict:
         return normalize_preference(obj)
     if kind == "prompt":
         return normalize_prompt(obj)
-    raise ValueError(f"unknown dataset kind {kind!r}; expected 'preference' or 'prompt'")
+    if kind == "text":
+        return normalize_text(obj)
+    raise ValueError(f"unknown dataset kind {kind!r}; expected 'preference', 'prompt' or 'text'")
 
 
 def normalize_preference(obj: object) -> dict:
@@ -123,6 +125,26 @@ def normalize_prompt(obj: object) -> dict:
             raise RowError("must not be empty", field="prompt")
         return dict(row)
     return {**row, "prompt": _prompt_messages(prompt, "prompt")}
+
+
+def normalize_text(obj: object) -> dict:
+    """Normalise a plain-text row (PPO-ptx's pretraining data).
+
+    Args:
+        obj: the decoded row.
+
+    Returns:
+        ``{"text": T, **extra}`` with T a non-empty string.
+
+    Raises:
+        RowError: the row is invalid; ``field`` names the offending field.
+    """
+    row = _require_object(obj)
+    if "text" not in row:
+        raise RowError(f"missing required key 'text' (got {_key_list(row)})", field="text")
+    if not isinstance(row["text"], str) or not row["text"].strip():
+        raise RowError("must be a non-empty string", field="text")
+    return dict(row)
 
 
 def _normalize_pair(row: dict) -> dict:

@@ -76,7 +76,8 @@ def train(settings: Settings, job_id: str, worker_id: str | None) -> None:
     store = ArtifactStore(settings.artifacts_dir)
     reporter = JobReporter(url=url, job_id=job_id, store=store, broker_url=settings.celery_broker_url,
                            worker_id=worker_id, grace_seconds=settings.db_outage_grace_seconds)
-    data = trainers.TrainingData(train=load_rows(url, job.dataset_id), eval=load_rows(url, job.eval_dataset_id))
+    data = trainers.TrainingData(train=load_rows(url, job.dataset_id), eval=load_rows(url, job.eval_dataset_id),
+                                 ptx=load_rows(url, job.ptx_dataset_id))
     spec = {"type": job.type, "base_model": model.location, "seed": job.seed,
             "hyperparameters": job.hyperparameters, "lora": job.lora}
     if job.reward is not None:

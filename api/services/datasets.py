@@ -125,7 +125,7 @@ def remove(*, session: Session, dataset: Dataset) -> None:
     """Delete a dataset and its rows, unless an active job still needs it."""
     active = session.scalar(
         select(Job.id).where(
-            (Job.dataset_id == dataset.id) | (Job.eval_dataset_id == dataset.id),
+            (Job.dataset_id == dataset.id) | (Job.eval_dataset_id == dataset.id) | (Job.ptx_dataset_id == dataset.id),
             Job.status.in_([s.value for s in ACTIVE_STATUSES]),
         ).limit(1)
     )

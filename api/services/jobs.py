@@ -81,6 +81,16 @@ def create(*, session: Session, celery: Celery, settings: Settings, project_id: 
         resolve_model_ref(body.base_model, settings=settings, session=session, project_id=project_id)
     except ModelRefError as exc:
         raise InvalidRequest(str(exc), param="base_model") from exc
+    ptx_dataset_id = getattr(body, "ptx_dataset_id", None)
+    if body.type == "ppo":
+        if body.hyperparameters.ptx_coef > 0 and ptx_dataset_id is None:
+            raise InvalidRequest("hyperparameters.ptx_coef > 0 needs a ptx_dataset_id (a text dataset)",
+                                 param="ptx_dataset_id")
+        if ptx_dataset_id is not None and body.hyperparameters.ptx_coef == 0:
+            raise InvalidRequest("ptx_dataset_id is only read when hyperparameters.ptx_coef > 0",
+                                 param="hyperparameters.ptx_coef")
+    if ptx_dataset_id is not None:
+        _check_dataset(session, project_id, ptx_dataset_id, "text", "ptx_dataset_id")
     reward = getattr(body, "reward", None)
     if reward is not None:
         rewards.check_spec(reward, registry)
@@ -89,7 +99,7 @@ def create(*, session: Session, celery: Celery, settings: Settings, project_id: 
 
     job = Job(
         project_id=project_id, type=body.type, name=body.name, base_model=body.base_model, dataset_id=body.dataset_id,
-        eval_dataset_id=body.eval_dataset_id,
+        eval_dataset_id=body.eval_dataset_id, ptx_dataset_id=ptx_dataset_id,
         hyperparameters=body.hyperparameters.model_dump(mode="json"),
         lora=body.lora.model_dump(mode="json") if body.lora else None,
         reward=reward_spec_adapter.dump_python(reward, mode="json") if reward is not None else None,

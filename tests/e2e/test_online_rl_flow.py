@@ -86,3 +86,15 @@ def test_ppo_rewarded_by_a_reward_model_job_runs_end_to_end(service):
     assert job["status"] == "succeeded", job["error"]
     assert [m["step"] for m in metrics] == list(range(1, 9))
     assert {"reward/rm", "reward/has_letter"} <= set(metrics[-1]["values"])
+
+
+def test_ppo_ptx_mixes_in_the_language_modelling_loss_of_a_text_dataset(service):
+    texts = service.post("/v1/datasets", data={"kind": "text"}, files={
+        "file": ("texts.jsonl", jsonl([{"text": f"Line {i} of some plain text."} for i in range(16)]))})
+    assert texts.status_code == 201, texts.text
+    job, metrics = run(service, {
+        "type": "ppo", "base_model": "builtin:tiny-llama", "dataset_id": prompt_dataset(service),
+        "reward": CONTAINS_LETTER, "ptx_dataset_id": texts.json()["id"],
+        "hyperparameters": {**PPO_LEARNING, "max_steps": 4, "ptx_coef": 0.5}})
+    assert job["status"] == "succeeded", job["error"]
+    assert all(m["values"]["ptx/loss"] > 0 for m in metrics)

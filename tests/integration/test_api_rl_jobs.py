@@ -113,3 +113,21 @@ def test_grader_dry_run(client):
     r = client.post("/v1/graders/run", json={"reward": {"type": "function", "name": "f", "function": "exact_match"},
                                              "completion": "Four ", "item": {"answer": "four"}})
     assert r.json()["reward"] == 1.0
+
+
+def test_ppo_ptx_takes_a_text_dataset(client, prompts):
+    texts = upload(client, jsonl([{"text": "Once upon a time."}, {"text": "The end."}]), kind="text")
+    assert texts.status_code == 201, texts.text
+    text_id = texts.json()["id"]
+    ok = client.post("/v1/jobs", json=rl_job(prompts, type="ppo", ptx_dataset_id=text_id,
+                                             hyperparameters={"ptx_coef": 0.5}))
+    assert ok.status_code == 201 and ok.json()["ptx_dataset_id"] == text_id
+    cases = [({"hyperparameters": {"ptx_coef": 0.5}}, "ptx_dataset_id"),
+             ({"ptx_dataset_id": text_id}, "hyperparameters.ptx_coef"),
+             ({"ptx_dataset_id": prompts, "hyperparameters": {"ptx_coef": 0.5}}, "ptx_dataset_id")]
+    for change, param in cases:
+        r = client.post("/v1/jobs", json=rl_job(prompts, type="ppo", **change))
+        assert r.status_code == 422 and r.json()["error"]["param"] == param, (param, r.text)
+    assert client.delete(f"/v1/datasets/{text_id}").status_code == 409  # the queued job uses it
+    bad = upload(client, jsonl([{"text": ""}]), kind="text")
+    assert bad.status_code == 422 and bad.json()["error"]["details"][0]["field"] == "text"

@@ -175,3 +175,14 @@ def test_prompt_rows_require_a_non_empty_prompt() -> None:
     assert field_of("prompt", {"prompt": []}) == "prompt"
     assert field_of("prompt", {"prompt": [{"role": "user"}]}) == "prompt[0].content"
     assert field_of("prompt", [1]) is None
+
+
+def test_text_rows_for_ptx():
+    from trainers.formats import RowError, normalize_row
+
+    assert normalize_row("text", {"text": "Once upon a time.", "source": "x"}) == {
+        "text": "Once upon a time.", "source": "x"}
+    for bad, field in (({"txt": "a"}, "text"), ({"text": "  "}, "text"), ({"text": 3}, "text")):
+        with pytest.raises(RowError) as info:
+            normalize_row("text", bad)
+        assert info.value.field == field
