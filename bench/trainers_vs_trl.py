@@ -56,12 +56,20 @@ BENCH_DIR = Path(__file__).resolve().parent
 RESULTS_JSON = BENCH_DIR / "results.json"
 BATCH_SIZE = 8
 BETA = 0.1
-LEARNING_RATE = {"dpo": 5e-4, "reward_model": 3e-4, "grpo": 1e-3}
+LEARNING_RATE = {"dpo": 5e-4, "reward_model": 3e-4, "grpo": 1e-3, "ppo": 1e-4}
 # GRPO: 4 prompts × G = 4 completions of at most 32 new tokens per optimizer step (one step per
 # rollout, μ = 1), β = 0.04 against the initial policy, token-level aggregation (TRL's "dapo"),
 # advantages scaled by the group's std. The reward: 1 when the completion contains the row's answer.
 GRPO = {"prompts": 4, "generations": 4, "new_tokens": 32, "beta": 0.04}
 GRPO_REWARD = {"type": "string_check", "name": "answer", "operation": "contains", "reference": "{{item.answer}}"}
+# PPO: 16 prompts per rollout, one completion each of at most 32 new tokens, 2 minibatches of 8 and
+# 4 epochs (8 optimizer steps per rollout), KL coefficient 0.05, ε = ε_v = 0.2, γ = 1, λ = 0.95; the
+# reward is the benchmark reward model's raw score, and the critic starts from that reward model.
+# TRL ships no PPO trainer since 1.13: the newest that does (1.12, trl.experimental.ppo) runs from
+# its own virtualenv, PPO_VENV, made by `--setup-ppo-venv`.
+PPO = {"prompts": 16, "minibatch": 8, "epochs": 4, "new_tokens": 32, "kl_coef": 0.05}
+PPO_TRL_VERSION = "1.12.0"
+PPO_VENV = BENCH_DIR / ".venv-trl-ppo"
 EVAL_ROWS = 128
 LOG_EVERY = 10  # TRL's logging cadence; its logged loss is the mean over these steps
 
@@ -254,6 +262,105 @@ def _memory(device: str) -> dict[str, float]:
     return out
 
 
+def run_ours_ppo(work: Path, seed: int, steps: int, warmup: int, device: str = "cpu") -> dict[str, Any]:
+    """Train PPO with our library; a "step" here is one rollout and its 8 optimizer steps."""
+    from transformers import AutoConfig
+
+    import trainers
+
+    rows = json.loads((work / "prompts.json").read_text())
+    model_dir = work / "policy"
+    config = AutoConfig.from_pretrained(model_dir)
+    prompt_tokens = statistics.fmean(r["prompt_tokens"] for r in rows)
+    per_rollout = PPO["epochs"] * PPO["prompts"] // PPO["minibatch"]  # optimizer steps
+    clock, scores = StepClock(), {}
+
+    class Timing(trainers.Callbacks):
+        def on_metrics(self, step, metrics):
+            if step % per_rollout:
+                return
+            clock.times.append(time.perf_counter())
+            clock.tokens.append(round(PPO["prompts"] * (prompt_tokens + PPO["new_tokens"])))
+            clock.flops.append(_ppo_rollout_flops(config, prompt_tokens))
+            scores[step] = metrics["objective/scores"]
+
+    job = trainers.PPOJob(
+        base_model=str(model_dir), seed=seed,
+        reward={"type": "model", "name": "rm", "checkpoint_id": "rm", "normalize": False},
+        reward_model_dirs={"rm": str(work / "reward_model")},
+        hyperparameters={
+            "learning_rate": LEARNING_RATE["ppo"], "critic_learning_rate": LEARNING_RATE["ppo"],
+            "batch_size": PPO["minibatch"], "rollout_batch_size": PPO["prompts"], "ppo_epochs": PPO["epochs"],
+            "max_new_tokens": PPO["new_tokens"], "kl_coef": PPO["kl_coef"], "cliprange": 0.2, "cliprange_value": 0.2,
+            "gamma": 1.0, "lam": 0.95, "value_model": "reward_model", "max_length": MAX_LENGTH,
+            "max_prompt_length": MAX_PROMPT_LENGTH, "max_steps": steps * per_rollout, "checkpoint_every": 10**6,
+        },
+    )  # fmt: skip
+    start = time.perf_counter()
+    trainers.run(job, trainers.TrainingData(train=[{"prompt": r["prompt"]} for r in rows]), Timing())
+    result = clock.rates(warmup, PPO["prompts"]) | _memory(device) | {"setup_s": clock.times[0] - start}
+    last = sorted(scores)[-LOG_EVERY:]
+    result["final"] = {"score_last10": statistics.fmean(scores[s] for s in last)}
+    return result
+
+
+def run_trl_ppo(work: Path, seed: int, steps: int, warmup: int, device: str = "cpu") -> dict[str, Any]:
+    """Train PPO with TRL 1.12's `trl.experimental.ppo.PPOTrainer` (run from PPO_VENV)."""
+    import trl
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, TrainerCallback
+    from trl.experimental.ppo import PPOConfig, PPOTrainer
+
+    rows = json.loads((work / "prompts.json").read_text())
+    model_dir, reward_dir = work / "policy", work / "reward_model"
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, padding_side="left")
+    policy = AutoModelForCausalLM.from_pretrained(model_dir)
+    reference = AutoModelForCausalLM.from_pretrained(model_dir)
+    reward = AutoModelForSequenceClassification.from_pretrained(reward_dir, num_labels=1)
+    value = AutoModelForSequenceClassification.from_pretrained(reward_dir, num_labels=1)
+    prompt_tokens = statistics.fmean(r["prompt_tokens"] for r in rows)
+    clock = StepClock()
+    dataset = Dataset.from_list([{"input_ids": tokenizer(r["prompt"])["input_ids"]} for r in rows])
+
+    class Timing(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            clock.times.append(time.perf_counter())
+            clock.tokens.append(round(PPO["prompts"] * (prompt_tokens + PPO["new_tokens"])))
+            clock.flops.append(_ppo_rollout_flops(policy.config, prompt_tokens))
+
+    args = PPOConfig(
+        output_dir=tempfile.mkdtemp(dir=work, prefix=f"trl-ppo-{seed}-"), per_device_train_batch_size=PPO["prompts"],
+        gradient_accumulation_steps=1, num_mini_batches=PPO["prompts"] // PPO["minibatch"],  # TRL: a rollout, split
+        num_ppo_epochs=PPO["epochs"], total_episodes=steps * PPO["prompts"], response_length=PPO["new_tokens"],
+        kl_coef=PPO["kl_coef"], cliprange=0.2, cliprange_value=0.2, vf_coef=0.1, gamma=1.0, lam=0.95,
+        temperature=1.0, stop_token="eos", missing_eos_penalty=None, learning_rate=LEARNING_RATE["ppo"],
+        lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0, bf16=device == "cuda",
+        fp16=False, gradient_checkpointing=False, logging_steps=1, save_strategy="no", report_to="none",
+        disable_tqdm=True, seed=seed, use_cpu=device == "cpu", num_sample_generations=0,
+        local_rollout_forward_batch_size=PPO["prompts"],
+    )  # fmt: skip
+    start = time.perf_counter()
+    trainer = PPOTrainer(args=args, processing_class=tokenizer, model=policy, ref_model=reference, reward_model=reward,
+                         value_model=value, train_dataset=dataset, callbacks=[Timing()])  # fmt: skip
+    trainer.train()
+    logged = [e for e in trainer.state.log_history if "objective/scores" in e]
+    result = clock.rates(warmup, PPO["prompts"]) | _memory(device) | {"setup_s": clock.times[0] - start}
+    result["final"] = {"score_last10": statistics.fmean(e["objective/scores"] for e in logged[-LOG_EVERY:])}
+    result["trl_version"] = trl.__version__
+    return result
+
+
+def _ppo_rollout_flops(config, prompt_tokens: float) -> float:
+    """Model FLOPs of one PPO rollout and its updates, counting each pass over the rollout's sequences.
+
+    Sampling (≈ one forward), the rollout policy, reference, reward and value passes (4 forwards),
+    then per epoch a policy and a value forward and backward (2 × 3 forwards). TRL does not log
+    completion lengths, so for both trainers a sequence counts as its prompt plus `new_tokens`.
+    """
+    length = round(prompt_tokens + PPO["new_tokens"])
+    return (5 + 6 * PPO["epochs"]) * forward_flops(config, [length] * PPO["prompts"])
+
+
 def _grpo_step_flops(config, prompt_tokens: float, completion_tokens: float, completions: int) -> float:
     """Model FLOPs of one GRPO step: sampling (≈ one forward), the reference pass, forward + backward."""
     length = round(prompt_tokens + completion_tokens)
@@ -334,10 +441,12 @@ def run_trl(algo: str, work: Path, seed: int, steps: int, warmup: int, device: s
 def _child(
     trainer: str, algo: str, work: Path, seed: int, steps: int, warmup: int, threads: int, device: str = "cpu"
 ) -> dict[str, Any]:
-    script = Path(__file__)
+    script, python = Path(__file__), sys.executable
+    if trainer == "trl" and algo == "ppo":
+        python = str(PPO_VENV / "bin" / "python")
     if trainer.startswith("ours@"):  # our library as another checkout has it: run that checkout's copy
         script = Path(trainer.partition("@")[2]) / "bench" / script.name
-    cmd = [sys.executable, str(script), "--child", trainer.partition("@")[0], "--algo", algo, "--work", str(work),
+    cmd = [python, str(script), "--child", trainer.partition("@")[0], "--algo", algo, "--work", str(work),
            "--seed", str(seed), "--steps", str(steps), "--warmup", str(warmup), "--device", device]  # fmt: skip
     env = os.environ | {
         "TQDM_DISABLE": "1", "TOKENIZERS_PARALLELISM": "false", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
@@ -452,16 +561,30 @@ def _fmt(value: float) -> str:
     return f"{value:.4g}"
 
 
+def setup_ppo_venv() -> None:
+    """Make PPO_VENV: TRL `PPO_TRL_VERSION` with this machine's torch, transformers and pydantic versions."""
+    import pydantic
+    import transformers
+
+    subprocess.run([sys.executable, "-m", "venv", str(PPO_VENV)], check=True)
+    pins = [f"torch=={torch.__version__.split('+')[0]}", f"trl=={PPO_TRL_VERSION}",
+            f"transformers=={transformers.__version__}", f"pydantic=={pydantic.__version__}"]  # fmt: skip
+    subprocess.run([str(PPO_VENV / "bin" / "pip"), "install", *pins], check=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--algo", default="all", choices=["dpo", "reward_model", "grpo", "ppo", "all"])
     parser.add_argument("--reps", type=int, default=3, help="repetitions of each trainer (seeds 0..reps-1)")
     parser.add_argument("--steps", type=int, default=30, help="optimizer steps of 8 pairs per run")
     parser.add_argument("--warmup", type=int, default=5, help="first steps left out of the rates")
+    parser.add_argument("--ppo-rollouts", type=int, default=10, help="PPO rollouts per run (2 left out as warm-up)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of every trainer process")
     parser.add_argument("--also", type=Path, action="append", default=[],
                         help="another checkout of this repository whose trainers join the rotation")  # fmt: skip
     parser.add_argument("--no-parity", action="store_true", help="skip the loss parity checks")
+    parser.add_argument("--setup-ppo-venv", action="store_true",
+                        help=f"make {PPO_VENV.name}: TRL {PPO_TRL_VERSION}, the newest with a PPO trainer")  # fmt: skip
     parser.add_argument("--child", choices=["ours", "trl"], help=argparse.SUPPRESS)
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
@@ -469,8 +592,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     if args.child:
-        if args.algo == "grpo":
-            run = run_ours_grpo if args.child == "ours" else run_trl_grpo
+        if args.algo in ("grpo", "ppo"):
+            run = {("ours", "grpo"): run_ours_grpo, ("trl", "grpo"): run_trl_grpo,
+                   ("ours", "ppo"): run_ours_ppo, ("trl", "ppo"): run_trl_ppo}[args.child, args.algo]  # fmt: skip
             print(json.dumps(run(args.work, args.seed, args.steps, args.warmup, args.device)))
             return
         run = run_ours if args.child == "ours" else run_trl
@@ -478,9 +602,12 @@ def main(argv: list[str] | None = None) -> None:
         return
 
     command = "python bench/trainers_vs_trl.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    algos = ["dpo", "reward_model", "grpo"] if args.algo == "all" else [args.algo]
-    if "ppo" in algos:
-        sys.exit("ppo: our trainers/ppo.py has not landed yet; no comparison to run")
+    if args.setup_ppo_venv:
+        setup_ppo_venv()
+        return
+    algos = ["dpo", "reward_model", "grpo", "ppo"] if args.algo == "all" else [args.algo]
+    if "ppo" in algos and not (PPO_VENV / "bin" / "python").exists():
+        sys.exit(f"ppo: TRL's PPO runs from {PPO_VENV}; make it first with --setup-ppo-venv")
     torch.set_num_threads(args.threads)
     info = machine()
     entries: list[dict[str, Any]] = []
@@ -493,12 +620,15 @@ def main(argv: list[str] | None = None) -> None:
         build_models(work)
         (work / "train.json").write_text(json.dumps(preference_rows(args.steps * BATCH_SIZE, seed=1)))
         (work / "eval.json").write_text(json.dumps(preference_rows(EVAL_ROWS, seed=2)))
-        (work / "prompts.json").write_text(json.dumps(prompt_rows(args.steps * GRPO["prompts"], seed=3)))
+        prompts = max(args.steps * GRPO["prompts"], args.ppo_rollouts * PPO["prompts"])
+        (work / "prompts.json").write_text(json.dumps(prompt_rows(prompts, seed=3)))
         matmul_rate = measure_matmul_rate()
         print(f"fp32 matmul rate: {matmul_rate / 1e9:.1f} GFLOP/s", flush=True)
         for algo in algos:
             print(f"{algo}:", flush=True)
-            entries += compare(algo, work, args.reps, args.steps, args.warmup, matmul_rate, args.threads, args.also)
+            steps, warmup = (args.ppo_rollouts, 2) if algo == "ppo" else (args.steps, args.warmup)
+            others = [] if algo in ("grpo", "ppo") else args.also
+            entries += compare(algo, work, args.reps, steps, warmup, matmul_rate, args.threads, others)
         matmul_after = measure_matmul_rate()
         print(f"fp32 matmul rate after the runs: {matmul_after / 1e9:.1f} GFLOP/s", flush=True)
     write_results(entries, command, info)
