@@ -6,6 +6,13 @@ from e2e_support import deployment
 from support import BACKENDS
 
 
+@pytest.fixture(scope="module")
+def embedded_service(request, tmp_path_factory):
+    """The embedded deployment only, for flows whose deployment-specific paths other tests cover on both."""
+    with deployment(request, tmp_path_factory.mktemp("embedded"), backend="embedded") as dep:
+        yield dep.client
+
+
 @pytest.fixture(scope="module", params=BACKENDS)
 def service(request, tmp_path_factory):
     """Run `rlhf-service api` and `rlhf-service worker` on one deployment; yield an HTTP client."""

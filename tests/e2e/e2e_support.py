@@ -87,10 +87,11 @@ class Deployment:
 
 
 @contextmanager
-def deployment(request, root: Path, **env: str):
+def deployment(request, root: Path, *, backend: str | None = None, **env: str):
     """Settings of a fresh deployment of the requested backend, with its processes started."""
+    backend = backend or request.param
     with ExitStack() as stack:
-        if request.param == "embedded":
+        if backend == "embedded":
             settings = embedded_settings(root)
         else:
             make = stack.enter_context(postgres_deployments(request.getfixturevalue("pg_template"), root))

@@ -8,7 +8,8 @@ from support import BACKENDS
 
 pytestmark = pytest.mark.e2e
 STEPS, EVERY = 400, 100
-LEASE = {"HEARTBEAT_SECONDS": "0.5", "LEASE_SECONDS": "3", "REAPER_INTERVAL_SECONDS": "0.5"}
+# Heartbeats every 0.5 s against a 6 s lease: a live worker never looks lost, even on a loaded machine.
+LEASE = {"HEARTBEAT_SECONDS": "0.5", "LEASE_SECONDS": "6", "REAPER_INTERVAL_SECONDS": "0.5"}
 
 
 @pytest.fixture(params=BACKENDS)
@@ -46,7 +47,13 @@ def test_killed_worker_costs_only_the_steps_since_the_last_checkpoint(dep):
     assert statuses == ["running", "queued", "running", "succeeded"]
 
 
-def test_a_nan_loss_fails_the_job_naming_the_step(dep):
+@pytest.fixture
+def embedded_dep(request, tmp_path):
+    with deployment(request, tmp_path, backend="embedded") as dep:
+        yield dep
+
+
+def test_a_nan_loss_fails_the_job_naming_the_step(embedded_dep):
     """A poisoned base model (one NaN weight) under the models root makes the first loss NaN."""
     import torch
 
@@ -55,11 +62,11 @@ def test_a_nan_loss_fails_the_job_naming_the_step(dep):
     model, tokenizer = build_tiny_llama()
     with torch.no_grad():
         model.model.layers[0].mlp.down_proj.weight[0, 0] = float("nan")
-    target = dep.settings.models_dir / "poisoned" / "tiny"
+    target = embedded_dep.settings.models_dir / "poisoned" / "tiny"
     model.save_pretrained(target)
     tokenizer.save_pretrained(target)
 
-    client = dep.client
+    client = embedded_dep.client
     job_id = client.post("/v1/jobs", json={"type": "dpo", "base_model": "poisoned/tiny",
                                            "dataset_id": create_dataset(client)}).json()["id"]
     job = wait_for(client, job_id, lambda j: j["status"] not in ("queued", "running"), "its end")

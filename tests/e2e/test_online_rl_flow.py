@@ -1,4 +1,7 @@
-"""PPO and GRPO through the real API and worker processes: rewards go up while training."""
+"""PPO and GRPO through the real API and worker processes: rewards go up while training.
+
+GRPO runs on both deployments; PPO's flows run on the embedded one, since everything they add over
+GRPO happens inside the training process."""
 
 import pytest
 
@@ -54,7 +57,8 @@ PPO_LEARNING = {"learning_rate": 1e-2, "critic_learning_rate": 3e-3, "max_steps"
 STEPS_PER_ROLLOUT = 4  # 2 epochs × 2 minibatches of 16 completions
 
 
-def test_ppo_with_a_string_check_grader_raises_the_reward(service):
+def test_ppo_with_a_string_check_grader_raises_the_reward(embedded_service):
+    service = embedded_service
     job, metrics = run(service, {"type": "ppo", "base_model": "builtin:tiny-llama", "seed": 0,
                                  "dataset_id": prompt_dataset(service), "reward": CONTAINS_LETTER,
                                  "hyperparameters": PPO_LEARNING})
@@ -68,7 +72,8 @@ def test_ppo_with_a_string_check_grader_raises_the_reward(service):
             "policy/entropy"} <= set(last)
 
 
-def test_ppo_rewarded_by_a_reward_model_job_runs_end_to_end(service):
+def test_ppo_rewarded_by_a_reward_model_job_runs_end_to_end(embedded_service):
+    service = embedded_service
     from trainers.synthetic import uppercase_preference_rows
 
     pairs = service.post("/v1/datasets", data={"kind": "preference"},
@@ -88,7 +93,8 @@ def test_ppo_rewarded_by_a_reward_model_job_runs_end_to_end(service):
     assert {"reward/rm", "reward/has_letter"} <= set(metrics[-1]["values"])
 
 
-def test_ppo_ptx_mixes_in_the_language_modelling_loss_of_a_text_dataset(service):
+def test_ppo_ptx_mixes_in_the_language_modelling_loss_of_a_text_dataset(embedded_service):
+    service = embedded_service
     texts = service.post("/v1/datasets", data={"kind": "text"}, files={
         "file": ("texts.jsonl", jsonl([{"text": f"Line {i} of some plain text."} for i in range(16)]))})
     assert texts.status_code == 201, texts.text
