@@ -6,6 +6,8 @@ import functools
 from pathlib import Path
 
 import torch
+from peft import PeftModel
+from torch import Tensor, nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from trainers.errors import ModelNotFoundError
@@ -135,3 +137,18 @@ def ensure_pad_token(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase)
     model.config.pad_token_id = tokenizer.pad_token_id
     if model.generation_config is not None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
+
+
+def accepts_4d_attention_mask(model: nn.Module) -> bool:
+    """Whether `model`'s attention takes a custom 4D mask: SDPA and eager attention do, FlashAttention not."""
+    inner = model.get_base_model() if isinstance(model, PeftModel) else model
+    return getattr(getattr(inner, "config", None), "_attn_implementation", None) in ("sdpa", "eager")
+
+
+def attention_mask_for(model: nn.Module, mask: Tensor) -> Tensor:
+    """A boolean (b, 1, W, W) mask as `model`'s attention wants it: as is for SDPA, additive for eager."""
+    inner = model.get_base_model() if isinstance(model, PeftModel) else model
+    if getattr(inner.config, "_attn_implementation", None) != "eager":
+        return mask
+    dtype = next(inner.parameters()).dtype
+    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)

@@ -48,6 +48,7 @@ class PreferenceBatch:
     attention_mask: Tensor  # (2B, T) 1 on prompt and response tokens, 0 on padding
     loss_mask: Tensor  # (2B, T) 1 on response tokens only
     buckets: list[tuple[Tensor, int]] = field(default_factory=list)  # (n_g,) row indices and width W_g ≤ T
+    shared: list[SharedPromptRows] = field(default_factory=list)  # the same pairs, one row each (optional)
 
     @property
     def num_pairs(self) -> int:
@@ -61,7 +62,72 @@ class PreferenceBatch:
             attention_mask=self.attention_mask.to(device),
             loss_mask=self.loss_mask.to(device),
             buckets=[(rows.to(device), width) for rows, width in self.buckets],
+            shared=[group.to(device) for group in self.shared],
         )
+
+
+@dataclass
+class SharedPromptRows:
+    """Pairs as one row each, ``prompt ⊕ chosen ⊕ rejected``, so the prompt is computed once per pair.
+
+    The rejected response's positions continue from the prompt's end and its tokens attend to the
+    prompt and to themselves only (never to the chosen response), so every token sees exactly what
+    it sees in its own row of the two-row layout: the same hidden states, with the prompt run once
+    instead of twice. Needs a model that takes a 4D attention mask (SDPA or eager attention). "Rows"
+    below are the two-row layout's 2B rows (chosen p → p, rejected p → B + p).
+
+    Reward models read it (`trainers.reward_model.shared_prompt_rewards`). DPO does not: its
+    log-probs must equal, to the last bit, those of the reference pass, which runs on other groups
+    of pairs, and the rounding of this layout depends on the group (that of the two-row layout does
+    not), which moves exact ties such as ``rewards/accuracies`` at the first step.
+    """
+
+    input_ids: Tensor  # (b, W) prompt, chosen, rejected, then pad_token_id
+    position_ids: Tensor  # (b, W) 0…P−1, P…P+C−1, P…P+R−1, then 0
+    attention_mask: Tensor  # (b, 1, W, W) bool, True where a query (dim 2) may attend to a key (dim 3)
+    ends: Tensor  # (2b,) flat positions of the last chosen and the last rejected token of each pair
+    end_rows: Tensor  # (2b,) their rows in the two-row layout
+
+    def to(self, device: torch.device) -> SharedPromptRows:
+        """The same rows on `device`."""
+        return SharedPromptRows(**{name: getattr(self, name).to(device) for name in self.__dataclass_fields__})
+
+
+def shared_prompt_rows(pairs: Sequence[TokenizedPair], indices: Sequence[int], num_pairs: int, pad_token_id: int
+                       ) -> SharedPromptRows:  # fmt: skip
+    """Lay out some of a batch's pairs as `SharedPromptRows`.
+
+    Args:
+        pairs: the batch's B pairs.
+        indices: which of them (positions in `pairs`) go into these rows.
+        num_pairs: B, for the two-row layout's row numbers.
+        pad_token_id: id written into padding positions.
+
+    Returns:
+        One row per pair of `indices`, right-padded to the longest.
+    """
+    lengths = [len(pairs[i].prompt_ids) + len(pairs[i].chosen_ids) + len(pairs[i].rejected_ids) for i in indices]
+    width = max(lengths)  # W
+    input_ids = torch.full((len(indices), width), pad_token_id, dtype=torch.long)  # (b, W)
+    position_ids = torch.zeros((len(indices), width), dtype=torch.long)  # (b, W)
+    mask = torch.zeros((len(indices), width, width), dtype=torch.bool)  # (b, W, W)
+    causal = torch.ones((width, width), dtype=torch.bool).tril()  # (W, W)
+    ends, end_rows = [], []
+    for row, i in enumerate(indices):
+        pair = pairs[i]
+        p, c, r = len(pair.prompt_ids), len(pair.chosen_ids), len(pair.rejected_ids)
+        input_ids[row, : p + c + r] = torch.tensor(pair.prompt_ids + pair.chosen_ids + pair.rejected_ids)
+        position_ids[row, : p + c + r] = torch.cat([torch.arange(p + c), torch.arange(p, p + r)])
+        mask[row] = causal
+        mask[row, p + c : p + c + r, p : p + c] = False  # rejected tokens never see the chosen response
+        mask[row, p + c + r :, :] = torch.eye(width, dtype=torch.bool)[p + c + r :]  # padding sees itself only
+        base = row * width
+        ends += [base + p + c - 1, base + p + c + r - 1]
+        end_rows += [i, num_pairs + i]
+    return SharedPromptRows(
+        input_ids=input_ids, position_ids=position_ids, attention_mask=mask.unsqueeze(1),
+        ends=torch.tensor(ends, dtype=torch.long), end_rows=torch.tensor(end_rows, dtype=torch.long),
+    )  # fmt: skip
 
 
 def tokenize_pairs(
@@ -166,7 +232,11 @@ def truncate_pair(
 
 
 def collate_pairs(
-    pairs: Sequence[TokenizedPair], pad_token_id: int, *, bucket_overhead_tokens: int | None = None
+    pairs: Sequence[TokenizedPair],
+    pad_token_id: int,
+    *,
+    bucket_overhead_tokens: int | None = None,
+    shared_prompt: bool = False,
 ) -> PreferenceBatch:
     """Stack B pairs into one right-padded batch of 2B rows, chosen rows first.
 
@@ -176,6 +246,8 @@ def collate_pairs(
         bucket_overhead_tokens: group the rows by length for the forward passes, a new group
             costing this many padded tokens (`trainers.batching.length_buckets`); None keeps all
             2B rows in one group of width T.
+        shared_prompt: also lay the pairs out as `SharedPromptRows` (in groups of similar length
+            when `bucket_overhead_tokens` is set), for models that take 4D attention masks.
 
     Returns:
         The batch; T is the longest prompt + response among the 2B rows.
@@ -195,7 +267,14 @@ def collate_pairs(
     else:
         lengths = [len(prompt) + len(response) for prompt, response in sequences]
         buckets = [(torch.tensor(rows), w) for rows, w in length_buckets(lengths, bucket_overhead_tokens)]
-    return PreferenceBatch(input_ids=input_ids, attention_mask=attention_mask, loss_mask=loss_mask, buckets=buckets)
+    shared = []
+    if shared_prompt:
+        packed = [len(p.prompt_ids) + len(p.chosen_ids) + len(p.rejected_ids) for p in pairs]
+        groups = [list(range(len(pairs)))] if bucket_overhead_tokens is None else [
+            rows for rows, _ in length_buckets(packed, bucket_overhead_tokens)]  # fmt: skip
+        shared = [shared_prompt_rows(pairs, rows, len(pairs), pad_token_id) for rows in groups]
+    return PreferenceBatch(input_ids=input_ids, attention_mask=attention_mask, loss_mask=loss_mask, buckets=buckets,
+                           shared=shared)  # fmt: skip
 
 
 def _prompt_ids(prompt: Any, tokenizer: PreTrainedTokenizerBase, *, where: str) -> list[int]:

@@ -2,8 +2,9 @@
 
 One loop in numbered sections; the optimisation plumbing (AdamW with linear warmup then a constant
 rate, resume, stop, the update guard, cadence and checkpoints) is `trainers.loop`'s. Chosen and
-rejected responses of a micro-batch go through one forward as 2B rows; the reward of a row is the
-score head's output at its last real token (`trainers.reward_model.rewards`). Every checkpoint
+rejected responses of a micro-batch go through the same forwards (one row per pair sharing its
+prompt, or 2B rows grouped by length); the reward of a response is the score head's output at its
+last token (`trainers.reward_model.rewards`, `shared_prompt_rewards`). Every checkpoint
 records the mean and std of the rewards over a fixed sample of training pairs, which PPO and GRPO
 use to normalise this model's scores.
 """
@@ -26,9 +27,9 @@ from trainers.errors import UserError
 from trainers.loop import TrainingLoop, seed_everything
 from trainers.lora import load_trainable_model
 from trainers.losses import bradley_terry_loss
-from trainers.modeling import default_device
+from trainers.modeling import accepts_4d_attention_mask, default_device
 from trainers.preference_data import PreferenceBatch, TokenizedPair, collate_pairs, tokenize_split
-from trainers.reward_model import load_reward_model, reward_stats, rewards, stats_sample
+from trainers.reward_model import load_reward_model, reward_stats, rewards, shared_prompt_rewards, stats_sample
 from trainers.run_types import RunResult, TrainingData
 
 # What `pair_losses_and_stats` stacks per pair; `summarize` turns their sums into the metrics.
@@ -82,7 +83,9 @@ def train_reward_model(
     order = BatchOrder(num_rows=len(train_pairs), batch_size=hp.batch_size, seed=job.seed)
     stats_pairs = [train_pairs[i] for i in stats_sample(len(train_pairs), hp.reward_stats_rows, job.seed)]
     pass_size = max(1, hp.batch_size // hp.gradient_accumulation_steps)  # pairs per gradient-free forward
-    overhead = bucket_overhead_tokens(device.type)  # rows of similar length run as one forward
+    # Forwards: pairs of similar length together, each pair's prompt computed once (`collate_pairs`).
+    layout = {"bucket_overhead_tokens": bucket_overhead_tokens(device.type),
+              "shared_prompt": accepts_4d_attention_mask(model)}  # fmt: skip
 
     def model_info() -> dict[str, Any]:
         mean, std = reward_stats(model, stats_pairs, tokenizer.pad_token_id, batch_size=pass_size, device=device)
@@ -107,9 +110,7 @@ def train_reward_model(
         indices = order.step_indices(step)
         sums = torch.zeros(len(PAIR_STATS), device=device)  # (S,) per-pair statistics, summed
         for micro in split_micro_batches(indices, hp.gradient_accumulation_steps):
-            batch = collate_pairs(
-                [train_pairs[i] for i in micro], tokenizer.pad_token_id, bucket_overhead_tokens=overhead
-            ).to(device)
+            batch = collate_pairs([train_pairs[i] for i in micro], tokenizer.pad_token_id, **layout).to(device)
             losses, stats = pair_losses_and_stats(model, batch, train_margins[micro], hp)  # (b,), (S, b)
             (losses.sum() / len(indices)).backward()
             sums += stats.sum(dim=1)
@@ -121,7 +122,7 @@ def train_reward_model(
         #    checkpoints and at the end, reported with the train metrics of its step.
         evaluated = bool(eval_pairs) and loop.eval_due()
         if evaluated:
-            metrics |= evaluate(model, eval_pairs, eval_margins, tokenizer.pad_token_id, hp, pass_size, overhead)
+            metrics |= evaluate(model, eval_pairs, eval_margins, tokenizer.pad_token_id, hp, pass_size, layout)
         if evaluated or loop.log_due():
             callbacks.on_metrics(step, metrics)
 
@@ -138,7 +139,7 @@ def pair_losses_and_stats(
     """Bradley–Terry losses of a batch of pairs, and the per-pair statistics behind the metrics.
 
     ``loss = −log σ(r_c − r_r − m) + η·(r_c + r_r)²`` per pair (`bradley_terry_loss`); chosen and
-    rejected rows go through one forward.
+    rejected responses go through the same forwards.
 
     Args:
         model: the reward model being trained.
@@ -152,7 +153,10 @@ def pair_losses_and_stats(
             ``r_c − r_r``, ``r_c + r_r``, ``r_c² + r_r²``.
     """
     b = batch.num_pairs
-    r = rewards(model, batch.input_ids, batch.attention_mask, batch.buckets)  # (2B,) similar lengths share a forward
+    if batch.shared:  # one row per pair, the prompt computed once
+        r = shared_prompt_rewards(model, batch.shared, 2 * b)  # (2B,)
+    else:  # chosen and rejected rows, those of similar length in one forward
+        r = rewards(model, batch.input_ids, batch.attention_mask, batch.buckets)  # (2B,)
     chosen, rejected = r[:b], r[b:]  # (B,) each
     losses = bradley_terry_loss(chosen, rejected, margins, hp.center_rewards_coefficient)  # (B,)
     chosen, rejected = chosen.detach(), rejected.detach()
@@ -195,7 +199,7 @@ def evaluate(
     pad_token_id: int,
     hp: RewardModelHyperparameters,
     batch_size: int,
-    bucket_overhead: int | None = None,
+    layout: dict | None = None,
 ) -> dict[str, float]:
     """Bradley–Terry statistics over evaluation pairs, as ``eval/<name>`` metrics.
 
@@ -206,7 +210,7 @@ def evaluate(
         pad_token_id: padding id.
         hp: supplies the centring coefficient.
         batch_size: pairs per forward.
-        bucket_overhead: `collate_pairs`' ``bucket_overhead_tokens``.
+        layout: `collate_pairs`' keyword arguments (length groups, shared prompts).
 
     Returns:
         ``{"eval/loss", "eval/accuracy", "eval/margin", "eval/reward_mean", "eval/reward_std"}``.
@@ -215,8 +219,7 @@ def evaluate(
     model.eval()
     sums = torch.zeros(len(PAIR_STATS), device=margins.device)  # (S,)
     for start in range(0, len(pairs), batch_size):
-        batch = collate_pairs(pairs[start : start + batch_size], pad_token_id, bucket_overhead_tokens=bucket_overhead)
-        batch = batch.to(margins.device)
+        batch = collate_pairs(pairs[start : start + batch_size], pad_token_id, **(layout or {})).to(margins.device)
         _, stats = pair_losses_and_stats(model, batch, margins[start : start + batch_size], hp)  # (S, b)
         sums += stats.sum(dim=1)
     model.train(was_training)

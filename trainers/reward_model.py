@@ -26,8 +26,8 @@ from transformers import (
 from trainers.batching import bucket_overhead_tokens, map_buckets
 from trainers.errors import ModelNotFoundError, UserError
 from trainers.lora import is_adapter_dir, load_merged
-from trainers.modeling import BUILTIN_PREFIX, ensure_pad_token, load_policy, require_hub_model
-from trainers.preference_data import TokenizedPair, collate_pairs
+from trainers.modeling import BUILTIN_PREFIX, attention_mask_for, ensure_pad_token, load_policy, require_hub_model
+from trainers.preference_data import SharedPromptRows, TokenizedPair, collate_pairs
 
 SCORE_HEAD_SEED = 1  # seed of the private generator that initialises a fresh score head
 
@@ -107,6 +107,33 @@ def rewards(
         return head(hidden).squeeze(-1).float()  # (n,) the head only where it is read
 
     return map_buckets(scores_at_last_token, buckets, input_ids, attention_mask)
+
+
+def shared_prompt_rewards(model: nn.Module, groups: Sequence[SharedPromptRows], num_rows: int) -> Tensor:
+    """`rewards` of a preference batch's 2B rows, computed on its shared-prompt rows.
+
+    Each pair is one row ``prompt ⊕ chosen ⊕ rejected`` under a 4D mask (`SharedPromptRows`): the
+    chosen reward is read at the chosen response's last token, the rejected one at the row's last
+    real token, each seeing exactly what it sees in its own row.
+
+    Args:
+        model: a reward model whose attention takes 4D masks (`accepts_4d_attention_mask`).
+        groups: the batch's `PreferenceBatch.shared` groups.
+        num_rows: 2B.
+
+    Returns:
+        (2B,) float32 rewards, chosen rows first, differentiable.
+    """
+    backbone, head = _backbone_and_head(model)
+    out = None
+    for group in groups:
+        mask = attention_mask_for(model, group.attention_mask)
+        hidden = backbone(input_ids=group.input_ids, attention_mask=mask, position_ids=group.position_ids,
+                          use_cache=False).last_hidden_state  # (b, W, H)  # fmt: skip
+        scores = head(hidden.reshape(-1, hidden.shape[-1])[group.ends]).squeeze(-1).float()  # (2b,)
+        part = torch.zeros(num_rows, dtype=scores.dtype, device=scores.device).index_add(0, group.end_rows, scores)
+        out = part if out is None else out + part
+    return out
 
 
 def last_token_index(attention_mask: Tensor) -> Tensor:

@@ -152,3 +152,4 @@ def test_totals_of_length_buckets_equal_one_padded_forward_with_gradients():
     torch.testing.assert_close(grads[1][0], expected.detach(), rtol=1e-6, atol=1e-5)  # totals reach -500
     torch.testing.assert_close(grads[1][0], grads[0][0], rtol=1e-6, atol=1e-5)
     torch.testing.assert_close(grads[1][1], grads[0][1], rtol=1e-4, atol=1e-6)
+

@@ -114,3 +114,27 @@ def test_batch_moves_to_a_device(tokenizer):
     pairs = tokenize([{"prompt": "a", "chosen": "b", "rejected": "c"}], tokenizer)
     batch = collate_pairs(pairs, PAD).to(torch.device("cpu"))
     assert batch.input_ids.dtype == torch.long and batch.input_ids.shape == (2, 4)
+
+
+def test_shared_prompt_rows_lay_a_pair_out_once_with_the_two_row_positions_and_context(tokenizer):
+    (pair,) = tokenize([{"prompt": "ab", "chosen": "CD", "rejected": "e"}], tokenizer)
+    batch = collate_pairs([pair], PAD, shared_prompt=True)
+    (rows,) = batch.shared
+    E = ord("e")
+    assert rows.input_ids.tolist() == [[BOS, ord("a"), ord("b"), ord("C"), ord("D"), EOS, E, EOS]]
+    assert rows.position_ids.tolist() == [[0, 1, 2, 3, 4, 5, 3, 4]]  # rejected continues from the prompt
+    mask = rows.attention_mask[0, 0]
+    assert mask[6].tolist() == [True, True, True, False, False, False, True, False]  # not the chosen response
+    assert mask[3].tolist() == [True, True, True, True, False, False, False, False]  # causal
+    assert mask[7].tolist() == [True, True, True, False, False, False, True, True]
+    assert rows.ends.tolist() == [5, 7] and rows.end_rows.tolist() == [0, 1]
+
+
+def test_shared_prompt_padding_attends_to_itself_only(tokenizer):
+    rows = [{"prompt": "ab", "chosen": "CD", "rejected": "e"}, {"prompt": "a", "chosen": "C", "rejected": "e"}]
+    pairs = tokenize(rows, tokenizer)
+    (rows,) = collate_pairs(pairs, PAD, shared_prompt=True).shared
+    assert rows.input_ids[1].tolist() == [BOS, ord("a"), ord("C"), EOS, ord("e"), EOS, PAD, PAD]
+    mask = rows.attention_mask[1, 0]
+    assert mask[6].tolist() == [False] * 6 + [True, False] and mask[7].tolist() == [False] * 7 + [True]
+    assert rows.ends.tolist() == [5, 7, 11, 13] and rows.end_rows.tolist() == [0, 2, 1, 3]

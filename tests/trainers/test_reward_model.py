@@ -158,3 +158,29 @@ def test_rewards_of_length_buckets_equal_one_padded_forward(reward_model):
         expected = rewards(model, plain.input_ids, plain.attention_mask)
         got = rewards(model, grouped.input_ids, grouped.attention_mask, grouped.buckets)
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_shared_prompt_rewards_equal_the_two_row_rewards_with_gradients(attention):
+    from trainers.modeling import accepts_4d_attention_mask
+    from trainers.reward_model import shared_prompt_rewards
+
+    model, tokenizer = load_reward_model("builtin:tiny-llama")
+    model.config._attn_implementation = attention
+    assert accepts_4d_attention_mask(model)
+    rows = uppercase_preference_rows(6, seed=5)
+    for i, row in enumerate(rows):
+        row["prompt"] = row["prompt"] * (1 + i)
+        row["chosen"] = row["chosen"] * (1 + 2 * i)
+    pairs = tokenize_pairs(rows, tokenizer, max_length=512, max_prompt_length=256)
+    batch = collate_pairs(pairs, tokenizer.pad_token_id, bucket_overhead_tokens=4, shared_prompt=True)
+    assert len(batch.shared) > 1
+    grads = []
+    for shared in (False, True):
+        model.zero_grad()
+        r = shared_prompt_rewards(model, batch.shared, 12) if shared else rewards(model, batch.input_ids,
+                                                                                  batch.attention_mask)
+        (r * torch.arange(12)).sum().backward()
+        grads.append((r.detach(), model.score.weight.grad.clone()))
+    torch.testing.assert_close(grads[1][0], grads[0][0], rtol=0, atol=1e-5)
+    torch.testing.assert_close(grads[1][1], grads[0][1], rtol=1e-4, atol=1e-6)
