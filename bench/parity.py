@@ -2,9 +2,10 @@
 
     .venv/bin/python bench/parity.py
 
-Each check builds `builtin:tiny-llama` (a reward model on it for the reward check), hands the same
-rows and weights to TRL's trainer and to ours, and compares TRL's ``compute_loss`` and logged
-metrics on one collated batch with our ``pair_losses_and_stats`` on ours. The reference model is a
+Results are merged into bench/results.json. Each check builds `builtin:tiny-llama` (a reward model
+on it for the reward check), hands the same rows and weights to TRL's trainer and to ours, and
+compares TRL's ``compute_loss`` and logged metrics on one collated batch with our
+``pair_losses_and_stats`` on ours, in the layout our training uses. The reference model is a
 perturbed copy of the policy, so the log-ratios are far from zero. Both sides tokenise the rows
 themselves; the token ids are compared first. Tolerance: 1e-5 absolute.
 
@@ -136,6 +137,7 @@ def reward_parity(center: float = 0.01) -> dict[str, Any]:
     import trl
     from datasets import Dataset
 
+    from trainers.modeling import accepts_4d_attention_mask
     from trainers.reward_model import load_reward_model
 
     model, tokenizer = load_reward_model("builtin:tiny-llama")
@@ -159,7 +161,9 @@ def reward_parity(center: float = 0.01) -> dict[str, Any]:
         (p.prompt_ids + p.chosen_ids, p.prompt_ids + p.rejected_ids) == (e["chosen_ids"], e["rejected_ids"])
         for p, e in zip(pairs, examples, strict=True)
     )
-    batch = collate_pairs(pairs, tokenizer.pad_token_id, bucket_overhead_tokens=8)
+    batch = collate_pairs(pairs, tokenizer.pad_token_id, bucket_overhead_tokens=8,
+                          shared_prompt=accepts_4d_attention_mask(model))  # the layout training uses  # fmt: skip
+    assert batch.shared, "the reward model's attention should take the shared-prompt layout"
     margins = torch.tensor([row["margin"] for row in rows])
     with torch.no_grad():
         losses, stats = reward_losses_and_stats(model, batch, margins, hp)
@@ -293,6 +297,10 @@ def run_all() -> list[dict[str, Any]]:
 
 
 if __name__ == "__main__":
+    from bench.common import machine
+    from bench.trainers_vs_trl import write_results
+
     results = run_all()
+    write_results(results, "python bench/parity.py", machine())  # merged into bench/results.json
     print(json.dumps(results, indent=1))
     sys.exit(0 if all(r["pass"] for r in results) else 1)
