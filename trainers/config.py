@@ -298,8 +298,8 @@ class PPOHyperparameters(RLHyperparameters):
     )
     vf_coef: float = Field(
         0.1, ge=0, le=100,
-        description="Weight of the value loss (TRL's default); used when the value head shares the policy's "
-                    "optimizer step.",
+        description="Weight of the value loss in the step's loss (TRL's default). The critic has its own "
+                    "optimizer, so the weight scales its gradients before clipping and its reported loss.",
     )
     ppo_epochs: int = Field(4, ge=1, le=64, description="K: passes of updates over each rollout (TRL: 4).")
     whiten_advantages: bool = Field(
