@@ -24,7 +24,7 @@ from trainers.checkpoint import load_trainer_state
 from trainers.config import DPOHyperparameters, DPOJob
 from trainers.errors import UserError
 from trainers.logprobs import reference_sequence_logprobs, scored_token_counts, sequence_logprob_totals
-from trainers.loop import TrainingLoop, seed_everything
+from trainers.loop import TrainingLoop, announce_model, seed_everything
 from trainers.lora import load_trainable_model
 from trainers.losses import dpo_loss
 from trainers.modeling import default_device, load_policy
@@ -64,11 +64,7 @@ def train_dpo(
     # 1. Policy: the base model (wrapped in fresh adapters for LoRA), or the checkpoint's model.
     policy, tokenizer = load_trainable_model(load_policy, job, resume_from, task="causal_lm")
     policy.to(device).train()
-    n_params = sum(p.numel() for p in policy.parameters())
-    n_trainable = sum(p.numel() for p in policy.parameters() if p.requires_grad)
-    callbacks.on_event(
-        "info", f"loaded {job.base_model} ({n_params:,} parameters, {n_trainable:,} trained) on {device.type}"
-    )
+    announce_model(callbacks, job.base_model, [policy], device)
 
     # 2. Data: tokenised once; the rows of step s are a pure function of (seed, s).
     train_pairs = tokenize_split(data.train, tokenizer, hp, "train", callbacks)

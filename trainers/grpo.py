@@ -35,7 +35,7 @@ from trainers.checkpoint import load_trainer_state
 from trainers.config import GRPOHyperparameters, GRPOJob
 from trainers.kl import kl_k3
 from trainers.logprobs import selective_log_softmax
-from trainers.loop import TrainingLoop, seed_everything
+from trainers.loop import TrainingLoop, announce_model, seed_everything
 from trainers.lora import load_trainable_model
 from trainers.modeling import default_device, load_policy
 from trainers.online_rl import (
@@ -112,8 +112,7 @@ def train_grpo(
     # Policy (fresh adapters for LoRA, or the checkpoint's model), prompts, reward and reference.
     policy, tokenizer = load_trainable_model(load_policy, job, resume_from, task="causal_lm")
     policy.to(device).train()
-    n_trainable = sum(p.numel() for p in policy.parameters() if p.requires_grad)
-    callbacks.on_event("info", f"loaded {job.base_model} ({n_trainable:,} parameters trained) on {device.type}")
+    announce_model(callbacks, job.base_model, [policy], device)
     prompts = tokenize_prompt_split(data.train, tokenizer, max_prompt_length=hp.max_prompt_length, split="train",
                                     callbacks=callbacks)  # fmt: skip
     eval_prompts = tokenize_prompt_split(data.eval, tokenizer, max_prompt_length=hp.max_prompt_length, split="eval",

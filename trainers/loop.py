@@ -61,6 +61,20 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def announce_model(callbacks: Callbacks, name: str, models: Sequence[nn.Module], device: torch.device) -> None:
+    """Report what was loaded: parameters in all, and how many of them train (LoRA trains few).
+
+    Args:
+        callbacks: receives the event.
+        name: what the user asked for (the job's base model).
+        models: the trained models (a policy, and PPO's critic).
+        device: where they run.
+    """
+    params = [p for m in models for p in m.parameters()]
+    total, trained = sum(p.numel() for p in params), sum(p.numel() for p in params if p.requires_grad)
+    callbacks.on_event("info", f"loaded {name} ({total:,} parameters, {trained:,} trained) on {device.type}")
+
+
 def total_steps(hp: LoopHyperparameters, steps_per_epoch: int) -> int:
     """Optimizer steps of a whole run: `max_steps` when set, else `n_epochs` passes over the data.
 

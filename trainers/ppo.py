@@ -48,7 +48,7 @@ from trainers.config import PPOHyperparameters, PPOJob
 from trainers.grpo import evaluate
 from trainers.kl import AdaptiveKLController, FixedKLController, kl_penalized_rewards
 from trainers.logprobs import selective_log_softmax
-from trainers.loop import AuxiliaryModel, TrainingLoop, load_run_state, seed_everything
+from trainers.loop import AuxiliaryModel, TrainingLoop, announce_model, load_run_state, seed_everything
 from trainers.lora import load_trainable_model
 from trainers.modeling import default_device, load_policy
 from trainers.online_rl import (
@@ -148,8 +148,7 @@ def train_ppo(
     )  # fmt: skip
     critic_dir = Path(resume_from) / CRITIC_DIR if resume_from is not None else None
     critic = trainable_critic(initial, job.lora, resume_dir=critic_dir).to(device)
-    n_trainable = sum(p.numel() for m in (policy, critic) for p in m.parameters() if p.requires_grad)
-    callbacks.on_event("info", f"loaded {job.base_model} and its critic ({n_trainable:,} parameters trained)")
+    announce_model(callbacks, f"{job.base_model} and its critic", [policy, critic], device)
 
     # Data: prompts (and the text of the ptx loss), in an order that is a function of the seed.
     prompts = tokenize_prompt_split(data.train, tokenizer, max_prompt_length=hp.max_prompt_length, split="train",

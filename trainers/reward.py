@@ -24,7 +24,7 @@ from trainers.callbacks import Callbacks
 from trainers.checkpoint import load_trainer_state
 from trainers.config import RewardModelHyperparameters, RewardModelJob
 from trainers.errors import UserError
-from trainers.loop import TrainingLoop, seed_everything
+from trainers.loop import TrainingLoop, announce_model, seed_everything
 from trainers.lora import load_trainable_model
 from trainers.losses import bradley_terry_loss
 from trainers.modeling import accepts_4d_attention_mask, default_device
@@ -66,11 +66,7 @@ def train_reward_model(
     #    keep the head trainable), or the checkpoint's model.
     model, tokenizer = load_trainable_model(load_reward_model, job, resume_from, task="seq_cls")
     model.to(device).train()
-    n_params = sum(p.numel() for p in model.parameters())
-    n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    callbacks.on_event(
-        "info", f"loaded {job.base_model} ({n_params:,} parameters, {n_trainable:,} trained) on {device.type}"
-    )
+    announce_model(callbacks, job.base_model, [model], device)
 
     # 2. Data: tokenised once, with each pair's margin; the rows of step s are a pure function of
     #    (seed, s). The reward statistics are taken on a fixed sample of training pairs.
