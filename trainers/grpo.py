@@ -119,7 +119,8 @@ def train_grpo(
                                          callbacks=callbacks) if data.eval else []  # fmt: skip
     order = PromptOrder(num_rows=len(prompts), rollout_batch_size=hp.rollout_batch_size, seed=job.seed)
     micro_size = max(1, hp.batch_size // hp.gradient_accumulation_steps)  # rows per forward
-    rewarder = RewardComputer.from_job(job, device=device, on_event=callbacks.on_event, batch_size=micro_size)
+    rewarder = RewardComputer.from_job(job, policy_tokenizer=tokenizer, device=device, on_event=callbacks.on_event,
+                                       batch_size=micro_size)  # fmt: skip
     reference = reference_policy(policy, job, resumed=state is not None, device=device) if hp.beta > 0 else None
     steps_per_rollout = hp.num_iterations * hp.num_minibatches
     loop = TrainingLoop(

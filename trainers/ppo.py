@@ -139,7 +139,8 @@ def train_ppo(
     policy.to(device).eval()
     reference = reference_policy(policy, job, resumed=state is not None, device=device)
     micro_size = max(1, hp.batch_size // hp.gradient_accumulation_steps)  # rows per forward
-    rewarder = RewardComputer.from_job(job, device=device, on_event=callbacks.on_event, batch_size=micro_size)
+    rewarder = RewardComputer.from_job(job, policy_tokenizer=tokenizer, device=device, on_event=callbacks.on_event,
+                                       batch_size=micro_size)  # fmt: skip
     checkpoints = model_checkpoints(job.reward)
     initial = functools.partial(
         initial_critic, hp.value_model, tokenizer=tokenizer,

@@ -1,4 +1,10 @@
-"""Rewards of PPO/GRPO completions: graders, reward-model checkpoints, the missing-EOS penalty, grader errors."""
+"""Rewards of PPO/GRPO completions: graders, reward-model checkpoints, the missing-EOS penalty, grader errors.
+
+A reward model with the policy's tokenizer scores the sampled ids; one with another tokenizer the
+re-tokenised text. The tests compare both against direct calls of the reward model.
+"""
+
+import copy
 
 import pytest
 import torch
@@ -7,8 +13,11 @@ from trainer_fixtures import RecordingCallbacks, tiny
 from trainers.checkpoint import write_model_info
 from trainers.config import GRPOJob
 from trainers.errors import UserError
-from trainers.rl_rewards import MAX_ERROR_EVENTS, RewardComputer, decode_completions
-from trainers.rollout import Rollout
+from trainers.preference_data import truncate_pair
+from trainers.prompt_data import tokenize_prompts
+from trainers.reward_model import load_reward_model, rewards
+from trainers.rl_rewards import MAX_ERROR_EVENTS, RewardComputer, decode_completions, rollout_rows, same_tokenizer
+from trainers.rollout import Rollout, left_pad
 from trainers.scoring import score
 
 HAS_A = {"type": "string_check", "name": "has_a", "operation": "contains", "reference": "a"}
@@ -16,26 +25,46 @@ ANSWER = {"type": "string_check", "name": "answer", "operation": "eq", "referenc
 STATS = {"reward_mean": 0.25, "reward_std": 2.0}
 
 
-def rollout_of(texts, ended_with_eos):
-    """A rollout whose responses are `texts` (EOS appended where they ended), right-padded."""
+def rollout_of(texts, ended_with_eos, items=None):
+    """A rollout whose responses are `texts` (EOS appended where they ended), right-padded.
+
+    The prompts are those of `items` rendered as PPO and GRPO render them, left-padded; BOS alone without.
+    """
     _, tokenizer = tiny()
-    rows = [tokenizer(t, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] * e
-            for t, e in zip(texts, ended_with_eos, strict=True)]  # fmt: skip
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), tokenizer.pad_token_id)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
+    responses = [tokenizer(t, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] * e
+                 for t, e in zip(texts, ended_with_eos, strict=True)]  # fmt: skip
+    prompts = [[tokenizer.bos_token_id]] * len(texts) if items is None else [
+        p.ids for p in tokenize_prompts(items, tokenizer, max_prompt_length=1000)]  # fmt: skip
+    return rollout_from_ids(prompts, responses, ended_with_eos)
+
+
+def rollout_from_ids(prompts, responses, ended_with_eos):
+    """A rollout of these prompt and response token ids, laid out as `generate` lays them out."""
+    _, tokenizer = tiny()
+    prompt, prompt_mask = left_pad(prompts, tokenizer.pad_token_id)
+    width = max(len(r) for r in responses)
+    ids = torch.full((len(responses), width), tokenizer.pad_token_id)
+    mask = torch.zeros((len(responses), width), dtype=torch.long)
+    for i, r in enumerate(responses):
         ids[i, : len(r)], mask[i, : len(r)] = torch.tensor(r), 1
-    prompt = torch.full((len(rows), 1), tokenizer.bos_token_id)
-    return Rollout(prompt_ids=prompt, prompt_mask=torch.ones_like(prompt), response_ids=ids, response_mask=mask,
+    return Rollout(prompt_ids=prompt, prompt_mask=prompt_mask, response_ids=ids, response_mask=mask,
                    logprobs=torch.zeros(ids.shape), ended_with_eos=torch.tensor(ended_with_eos, dtype=torch.bool),
                    response_lengths=mask.sum(1), temperature=1.0)  # fmt: skip
 
 
-def computer(reward, callbacks=None, **job):
+def computer(reward, callbacks=None, *, policy_tokenizer=None, batch_size=16, **job):
+    """The computer of a GRPO job on builtin:tiny-llama (whose tokenizer is the policy's by default)."""
     job = GRPOJob(base_model="builtin:tiny-llama", reward=reward, **job)
     callbacks = callbacks or RecordingCallbacks()
-    return RewardComputer.from_job(job, device=torch.device("cpu"), on_event=callbacks.on_event)
+    return RewardComputer.from_job(job, policy_tokenizer=policy_tokenizer or tiny()[1], device=torch.device("cpu"),
+                                   on_event=callbacks.on_event, batch_size=batch_size)  # fmt: skip
+
+
+def another_tokenizer():
+    """The tiny tokenizer with one more token: ids sampled with it cannot be read by the tiny reward model."""
+    tokenizer = copy.deepcopy(tiny()[1])
+    tokenizer.add_tokens(["<extra>"])
+    return tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +78,27 @@ def reward_model_dir(tmp_path_factory):
     tokenizer.save_pretrained(directory)
     write_model_info(directory, {"kind": "reward_model", "adapter": False, "base_model": "builtin:tiny-llama", **STATS})
     return directory
+
+
+@pytest.fixture(scope="module")
+def other_tokenizer_dir(tmp_path_factory):
+    """A reward model whose tokenizer has one token more than the policy's (its embeddings grown to match)."""
+    directory = tmp_path_factory.mktemp("rm-other")
+    model, _ = load_reward_model("builtin:tiny-llama")
+    tokenizer = another_tokenizer()
+    model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    write_model_info(directory, {"kind": "reward_model", "adapter": False, "base_model": "builtin:tiny-llama", **STATS})
+    return directory
+
+
+def direct_scores(model_dir, prompts, responses):
+    """Raw rewards of prompt ⊕ response ids, one unpadded row at a time."""
+    model, _ = load_reward_model(model_dir)
+    with torch.no_grad():
+        return [rewards(model, torch.tensor([p + r]), torch.ones(1, len(p + r), dtype=torch.long)).item()
+                for p, r in zip(prompts, responses, strict=True)]  # fmt: skip
 
 
 def test_completions_are_decoded_without_special_tokens():
@@ -75,19 +125,94 @@ def test_reward_model_scores_are_those_of_its_scoring_and_normalised_with_its_st
     rewarder = computer(spec, callbacks, reward_model_dirs={"ckpt": str(reward_model_dir)})
     texts = ["a b", "ccc", "", "aaaa"]
     items = [{"prompt": "hello"}, {"prompt": [{"role": "user", "content": "hi"}]}] * 2
-    scores = rewarder.score(items, texts, rollout_of(texts, [True] * 4))
+    scores = rewarder.score(items, texts, rollout_of(texts, [True] * 4, items))
     pairs = [{"prompt": i["prompt"], "response": t} for i, t in zip(items, texts, strict=True)]
     expected = score(reward_model_dir, pairs)
     normalized = torch.tensor([e["normalized"] for e in expected])
     torch.testing.assert_close(scores.per_grader["rm"], normalized)
     torch.testing.assert_close(scores.rewards, normalized + 10 * torch.tensor([1.0, 0, 0, 1]))
-    assert any("loaded reward model 'ckpt'" in m for _, m in callbacks.events)
+    assert any("loaded reward model 'ckpt'" in m and "sampled token ids" in m for _, m in callbacks.events)
+
+
+def test_sampled_ids_and_re_tokenised_text_score_alike_when_the_round_trip_is_lossless(reward_model_dir):
+    model = {"type": "model", "name": "rm", "checkpoint_id": "ckpt"}
+    dirs = {"ckpt": str(reward_model_dir)}
+    by_ids = computer(model, reward_model_dirs=dirs, batch_size=3)
+    by_text = computer(model, policy_tokenizer=another_tokenizer(), reward_model_dirs=dirs, batch_size=3)
+    assert by_ids.reward_models["ckpt"].reads_policy_ids and not by_text.reward_models["ckpt"].reads_policy_ids
+    texts = ["The answer is 42.", "no", "", "a much longer completion, with punctuation!", "x y"]
+    items = [{"prompt": "What is six times seven?"}, {"prompt": [{"role": "user", "content": "hi"}]},
+             {"prompt": "q"}, {"prompt": [{"role": "system", "content": "be brief"},
+                                          {"role": "user", "content": "tell me more"}]}, {"prompt": "p"}]  # fmt: skip
+    rollout = rollout_of(texts, [True] * 5, items)  # prompts of different lengths: left padding to strip
+    ids, text = by_ids.score(items, texts, rollout), by_text.score(items, texts, rollout)
+    torch.testing.assert_close(ids.per_grader["rm"], text.per_grader["rm"], rtol=0, atol=1e-5)
+    torch.testing.assert_close(ids.rewards, text.rewards, rtol=0, atol=1e-5)
+    for rewarder in (by_ids, by_text):  # truncated alike too: the prompt keeps its last L − 1 tokens
+        rewarder.reward_models["ckpt"].max_length = 12
+    ids, text = by_ids.score(items, texts, rollout), by_text.score(items, texts, rollout)
+    torch.testing.assert_close(ids.rewards, text.rewards, rtol=0, atol=1e-5)
+
+
+def test_invalid_utf8_and_cut_completions_are_scored_on_their_sampled_ids(reward_model_dir):
+    _, tokenizer = tiny()
+    eos = tokenizer.eos_token_id
+    prompts = [p.ids for p in tokenize_prompts([{"prompt": "hi"}, {"prompt": "a longer prompt"}], tokenizer,
+                                                max_prompt_length=100)]  # fmt: skip
+    responses = [[0xFF, 0xC3, *b"ok", eos], list(b"cut here")]  # bytes that are not UTF-8; no EOS: cut
+    rollout = rollout_from_ids(prompts, responses, [True, False])
+    items = [{"prompt": "hi"}, {"prompt": "a longer prompt"}]
+    texts = decode_completions(tokenizer, rollout)
+    assert "\ufffd" in texts[0]  # what the text path would re-encode as other bytes
+    dirs = {"ckpt": str(reward_model_dir)}
+    scores = computer({"type": "model", "name": "rm", "checkpoint_id": "ckpt"}, reward_model_dirs=dirs)
+    raw = torch.tensor(direct_scores(reward_model_dir, prompts, responses))
+    expected = (raw - STATS["reward_mean"]) / STATS["reward_std"]  # normalised as on the text path
+    torch.testing.assert_close(scores.score(items, texts, rollout).per_grader["rm"], expected, rtol=0, atol=1e-5)
+    by_text = computer({"type": "model", "name": "rm", "checkpoint_id": "ckpt"},
+                       policy_tokenizer=another_tokenizer(), reward_model_dirs=dirs)  # fmt: skip
+    lossy = by_text.score(items, texts, rollout).per_grader["rm"]
+    assert ((lossy - expected).abs() > 1e-4).all()  # U+FFFD re-encoded; an EOS appended to the cut one
+
+
+def test_a_reward_model_with_another_tokenizer_scores_the_re_tokenised_text(other_tokenizer_dir):
+    callbacks = RecordingCallbacks()
+    spec = {"type": "model", "name": "rm", "checkpoint_id": "c", "normalize": False}
+    rewarder = computer(spec, callbacks, reward_model_dirs={"c": str(other_tokenizer_dir)})
+    assert not rewarder.reward_models["c"].reads_policy_ids
+    assert any("re-tokenised with its own tokenizer" in m for _, m in callbacks.events)
+    texts, items = ["abc", "de"], [{"prompt": "hello"}, {"prompt": [{"role": "user", "content": "hi"}]}]
+    scores = rewarder.score(items, texts, rollout_of(texts, [True, False]))  # the rollout's prompts are BOS only
+    pairs = [{"prompt": i["prompt"], "response": t} for i, t in zip(items, texts, strict=True)]
+    expected = torch.tensor([e["score"] for e in score(other_tokenizer_dir, pairs)])
+    torch.testing.assert_close(scores.per_grader["rm"], expected)
+
+
+def test_tokenizers_are_the_same_only_with_equal_vocabularies_and_special_ids():
+    _, tokenizer = tiny()
+    assert same_tokenizer(tokenizer, copy.deepcopy(tokenizer))
+    assert not same_tokenizer(another_tokenizer(), tokenizer)
+    swapped = copy.deepcopy(tokenizer)
+    swapped.pad_token = tokenizer.eos_token
+    assert not same_tokenizer(swapped, tokenizer)
+
+
+def test_rollout_rows_strip_the_left_padding_and_truncate_as_the_text_path_does():
+    prompts, responses = [[1, 2, 3, 4, 5], [6, 7]], [[8, 9, 10], [11, 12, 13, 14]]
+    rollout = rollout_from_ids(prompts, responses, [True, True])
+    ids, mask = rollout_rows(rollout, pad_token_id=0, max_length=100)
+    assert ids.tolist() == [[1, 2, 3, 4, 5, 8, 9, 10], [6, 7, 11, 12, 13, 14, 0, 0]]
+    assert mask.tolist() == [[1] * 8, [1] * 6 + [0] * 2]
+    ids, mask = rollout_rows(rollout, pad_token_id=0, max_length=5)
+    for row, p, r in zip(range(2), prompts, responses, strict=True):
+        pair = truncate_pair(p, r, r, max_length=5, max_prompt_length=4)
+        assert ids[row][mask[row].bool()].tolist() == pair.prompt_ids + pair.chosen_ids
 
 
 def test_a_clipped_raw_model_score(reward_model_dir):
     spec = {"type": "model", "checkpoint_id": "ckpt", "normalize": False, "clip": 1e-4}
     rewarder = computer(spec, reward_model_dirs={"ckpt": str(reward_model_dir)})
-    scores = rewarder.score([{"prompt": "q"}], ["zzz"], rollout_of(["zzz"], [True]))
+    scores = rewarder.score([{"prompt": "q"}], ["zzz"], rollout_of(["zzz"], [True], [{"prompt": "q"}]))
     raw = score(reward_model_dir, [{"prompt": "q", "response": "zzz"}])[0]["score"]
     assert scores.rewards.item() == pytest.approx(max(min(raw, 1e-4), -1e-4))
 
