@@ -24,11 +24,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from trainers.logprobs import selective_log_softmax
+from trainers.modeling import accepts_4d_attention_mask, attention_mask_for
 
 
 @dataclass
@@ -190,9 +192,7 @@ def generate(
     attention_mask = torch.cat([prompt_mask, prompt_mask.new_ones(B, max_new_tokens)], dim=1)  # (B, P+N)
     positions = positions_from_mask(prompt_mask)  # (B, P)
 
-    out = model(
-        input_ids=prompt, attention_mask=prompt_mask, position_ids=positions, use_cache=True, logits_to_keep=1
-    )
+    out = _prefill(model, prompt_ids, prompt, prompt_mask, positions, pad_token_id)
     next_position = positions[:, -1:] + 1  # (B, 1)
     responses = torch.full((B, max_new_tokens), pad_token_id, dtype=torch.long, device=device)  # (B, N)
     logprobs = torch.zeros((B, max_new_tokens), dtype=torch.float32, device=device)  # (B, N)
@@ -239,13 +239,47 @@ def generate(
     )
 
 
+def _prefill(
+    model: nn.Module,
+    prompt_ids: Sequence[Sequence[int]],
+    prompt: Tensor,
+    prompt_mask: Tensor,
+    positions: Tensor,
+    pad_token_id: int,
+) -> Any:
+    """The prompts' forward pass over a fresh KV cache, each distinct prompt computed once.
+
+    GRPO samples G completions of every prompt: the distinct prompts run once and their cache rows
+    and last logits are copied to every row that repeats them (a cache without row selection runs
+    every row).
+
+    Returns:
+        The model output for all B rows: ``logits`` (B, 1, V) and ``past_key_values``.
+    """
+    distinct: dict[tuple[int, ...], int] = {}
+    source = [distinct.setdefault(tuple(p), len(distinct)) for p in prompt_ids]  # (B,) row → distinct prompt
+    if len(distinct) < len(source):
+        ids, mask = left_pad(list(distinct), pad_token_id)  # (U, P): the same P, the longest prompt is among them
+        ids, mask = ids.to(prompt.device), mask.to(prompt.device)
+        out = model(input_ids=ids, attention_mask=mask, position_ids=positions_from_mask(mask), use_cache=True,
+                    logits_to_keep=1)  # fmt: skip
+        if hasattr(out.past_key_values, "batch_select_indices"):
+            index = torch.tensor(source, dtype=torch.long, device=prompt.device)  # (B,)
+            out.past_key_values.batch_select_indices(index)
+            out.logits = out.logits[index]  # (B, 1, V)
+            return out
+    return model(input_ids=prompt, attention_mask=prompt_mask, position_ids=positions, use_cache=True, logits_to_keep=1)
+
+
 def response_logits(model: nn.Module, rollout: Rollout, temperature: float) -> Tensor:
     """Temperature-scaled logits that predict each response token, from one forward pass.
 
     ``logits[b, a] = model(prompt ⊕ response)[b, P − 1 + a] / τ``: column a predicts response token
-    a. Only the last A + 1 positions' logits are computed (`logits_to_keep`), so the prompt costs
-    no (B, P, V) tensor. Differentiable: for the training pass, and for ``policy/entropy`` via
-    `entropy_from_logits`.
+    a. Only the positions that predict response tokens get logits (`logits_to_keep`), so the
+    prompt costs no (B, P, V) tensor. When rows share their prompt (GRPO's G completions of a
+    prompt) and the model takes 4D masks, the pass runs on `SharedPromptLayout` rows, which compute
+    each prompt once; the logits are those of the row-per-completion layout up to rounding.
+    Differentiable: for the training pass, and for ``policy/entropy`` via `entropy_from_logits`.
 
     Args:
         model: a causal LM (see `generate`).
@@ -255,6 +289,9 @@ def response_logits(model: nn.Module, rollout: Rollout, temperature: float) -> T
     Returns:
         (B, A, V) logits divided by τ.
     """
+    layout = SharedPromptLayout.of(rollout) if accepts_4d_attention_mask(model) else None
+    if layout is not None:
+        return layout.response_logits(model) / temperature
     input_ids, attention_mask, position_ids = rollout.model_inputs()  # (B, P+A)
     A = rollout.response_ids.shape[1]
     logits = model(
@@ -265,6 +302,94 @@ def response_logits(model: nn.Module, rollout: Rollout, temperature: float) -> T
         logits_to_keep=A + 1,
     ).logits  # (B, A+1, V) positions P-1 … P+A-1
     return logits[:, :-1] / temperature  # (B, A, V) the last position predicts nothing we scored
+
+
+@dataclass
+class SharedPromptLayout:
+    """A rollout's rows that share a prompt, packed as one sequence each: ``prompt ⊕ c₁ ⊕ … ⊕ c_k``.
+
+    Completion j's positions continue from the prompt's end (``P_g … P_g + L_j − 1``) and its
+    tokens attend to the prompt and to their own earlier tokens only, so every token sees what it
+    sees in its own row of `Rollout.model_inputs`, while the prompt runs once for its k completions
+    instead of k times (for GRPO, G times fewer prompt tokens, and no padding between completions).
+    Prompts are left-padded to the longest, so every position that predicts a response token lies
+    in the last K columns, the only ones that get logits. Padding attends to itself only.
+    Shapes: g packed rows of width W, B rollout rows, A response columns, V vocabulary.
+    """
+
+    input_ids: Tensor  # (g, W) pad… prompt, the completions back to back, then padding
+    position_ids: Tensor  # (g, W) 0…P−1 on the prompt, P…P+L_j−1 on completion j, 0 on padding
+    attention_mask: Tensor  # (g, 1, W, W) bool, True where a query (dim 2) may attend to a key (dim 3)
+    keep: int  # K: the last K columns hold every position that predicts a response token
+    gather: Tensor  # (B, A) long, into the (g·K) kept positions: the one predicting response token a of row b
+
+    @classmethod
+    def of(cls, rollout: Rollout) -> SharedPromptLayout | None:
+        """The layout of a rollout, or None when no two rows share a prompt or it would not compute fewer tokens.
+
+        Rows share a prompt when their prompt tokens are equal; they need not be adjacent.
+        """
+        lengths = rollout.response_lengths.tolist()
+        prompt_lengths = rollout.prompt_mask.sum(dim=1).tolist()
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for row, (ids, n) in enumerate(zip(rollout.prompt_ids.tolist(), prompt_lengths, strict=True)):
+            groups.setdefault(tuple(ids[len(ids) - n :]), []).append(row)
+        P = max(prompt_lengths)  # longest real prompt; every packed row is left-padded to it
+        W = P + max(sum(lengths[r] for r in rows) for rows in groups.values())
+        if len(groups) == len(lengths) or len(groups) * W >= len(lengths) * (P + rollout.response_ids.shape[1]):
+            return None
+        return cls._build(rollout, list(groups.items()), lengths, P, W)
+
+    @classmethod
+    def _build(
+        cls, rollout: Rollout, groups: list[tuple[tuple[int, ...], list[int]]], lengths: list[int], P: int, W: int
+    ) -> SharedPromptLayout:
+        device = rollout.response_ids.device
+        K = W - P + 1  # columns P − 1 … W − 1
+        B, A = rollout.response_ids.shape
+        responses = rollout.response_ids.tolist()
+        input_ids = torch.zeros((len(groups), W), dtype=torch.long)  # (g, W) padding: any id, masked
+        position_ids = torch.zeros((len(groups), W), dtype=torch.long)  # (g, W)
+        mask = torch.eye(W, dtype=torch.bool).repeat(len(groups), 1, 1)  # (g, W, W) padding sees itself only
+        gather = torch.zeros((B, A), dtype=torch.long)  # (B, A) padding columns read any kept position
+        for g, (prompt, rows) in enumerate(groups):
+            p = len(prompt)
+            start = P - p  # first real prompt column
+            input_ids[g, start:P] = torch.tensor(prompt, dtype=torch.long)
+            position_ids[g, start:P] = torch.arange(p)
+            mask[g, start:P, start:P] = torch.ones((p, p), dtype=torch.bool).tril()
+            column = P
+            for row in rows:
+                n = lengths[row]
+                end = column + n
+                input_ids[g, column:end] = torch.tensor(responses[row][:n], dtype=torch.long)
+                position_ids[g, column:end] = torch.arange(p, p + n)
+                mask[g, column:end, start:P] = True  # the completion sees the whole prompt
+                mask[g, column:end, column:end] = torch.ones((n, n), dtype=torch.bool).tril()
+                # Token 0 is predicted by the last prompt token, token a > 0 by the one before it.
+                predictors = torch.tensor([P - 1, *range(column, end - 1)][:n], dtype=torch.long)
+                gather[row, :n] = g * K + predictors - (P - 1)
+                column = end
+        return cls(
+            input_ids=input_ids.to(device), position_ids=position_ids.to(device),
+            attention_mask=mask.unsqueeze(1).to(device), keep=K, gather=gather.to(device),
+        )  # fmt: skip
+
+    def response_logits(self, model: nn.Module) -> Tensor:
+        """Logits predicting each rollout row's response tokens, from one forward over the packed rows.
+
+        Returns:
+            (B, A, V) unscaled logits; columns past a row's response length hold some other
+            position's logits (finite, and masked by the caller as padding).
+        """
+        logits = model(
+            input_ids=self.input_ids,
+            attention_mask=attention_mask_for(model, self.attention_mask),
+            position_ids=self.position_ids,
+            use_cache=False,
+            logits_to_keep=self.keep,
+        ).logits  # (g, K, V)
+        return logits.reshape(-1, logits.shape[-1])[self.gather]  # (B, A, V)
 
 
 def response_logprobs(model: nn.Module, rollout: Rollout, temperature: float) -> Tensor:
