@@ -103,7 +103,11 @@ def build_optimizer(
     Returns:
         The optimizer and the scheduler driving its learning rate.
     """
-    optimizer = torch.optim.AdamW(params, lr=hp.learning_rate, weight_decay=hp.weight_decay)
+    params = list(params)
+    # The fused kernel (one pass over all tensors; what transformers' Trainer uses by default) where
+    # every parameter is a float tensor on a device that has it; the per-tensor loop elsewhere.
+    fused = bool(params) and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
+    optimizer = torch.optim.AdamW(params, lr=hp.learning_rate, weight_decay=hp.weight_decay, fused=fused or None)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min(1.0, (s + 1) / (hp.warmup_steps + 1))  # s counts steps from 0
     )
