@@ -90,7 +90,9 @@ def bucket_overhead_tokens(device_type: str) -> int:
     return BUCKET_OVERHEAD_TOKENS.get(device_type, BUCKET_OVERHEAD_TOKENS["cuda"])
 
 
-def length_buckets(lengths: list[int], overhead_tokens: int) -> list[tuple[list[int], int]]:
+def length_buckets(
+    lengths: list[int], overhead_tokens: int, max_rows: int | None = None
+) -> list[tuple[list[int], int]]:
     """Group rows of a batch by length so that padding each group to its own longest row costs least.
 
     Rows are sorted by length and cut into consecutive groups; the cuts minimise
@@ -101,6 +103,7 @@ def length_buckets(lengths: list[int], overhead_tokens: int) -> list[tuple[list[
     Args:
         lengths: (N,) real tokens of each row.
         overhead_tokens: the cost of one more group, in padded tokens.
+        max_rows: the most rows a group may hold (a memory bound); None for no bound.
 
     Returns:
         Groups as ``(row indices, width)``: the indices into `lengths` (every row exactly once) and
@@ -112,7 +115,8 @@ def length_buckets(lengths: list[int], overhead_tokens: int) -> list[tuple[list[
     best = [0.0] + [float("inf")] * n  # best[j]: least cost of the first j sorted rows
     cut = [0] * (n + 1)
     for j in range(1, n + 1):
-        for i in range(j):  # last group: sorted rows [i, j), padded to sorted_lengths[j - 1]
+        for i in range(0 if max_rows is None else max(0, j - max_rows), j):  # last group: sorted rows [i, j),
+            # padded to sorted_lengths[j - 1]
             cost = best[i] + (j - i) * sorted_lengths[j - 1] + overhead_tokens
             if cost < best[j]:
                 best[j], cut[j] = cost, i

@@ -7,7 +7,8 @@
 - **The reference policy** π_ref is the job's base model: for LoRA, the policy with its adapters
   disabled (no second copy of the weights); otherwise a frozen copy, taken before the first update
   (or loaded again from `base_model` when resuming, as the policy has moved).
-- **Gradient-free passes** (old policy, reference) run in eval mode, in chunks of rows.
+- **Gradient-free passes** (old policy, reference) run in eval mode, in groups of rows that pad
+  little (`forward_groups`).
 
 Shapes: B sequences, P prompt tokens, A response tokens.
 """
@@ -16,13 +17,14 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from peft import PeftModel
 from torch import Tensor, nn
 from transformers import PreTrainedTokenizerBase
 
+from trainers.batching import bucket_overhead_tokens, length_buckets
 from trainers.config import GRPOJob, PPOJob, RLHyperparameters
 from trainers.modeling import load_policy
 from trainers.rollout import Rollout, generate, response_logprobs
@@ -148,16 +150,59 @@ def frozen_logprobs(
     was_training = model.training
     model.eval()
     adapters_off = model.disable_adapter() if reference and isinstance(model, PeftModel) else contextlib.nullcontext()
-    rows = list(range(rollout.response_ids.shape[0]))
-    width = rollout.response_ids.shape[1]
-    out = []
     with adapters_off:
-        for start in range(0, len(rows), batch_size):
-            chunk = select_rows(rollout, rows[start : start + batch_size])
-            logp = response_logprobs(model, chunk, temperature)  # (b, a) a <= A
-            out.append(torch.nn.functional.pad(logp, (0, width - logp.shape[1])))  # (b, A)
+        out = map_forward_groups(lambda part: response_logprobs(model, part, temperature), rollout, batch_size)
     model.train(was_training)
-    return torch.cat(out)  # (B, A)
+    return out  # (B, A)
+
+
+def forward_groups(rollout: Rollout, rows: Sequence[int], max_rows: int) -> list[list[int]]:
+    """Some rows of a rollout cut into forward passes of at most `max_rows` rows that pad little.
+
+    Rows that repeat a prompt (GRPO's groups) stay in consecutive chunks, which
+    `trainers.rollout.SharedPromptLayout` packs with their prompt computed once. Otherwise (PPO)
+    rows are grouped by real length (`trainers.batching.length_buckets`): each pass is cut to its
+    own longest prompt and response (`select_rows`), so short rows do not pay for long ones.
+
+    Args:
+        rollout: B sampled responses.
+        rows: the rows to cut, indices into the rollout.
+        max_rows: the most rows per pass.
+
+    Returns:
+        Lists of row indices covering `rows` once each.
+    """
+    rows = list(rows)
+    index = torch.as_tensor(rows, dtype=torch.long, device=rollout.prompt_mask.device)
+    prompt_lengths = rollout.prompt_mask[index].sum(dim=1)  # (n,)
+    lengths = (prompt_lengths + rollout.response_lengths[index]).tolist()
+    prompt_ids = rollout.prompt_ids[index].tolist()
+    prompts = {tuple(ids[len(ids) - n :]) for ids, n in zip(prompt_ids, prompt_lengths.tolist(), strict=True)}
+    if len(prompts) < len(rows):  # shared prompts: consecutive chunks
+        return [rows[start : start + max_rows] for start in range(0, len(rows), max_rows)]
+    groups = length_buckets(lengths, bucket_overhead_tokens(rollout.prompt_ids.device.type), max_rows=max_rows)
+    return [[rows[i] for i in group] for group, _ in groups]
+
+
+def map_forward_groups(fn: Callable[[Rollout], Tensor], rollout: Rollout, batch_size: int) -> Tensor:
+    """A per-row pass over every row of a rollout, in `forward_groups` of at most `batch_size` rows.
+
+    Args:
+        fn: maps a rollout of b rows (its response columns trimmed to its longest) to (b, a) values.
+        rollout: B sampled responses.
+        batch_size: the most rows per pass.
+
+    Returns:
+        (B, A) the values in row order, 0 past each pass's width.
+    """
+    B, A = rollout.response_ids.shape
+    out = None
+    for rows in forward_groups(rollout, range(B), batch_size):
+        values = fn(select_rows(rollout, rows))  # (b, a) a <= A
+        if out is None:
+            out = values.new_zeros((B, A))
+        out[torch.as_tensor(rows, device=values.device), : values.shape[1]] = values
+    return out  # (B, A)
 
 
 def select_rows(rollout: Rollout, rows: Sequence[int]) -> Rollout:

@@ -53,6 +53,7 @@ from trainers.lora import load_trainable_model
 from trainers.modeling import default_device, load_policy
 from trainers.online_rl import (
     completion_stats,
+    forward_groups,
     frozen_logprobs,
     reference_policy,
     sample_rollout,
@@ -264,7 +265,8 @@ def accumulate_gradients(policy: nn.Module, critic: nn.Module, batch: PPOBatch, 
     num_tokens = mask.sum().float()
     normalizer = loss_normalizer("token", num_tokens=num_tokens, num_sequences=mask.shape[0])
     sums = torch.zeros(len(STEP_METRICS), device=mask.device)  # (S,)
-    for rows in split_micro_batches(list(range(mask.shape[0])), hp.gradient_accumulation_steps):
+    micro_batches = split_micro_batches(list(range(mask.shape[0])), hp.gradient_accumulation_steps)
+    for rows in [part for micro in micro_batches for part in forward_groups(batch.rollout, micro, len(micro))]:
         micro = batch.select(rows)
         m = micro.rollout.response_mask  # (b, a)
         logits = response_logits(policy, micro.rollout, hp.temperature)  # (b, a, V)

@@ -31,7 +31,7 @@ from transformers import AutoModelForSequenceClassification, PreTrainedModel, Pr
 from trainers.config import LoRAConfig
 from trainers.errors import ModelNotFoundError, UserError
 from trainers.lora import apply_lora
-from trainers.online_rl import select_rows
+from trainers.online_rl import map_forward_groups
 from trainers.reward_model import _backbone_and_head, load_reward_model
 from trainers.rollout import Rollout
 
@@ -191,7 +191,7 @@ def response_values(critic: nn.Module, rollout: Rollout) -> Tensor:
 
 @torch.no_grad()
 def rollout_values(critic: nn.Module, rollout: Rollout, *, batch_size: int) -> Tensor:
-    """`response_values` without gradients, `batch_size` rows at a time: the rollout's V_old.
+    """`response_values` without gradients, in passes of at most `batch_size` rows: the rollout's V_old.
 
     Args:
         critic: the critic (run in whatever mode it is in; PPO keeps it in eval mode).
@@ -201,10 +201,4 @@ def rollout_values(critic: nn.Module, rollout: Rollout, *, batch_size: int) -> T
     Returns:
         (B, A) float32 values, 0 on padding.
     """
-    rows = list(range(rollout.response_ids.shape[0]))
-    width = rollout.response_ids.shape[1]
-    out = []
-    for start in range(0, len(rows), batch_size):
-        values = response_values(critic, select_rows(rollout, rows[start : start + batch_size]))  # (b, a) a <= A
-        out.append(torch.nn.functional.pad(values, (0, width - values.shape[1])))  # (b, A)
-    return torch.cat(out)  # (B, A)
+    return map_forward_groups(lambda part: response_values(critic, part), rollout, batch_size)  # (B, A)

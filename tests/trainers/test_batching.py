@@ -72,3 +72,16 @@ def test_map_buckets_returns_each_rows_value_in_the_original_order():
     assert calls == [(2, 2), (2, 4)]  # each group cut to its width
     assert map_buckets(row_sums, [(torch.arange(4), 4)], rows).tolist() == [3, 3, 22, 18]
     assert map_buckets(row_sums, [], rows).tolist() == [3, 3, 22, 18]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_length_buckets_respect_a_row_bound_at_least_cost(seed):
+    rng = random.Random(seed)
+    lengths = [rng.randint(1, 60) for _ in range(rng.randint(2, 9))]
+    for max_rows in (1, 2, 3):
+        groups = length_buckets(lengths, 30, max_rows=max_rows)
+        assert sorted(i for rows, _ in groups for i in rows) == list(range(len(lengths)))
+        assert all(len(rows) <= max_rows for rows, _ in groups)
+        unbounded_cost = brute_force_cost(lengths, 30)
+        assert sum(len(rows) * width + 30 for rows, width in groups) >= unbounded_cost
+    assert length_buckets([10, 11, 12, 12], 100, max_rows=2) == [([0, 1], 11), ([2, 3], 12)]

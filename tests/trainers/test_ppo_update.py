@@ -134,3 +134,40 @@ def test_the_ptx_loss_is_the_mean_negative_log_likelihood_of_the_step_tokens(acc
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
     input_ids, attention_mask = collate_texts(sequences, PAD, torch.device("cpu"))
     assert input_ids.shape == (3, 7) and attention_mask.sum().item() == 14
+
+
+def test_rows_of_very_different_lengths_run_in_separate_passes_with_the_same_results():
+    """Short and long prompts go to different passes (`forward_groups`); the step and the rollout's
+    gradient-free passes equal those of one padded pass over every row."""
+    from trainers.online_rl import forward_groups, frozen_logprobs
+    from trainers.value_model import rollout_values
+
+    policy = copy.deepcopy(tiny()[0])
+    critic = critic_from_causal_lm(policy)
+    torch.nn.init.normal_(critic.score.weight, std=0.5, generator=torch.Generator().manual_seed(0))
+    prompts = [[BOS, 40 + i] for i in range(4)] + [[BOS, *range(60, 60 + 70 + i)] for i in range(4)]
+    g = torch.Generator().manual_seed(2)
+    rollout = generate(policy, prompts, pad_token_id=PAD, eos_token_id=EOS, max_new_tokens=5,
+                       temperature=TEMPERATURE, generator=g)  # fmt: skip
+    groups = forward_groups(rollout, range(8), max_rows=8)
+    assert sorted(map(sorted, groups)) == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    assert forward_groups(rollout, range(8), max_rows=3) and all(
+        len(group) <= 3 for group in forward_groups(rollout, range(8), max_rows=3)
+    )
+    with torch.no_grad():
+        logp = response_logprobs(policy, rollout, TEMPERATURE)  # one padded pass
+        values = response_values(critic, rollout)
+        torch.testing.assert_close(frozen_logprobs(policy, rollout, TEMPERATURE, batch_size=3), logp, rtol=0, atol=1e-5)
+        torch.testing.assert_close(rollout_values(critic, rollout, batch_size=3), values, rtol=0, atol=1e-5)
+    mask = rollout.response_mask.float()
+    batch = PPOBatch(rollout=rollout, old_logprobs=logp + 0.2 * mask, old_values=values - 0.3 * mask,
+                     advantages=torch.randn(mask.shape, generator=g) * mask, returns=values + mask)  # fmt: skip
+    hp = hyperparameters()
+    stats = accumulate_gradients(policy, critic, batch, hp)
+    got = gradients(policy, critic)
+    policy.zero_grad(), critic.zero_grad()
+    loss, expected = by_hand(policy, critic, batch, hp)
+    loss.backward()
+    torch.testing.assert_close(stats, expected, rtol=1e-5, atol=1e-6)
+    for a, b in zip(got, gradients(policy, critic), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
