@@ -627,7 +627,7 @@ def main(argv: list[str] | None = None) -> None:
         for algo in algos:
             print(f"{algo}:", flush=True)
             steps, warmup = (args.ppo_rollouts, 2) if algo == "ppo" else (args.steps, args.warmup)
-            others = [] if algo in ("grpo", "ppo") else args.also
+            others = args.also
             entries += compare(algo, work, args.reps, steps, warmup, matmul_rate, args.threads, others)
         matmul_after = measure_matmul_rate()
         print(f"fp32 matmul rate after the runs: {matmul_after / 1e9:.1f} GFLOP/s", flush=True)
