@@ -26,7 +26,6 @@ from pathlib import Path
 
 import torch
 from torch import Tensor, nn
-from transformers import PreTrainedTokenizerBase
 
 from trainers.advantages import group_advantages
 from trainers.batching import split_micro_batches
@@ -39,15 +38,15 @@ from trainers.loop import TrainingLoop, announce_model, seed_everything
 from trainers.lora import load_trainable_model
 from trainers.modeling import default_device, load_policy
 from trainers.online_rl import (
-    EVAL_ROLLOUT,
     completion_stats,
+    evaluate_policy,
     frozen_logprobs,
     reference_policy,
     sample_rollout,
     sampling_generator,
     select_rows,
 )
-from trainers.prompt_data import PromptOrder, TokenizedPrompt, tokenize_prompt_split
+from trainers.prompt_data import PromptOrder, tokenize_prompt_split
 from trainers.rl_losses import aggregate, clipped_policy_loss, entropy_from_logits, loss_normalizer
 from trainers.rl_rewards import RewardComputer, RewardScores, decode_completions
 from trainers.rollout import Rollout, response_logits
@@ -168,7 +167,7 @@ def train_grpo(
             save, evaluate_now = save or loop.checkpoint_due(), evaluate_now or loop.eval_due()
             evaluated = bool(eval_prompts) and evaluate_now and i == len(schedule) - 1
             if evaluated:
-                metrics |= evaluate(policy, eval_prompts, tokenizer, rewarder, hp, seed=job.seed)
+                metrics |= evaluate_policy(policy, eval_prompts, tokenizer, rewarder, hp, seed=job.seed)
             if evaluated or loop.log_due():
                 callbacks.on_metrics(step, metrics)
         if save:
@@ -231,47 +230,6 @@ def accumulate_gradients(policy: nn.Module, batch: GRPOBatch, hp: GRPOHyperparam
     counts = torch.stack([one, num_tokens, num_tokens, num_tokens, sequences])[: len(sums)]  # (S,)
     names = ["train/loss", "policy/clipfrac", "policy/approx_kl", "policy/entropy", "objective/kl"]
     return sums / counts, names[: len(sums)]
-
-
-@torch.no_grad()
-def evaluate(
-    policy: nn.Module,
-    prompts: list[TokenizedPrompt],
-    tokenizer: PreTrainedTokenizerBase,
-    rewarder: RewardComputer,
-    hp: GRPOHyperparameters,
-    *,
-    seed: int,
-) -> dict[str, float]:
-    """Mean reward of one completion per evaluation prompt, sampled by the same seeded generator every time.
-
-    Args:
-        policy: the policy (sampled in eval mode).
-        prompts: the evaluation prompts.
-        tokenizer: the policy's tokenizer.
-        rewarder: the job's reward.
-        hp: sampling settings; prompts are sampled ``rollout_batch_size × num_generations`` at a time.
-        seed: the job's seed.
-
-    Returns:
-        ``eval/reward/mean``, ``eval/reward/<grader>`` and ``eval/completions/mean_length``.
-    """
-    size = hp.completions_per_rollout
-    generator = sampling_generator(seed, EVAL_ROLLOUT, next(policy.parameters()).device)
-    rewards, lengths, per_grader = [], [], {}
-    for start in range(0, len(prompts), size):
-        chunk = prompts[start : start + size]
-        rollout = sample_rollout(policy, [p.ids for p in chunk], tokenizer, hp, generator=generator)
-        scores = rewarder.score([p.item for p in chunk], decode_completions(tokenizer, rollout), rollout)
-        rewards.append(scores.rewards.float().cpu())
-        lengths.append(rollout.response_lengths.float().cpu())
-        for name, values in scores.per_grader.items():
-            per_grader.setdefault(name, []).append(values)
-    metrics = {f"eval/reward/{name}": torch.cat(v).mean().item() for name, v in per_grader.items()}
-    return metrics | {
-        "eval/reward/mean": torch.cat(rewards).mean().item(),
-        "eval/completions/mean_length": torch.cat(lengths).mean().item(),
-    }
 
 
 def _rollout_metrics(scores: RewardScores, group_std: Tensor, rollout: Rollout) -> dict[str, float]:

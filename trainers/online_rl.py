@@ -27,6 +27,8 @@ from transformers import PreTrainedTokenizerBase
 from trainers.batching import bucket_overhead_tokens, length_buckets
 from trainers.config import GRPOJob, PPOJob, RLHyperparameters
 from trainers.modeling import load_policy
+from trainers.prompt_data import TokenizedPrompt
+from trainers.rl_rewards import RewardComputer, decode_completions
 from trainers.rollout import Rollout, generate, response_logprobs
 
 EVAL_ROLLOUT = 0  # the sampling stream of evaluations; training rollouts count from 1
@@ -250,4 +252,45 @@ def completion_stats(rollout: Rollout) -> dict[str, Tensor]:
         "completions/mean_length": lengths.mean(),
         "completions/max_length": lengths.max(),
         "completions/eos_fraction": rollout.ended_with_eos.float().mean(),
+    }
+
+
+@torch.no_grad()
+def evaluate_policy(
+    policy: nn.Module,
+    prompts: list[TokenizedPrompt],
+    tokenizer: PreTrainedTokenizerBase,
+    rewarder: RewardComputer,
+    hp: RLHyperparameters,
+    *,
+    seed: int,
+) -> dict[str, float]:
+    """Mean reward of one completion per evaluation prompt, sampled by the same seeded generator every time.
+
+    Args:
+        policy: the policy (sampled in eval mode).
+        prompts: the evaluation prompts.
+        tokenizer: the policy's tokenizer.
+        rewarder: the job's reward.
+        hp: sampling settings; prompts are sampled ``rollout_batch_size × num_generations`` at a time.
+        seed: the job's seed.
+
+    Returns:
+        ``eval/reward/mean``, ``eval/reward/<grader>`` and ``eval/completions/mean_length``.
+    """
+    size = hp.completions_per_rollout
+    generator = sampling_generator(seed, EVAL_ROLLOUT, next(policy.parameters()).device)
+    rewards, lengths, per_grader = [], [], {}
+    for start in range(0, len(prompts), size):
+        chunk = prompts[start : start + size]
+        rollout = sample_rollout(policy, [p.ids for p in chunk], tokenizer, hp, generator=generator)
+        scores = rewarder.score([p.item for p in chunk], decode_completions(tokenizer, rollout), rollout)
+        rewards.append(scores.rewards.float().cpu())
+        lengths.append(rollout.response_lengths.float().cpu())
+        for name, values in scores.per_grader.items():
+            per_grader.setdefault(name, []).append(values)
+    metrics = {f"eval/reward/{name}": torch.cat(v).mean().item() for name, v in per_grader.items()}
+    return metrics | {
+        "eval/reward/mean": torch.cat(rewards).mean().item(),
+        "eval/completions/mean_length": torch.cat(lengths).mean().item(),
     }

@@ -45,7 +45,6 @@ from trainers.advantages import explained_variance, gae, whiten
 from trainers.batching import split_micro_batches
 from trainers.callbacks import Callbacks
 from trainers.config import PPOHyperparameters, PPOJob
-from trainers.grpo import evaluate
 from trainers.kl import AdaptiveKLController, FixedKLController, kl_penalized_rewards
 from trainers.logprobs import selective_log_softmax
 from trainers.loop import AuxiliaryModel, TrainingLoop, announce_model, load_run_state, seed_everything
@@ -53,6 +52,7 @@ from trainers.lora import load_trainable_model
 from trainers.modeling import default_device, load_policy
 from trainers.online_rl import (
     completion_stats,
+    evaluate_policy,
     forward_groups,
     frozen_logprobs,
     reference_policy,
@@ -230,7 +230,7 @@ def train_ppo(
             save, evaluate_now = save or loop.checkpoint_due(), evaluate_now or loop.eval_due()
             evaluated = bool(eval_prompts) and evaluate_now and i == len(schedule) - 1
             if evaluated:
-                metrics |= evaluate(policy, eval_prompts, tokenizer, rewarder, hp, seed=job.seed)
+                metrics |= evaluate_policy(policy, eval_prompts, tokenizer, rewarder, hp, seed=job.seed)
             if evaluated or loop.log_due():
                 callbacks.on_metrics(step, metrics)
         if save:

@@ -98,7 +98,7 @@ def rewards(
     Returns:
         (N,) float32 rewards, differentiable w.r.t. the model's parameters.
     """
-    backbone, head = _backbone_and_head(model)
+    backbone, head = backbone_and_head(model)
 
     def scores_at_last_token(ids: Tensor, mask: Tensor) -> Tensor:
         hidden = backbone(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state  # (n, T, H)
@@ -124,7 +124,7 @@ def shared_prompt_rewards(model: nn.Module, groups: Sequence[SharedPromptRows], 
     Returns:
         (2B,) float32 rewards, chosen rows first, differentiable.
     """
-    backbone, head = _backbone_and_head(model)
+    backbone, head = backbone_and_head(model)
     out = None
     for group in groups:
         mask = attention_mask_for(model, group.attention_mask)
@@ -196,7 +196,7 @@ def reward_stats(
     return all_rewards.mean().item(), all_rewards.std(correction=0).item()
 
 
-def _backbone_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module]:
+def backbone_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module]:
     """The transformer body and the `score` head of a (possibly peft-wrapped) reward model."""
     inner = model.get_base_model() if isinstance(model, PeftModel) else model
     head = getattr(inner, "score", None)

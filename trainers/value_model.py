@@ -32,7 +32,7 @@ from trainers.config import LoRAConfig
 from trainers.errors import ModelNotFoundError, UserError
 from trainers.lora import apply_lora
 from trainers.online_rl import map_forward_groups
-from trainers.reward_model import _backbone_and_head, load_reward_model
+from trainers.reward_model import backbone_and_head, load_reward_model
 from trainers.rollout import Rollout
 
 CRITIC_DIR = "critic"  # the critic's directory inside a checkpoint
@@ -53,7 +53,7 @@ def critic_from_causal_lm(causal_lm: PreTrainedModel) -> PreTrainedModel:
     with torch.random.fork_rng(devices=[]):  # construction runs the library's own random init
         critic = AutoModelForSequenceClassification.from_config(config)
     critic.base_model.load_state_dict(causal_lm.base_model.state_dict())
-    _, head = _backbone_and_head(critic)
+    _, head = backbone_and_head(critic)
     nn.init.zeros_(head.weight)
     if getattr(head, "bias", None) is not None:
         nn.init.zeros_(head.bias)
@@ -162,7 +162,7 @@ def token_values(
     Returns:
         (B, T − first) float32 values, differentiable w.r.t. the critic's parameters.
     """
-    backbone, head = _backbone_and_head(critic)
+    backbone, head = backbone_and_head(critic)
     hidden = backbone(
         input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
     ).last_hidden_state  # (B, T, H)
