@@ -20,6 +20,7 @@ rollouts (a rollout is never split across a resume), so stops are polled once pe
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +43,7 @@ from trainers.online_rl import (
     evaluate_policy,
     frozen_logprobs,
     reference_policy,
+    run_rollout_updates,
     sample_rollout,
     sampling_generator,
     select_rows,
@@ -128,6 +130,8 @@ def train_grpo(
         num_rows=len(prompts), steps_per_epoch=order.rollouts_per_epoch * steps_per_rollout,
     )  # fmt: skip
     metrics: dict[str, float] = {}
+    evaluate = functools.partial(evaluate_policy, policy, eval_prompts, tokenizer, rewarder, hp, seed=job.seed)
+    evaluate = evaluate if eval_prompts else None
 
     while loop.step < loop.total_steps:
         if loop.stop_requested():  # between rollouts: a checkpoint never splits one
@@ -159,19 +163,10 @@ def train_grpo(
         completions = list(range(hp.completions_per_rollout))
         minibatches = [completions[i : i + hp.batch_size] for i in range(0, len(completions), hp.batch_size)]
         schedule = (minibatches * hp.num_iterations)[: loop.total_steps - loop.step]
-        save = evaluate_now = False
-        for i, minibatch in enumerate(schedule):
-            step = loop.next_step()
-            stats, names = accumulate_gradients(policy, batch.select(minibatch), hp)
-            metrics = loop.update(stats, names) | rollout_metrics
-            save, evaluate_now = save or loop.checkpoint_due(), evaluate_now or loop.eval_due()
-            evaluated = bool(eval_prompts) and evaluate_now and i == len(schedule) - 1
-            if evaluated:
-                metrics |= evaluate_policy(policy, eval_prompts, tokenizer, rewarder, hp, seed=job.seed)
-            if evaluated or loop.log_due():
-                callbacks.on_metrics(step, metrics)
-        if save:
-            loop.checkpoint(metrics)
+        metrics = run_rollout_updates(
+            loop, schedule, lambda _, minibatch, batch=batch: accumulate_gradients(policy, batch.select(minibatch), hp),
+            rollout_metrics, evaluate, metrics,
+        )  # fmt: skip
 
     return loop.finish(metrics)
 

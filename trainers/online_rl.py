@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import copy
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from peft import PeftModel
@@ -30,6 +31,9 @@ from trainers.modeling import load_policy
 from trainers.prompt_data import TokenizedPrompt
 from trainers.rl_rewards import RewardComputer, decode_completions
 from trainers.rollout import Rollout, generate, response_logprobs
+
+if TYPE_CHECKING:
+    from trainers.loop import TrainingLoop
 
 EVAL_ROLLOUT = 0  # the sampling stream of evaluations; training rollouts count from 1
 
@@ -294,3 +298,45 @@ def evaluate_policy(
         "eval/reward/mean": torch.cat(rewards).mean().item(),
         "eval/completions/mean_length": torch.cat(lengths).mean().item(),
     }
+
+
+def run_rollout_updates(
+    loop: TrainingLoop,
+    schedule: Sequence[Sequence[int]],
+    step: Callable[[int, Sequence[int]], tuple[Tensor, Sequence[str]]],
+    rollout_metrics: dict[str, float],
+    evaluate: Callable[[], dict[str, float]] | None,
+    metrics: dict[str, float],
+) -> dict[str, float]:
+    """A rollout's optimizer steps, one per minibatch of `schedule`, with the reports they fall due for.
+
+    Each step backwards its loss (`step(step_number, minibatch)` returns the step's statistics and
+    their names), then `loop.update` clips and applies it. Evaluation and checkpoints that fall due
+    during the rollout wait for its last step, so a checkpoint never splits a rollout; metrics are
+    reported when logging falls due or after an evaluation.
+
+    Args:
+        loop: the run's training loop.
+        schedule: the minibatches (row indices of the rollout) of the steps to run, in order.
+        step: backwards one step's loss.
+        rollout_metrics: the rollout's own metrics, reported with every step's.
+        evaluate: computes the evaluation metrics, or None without evaluation data.
+        metrics: the last metrics reported, returned as they are when `schedule` is empty.
+
+    Returns:
+        The last step's metrics.
+    """
+    save = evaluate_now = False
+    for i, minibatch in enumerate(schedule):
+        number = loop.next_step()
+        stats, names = step(number, minibatch)
+        metrics = loop.update(stats, names) | rollout_metrics
+        save, evaluate_now = save or loop.checkpoint_due(), evaluate_now or loop.eval_due()
+        evaluated = evaluate is not None and evaluate_now and i == len(schedule) - 1
+        if evaluated:
+            metrics |= evaluate()
+        if evaluated or loop.log_due():
+            loop.callbacks.on_metrics(number, metrics)
+    if save:
+        loop.checkpoint(metrics)
+    return metrics

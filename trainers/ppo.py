@@ -56,6 +56,7 @@ from trainers.online_rl import (
     forward_groups,
     frozen_logprobs,
     reference_policy,
+    run_rollout_updates,
     sample_rollout,
     sampling_generator,
     select_rows,
@@ -179,6 +180,8 @@ def train_ppo(
     if state is not None:  # the loop has checked that this is a PPO checkpoint
         kl_controller.load_state_dict(state["extra"]["kl_controller"])
     metrics: dict[str, float] = {}
+    evaluate = functools.partial(evaluate_policy, policy, eval_prompts, tokenizer, rewarder, hp, seed=job.seed)
+    evaluate = evaluate if eval_prompts else None
 
     while loop.step < loop.total_steps:
         if loop.stop_requested():  # between rollouts: a checkpoint never splits one
@@ -216,9 +219,7 @@ def train_ppo(
             permutation = torch.randperm(len(rows), generator=generator, device=generator.device).tolist()
             schedule += [permutation[i : i + hp.batch_size] for i in range(0, len(rows), hp.batch_size)]
         schedule = schedule[: loop.total_steps - loop.step]
-        save = evaluate_now = False
-        for i, minibatch in enumerate(schedule):
-            step = loop.next_step()
+        def step_loss(step: int, minibatch: Sequence[int], batch: PPOBatch = batch) -> tuple[Tensor, Sequence[str]]:
             stats, names = accumulate_gradients(policy, critic, batch.select(minibatch), hp), STEP_METRICS  # (S,)
             if ptx is not None:  # PPO-ptx: the language-modelling loss joins the step's gradients and loss
                 ptx_loss = backward_ptx_loss(policy, ptx.step_rows(step), coef=hp.ptx_coef,
@@ -226,15 +227,9 @@ def train_ppo(
                                              gradient_accumulation_steps=hp.gradient_accumulation_steps)  # fmt: skip
                 stats = torch.cat([stats[:1] + hp.ptx_coef * ptx_loss, stats[1:], ptx_loss.reshape(1)])  # (S+1,)
                 names = (*STEP_METRICS, "ptx/loss")
-            metrics = loop.update(stats, names) | rollout_metrics
-            save, evaluate_now = save or loop.checkpoint_due(), evaluate_now or loop.eval_due()
-            evaluated = bool(eval_prompts) and evaluate_now and i == len(schedule) - 1
-            if evaluated:
-                metrics |= evaluate_policy(policy, eval_prompts, tokenizer, rewarder, hp, seed=job.seed)
-            if evaluated or loop.log_due():
-                callbacks.on_metrics(step, metrics)
-        if save:
-            loop.checkpoint(metrics)
+            return stats, names
+
+        metrics = run_rollout_updates(loop, schedule, step_loss, rollout_metrics, evaluate, metrics)
 
     return loop.finish(metrics)
 
