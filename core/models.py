@@ -114,6 +114,10 @@ class Dataset(Base):
     row_count: Mapped[int] = mapped_column(Integer, default=0)
     size_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
     sha256: Mapped[str] = mapped_column(String(64))
+    # `uploading` while rows are written in bounded transactions; only `ready` datasets are visible.
+    status: Mapped[str] = mapped_column(String(16), default="ready", server_default="ready", index=True)
+    # Renewed by each committed batch of an upload, so a stale `uploading` dataset can be told apart.
+    updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
 
 
@@ -154,6 +158,8 @@ class Job(Base):
     total_steps: Mapped[int | None] = mapped_column(Integer)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     worker_id: Mapped[str | None] = mapped_column(String(256))
+    # When the broker last accepted this job's message; NULL while a `queued` job still has to be sent.
+    enqueued_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
