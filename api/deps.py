@@ -81,20 +81,31 @@ def require_admin(settings: SettingsDep, credentials: Credentials) -> None:
                               "admin endpoints are disabled: set ADMIN_API_KEY")
 
 
+# Ids are `<prefix>_<hex>` (core.models.new_id); anything else (NUL, spaces, non-ASCII, longer than the
+# id columns) names nothing and never reaches the database, where some of it could not even be compared.
+ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
+ID_MAX_LENGTH = 40
+
+
+def is_id_shaped(value: str) -> bool:
+    return 0 < len(value) <= ID_MAX_LENGTH and ID_CHARS.issuperset(value)
+
+
 def _not_found(noun: str, id_: str, param: str) -> NotFound:
     # The same answer for "does not exist" and "belongs to another project": ids reveal nothing.
-    return NotFound(f"no {noun} with id {id_!r}", param=param)
+    return NotFound(f"no {noun} with id {id_[:64]!r}", param=param)
 
 
 def dataset_or_404(session: SessionDep, project: ProjectDep, dataset_id: Annotated[str, Path()]) -> Dataset:
-    dataset = session.get(Dataset, dataset_id)
-    if dataset is None or dataset.project_id != project.id:
+    dataset = session.get(Dataset, dataset_id) if is_id_shaped(dataset_id) else None
+    # A dataset still `uploading` (or being deleted) is not there yet (or any more).
+    if dataset is None or dataset.project_id != project.id or dataset.status != "ready":
         raise _not_found("dataset", dataset_id, "dataset_id")
     return dataset
 
 
 def job_or_404(session: SessionDep, project: ProjectDep, job_id: Annotated[str, Path()]) -> Job:
-    job = session.get(Job, job_id)
+    job = session.get(Job, job_id) if is_id_shaped(job_id) else None
     if job is None or job.project_id != project.id:
         raise _not_found("job", job_id, "job_id")
     return job
@@ -102,8 +113,10 @@ def job_or_404(session: SessionDep, project: ProjectDep, job_id: Annotated[str, 
 
 def checkpoint_or_404(session: SessionDep, project: ProjectDep,
                       checkpoint_id: Annotated[str, Path()]) -> Checkpoint:
-    checkpoint = session.scalar(select(Checkpoint).join(Job, Job.id == Checkpoint.job_id)
-                                .where(Checkpoint.id == checkpoint_id, Job.project_id == project.id))
+    checkpoint = None
+    if is_id_shaped(checkpoint_id):
+        checkpoint = session.scalar(select(Checkpoint).join(Job, Job.id == Checkpoint.job_id)
+                                    .where(Checkpoint.id == checkpoint_id, Job.project_id == project.id))
     if checkpoint is None:
         raise _not_found("checkpoint", checkpoint_id, "checkpoint_id")
     return checkpoint

@@ -1,4 +1,5 @@
-"""Request limits enforced before FastAPI reads a body: size (413) and JSON nesting depth (422).
+"""Request limits enforced before FastAPI reads a request: body size (413), JSON nesting depth (422),
+and values no column can hold in query parameters, headers and JSON bodies (422, api.storable).
 
 Uploads are measured as they stream in, so a body without Content-Length cannot slip past, and a
 JSON body is scanned for nesting depth before the parser runs, so no request can make it recurse
@@ -11,6 +12,7 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.errors import error_body
+from api.storable import header_problem, json_problem, query_problem
 from core.settings import Settings
 
 UPLOAD_PATHS = ("/v1/datasets",)
@@ -47,16 +49,21 @@ def json_depth(body: bytes) -> int:
 
 
 class BodyLimits:
-    """ASGI middleware: bounded body sizes (uploads and JSON separately) and bounded JSON depth."""
+    """ASGI middleware: bounded body sizes (uploads and JSON separately), bounded JSON depth, and only
+    storable text and numbers in query parameters, headers and JSON bodies."""
 
     def __init__(self, app: ASGIApp, settings: Settings) -> None:
         self.app, self.settings = app, settings
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and (found := query_problem(scope["query_string"])
+                                        or header_problem(scope["headers"])):
+            await self._refuse(send, 422, found[1], found[0])
+            return
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "DELETE", "OPTIONS"):
             await self.app(scope, receive, send)
             return
-        headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         is_upload = scope["path"] in UPLOAD_PATHS
         limit, setting = ((self.settings.max_upload_bytes, "MAX_UPLOAD_BYTES") if is_upload
                           else (self.settings.max_json_body_bytes, "MAX_JSON_BODY_BYTES"))
@@ -73,10 +80,14 @@ class BodyLimits:
             await self._refuse(send, 413, f"the request body is larger than the limit of {human_bytes(limit)} "
                                f"({setting})", None)
             return
-        if "json" in headers.get("content-type", "") and json_depth(body) > self.settings.max_json_depth:
-            await self._refuse(send, 422, f"the JSON body is nested more than {self.settings.max_json_depth} "
-                               "levels deep", None)
-            return
+        if "json" in headers.get("content-type", ""):
+            if json_depth(body) > self.settings.max_json_depth:
+                await self._refuse(send, 422, f"the JSON body is nested more than {self.settings.max_json_depth} "
+                                   "levels deep", None)
+                return
+            if found := json_problem(body):
+                await self._refuse(send, 422, found[1], found[0])
+                return
         await self.app(scope, _replay(body), send)
 
     @staticmethod

@@ -6,8 +6,9 @@ Job hyperparameters reuse the trainers' own config models, so Swagger shows the 
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
+from api.storable import text_problem
 from trainers.config import (
     DPOHyperparameters,
     GRPOHyperparameters,
@@ -18,6 +19,16 @@ from trainers.config import (
 from trainers.rewards_spec import RewardSpec
 
 DatasetKind = Literal["preference", "prompt", "text"]
+
+
+def _storable(value: str) -> str:
+    if problem := text_problem(value):
+        raise ValueError(problem)
+    return value
+
+
+# Form fields are not JSON, so BodyLimits does not see them: this type refuses what it would.
+StorableStr = Annotated[str, AfterValidator(_storable)]
 Metadata = dict[Annotated[str, StringConstraints(max_length=64)],
                 Annotated[str, StringConstraints(max_length=512)]]
 

@@ -5,7 +5,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Path, status
 from sqlalchemy import select
 
-from api.deps import SessionDep, require_admin
+from api.deps import SessionDep, is_id_shaped, require_admin
 from api.errors import NotFound
 from api.schemas import (
     ApiKeyCreate,
@@ -25,9 +25,9 @@ router = APIRouter(prefix="/v1/admin", tags=["admin"], dependencies=[Depends(req
 
 
 def _project(session, project_id: str) -> Project:
-    project = session.get(Project, project_id)
+    project = session.get(Project, project_id) if is_id_shaped(project_id) else None
     if project is None:
-        raise NotFound(f"no project with id {project_id!r}", param="project_id")
+        raise NotFound(f"no project with id {project_id[:64]!r}", param="project_id")
     return project
 
 
@@ -65,9 +65,9 @@ def list_keys(session: SessionDep, project_id: Annotated[str, Path()]):
 @router.post("/keys/{key_id}/revoke", response_model=ApiKeyPublic)
 def revoke(session: SessionDep, key_id: Annotated[str, Path()]):
     """Revoke a key: requests with it answer 401 from now on."""
-    key = session.get(ApiKey, key_id)
+    key = session.get(ApiKey, key_id) if is_id_shaped(key_id) else None
     if key is None:
-        raise NotFound(f"no API key with id {key_id!r}", param="key_id")
+        raise NotFound(f"no API key with id {key_id[:64]!r}", param="key_id")
     revoke_key(session, key)
     session.commit()
     return key

@@ -1,16 +1,55 @@
 """Datasets: upload, list, read, rows, delete."""
 
-from typing import Annotated
+from collections.abc import Callable, Coroutine
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Form, Header, Response, UploadFile, status
+from fastapi import APIRouter, Depends, Form, Header, Request, Response, UploadFile, status
+from fastapi.routing import APIRoute
+from python_multipart.multipart import DEFAULT_MAX_HEADER_SIZE
+from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartException
 
 from api.deps import DatasetDep, ProjectDep, SessionDep, SettingsDep, get_project
+from api.errors import ApiError, InvalidRequest
 from api.pagination import PageParams, page_params
-from api.schemas import DatasetKind, DatasetPublic, DatasetRowsPublic, DatasetsPublic, error_responses
+from api.schemas import (
+    DatasetKind,
+    DatasetPublic,
+    DatasetRowsPublic,
+    DatasetsPublic,
+    StorableStr,
+    error_responses,
+)
 from api.services import datasets as service
+from api.storable import text_problem
+
+
+class UploadRoute(APIRoute):
+    """Says what the multipart parser refused, where Starlette only answers "Invalid multipart data"."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def handle(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except HTTPException as exc:
+                # Starlette raises this while handling MultiPartException, whose cause is the parser's error.
+                refused = exc.__context__
+                if exc.status_code != 400 or not isinstance(refused, MultiPartException):
+                    raise
+                cause = refused.__cause__
+                if "header size" in str(cause):
+                    raise InvalidRequest(
+                        f"a header of the multipart part is longer than {DEFAULT_MAX_HEADER_SIZE} bytes: the file "
+                        "name is too long (at most 512 characters are accepted)", param="file") from None
+                raise ApiError(f"invalid multipart body: {cause or refused.message}") from None
+
+        return handle
+
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"], dependencies=[Depends(get_project)],
-                   responses=error_responses(400, 401, 404, 409, 413, 422, 503))
+                   responses=error_responses(400, 401, 404, 409, 413, 422, 503), route_class=UploadRoute)
 Page = Annotated[PageParams, Depends(page_params)]
 
 
@@ -22,14 +61,19 @@ def upload_dataset(
     response: Response,
     file: UploadFile,
     kind: Annotated[DatasetKind, Form(description="preference (for reward models and DPO) or prompt (PPO/GRPO).")],
-    name: Annotated[str | None, Form(max_length=256)] = None,
+    name: Annotated[StorableStr | None, Form(max_length=256)] = None,
     idempotency_key: Annotated[str | None, Header(max_length=256)] = None,
 ):
     """Upload a .jsonl, .json, .parquet or .csv file; every row is validated and all or none are stored."""
+    filename = file.filename or "upload.jsonl"
+    problem = text_problem(filename) or ("is longer than 512 characters" if len(filename) > 512 else None)
+    if problem:
+        raise InvalidRequest(f"file: the file name {problem}", param="file")
     dataset, created = service.create(session=session, project_id=project.id, file=file.file,
-                                      filename=file.filename or "upload.jsonl", name=name, kind=kind,
+                                      filename=filename, name=name, kind=kind,
                                       idempotency_key=idempotency_key, max_rows=settings.max_dataset_rows,
-                                      max_row_bytes=settings.max_row_bytes)
+                                      max_row_bytes=settings.max_row_bytes,
+                                      stale_upload_seconds=settings.stale_upload_seconds)
     if not created:
         response.status_code = status.HTTP_200_OK
     return dataset
