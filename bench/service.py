@@ -198,6 +198,8 @@ def job_creation(api: Api, key: str, dataset_id: str, clients: int, requests: in
 def metrics_latency(settings: Settings, api: Api, key: str, dataset_id: str, samples: int) -> dict[str, float]:
     """Seconds from a trainer's ``on_metrics`` (flushed at once) to the SSE frame at a stream client."""
     from core.artifacts import ArtifactStore
+    from core.db import session_scope
+    from core.lifecycle import claim_job
     from worker.reporting import JobReporter
 
     http = httpx.Client(base_url=api.url, headers={"Authorization": f"Bearer {key}"}, timeout=60)
@@ -222,7 +224,9 @@ def metrics_latency(settings: Settings, api: Api, key: str, dataset_id: str, sam
     listener.start()
     ready.wait(30)
     time.sleep(1.0)  # the stream has sent what existed and is waiting for news
-    reporter = JobReporter(url=settings.database_url, job_id=job_id, store=ArtifactStore(settings.artifacts_dir),
+    with session_scope(settings.database_url) as session:  # no worker runs: the bench holds the lease
+        lease = claim_job(session, job_id, "bench")
+    reporter = JobReporter(url=settings.database_url, lease=lease, store=ArtifactStore(settings.artifacts_dir),
                            broker_url=settings.celery_broker_url)  # fmt: skip
     sent: dict[int, float] = {}
     rng = random.Random(0)

@@ -1,5 +1,9 @@
-"""Job status transitions: one function, one table of allowed moves, compare-and-set in the database."""
+"""Job status transitions: one function, one table of allowed moves, compare-and-set in the database.
 
+Also the lease a run holds while it trains a job, and the fence every write of that run goes through.
+"""
+
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import ColumnElement, select, update
@@ -79,3 +83,65 @@ def transition(
         )
     )
     session.flush()
+
+
+# A run may write while its job is in one of these; any other status means the lease is over.
+LEASED_STATUSES = (S.running.value, S.cancelling.value)
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A run's hold on a job: the fencing token (the job's `attempts` when it was claimed) and its worker.
+
+    The attempt tells two runs of one worker apart (a worker that lost a job may claim it again).
+    """
+
+    job_id: str
+    attempt: int
+    worker_id: str
+
+    def conditions(self) -> tuple[ColumnElement[bool], ...]:
+        """What the job row meets while this lease holds it (with a status in LEASED_STATUSES)."""
+        return Job.id == self.job_id, Job.attempts == self.attempt, Job.worker_id == self.worker_id
+
+
+class LeaseLost(Exception):
+    """The job was handed on (requeued, claimed again, or ended) since this lease was taken."""
+
+    def __init__(self, lease: Lease) -> None:
+        super().__init__(f"job {lease.job_id} is no longer held by attempt {lease.attempt} on {lease.worker_id}")
+        self.lease = lease
+
+
+def claim_job(session: Session, job_id: str, worker_id: str, *, message: str = "") -> Lease:
+    """Move a queued job to running under a new lease (attempt + 1); raises InvalidTransition."""
+    transition(session, job_id, S.running, message=message or f"started on {worker_id}",
+               values={"worker_id": worker_id, "heartbeat_at": utcnow(), "attempts": Job.attempts + 1})
+    # The row is ours until the commit (row lock on Postgres, write lock on SQLite): this is our attempt.
+    return Lease(job_id, session.scalar(select(Job.attempts).where(Job.id == job_id)), worker_id)
+
+
+def hold(session: Session, lease: Lease, **values: Any) -> None:
+    """Fence a write: run first in each transaction a run writes in; raises LeaseLost if the lease moved on.
+
+    The guard is an UPDATE of the job row under the lease's conditions: it takes the row lock on
+    Postgres and the write lock on SQLite, so nobody can requeue or reclaim the job until this
+    transaction ends, and a refused write rolls back with it. `values` are written by the same
+    statement (the step counter, a heartbeat).
+    """
+    result = session.execute(
+        update(Job)
+        .where(*lease.conditions(), Job.status.in_(LEASED_STATUSES))
+        .values(**(values or {"worker_id": Job.worker_id}))
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:
+        raise LeaseLost(lease)
+
+
+def leased_status(session: Session, lease: Lease) -> JobStatus:
+    """The job's status while `lease` holds it (a read, for polling); raises LeaseLost otherwise."""
+    status = session.scalar(select(Job.status).where(*lease.conditions(), Job.status.in_(LEASED_STATUSES)))
+    if status is None:
+        raise LeaseLost(lease)
+    return JobStatus(status)

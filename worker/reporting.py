@@ -1,5 +1,10 @@
-"""Trainer callbacks that write to the database and the artifact store (run in the child process)."""
+"""Trainer callbacks that write to the database and the artifact store (run in the child process).
 
+Every write is fenced by the run's lease (`core.lifecycle.hold`): once the job was handed on, each
+one raises LeaseLost, which ends the trainer's loop, since no callback swallows it.
+"""
+
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -11,8 +16,9 @@ from sqlalchemy.orm import Session
 
 from core.artifacts import ArtifactStore, tar_digest
 from core.db import retry_on_outage, session_scope
+from core.lifecycle import Lease, LeaseLost, hold, leased_status
 from core.model_refs import MODEL_SUBDIR
-from core.models import Checkpoint, Job, JobEvent, JobStatus, Metric, new_id, utcnow
+from core.models import Checkpoint, JobEvent, JobStatus, Metric, new_id, utcnow
 from core.notify import publish
 from trainers.callbacks import Callbacks
 
@@ -33,16 +39,17 @@ def upsert_metrics(session: Session, job_id: str, rows: list[tuple[int, dict[str
 
 
 class JobReporter(Callbacks):
-    """Batches metrics, stores checkpoints, records events and reads the cancel flag.
+    """Batches metrics, stores checkpoints, records events and reads the cancel flag, under `lease`.
 
     Every database touch retries through an outage of up to `grace_seconds`, so a database
-    restart pauses training instead of failing it.
+    restart pauses training instead of failing it; a write after an outage longer than the lease
+    is refused like any other write of a run whose job was handed on.
     """
 
-    def __init__(self, *, url: str, job_id: str, store: ArtifactStore, broker_url: str = "",
-                 worker_id: str | None = None, grace_seconds: float = 300.0) -> None:
-        self.url, self.job_id, self.store, self.broker_url = url, job_id, store, broker_url
-        self.worker_id = worker_id  # the lease holder this run belongs to, if any
+    def __init__(self, *, url: str, lease: Lease, store: ArtifactStore, broker_url: str = "",
+                 grace_seconds: float = 300.0) -> None:
+        self.url, self.lease, self.store, self.broker_url = url, lease, store, broker_url
+        self.job_id = lease.job_id
         self.grace_seconds = grace_seconds
         self._pending: dict[int, dict[str, float]] = {}
         self._last_flush = time.monotonic()
@@ -54,9 +61,16 @@ class JobReporter(Callbacks):
 
         return retry_on_outage(attempt, grace_seconds=self.grace_seconds, what=what)
 
+    def _write(self, work: Callable[[Session], T], what: str, **job_values: Any) -> T:
+        """Run `work` in a transaction that first fences on the lease (writing `job_values` to the job)."""
+        def fenced(session: Session) -> T:
+            hold(session, self.lease, **job_values)
+            return work(session)
+
+        return self._db(fenced, what)
+
     def on_start(self, total_steps: int) -> None:
-        self._db(lambda s: s.execute(update(Job).where(Job.id == self.job_id).values(total_steps=total_steps)),
-                 "recording the total steps")
+        self._write(lambda s: None, "recording the total steps", total_steps=total_steps)
         publish(self.broker_url, self.job_id)
 
     def on_metrics(self, step: int, metrics: dict[str, float]) -> None:
@@ -71,27 +85,33 @@ class JobReporter(Callbacks):
             return
         rows = sorted(self._pending.items())
 
-        def write(session: Session) -> None:
-            upsert_metrics(session, self.job_id, rows)
-            session.execute(update(Job).where(Job.id == self.job_id).values(current_step=rows[-1][0]))
-
-        self._db(write, "writing metrics")
+        self._write(lambda s: upsert_metrics(s, self.job_id, rows), "writing metrics", current_step=rows[-1][0])
         self._pending.clear()
         publish(self.broker_url, self.job_id)
+
+    def checkpoint_key(self, step: int) -> str:
+        """Where this run stores its checkpoint of `step`: a key of its own attempt, so the files of a
+        run that lost its lease never land on those of the job's next attempt."""
+        return f"jobs/{self.job_id}/attempt-{self.lease.attempt}/checkpoint-{step:08d}"
 
     def on_checkpoint(self, step: int, save: Callable[[Path], None], info: dict[str, Any]) -> None:
         self.flush()
         staging = self.store.staging_dir()
-        save(staging)
-        checkpoint_id = new_id("ckpt")
-        size, sha256 = tar_digest(staging / MODEL_SUBDIR, checkpoint_id)
-        key = f"jobs/{self.job_id}/checkpoint-{step:08d}"
-        self.store.commit(staging, key)
+        try:
+            save(staging)
+            checkpoint_id = new_id("ckpt")
+            size, sha256 = tar_digest(staging / MODEL_SUBDIR, checkpoint_id)
+            key = self.checkpoint_key(step)
+            self.store.commit(staging, key)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)  # gone after a commit; left over after a failure
 
-        def record(session: Session) -> None:
+        def record(session: Session) -> str | None:
             # A resumed run may save a step again: the newer files replace the older row.
             old = session.scalar(select(Checkpoint).where(Checkpoint.job_id == self.job_id, Checkpoint.step == step))
+            replaced = None
             if old is not None:
+                replaced = old.artifact_key
                 session.delete(old)
                 session.flush()
             session.add(Checkpoint(id=checkpoint_id, job_id=self.job_id, step=step, artifact_key=key,
@@ -99,21 +119,28 @@ class JobReporter(Callbacks):
                                    probe=info.get("probe"), model_info=info.get("model")))
             session.add(JobEvent(job_id=self.job_id, type="checkpoint", message=f"checkpoint at step {step}",
                                  data={"checkpoint_id": checkpoint_id, "step": step}))
+            return replaced
 
-        self._db(record, "recording a checkpoint")
+        try:
+            replaced = self._write(record, "recording a checkpoint")
+        except LeaseLost:
+            # Files under this attempt's own key that no row names: no one else's, and no one's now.
+            if not self._db(lambda s: s.scalar(select(Checkpoint.id).where(Checkpoint.artifact_key == key)),
+                            "looking up a checkpoint's files"):
+                self.store.delete(key)
+            raise
+        if replaced is not None and replaced != key:
+            self.store.delete(replaced)  # an earlier attempt's files of this step, now unreferenced
         publish(self.broker_url, self.job_id)
 
     def should_stop(self) -> bool:
-        """Stop when the job is no longer running under this run's lease (cancelled, or handed on)."""
-        def read(session: Session) -> tuple[str, str | None]:
-            return session.execute(select(Job.status, Job.worker_id).where(Job.id == self.job_id)).one()
-
-        status, holder = self._db(read, "reading the job's status")
-        return status != JobStatus.running or (self.worker_id is not None and holder != self.worker_id)
+        """Stop when the job is being cancelled; raises LeaseLost when it was handed on (stop at once)."""
+        status = self._db(lambda s: leased_status(s, self.lease), "reading the job's status")
+        return status != JobStatus.running
 
     def on_event(self, level: str, message: str) -> None:
-        self._db(lambda s: s.add(JobEvent(job_id=self.job_id, type="event", level=level, message=message)),
-                 "recording an event")
+        self._write(lambda s: s.add(JobEvent(job_id=self.job_id, type="event", level=level, message=message)),
+                    "recording an event")
         publish(self.broker_url, self.job_id)
 
     def latest_checkpoint(self) -> Checkpoint | None:
@@ -121,5 +148,5 @@ class JobReporter(Callbacks):
                                            .order_by(Checkpoint.step.desc()).limit(1)), "finding the last checkpoint")
 
     def mark_final(self, step: int) -> None:
-        self._db(lambda s: s.execute(update(Checkpoint).where(Checkpoint.job_id == self.job_id)
-                                     .values(is_final=Checkpoint.step == step)), "marking the final checkpoint")
+        self._write(lambda s: s.execute(update(Checkpoint).where(Checkpoint.job_id == self.job_id)
+                                        .values(is_final=Checkpoint.step == step)), "marking the final checkpoint")

@@ -1,7 +1,9 @@
-"""The training child process: `python -m worker.runner <job_id>`.
+"""The training child process: `python -m worker.runner <job_id> <worker_id> <attempt>`.
 
 Reads the job and its data, resolves the model, runs the trainer with database-backed callbacks,
-and records the outcome. Whose fault a failure is goes into `error.type`.
+and records the outcome. Whose fault a failure is goes into `error.type`. Everything it writes is
+fenced by the lease its worker claimed (worker id and attempt): a run whose job was handed on
+stops at its next write or cancel poll and exits with LEASE_LOST_EXIT, having recorded nothing.
 """
 
 import logging
@@ -11,7 +13,7 @@ from sqlalchemy import select
 
 from core.artifacts import ArtifactStore
 from core.db import retry_on_outage, session_scope
-from core.lifecycle import InvalidTransition, transition
+from core.lifecycle import InvalidTransition, Lease, LeaseLost, hold, leased_status, transition
 from core.model_refs import ModelRefError, checkpoint_model_dir, resolve_model_ref
 from core.models import Checkpoint, DatasetRow, Job, JobStatus
 from core.notify import publish
@@ -20,6 +22,7 @@ from trainers.rewards_spec import model_checkpoints, reward_spec_adapter
 from worker.reporting import JobReporter
 
 log = logging.getLogger("worker.runner")
+LEASE_LOST_EXIT = 3  # the job was handed on: nothing recorded, nothing for the worker to record
 
 
 def load_rows(url: str, dataset_id: str | None) -> list[dict] | None:
@@ -39,20 +42,22 @@ def reward_model_dirs(settings: Settings, job: Job) -> dict[str, str]:
         return {c.id: str(checkpoint_model_dir(store, c)) for c in checkpoints}
 
 
-def finish(settings: Settings, job_id: str, target: JobStatus, message: str,
+def finish(settings: Settings, lease: Lease, target: JobStatus, message: str,
            error: dict | None = None) -> None:
+    """Record the run's outcome if its lease still holds the job; raises LeaseLost otherwise."""
     def record() -> None:
         with session_scope(settings.database_url) as session:
-            transition(session, job_id, target, message=message, error=error)
+            hold(session, lease)
+            transition(session, lease.job_id, target, message=message, error=error, where=lease.conditions())
 
     try:
         retry_on_outage(record, grace_seconds=settings.db_outage_grace_seconds, what="recording the outcome")
     except InvalidTransition as exc:
-        log.warning("outcome of %s not recorded: %s", job_id, exc)
-    publish(settings.celery_broker_url, job_id)
+        log.warning("outcome of %s not recorded: %s", lease.job_id, exc)
+    publish(settings.celery_broker_url, lease.job_id)
 
 
-def train(settings: Settings, job_id: str, worker_id: str | None) -> None:
+def train(settings: Settings, lease: Lease) -> None:
     import torch
     from pydantic import TypeAdapter
 
@@ -60,22 +65,22 @@ def train(settings: Settings, job_id: str, worker_id: str | None) -> None:
     from trainers.config import JobConfig
     from trainers.errors import ModelNotFoundError, NumericalError, UserError
 
-    url = settings.database_url
+    url, job_id = settings.database_url, lease.job_id
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
     with session_scope(url) as session:
+        if leased_status(session, lease) == JobStatus.cancelling:
+            return finish(settings, lease, JobStatus.cancelled, "cancelled before training started")
         job = session.get(Job, job_id)
-        if job is None or job.status != JobStatus.running:
-            return
         try:
             model = resolve_model_ref(job.base_model, settings=settings, session=session,
                                       project_id=job.project_id)
         except ModelRefError as exc:
-            return finish(settings, job_id, JobStatus.failed, str(exc),
+            return finish(settings, lease, JobStatus.failed, str(exc),
                           {"type": "user_error", "message": str(exc), "param": "base_model"})
     store = ArtifactStore(settings.artifacts_dir)
-    reporter = JobReporter(url=url, job_id=job_id, store=store, broker_url=settings.celery_broker_url,
-                           worker_id=worker_id, grace_seconds=settings.db_outage_grace_seconds)
+    reporter = JobReporter(url=url, lease=lease, store=store, broker_url=settings.celery_broker_url,
+                           grace_seconds=settings.db_outage_grace_seconds)
     data = trainers.TrainingData(train=load_rows(url, job.dataset_id), eval=load_rows(url, job.eval_dataset_id),
                                  ptx=load_rows(url, job.ptx_dataset_id))
     spec = {"type": job.type, "base_model": model.location, "seed": job.seed,
@@ -94,38 +99,44 @@ def train(settings: Settings, job_id: str, worker_id: str | None) -> None:
         reporter.flush()
         message = str(exc).replace(model.location, model.ref) if model.location != model.ref else str(exc)
         param = exc.param or ("base_model" if isinstance(exc, ModelNotFoundError) else None)
-        return finish(settings, job_id, JobStatus.failed, message,
+        return finish(settings, lease, JobStatus.failed, message,
                       {"type": "user_error", "message": message, "param": param})
     except NumericalError as exc:
         reporter.flush()
         message = f"training diverged: {exc}; lower the learning_rate, or check the base model's weights"
-        return finish(settings, job_id, JobStatus.failed, message,
+        return finish(settings, lease, JobStatus.failed, message,
                       {"type": "user_error", "message": message, "param": None})
     except torch.OutOfMemoryError as exc:
         reporter.flush()
         message = f"out of memory: {exc}".splitlines()[0]
-        return finish(settings, job_id, JobStatus.failed, message,
+        return finish(settings, lease, JobStatus.failed, message,
                       {"type": "internal_error", "message": message + " (resources: use a smaller "
                        "batch_size or max_length, LoRA, or a larger GPU)"})
     reporter.flush()
     reporter.mark_final(result.step)
     if result.status == "completed":
-        finish(settings, job_id, JobStatus.succeeded, f"finished at step {result.step}")
+        finish(settings, lease, JobStatus.succeeded, f"finished at step {result.step}")
     else:
-        finish(settings, job_id, JobStatus.cancelled, f"stopped at step {result.step}; checkpoint kept")
+        finish(settings, lease, JobStatus.cancelled, f"stopped at step {result.step}; checkpoint kept")
 
 
 def main(argv: list[str]) -> int:
+    """Run `train`; returns the exit status: LEASE_LOST_EXIT if the job was handed on, else 0."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    job_id, worker_id = argv[1], (argv[2] if len(argv) > 2 else None)
+    lease = Lease(job_id=argv[1], worker_id=argv[2], attempt=int(argv[3]))
     settings = get_settings()
     try:
-        train(settings, job_id, worker_id)
-    except Exception as exc:  # anything unforeseen is ours, not the user's
-        log.exception("job %s failed", job_id)
-        message = f"internal error: {type(exc).__name__}: {exc}"[:2000]
-        finish(settings, job_id, JobStatus.failed, message,
-               {"type": "internal_error", "message": message})
+        try:
+            train(settings, lease)
+        except LeaseLost:
+            raise
+        except Exception as exc:  # anything unforeseen is ours, not the user's
+            log.exception("job %s failed", lease.job_id)
+            message = f"internal error: {type(exc).__name__}: {exc}"[:2000]
+            finish(settings, lease, JobStatus.failed, message, {"type": "internal_error", "message": message})
+    except LeaseLost as exc:
+        log.warning("run stopped, it lost its lease: %s; the job's current holder carries on", exc)
+        return LEASE_LOST_EXIT
     return 0
 
 

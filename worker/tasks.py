@@ -13,16 +13,16 @@ import subprocess
 import sys
 import tempfile
 
-from sqlalchemy import update
 from sqlalchemy.exc import OperationalError
 
 from core.db import session_scope
-from core.lifecycle import InvalidTransition, transition
-from core.models import TERMINAL_STATUSES, Job, JobStatus, utcnow
+from core.lifecycle import InvalidTransition, Lease, LeaseLost, claim_job, hold, transition
+from core.models import JobStatus, utcnow
 from core.notify import publish
 from core.queue import RUN_JOB_TASK
 from core.settings import get_settings
 from worker.celery_app import app
+from worker.runner import LEASE_LOST_EXIT
 
 log = logging.getLogger(__name__)
 STDERR_TAIL = 2000
@@ -33,28 +33,29 @@ def worker_identity() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def claim(url: str, job_id: str, worker_id: str) -> bool:
-    """Move a queued job to running under our lease; False if someone else has it or it is over."""
+def claim(url: str, job_id: str, worker_id: str) -> Lease | None:
+    """Move a queued job to running under a new lease; None if someone else has it or it is over."""
     try:
         with session_scope(url) as session:
-            transition(session, job_id, JobStatus.running, message=f"started on {worker_id}",
-                       values={"worker_id": worker_id, "heartbeat_at": utcnow(),
-                               "attempts": Job.attempts + 1})
+            lease = claim_job(session, job_id, worker_id)
     except InvalidTransition as exc:
         log.info("job %s not claimed: %s", job_id, exc)
-        return False
+        return None
     publish(get_settings().celery_broker_url, job_id)
-    return True
+    return lease
 
 
-def heartbeat(url: str, job_id: str, worker_id: str) -> None:
-    """Renew the job's lease; an unreachable database only costs this beat (the lease is longer)."""
+def heartbeat(url: str, lease: Lease) -> bool:
+    """Renew the lease; False once the job was handed on. An unreachable database only costs this beat."""
     try:
         with session_scope(url) as session:
-            session.execute(update(Job).where(Job.id == job_id, Job.worker_id == worker_id)
-                            .values(heartbeat_at=utcnow()))
+            hold(session, lease, heartbeat_at=utcnow())
+    except LeaseLost as exc:
+        log.warning("heartbeat refused: %s", exc)
+        return False
     except OperationalError as exc:
-        log.warning("heartbeat of %s failed: %s", job_id, exc.orig)
+        log.warning("heartbeat of %s failed: %s", lease.job_id, exc.orig)
+    return True
 
 
 def _die_with_parent() -> None:
@@ -63,19 +64,20 @@ def _die_with_parent() -> None:
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
-def fail_if_unfinished(url: str, job_id: str, message: str) -> None:
-    """The child died without recording an outcome: record it for it."""
-    with session_scope(url) as session:
-        job = session.get(Job, job_id)
-        if job is None or job.status in TERMINAL_STATUSES:
-            return
-        try:
-            transition(session, job_id, JobStatus.failed, message=message,
+def fail_if_unfinished(url: str, lease: Lease, message: str) -> None:
+    """The child died without recording an outcome: record it for it, if the lease still holds the job."""
+    try:
+        with session_scope(url) as session:
+            hold(session, lease)  # ended, or handed on: not this run's failure to record
+            transition(session, lease.job_id, JobStatus.failed, message=message, where=lease.conditions(),
                        error={"type": "internal_error", "message": message})
-        except InvalidTransition:
-            log.warning("job %s changed status while recording its failure", job_id)
-            return
-    publish(get_settings().celery_broker_url, job_id)
+    except LeaseLost:
+        log.info("job %s: no failure recorded, the run's lease is over", lease.job_id)
+        return
+    except InvalidTransition:
+        log.warning("job %s changed status while recording its failure", lease.job_id)
+        return
+    publish(get_settings().celery_broker_url, lease.job_id)
 
 
 @app.task(name=RUN_JOB_TASK, acks_late=True)
@@ -83,23 +85,27 @@ def run_job(job_id: str) -> None:
     """Train one job to its end; the child process records metrics, checkpoints and the outcome."""
     settings = get_settings()
     url, worker_id = settings.database_url, worker_identity()
-    if not claim(url, job_id, worker_id):
+    lease = claim(url, job_id, worker_id)
+    if lease is None:
         return
     with tempfile.TemporaryFile() as stderr:
         # A child per job keeps CUDA and the model out of the long-lived worker process, and makes
         # crash and memory failures the child's alone.
-        child = subprocess.Popen([sys.executable, "-m", "worker.runner", job_id, worker_id], stderr=stderr,
+        child = subprocess.Popen([sys.executable, "-m", "worker.runner", job_id, worker_id,
+                                  str(lease.attempt)], stderr=stderr,
                                  preexec_fn=_die_with_parent if sys.platform == "linux" else None)
         while True:
             try:
                 code = child.wait(timeout=settings.heartbeat_seconds)
                 break
             except subprocess.TimeoutExpired:
-                heartbeat(url, job_id, worker_id)
+                heartbeat(url, lease)
         stderr.seek(0)
         tail = stderr.read().decode(errors="replace")[-STDERR_TAIL:]
-    if code != 0:
+    if code == LEASE_LOST_EXIT:
+        log.warning("training process for %s stopped: it lost its lease, the job was handed on", job_id)
+    elif code != 0:
         log.error("training process for %s exited with %s:\n%s", job_id, code, tail)
         last_line = tail.strip().splitlines()[-1] if tail.strip() else ""
-        fail_if_unfinished(url, job_id, f"the training process exited with code {code}"
+        fail_if_unfinished(url, lease, f"the training process exited with code {code}"
                            + (f": {last_line}" if last_line else ""))

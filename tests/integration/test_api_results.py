@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 from api.main import create_app
 from core.artifacts import ArtifactStore
 from core.db import session_scope
-from core.lifecycle import transition
+from core.lifecycle import Lease, claim_job, transition
 from core.models import JobStatus
 from support import jsonl, parse_sse, preference_rows, upload
 from worker.reporting import JobReporter
@@ -28,12 +28,13 @@ def job_id(client, settings) -> str:
     job = client.post("/v1/jobs", json={"type": "dpo", "base_model": "builtin:tiny-llama",
                                         "dataset_id": ds}).json()["id"]
     with session_scope(settings.database_url) as session:
-        transition(session, job, JobStatus.running)
+        claim_job(session, job, "w1")
     return job
 
 
 def reporter(settings, job_id) -> JobReporter:
-    return JobReporter(url=settings.database_url, job_id=job_id, store=ArtifactStore(settings.artifacts_dir))
+    return JobReporter(url=settings.database_url, lease=Lease(job_id, 1, "w1"),
+                       store=ArtifactStore(settings.artifacts_dir))
 
 
 def save_files(step: int):

@@ -4,8 +4,7 @@ import pytest
 
 from core.artifacts import ArtifactStore
 from core.db import session_scope
-from core.lifecycle import transition
-from core.models import JobStatus
+from core.lifecycle import claim_job
 from support import jsonl, new_project_key, preference_rows, upload
 from worker.reporting import JobReporter
 
@@ -24,12 +23,12 @@ def checkpoint_of_kind(client, settings, kind: str) -> str:
     ds = upload(client, jsonl(preference_rows(4))).json()["id"]
     job = client.post("/v1/jobs", json={"type": "dpo", "base_model": "builtin:tiny-llama", "dataset_id": ds}).json()
     with session_scope(settings.database_url) as session:
-        transition(session, job["id"], JobStatus.running)
+        lease = claim_job(session, job["id"], "w1")
 
     def save(directory):
         (directory / "model").mkdir()
 
-    JobReporter(url=settings.database_url, job_id=job["id"], store=ArtifactStore(settings.artifacts_dir)) \
+    JobReporter(url=settings.database_url, lease=lease, store=ArtifactStore(settings.artifacts_dir)) \
         .on_checkpoint(1, save, {"metrics": {}, "model": {"kind": kind, "adapter": False}})
     return client.get(f"/v1/jobs/{job['id']}/checkpoints").json()["data"][0]["id"]
 

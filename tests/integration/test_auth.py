@@ -29,19 +29,18 @@ def app(settings):
 def owned(client, settings):
     """A dataset, a job and a checkpoint of the client's project."""
     from core.artifacts import ArtifactStore
-    from core.lifecycle import transition
-    from core.models import JobStatus
+    from core.lifecycle import claim_job
 
     ds = upload(client, jsonl(preference_rows(4))).json()["id"]
     job = client.post("/v1/jobs", json={"type": "dpo", "base_model": "builtin:tiny-llama", "dataset_id": ds}).json()
     with session_scope(settings.database_url) as session:
-        transition(session, job["id"], JobStatus.running)
+        lease = claim_job(session, job["id"], "w1")
 
     def save(directory):
         (directory / "model").mkdir()
         (directory / "model" / "config.json").write_text("{}")
 
-    JobReporter(url=settings.database_url, job_id=job["id"], store=ArtifactStore(settings.artifacts_dir)) \
+    JobReporter(url=settings.database_url, lease=lease, store=ArtifactStore(settings.artifacts_dir)) \
         .on_checkpoint(1, save, {"metrics": {}, "model": {"kind": "reward_model", "adapter": False}})
     ckpt = client.get(f"/v1/jobs/{job['id']}/checkpoints").json()["data"][0]["id"]
     return {"dataset": ds, "job": job["id"], "checkpoint": ckpt}

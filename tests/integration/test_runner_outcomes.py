@@ -7,20 +7,18 @@ import torch
 
 import trainers
 from core.db import session_scope
-from core.lifecycle import transition
-from core.models import JobStatus
+from core.lifecycle import Lease, claim_job
 from support import jsonl, preference_rows, upload
 from worker import runner
 
 
 @pytest.fixture
-def running_job(client, settings) -> str:
+def running_job(client, settings) -> Lease:
     ds = upload(client, jsonl(preference_rows(4))).json()["id"]
     job_id = client.post("/v1/jobs", json={"type": "dpo", "base_model": "builtin:tiny-llama",
                                            "dataset_id": ds}).json()["id"]
     with session_scope(settings.database_url) as session:
-        transition(session, job_id, JobStatus.running, values={"worker_id": "w1"})
-    return job_id
+        return claim_job(session, job_id, "w1")
 
 
 def test_out_of_memory_fails_with_a_resources_hint(client, settings, running_job, monkeypatch):
@@ -28,8 +26,8 @@ def test_out_of_memory_fails_with_a_resources_hint(client, settings, running_job
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
 
     monkeypatch.setattr(trainers, "run", oom)
-    runner.train(settings, running_job, "w1")
-    job = client.get(f"/v1/jobs/{running_job}").json()
+    runner.train(settings, running_job)
+    job = client.get(f"/v1/jobs/{running_job.job_id}").json()
     assert job["status"] == "failed" and job["error"]["type"] == "internal_error"
     assert "out of memory" in job["error"]["message"] and "resources" in job["error"]["message"]
 
@@ -40,7 +38,7 @@ def test_an_unforeseen_exception_is_an_internal_error(client, settings, running_
 
     monkeypatch.setattr(trainers, "run", crash)
     monkeypatch.setattr(runner, "get_settings", lambda: settings)
-    assert runner.main(["worker.runner", running_job, "w1"]) == 0
-    job = client.get(f"/v1/jobs/{running_job}").json()
+    assert runner.main(["worker.runner", running_job.job_id, "w1", str(running_job.attempt)]) == 0
+    job = client.get(f"/v1/jobs/{running_job.job_id}").json()
     assert job["status"] == "failed" and job["error"]["type"] == "internal_error"
     assert "RuntimeError: something nobody planned for" in job["error"]["message"]
