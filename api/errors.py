@@ -9,6 +9,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 
@@ -116,3 +117,9 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _db_down(_request: Request, _exc: OperationalError) -> JSONResponse:
         return JSONResponse(error_body("service_unavailable", "the database is unreachable; retry later"),
                             status_code=503, headers={"Retry-After": "5"})
+
+    @app.exception_handler(PoolTimeout)
+    async def _db_busy(_request: Request, _exc: PoolTimeout) -> JSONResponse:
+        # Every pooled connection stayed in use for DB_POOL_TIMEOUT_SECONDS: overload, not a bug.
+        return JSONResponse(error_body("service_unavailable", "the database is busy; retry later"),
+                            status_code=503, headers={"Retry-After": "1"})

@@ -5,6 +5,7 @@ from fastapi import FastAPI
 from api.errors import install_error_handlers
 from api.limits import BodyLimits
 from api.routes import admin, checkpoints, datasets, graders, health, jobs
+from core.db import configure_pool
 from core.queue import make_celery
 from core.settings import Settings, get_settings
 from trainers.reward_functions import load_registry
@@ -20,6 +21,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     "align language models with DPO, PPO or GRPO, stream metrics, download checkpoints.",
     )
     app.state.settings = settings
+    configure_pool(settings.database_url, settings.db_pool)
     app.state.celery = make_celery(settings)
     # A configured module that cannot be imported stops the start: a server misconfiguration.
     app.state.reward_registry = load_registry(settings.reward_function_modules)

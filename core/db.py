@@ -1,10 +1,11 @@
 """Engine and session factory; SQLite gets WAL and a busy timeout so api, worker and trainer can share it."""
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from functools import lru_cache
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
@@ -17,14 +18,28 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-def make_engine(url: str) -> Engine:
+@dataclass(frozen=True)
+class PoolOptions:
+    """Connections an engine keeps (`size`), may open beyond them (`max_overflow`), and how long a
+    checkout waits for one before sqlalchemy's TimeoutError (`timeout_seconds`)."""
+
+    size: int = 5
+    max_overflow: int = 10
+    timeout_seconds: float = 10.0
+
+
+def make_engine(url: str, pool: PoolOptions | None = None) -> Engine:
     """Create an engine for `url`, creating the directory of a SQLite file if needed."""
+    pool = pool or PoolOptions()
+    sizing = {"pool_size": pool.size, "max_overflow": pool.max_overflow, "pool_timeout": pool.timeout_seconds}
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
-        return create_engine(url, pool_pre_ping=True)
+        return create_engine(url, pool_pre_ping=True, **sizing)
     if parsed.database and parsed.database != ":memory:":
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False}, **sizing)
+    else:
+        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
 
     @event.listens_for(engine, "connect")
     def _pragmas(dbapi_conn, _record) -> None:  # pragma: no cover - exercised by every SQLite test
@@ -38,15 +53,36 @@ def make_engine(url: str) -> Engine:
     return engine
 
 
-@lru_cache
+_pools: dict[str, PoolOptions] = {}
+_engines: dict[str, tuple[PoolOptions, Engine, sessionmaker[Session]]] = {}
+_lock = threading.Lock()
+
+
+def configure_pool(url: str, pool: PoolOptions) -> None:
+    """Size the pool of `url`'s engine in this process; an engine made with other sizes is replaced."""
+    with _lock:
+        _pools[url] = pool
+        made = _engines.get(url)
+        if made is not None and made[0] != pool:
+            _engines.pop(url)[1].dispose()
+
+
+def _made(url: str) -> tuple[PoolOptions, Engine, sessionmaker[Session]]:
+    with _lock:
+        if url not in _engines:
+            pool = _pools.get(url, PoolOptions())
+            engine = make_engine(url, pool)
+            _engines[url] = pool, engine, sessionmaker(engine, expire_on_commit=False)
+        return _engines[url]
+
+
 def engine_for(url: str) -> Engine:
-    """One engine per URL per process."""
-    return make_engine(url)
+    """One engine per URL per process, its pool sized by `configure_pool` (else the defaults)."""
+    return _made(url)[1]
 
 
-@lru_cache
 def session_factory(url: str) -> sessionmaker[Session]:
-    return sessionmaker(engine_for(url), expire_on_commit=False)
+    return _made(url)[2]
 
 
 def retry_on_outage(fn: Callable[[], T], *, grace_seconds: float, what: str) -> T:

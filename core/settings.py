@@ -6,6 +6,8 @@ from pathlib import Path
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from core.db import PoolOptions
+
 PLACEHOLDER_SECRETS = {"changeme", "change-me", "secret", "admin", "password", "changethis"}
 
 
@@ -36,7 +38,15 @@ class Settings(BaseSettings):
                                 "requeued (it resumes from its last checkpoint).")
     max_attempts: int = Field(3, ge=1, le=100, description="Runs a job gets before a lost worker fails it.")
     reaper_interval_seconds: float = Field(15.0, gt=0, description="How often workers look for lost jobs.")
-    stream_poll_seconds: float = Field(0.5, gt=0, description="How often a live stream looks for news.")
+    db_pool_size: int = Field(
+        5, ge=1, le=1000, description="Database connections each API process keeps open.")
+    db_max_overflow: int = Field(
+        10, ge=0, le=1000, description="Connections an API process may open beyond DB_POOL_SIZE under load.")
+    db_pool_timeout_seconds: float = Field(
+        10.0, gt=0, description="Longest a request waits for a free database connection; then 503 with "
+                                "Retry-After.")
+    stream_poll_seconds: float = Field(
+        0.5, gt=0, description="How often a job's live streams look for news without a Redis wake-up.")
     stream_keepalive_seconds: float = Field(15.0, gt=0, description="SSE comment interval when idle.")
     model_ops_timeout_seconds: float = Field(
         600.0, gt=0, description="Longest a scoring or adapter-merge request may run.")
@@ -65,6 +75,10 @@ class Settings(BaseSettings):
             raise ValueError("ADMIN_API_KEY must be a random secret of at least 24 characters "
                              "(e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))')")
         return value
+
+    @property
+    def db_pool(self) -> PoolOptions:
+        return PoolOptions(self.db_pool_size, self.db_max_overflow, self.db_pool_timeout_seconds)
 
     @property
     def is_sqlite(self) -> bool:

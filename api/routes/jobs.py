@@ -89,10 +89,13 @@ def list_checkpoints(session: SessionDep, job: JobDep, page: Page):
 @router.get("/{job_id}/stream", response_class=StreamingResponse,
             responses={200: {"content": {"text/event-stream": {}},
                              "description": "Server-Sent Events: metrics, event, status, checkpoint."}})
-def stream_job(request: Request, settings: SettingsDep, job: JobDep,
+def stream_job(request: Request, settings: SettingsDep, session: SessionDep, job: JobDep,
                last_event_id: Annotated[str | None, Header()] = None):
     """Live metrics, events, status changes and checkpoints; resumable with Last-Event-ID."""
     parse_last_event_id(last_event_id)  # reject a malformed header before the stream starts
+    # The request's session (authentication, the job lookup) would otherwise stay open, in its
+    # transaction, for the life of the stream; the stream reads in short transactions of its own.
+    session.close()
     frames = job_stream(settings=settings, job_id=job.id, last_event_id=last_event_id,
                         is_disconnected=request.is_disconnected)
     return StreamingResponse(frames, media_type="text/event-stream",

@@ -1,36 +1,42 @@
 """Live job stream as Server-Sent Events, resumable with Last-Event-ID.
 
 Two tables feed the stream - `job_events` (status, event, checkpoint) and `metrics` - so an event id
-is the pair of cursors `<last job_event id>-<last metric id>`. The database is the source of truth;
-the stream polls it and closes once the job is terminal and everything has been sent.
+is the pair of cursors `<last job_event id>-<last metric id>`. The database is the source of truth,
+read in short transactions: a stream catches up from its own cursor, then follows its job's shared
+feed (api/services/feeds.py), skipping what it already sent, and closes once the job is terminal
+and everything has been sent. No stream holds a connection or transaction while it waits.
 """
 
 import json
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from sqlalchemy import select
-from starlette.concurrency import run_in_threadpool
 
 from api.errors import InvalidRequest
+from api.services.feeds import LAGGED, Batch, Hub, Subscription, hub_for
 from core.db import session_scope
 from core.models import TERMINAL_STATUSES, Checkpoint, Job, JobEvent, Metric
-from core.notify import Waiter
 from core.settings import Settings
 
 FETCH_LIMIT = 500
 
 
+MAX_ID = 2**63 - 1  # ids are 64-bit signed integers in the database
+_CURSOR = re.compile(r"([0-9]{1,19})-([0-9]{1,19})")
+
+
 def parse_last_event_id(value: str | None) -> tuple[int, int]:
+    """The (job_event, metric) cursors of a Last-Event-ID; 422 unless both are ids the tables can hold."""
     if not value:
         return 0, 0
-    try:
-        event_id, metric_id = (int(part) for part in value.split("-"))
-    except ValueError as exc:
-        raise InvalidRequest(f"Last-Event-ID {value!r} is not of the form <int>-<int>",
-                             param="Last-Event-ID") from exc
-    return event_id, metric_id
+    match = _CURSOR.fullmatch(value)
+    if match is None or max(int(part) for part in match.groups()) > MAX_ID:
+        raise InvalidRequest(f"Last-Event-ID {value[:64]!r} is not of the form <id>-<id> "
+                             f"with ids from 0 to {MAX_ID}", param="Last-Event-ID")
+    return int(match[1]), int(match[2])
 
 
 def _checkpoint_payload(ckpt: Checkpoint | None, fallback: dict[str, Any] | None) -> dict[str, Any]:
@@ -70,33 +76,69 @@ def _sse(event: str, id_: str, data: dict[str, Any]) -> str:
     return f"id: {id_}\nevent: {event}\ndata: {json.dumps(data, default=str)}\n\n"
 
 
+class Cursor:
+    """What a stream has sent, by table; turns news into frames, skipping anything sent before."""
+
+    def __init__(self, event_id: int, metric_id: int) -> None:
+        self.events, self.metrics = event_id, metric_id
+
+    def frames(self, items: list[tuple]) -> list[str]:
+        seen_events, seen_metrics = self.events, self.metrics  # items are in time order, not id order
+        out = []
+        for _, _, kind, row_id, payload in items:
+            if kind == "metrics":
+                if row_id <= seen_metrics:
+                    continue
+                self.metrics = max(self.metrics, row_id)
+            else:
+                if row_id <= seen_events:
+                    continue
+                self.events = max(self.events, row_id)
+            out.append(_sse(kind, f"{self.events}-{self.metrics}", payload))
+        return out
+
+
+def hub_of(settings: Settings) -> Hub:
+    return hub_for(database_url=settings.database_url, broker_url=settings.celery_broker_url,
+                   poll_seconds=settings.stream_poll_seconds, read_slots=max(1, settings.db_pool_size // 2),
+                   fetch=fetch_news)
+
+
 async def job_stream(*, settings: Settings, job_id: str, last_event_id: str | None,
                      is_disconnected: Callable[[], Awaitable[bool]]) -> AsyncIterator[str]:
     """Yield SSE frames for the job until it is terminal and fully sent, or the client leaves."""
-    event_cursor, metric_cursor = parse_last_event_id(last_event_id)
+    cursor = Cursor(*parse_last_event_id(last_event_id))
     yield "retry: 2000\n\n"
-    async with Waiter(settings.celery_broker_url, job_id) as waiter:  # subscribe before the first read
-        async for frame in _frames(settings, job_id, event_cursor, metric_cursor, waiter, is_disconnected):
+    hub = hub_of(settings)
+    # Join before the first read: whatever is committed after it reaches this stream through the feed.
+    subscription, started = hub.join(job_id, cursor.events, cursor.metrics)
+    try:
+        async for frame in _frames(settings, hub, job_id, cursor, subscription, not started, is_disconnected):
             yield frame
+    finally:
+        hub.leave(job_id, subscription)
 
 
-async def _frames(settings: Settings, job_id: str, event_cursor: int, metric_cursor: int, waiter: Waiter,
-                  is_disconnected: Callable[[], Awaitable[bool]]) -> AsyncIterator[str]:
+async def _frames(settings: Settings, hub: Hub, job_id: str, cursor: Cursor, subscription: Subscription,
+                  behind: bool, is_disconnected: Callable[[], Awaitable[bool]]) -> AsyncIterator[str]:
     last_write = time.monotonic()
     while not await is_disconnected():
-        status, items = await run_in_threadpool(fetch_news, settings.database_url, job_id,
-                                                event_cursor, metric_cursor)
-        for _, _, kind, row_id, payload in items:
-            if kind == "metrics":
-                metric_cursor = max(metric_cursor, row_id)
-            else:
-                event_cursor = max(event_cursor, row_id)
-            yield _sse(kind, f"{event_cursor}-{metric_cursor}", payload)
+        if behind:  # catching up from its own cursor, one page per read
+            status, items = await hub.read(job_id, cursor.events, cursor.metrics)
+            behind = status is None
+        else:
+            news = await subscription.next(settings.stream_poll_seconds)
+            if news is LAGGED:
+                behind = True
+                continue
+            if isinstance(news, Exception):
+                raise RuntimeError(f"the stream feed of {job_id} failed") from news
+            status, items = (news.status, news.items) if isinstance(news, Batch) else (None, [])
+        for frame in cursor.frames(items):
+            yield frame
             last_write = time.monotonic()
         if status in TERMINAL_STATUSES:
             return
         if time.monotonic() - last_write >= settings.stream_keepalive_seconds:
             yield ": keep-alive\n\n"
             last_write = time.monotonic()
-        if not items:
-            await waiter.wait(settings.stream_poll_seconds)

@@ -3,30 +3,35 @@
 import asyncio
 import uuid
 
-from core.notify import Waiter, publish
+from core.notify import WakeUps, publish
 from support import REDIS_URL
 
 
-def test_publish_wakes_a_waiting_stream():
-    job_id = f"job_{uuid.uuid4().hex}"
-
-    async def scenario() -> tuple[bool, bool]:
-        async with Waiter(REDIS_URL, job_id) as waiter:
-            idle = await waiter.wait(0.05)
-            await asyncio.to_thread(publish, REDIS_URL, job_id)
-            woken = await waiter.wait(60)
-        return idle, woken
-
-    assert asyncio.run(scenario()) == (False, True)
+async def woken(event: asyncio.Event, timeout: float) -> bool:
+    try:
+        await asyncio.wait_for(event.wait(), timeout)
+        return True
+    except TimeoutError:
+        return False
 
 
-def test_other_jobs_do_not_wake_it():
-    async def scenario() -> bool:
-        async with Waiter(REDIS_URL, "job_a") as waiter:
-            await asyncio.to_thread(publish, REDIS_URL, "job_b")
-            return await waiter.wait(0.3)
+def test_publish_wakes_the_watchers_of_that_job_only():
+    job_a, job_b = f"job_{uuid.uuid4().hex}", f"job_{uuid.uuid4().hex}"
 
-    assert asyncio.run(scenario()) is False
+    async def scenario() -> tuple[bool, bool, bool, bool]:
+        wakeups = WakeUps(REDIS_URL)
+        first, second, other = wakeups.watch(job_a), wakeups.watch(job_a), wakeups.watch(job_b)
+        await asyncio.wait_for(wakeups.subscribed.wait(), 30)
+        for event in (first, second, other):
+            event.clear()  # set once on subscribing, for news published before it
+        await asyncio.to_thread(publish, REDIS_URL, job_a)
+        result = await woken(first, 60), await woken(second, 60), await woken(other, 0.3)
+        for job, event in ((job_a, first), (job_a, second), (job_b, other)):
+            wakeups.unwatch(job, event)
+        return *result, wakeups.subscribed.is_set()
+
+    # one subscription serves every watcher, and is dropped with the last of them
+    assert asyncio.run(scenario()) == (True, True, False, False)
 
 
 def test_embedded_broker_polls_and_publish_is_a_no_op(tmp_path):
@@ -34,8 +39,12 @@ def test_embedded_broker_polls_and_publish_is_a_no_op(tmp_path):
     publish(broker, "job_x")
 
     async def scenario() -> bool:
-        async with Waiter(broker, "job_x") as waiter:
-            return await waiter.wait(0.01)
+        wakeups = WakeUps(broker)
+        event = wakeups.watch("job_x")
+        try:
+            return await woken(event, 0.05)
+        finally:
+            wakeups.unwatch("job_x", event)
 
     assert asyncio.run(scenario()) is False
 
@@ -43,8 +52,12 @@ def test_embedded_broker_polls_and_publish_is_a_no_op(tmp_path):
 def test_unreachable_redis_degrades_to_polling():
     publish("redis://127.0.0.1:1/0", "job_x")  # logs, never raises
 
-    async def scenario() -> bool:
-        async with Waiter("redis://127.0.0.1:1/0", "job_x") as waiter:
-            return await waiter.wait(0.01)
+    async def scenario() -> tuple[bool, bool]:
+        wakeups = WakeUps("redis://127.0.0.1:1/0", reconnect_seconds=0.05)
+        event = wakeups.watch("job_x")
+        await asyncio.sleep(0.3)  # several failed connection attempts, none of them raising
+        subscribed = wakeups.subscribed.is_set()
+        wakeups.unwatch("job_x", event)
+        return subscribed, event.is_set()
 
-    assert asyncio.run(scenario()) is False
+    assert asyncio.run(scenario()) == (False, False)
