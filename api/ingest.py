@@ -2,7 +2,9 @@
 
 Every reader holds at most one record (plus a read buffer) in memory, so an upload of any size is
 validated in constant memory. Each row is normalised with ``trainers.formats.normalize_row``; a bad
-row becomes a ``RowIssue`` instead of an exception, so the caller can report many at once.
+row becomes a ``RowIssue`` instead of an exception, so the caller can report many at once. Values no
+backend stores as they are (``api.ingest_values``: integers past 64 bits, non-finite numbers, NUL or
+unpaired surrogates in strings) are row issues too, named by their field path.
 
 Bad bytes or a bad value spoil only their own record. Damage to the file's structure part-way
 (a .json array that breaks or is truncated, CSV quoting the reader rejects, an unreadable Parquet
@@ -23,6 +25,7 @@ from typing import BinaryIO
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from api.ingest_values import decoder, loads, unstorable
 from trainers.formats import DatasetKind, RowError, normalize_row
 
 SUPPORTED_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
@@ -111,6 +114,10 @@ def _normalized(
         if isinstance(obj, RowIssue):
             yield line, obj
             continue
+        problem = unstorable(obj)
+        if problem is not None:
+            yield line, RowIssue(line, *problem)
+            continue
         try:
             yield line, normalize_row(kind, obj)
         except RowError as err:
@@ -135,7 +142,7 @@ def _jsonl_records(file: BinaryIO, max_line_bytes: int) -> Iterator[tuple[int, o
         if not text.strip():
             continue
         try:
-            yield line, json.loads(text)
+            yield line, loads(text)
         except json.JSONDecodeError as err:
             yield line, RowIssue(line, None, f"invalid JSON: {err.msg} at column {err.colno}")
         except RecursionError:
@@ -159,7 +166,7 @@ class _JsonArray:
         # surrogateescape turns invalid bytes into lone surrogates, so a bad byte spoils one element
         # (found by _INVALID_UTF8) instead of the rest of the file.
         self._decoder = codecs.getincrementaldecoder("utf-8-sig")(errors="surrogateescape")
-        self._json = json.JSONDecoder()
+        self._json = decoder()
         self._buf = ""
         self._pos = 0
         self._consumed = 0  # characters dropped from the front of the buffer
@@ -317,7 +324,7 @@ def _decode_cell(cell: str) -> object:
     if cell.lstrip()[:1] not in ("[", "{"):
         return cell
     try:
-        return json.loads(cell)
+        return loads(cell)
     except (json.JSONDecodeError, RecursionError):
         # Text such as "[INST] ..." is a legitimate plain prompt.
         return cell

@@ -53,6 +53,9 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(2 * 1024**3, gt=0, description="Largest dataset file accepted (413 above).")
     max_dataset_rows: int = Field(5_000_000, gt=0, description="Most rows a dataset may hold (413 above).")
     max_row_bytes: int = Field(8 * 1024**2, gt=0, description="Largest single row of a dataset file.")
+    stale_upload_seconds: float = Field(
+        600.0, gt=0, description="A dataset upload that has written no rows for this long was left by a stopped "
+                                 "API process: the next upload deletes it.")
     max_json_body_bytes: int = Field(1024**2, gt=0, description="Largest JSON request body (413 above).")
     max_json_depth: int = Field(32, ge=4, le=1000, description="Deepest nesting a JSON request body may have.")
     admin_api_key: SecretStr | None = Field(

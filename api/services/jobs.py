@@ -39,7 +39,8 @@ def _request_hash(body: JobCreate) -> str:
 
 def _check_dataset(session: Session, project_id: str, dataset_id: str, kind: str, param: str) -> Dataset:
     dataset = session.get(Dataset, dataset_id)
-    if dataset is None or dataset.project_id != project_id:
+    # A dataset still `uploading` (or being deleted) is not there yet (or any more).
+    if dataset is None or dataset.project_id != project_id or dataset.status != "ready":
         raise NotFound(f"no dataset with id {dataset_id!r}", param=param)
     if dataset.kind != kind:
         raise InvalidRequest(

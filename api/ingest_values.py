@@ -1,0 +1,102 @@
+"""Which decoded values a stored dataset row may hold, and where in a row a value breaks the rule.
+
+Rows are stored in a JSON column (JSON text on SQLite, JSONB on Postgres) and read back by clients
+and trainers, so a value is refused at upload when some backend or reader would reject or change it:
+
+- integers outside the signed 64-bit range: many JSON readers (JavaScript's, for one) silently round
+  them, and Python refuses even to parse one of more than 4300 digits;
+- floats that are not finite (``NaN``, ``Infinity``, ``1e999``): JSON has no spelling for them;
+- strings (values or keys) holding NUL (U+0000), which Postgres text and JSONB refuse, or an
+  unpaired UTF-16 surrogate such as ``"\\ud800"``, which is not Unicode and has no UTF-8 encoding;
+- any other type (timestamps, bytes, decimals from a Parquet file).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+_INT64_DIGITS = 19
+_BAD_CHAR = re.compile("[\x00\ud800-\udfff]")
+
+
+class OutOfRangeInt:
+    """Stands in for a JSON integer outside the 64-bit range, so it is reported instead of parsed."""
+
+    __slots__ = ("digits",)
+
+    def __init__(self, digits: int) -> None:
+        self.digits = digits
+
+
+def parse_int(text: str) -> int | OutOfRangeInt:
+    """``parse_int`` hook of the JSON decoders: never builds a huge int (nor hits Python's digit limit)."""
+    digits = len(text.lstrip("-"))
+    if digits > _INT64_DIGITS:
+        return OutOfRangeInt(digits)
+    value = int(text)
+    return value if INT64_MIN <= value <= INT64_MAX else OutOfRangeInt(digits)
+
+
+def loads(text: str) -> object:
+    """``json.loads`` with the 64-bit integer rule."""
+    return json.loads(text, parse_int=parse_int)
+
+
+def decoder() -> json.JSONDecoder:
+    """A JSON decoder with the 64-bit integer rule, for incremental ``raw_decode``."""
+    return json.JSONDecoder(parse_int=parse_int)
+
+
+def unstorable(value: object, path: str = "") -> tuple[str | None, str] | None:
+    """The first value of a decoded record that cannot be stored: ``(field path, problem)``, or None."""
+    if isinstance(value, str):
+        return string_problem(value, path, "string")
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        if INT64_MIN <= value <= INT64_MAX:
+            return None
+        return path or None, f"integer of {len(str(abs(value)))} digits does not fit in a signed 64-bit integer"
+    if isinstance(value, OutOfRangeInt):
+        return path or None, f"integer of {value.digits} digits does not fit in a signed 64-bit integer"
+    if isinstance(value, float):
+        if math.isfinite(value):
+            return None
+        return path or None, f"number {value} is not finite (JSON has no NaN or Infinity)"
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                return path or None, f"key of type {type(key).__name__} cannot be stored as JSON"
+            where = f"{path}.{_shown(key)}" if path else _shown(key)
+            problem = string_problem(key, where, "key") or unstorable(item, where)
+            if problem:
+                return problem
+        return None
+    if isinstance(value, list):
+        for index, item in enumerate(value):
+            problem = unstorable(item, f"{path}[{index}]")
+            if problem:
+                return problem
+        return None
+    return path or None, f"value of type {type(value).__name__} cannot be stored as JSON"
+
+
+def string_problem(text: str, path: str, what: str) -> tuple[str | None, str] | None:
+    """``(path, problem)`` when `text` holds NUL or an unpaired surrogate; `what` names it in the message."""
+    found = _BAD_CHAR.search(text)
+    if found is None:
+        return None
+    char = found.group()
+    at = f"at character {found.start() + 1}"
+    if char == "\x00":
+        return path or None, f"{what} holds a NUL character (\\u0000) {at}, which cannot be stored"
+    return path or None, (f"{what} holds an unpaired UTF-16 surrogate (\\u{ord(char):04x}) {at}, "
+                          "which is not valid Unicode")
+
+
+def _shown(key: str) -> str:
+    # A path must never carry the bad character itself: it could not be encoded in the error body.
+    return json.dumps(key)[1:-1] if _BAD_CHAR.search(key) else key
