@@ -38,6 +38,12 @@ class Settings(BaseSettings):
                                 "requeued (it resumes from its last checkpoint).")
     max_attempts: int = Field(3, ge=1, le=100, description="Runs a job gets before a lost worker fails it.")
     reaper_interval_seconds: float = Field(15.0, gt=0, description="How often workers look for lost jobs.")
+    unsent_grace_seconds: float = Field(
+        10.0, ge=0, description="A queued job not yet sent to the broker is left this long to its own sender "
+                                "before the workers' reaper loop sends it.")
+    resend_after_seconds: float = Field(
+        300.0, gt=0, description="A queued job sent this long ago is looked for in the broker, and sent "
+                                 "again if its message is gone.")
     db_pool_size: int = Field(
         5, ge=1, le=1000, description="Database connections each API process keeps open.")
     db_max_overflow: int = Field(

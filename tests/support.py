@@ -144,7 +144,8 @@ def queued_messages(settings) -> list[dict]:
                 "SELECT m.payload FROM kombu_message m JOIN kombu_queue q ON m.queue_id = q.id "
                 "WHERE q.name = :q AND m.visible"), {"q": settings.training_queue}).scalars().all()
         bodies = [json.loads(m) for m in raw]
-    return [{"task": b["headers"]["task"], "args": json.loads(_decode(b))[0]} for b in bodies]
+    return [{"id": b["headers"]["id"], "task": b["headers"]["task"], "args": json.loads(_decode(b))[0]}
+            for b in bodies]
 
 
 def _decode(body: dict) -> str:

@@ -2,7 +2,9 @@
 
 Every worker runs this periodically; the compare-and-set transitions make concurrent reapers safe.
 A lost running job goes back to the queue and resumes from its last checkpoint, until it has used
-`max_attempts` runs; a lost cancelling job ends cancelled, keeping its last checkpoint.
+`max_attempts` runs; a lost cancelling job ends cancelled, keeping its last checkpoint. The same
+loop sends queued jobs that have no message in the broker (worker.outbox), so a requeue whose send
+fails during a broker outage is sent once the broker is back.
 """
 
 import logging
@@ -16,8 +18,8 @@ from core.db import session_scope
 from core.lifecycle import InvalidTransition, transition
 from core.models import Job, JobStatus, utcnow
 from core.notify import publish
-from core.queue import enqueue_job
 from core.settings import Settings
+from worker.outbox import resend_lost, send, send_unsent
 
 log = logging.getLogger(__name__)
 
@@ -39,14 +41,17 @@ def reap_stale_jobs(settings: Settings, app: Celery) -> list[tuple[str, str]]:
             target, error = JobStatus.failed, {"type": "internal_error", "message": message}
         else:
             target, message, error = JobStatus.queued, f"{lost}; requeued to resume from its last checkpoint", None
+        # Requeued with its outbox mark cleared in the same commit: if the send below fails, the job
+        # is still known to need one.
+        requeue = {"worker_id": None, "enqueued_at": None}
         try:
             with session_scope(settings.database_url) as session:
                 transition(session, job_id, target, message=message, error=error, where=(stale,),
-                           values={"worker_id": None} if target == JobStatus.queued else None)
+                           values=requeue if target == JobStatus.queued else None)
         except InvalidTransition:
             continue  # it came back to life, or another reaper got there first
         if target == JobStatus.queued:
-            enqueue_job(app, job_id, attempt=attempts)
+            send(settings, app, job_id, attempts)
         publish(settings.celery_broker_url, job_id)
         log.warning("job %s: %s", job_id, message)
         done.append((job_id, target.value))
@@ -59,10 +64,11 @@ def start_reaper(settings: Settings, app: Celery) -> threading.Event:
 
     def loop() -> None:
         while not stop.is_set():
-            try:
-                reap_stale_jobs(settings, app)
-            except Exception:  # a database or broker outage must not kill the thread
-                log.exception("reaper pass failed; retrying")
+            for step in (reap_stale_jobs, send_unsent, resend_lost):
+                try:
+                    step(settings, app)
+                except Exception:  # a database or broker outage must not kill the thread
+                    log.exception("%s failed; retrying at the next pass", step.__name__)
             stop.wait(settings.reaper_interval_seconds)
 
     threading.Thread(target=loop, name="job-reaper", daemon=True).start()

@@ -10,7 +10,7 @@ from typing import Any
 from celery import Celery
 from pydantic import TypeAdapter, ValidationError
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from api.errors import Conflict, InvalidRequest, NotFound, ServiceUnavailable, param_of
@@ -21,7 +21,7 @@ from core.lifecycle import InvalidTransition, transition
 from core.model_refs import ModelRefError, resolve_model_ref
 from core.models import TERMINAL_STATUSES, Dataset, Job, JobStatus
 from core.notify import publish
-from core.queue import enqueue_job, withdraw_job
+from core.queue import enqueue_job, mark_enqueued, withdraw_job
 from core.settings import Settings
 from trainers.config import JobConfig
 from trainers.rewards_spec import reward_spec_adapter
@@ -125,6 +125,12 @@ def create(*, session: Session, celery: Celery, settings: Settings, project_id: 
         session.commit()
         raise ServiceUnavailable("the task queue is unreachable; nothing was created, retry later",
                                  headers={"Retry-After": "5"}) from exc
+    try:
+        mark_enqueued(session, job.id, attempt=0)
+        session.commit()
+    except SQLAlchemyError:  # the job was sent: without its mark, a worker only sends it once more
+        session.rollback()
+        log.warning("could not mark job %s as sent", job.id, exc_info=True)
     return job, True
 
 

@@ -26,7 +26,7 @@ def test_create_echoes_resolved_hyperparameters_and_enqueues(client, settings, d
     assert job["status"] == "queued" and job["seed"] == 7 and job["metadata"] == {"team": "nlp"}
     hp = job["hyperparameters"]
     assert hp["beta"] == 0.2 and hp["learning_rate"] == 1e-6 and hp["loss_type"] == "sigmoid"
-    assert queued_messages(settings) == [{"task": "worker.run_job", "args": [job["id"]]}]
+    assert queued_messages(settings) == [{"id": job["id"], "task": "worker.run_job", "args": [job["id"]]}]
     assert client.get(f"/v1/jobs/{job['id']}").json() == job
 
 
