@@ -15,6 +15,10 @@ base and adapter as one full model (`trainers.export.merge_checkpoint`).
 (``{"text": ...}`` or ``{"prompt": ..., "response": ...}``) on stdin and writes a JSON list of
 ``{"score", "normalized"}`` on stdout (`trainers.scoring.score`).
 
+``python -m trainers serve-ops --cache-bytes N`` stays up and answers score and merge requests, one
+JSON object per line on stdin and stdout, keeping recently used reward models loaded
+(`trainers.ops_server`); the service runs one beside each API process.
+
 Exit status: 0 on success, 2 for bad input (data, spec, model), 1 for a numerical failure.
 """
 
@@ -112,7 +116,7 @@ def read_rows(path: Path, kind: DatasetKind = "preference") -> list[dict[str, An
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The command line: one subcommand per algorithm (one flag per hyperparameter), `merge` and `score`."""
+    """The command line: one subcommand per algorithm (one flag per hyperparameter), `merge`, `score`, `serve-ops`."""
     parser = argparse.ArgumentParser(prog="python -m trainers", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (job_model, hyper, _) in ALGORITHMS.items():
@@ -144,6 +148,10 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("--output", type=Path, required=True, help="folder for the merged model")
     score = sub.add_parser("score", help="score the JSON list of items on stdin with a reward-model checkpoint")
     score.add_argument("--model-dir", type=Path, required=True, help="a reward-model checkpoint's model/ directory")
+    serve = sub.add_parser("serve-ops", help="answer score and merge requests (JSON lines) until stdin closes")
+    serve.add_argument("--cache-bytes", type=int, default=2 * 1024**3, help="most bytes of loaded reward models")
+    serve.add_argument("--idle-seconds", type=float, default=600.0, help="drop loaded models after this idle time")
+    serve.add_argument("--parent-pid", type=int, help="die with this process (Linux)")
     return parser
 
 
@@ -161,6 +169,10 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "score":
             return score(args.model_dir)
+        if args.command == "serve-ops":
+            from trainers.ops_server import serve
+
+            return serve(cache_bytes=args.cache_bytes, idle_seconds=args.idle_seconds, parent_pid=args.parent_pid)
         return train(args)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)

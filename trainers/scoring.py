@@ -9,22 +9,35 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from trainers.checkpoint import read_model_info
 from trainers.errors import UserError
 from trainers.lora import ADAPTER_CONFIG, is_adapter_dir
 from trainers.preference_data import collate_pairs, tokenize_pairs
 from trainers.reward_model import load_reward_model, rewards
+from trainers.score_items import score_rows
 
 REWARD_MODEL_KIND = "reward_model"
 DEFAULT_MAX_LENGTH = 2048  # when the model's config states no context length
 
 
-@torch.no_grad()
+@dataclass
+class RewardScorer:
+    """A loaded reward model with what scoring needs beside it; `weight_bytes` sizes it for caches."""
+
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    info: dict[str, Any]  # the checkpoint's rlhf_service.json (reward statistics), or {}
+    max_length: int
+    weight_bytes: int  # parameters and buffers
+
+
 def score(model_dir: Path, items: list[dict[str, Any]], *, batch_size: int = 16) -> list[dict[str, float]]:
     """Reward of each item under the reward model saved in `model_dir`.
 
@@ -43,20 +56,45 @@ def score(model_dir: Path, items: list[dict[str, Any]], *, batch_size: int = 16)
     Raises:
         UserError: the directory is not a reward model, or an item is malformed (naming it).
     """
+    score_rows(items)  # malformed items fail before the model loads
+    return score_with(load_scorer(model_dir), items, batch_size=batch_size)
+
+
+def load_scorer(model_dir: Path) -> RewardScorer:
+    """Load the reward model saved in `model_dir` for `score_with`.
+
+    Args:
+        model_dir: a checkpoint's ``model/`` directory (full weights, or a LoRA adapter).
+
+    Returns:
+        The model in eval mode, its tokenizer, the checkpoint's model info and the model's size.
+
+    Raises:
+        UserError: the directory is missing or does not hold a reward model.
+    """
     model_dir = Path(model_dir)
-    rows = [_as_row(item, i) for i, item in enumerate(items)]
     info = _reward_model_info(model_dir)
     model, tokenizer = load_reward_model(model_dir)  # an adapter is merged into the base it names
     max_length = getattr(model.config, "max_position_embeddings", None) or DEFAULT_MAX_LENGTH
+    weight_bytes = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+    return RewardScorer(model, tokenizer, info, max_length, weight_bytes)
+
+
+@torch.no_grad()
+def score_with(scorer: RewardScorer, items: list[dict[str, Any]], *, batch_size: int = 16) -> list[dict[str, float]]:
+    """Reward of each item under a loaded reward model; arguments and result as in `score`."""
+    rows = score_rows(items)
+    tokenizer = scorer.tokenizer
     # One pair per item with the item as its chosen response; only the chosen rows are scored.
-    pairs = tokenize_pairs(rows, tokenizer, max_length=max_length, max_prompt_length=max_length - 1, split="score")
+    pairs = tokenize_pairs(rows, tokenizer, max_length=scorer.max_length, max_prompt_length=scorer.max_length - 1,
+                           split="score")  # fmt: skip
     scores: list[float] = []
     for start in range(0, len(pairs), batch_size):
         chunk = pairs[start : start + batch_size]
         batch = collate_pairs(chunk, tokenizer.pad_token_id)  # 2b rows, chosen first
         b = len(chunk)
-        scores += rewards(model, batch.input_ids[:b], batch.attention_mask[:b]).tolist()  # (b,)
-    mean, std = info.get("reward_mean"), info.get("reward_std")
+        scores += rewards(scorer.model, batch.input_ids[:b], batch.attention_mask[:b]).tolist()  # (b,)
+    mean, std = scorer.info.get("reward_mean"), scorer.info.get("reward_std")
     if not (_finite(mean) and _finite(std) and std > 0):
         return [{"score": s} for s in scores]
     return [{"score": s, "normalized": (s - mean) / std} for s in scores]
@@ -87,15 +125,6 @@ def _read_json(path: Path) -> dict[str, Any]:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
-
-
-def _as_row(item: Any, index: int) -> dict[str, Any]:
-    """A preference row whose chosen response is the item (the rejected one is never scored)."""
-    if isinstance(item, dict) and set(item) == {"text"} and isinstance(item["text"], str):
-        return {"prompt": item["text"], "chosen": "", "rejected": ""}
-    if isinstance(item, dict) and set(item) == {"prompt", "response"}:
-        return {"prompt": item["prompt"], "chosen": item["response"], "rejected": item["response"]}
-    raise UserError(f"item {index}: expected {{'text': str}} or {{'prompt': ..., 'response': ...}}", param="items")
 
 
 def _finite(value: Any) -> bool:

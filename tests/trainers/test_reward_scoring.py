@@ -123,10 +123,13 @@ def test_a_missing_directory_and_malformed_items_are_user_errors(full_checkpoint
     model_dir, _ = full_checkpoint
     with pytest.raises(UserError, match="is not a directory"):
         score(tmp_path / "nothing", [{"text": "hello"}])
-    with pytest.raises(UserError, match="item 1: expected"):
+    with pytest.raises(UserError, match=r"items\[1\]: expected"):
         score(model_dir, [{"text": "fine"}, {"prompt": "no response"}])
-    with pytest.raises(UserError, match="score row 0"):
+    with pytest.raises(UserError, match=r"items\[0\]\.prompt: expected") as refused:
         score(model_dir, [{"prompt": [{"role": "user"}], "response": "x"}])
+    assert refused.value.param == "items[0].prompt"
+    with pytest.raises(UserError, match="nothing to score"):
+        score(model_dir, [{"prompt": "", "response": ""}])
 
 
 def test_the_model_info_file_is_json_with_the_statistics(full_checkpoint):
