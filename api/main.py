@@ -1,14 +1,25 @@
 """The FastAPI application: `uvicorn api.main:app`."""
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 from fastapi import FastAPI
 
 from api.errors import install_error_handlers
 from api.limits import BodyLimits
 from api.routes import admin, checkpoints, datasets, graders, health, jobs
+from api.services.modelops import ModelOps
 from core.db import configure_pool
 from core.queue import make_celery
 from core.settings import Settings, get_settings
 from trainers.reward_functions import load_registry
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """On shutdown, end the model process (it would also die with this process)."""
+    yield
+    app.state.model_ops.close()
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -19,10 +30,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         description="Self-hosted RLHF training: upload preference data, train reward models and "
                     "align language models with DPO, PPO or GRPO, stream metrics, download checkpoints.",
+        lifespan=lifespan,
     )
     app.state.settings = settings
     configure_pool(settings.database_url, settings.db_pool)
     app.state.celery = make_celery(settings)
+    # Scoring and merging run in a child process, started on first use (never torch in this one).
+    app.state.model_ops = ModelOps(cache_bytes=settings.model_ops_cache_bytes,
+                                   idle_seconds=settings.model_ops_idle_seconds)
     # A configured module that cannot be imported stops the start: a server misconfiguration.
     app.state.reward_registry = load_registry(settings.reward_function_modules)
     install_error_handlers(app)

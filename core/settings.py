@@ -55,7 +55,13 @@ class Settings(BaseSettings):
         0.5, gt=0, description="How often a job's live streams look for news without a Redis wake-up.")
     stream_keepalive_seconds: float = Field(15.0, gt=0, description="SSE comment interval when idle.")
     model_ops_timeout_seconds: float = Field(
-        600.0, gt=0, description="Longest a scoring or adapter-merge request may run.")
+        600.0, gt=0, description="Longest a scoring or adapter-merge request may run; beyond it the model "
+                                 "process is restarted and the request answers 504.")
+    model_ops_cache_bytes: int = Field(
+        2 * 1024**3, ge=0, description="Most bytes of reward-model weights the model process keeps loaded "
+                                       "(least recently used evicted first).")
+    model_ops_idle_seconds: float = Field(
+        600.0, gt=0, description="The model process unloads its models after this long without a request.")
     max_upload_bytes: int = Field(2 * 1024**3, gt=0, description="Largest dataset file accepted (413 above).")
     max_dataset_rows: int = Field(5_000_000, gt=0, description="Most rows a dataset may hold (413 above).")
     max_row_bytes: int = Field(8 * 1024**2, gt=0, description="Largest single row of a dataset file.")

@@ -2,15 +2,24 @@
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
 
 from api.deps import CheckpointDep, SessionDep, SettingsDep, StoreDep, get_project
-from api.schemas import CheckpointPublic, ScoreRequest, ScoresPublic, error_responses
+from api.schemas import CheckpointPublic, ErrorResponse, ScoreRequest, ScoresPublic, error_responses
 from api.services import results
+from api.services.modelops import ModelOps
 
 router = APIRouter(prefix="/v1/checkpoints", tags=["checkpoints"], dependencies=[Depends(get_project)],
                    responses=error_responses(400, 401, 404, 413, 422, 500, 503))
+
+
+def get_model_ops(request: Request) -> ModelOps:
+    return request.app.state.model_ops
+
+
+ModelOpsDep = Annotated[ModelOps, Depends(get_model_ops)]
+TIMED_OUT = {504: {"model": ErrorResponse, "description": "The model operation outlived MODEL_OPS_TIMEOUT_SECONDS"}}
 
 
 @router.get("/{checkpoint_id}", response_model=CheckpointPublic)
@@ -21,14 +30,14 @@ def get_checkpoint(checkpoint: CheckpointDep):
 
 @router.get("/{checkpoint_id}/download", response_class=StreamingResponse,
             responses={200: {"content": {"application/x-tar": {}},
-                             "description": "tar of a save_pretrained directory"}})
+                             "description": "tar of a save_pretrained directory"}, **TIMED_OUT})
 def download_checkpoint(
-    session: SessionDep, settings: SettingsDep, checkpoint: CheckpointDep, store: StoreDep,
+    session: SessionDep, settings: SettingsDep, checkpoint: CheckpointDep, store: StoreDep, ops: ModelOpsDep,
     merged: Annotated[bool, Query(description="LoRA checkpoints: base and adapter merged into one model.")] = False,
 ):
     """Stream the checkpoint as a tar archive (weights, config, tokenizer; a LoRA job's adapter)."""
     if merged:
-        frames, size, sha256 = results.merged_archive(session=session, settings=settings, store=store,
+        frames, size, sha256 = results.merged_archive(session=session, settings=settings, store=store, ops=ops,
                                                       checkpoint=checkpoint)
     else:
         frames, size, sha256 = results.archive(store=store, checkpoint=checkpoint)
@@ -40,9 +49,13 @@ def download_checkpoint(
     )
 
 
-@router.post("/{checkpoint_id}/score", response_model=ScoresPublic)
-def score_with_checkpoint(settings: SettingsDep, checkpoint: CheckpointDep, store: StoreDep, body: ScoreRequest):
+@router.post("/{checkpoint_id}/score", response_model=ScoresPublic, responses=TIMED_OUT)
+def score_with_checkpoint(settings: SettingsDep, checkpoint: CheckpointDep, store: StoreDep, ops: ModelOpsDep,
+                          body: ScoreRequest):
     """Score texts or prompt/response pairs with a reward-model checkpoint (raw and normalised)."""
-    items = [{"text": t} for t in body.texts] if body.texts is not None else [p.model_dump() for p in body.pairs]
-    return {"checkpoint_id": checkpoint.id,
-            "data": results.score(settings=settings, store=store, checkpoint=checkpoint, items=items)}
+    if body.texts is not None:
+        items, field = [{"text": t} for t in body.texts], "texts"
+    else:
+        items, field = [p.model_dump() for p in body.pairs], "pairs"
+    data = results.score(settings=settings, store=store, ops=ops, checkpoint=checkpoint, items=items, field=field)
+    return {"checkpoint_id": checkpoint.id, "data": data}

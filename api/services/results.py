@@ -13,6 +13,8 @@ from core.artifacts import ArtifactStore, iter_tar, tar_digest
 from core.model_refs import MODEL_SUBDIR
 from core.models import Checkpoint, Job, JobEvent, Metric
 from core.settings import Settings
+from trainers.errors import UserError
+from trainers.score_items import score_rows
 
 
 def metrics_page(*, session: Session, job: Job, limit: int, after: str | None) -> tuple[list[Metric], bool]:
@@ -46,7 +48,7 @@ def archive(*, store: ArtifactStore, checkpoint: Checkpoint) -> tuple[Iterator[b
     return frames, checkpoint.size_bytes, checkpoint.sha256
 
 
-def merged_archive(*, session: Session, settings: Settings, store: ArtifactStore,
+def merged_archive(*, session: Session, settings: Settings, store: ArtifactStore, ops: modelops.ModelOps,
                    checkpoint: Checkpoint) -> tuple[Iterator[bytes], int, str]:
     """A LoRA checkpoint's base + adapter as one model: merged on first request, then kept."""
     if not is_adapter(checkpoint):
@@ -55,7 +57,7 @@ def merged_archive(*, session: Session, settings: Settings, store: ArtifactStore
     merged_dir = store.path(checkpoint.artifact_key) / MERGED_SUBDIR
     if checkpoint.merged_sha256 is None or not merged_dir.is_dir():
         staging = store.staging_dir()
-        modelops.merge(store.path(checkpoint.artifact_key) / MODEL_SUBDIR, staging,
+        modelops.merge(ops, store.path(checkpoint.artifact_key) / MODEL_SUBDIR, staging,
                        timeout=settings.model_ops_timeout_seconds)
         size, sha256 = tar_digest(staging, root_name)
         store.commit(staging, f"{checkpoint.artifact_key}/{MERGED_SUBDIR}")
@@ -64,10 +66,16 @@ def merged_archive(*, session: Session, settings: Settings, store: ArtifactStore
     return iter_tar(merged_dir, root_name), checkpoint.merged_size_bytes, checkpoint.merged_sha256
 
 
-def score(*, settings: Settings, store: ArtifactStore, checkpoint: Checkpoint,
-          items: list[dict[str, Any]]) -> list[dict[str, float]]:
-    """Score texts or prompt/response pairs with a reward-model checkpoint."""
+def score(*, settings: Settings, store: ArtifactStore, ops: modelops.ModelOps, checkpoint: Checkpoint,
+          items: list[dict[str, Any]], field: str) -> list[dict[str, float]]:
+    """Score texts or prompt/response pairs (the request's `field`) with a reward-model checkpoint."""
+    # Everything that can be refused without the model is refused here, before the model process wakes.
     if (checkpoint.model_info or {}).get("kind") != "reward_model":
         raise InvalidRequest(f"checkpoint {checkpoint.id} is not a reward model", param="checkpoint_id")
-    return modelops.score(store.path(checkpoint.artifact_key) / MODEL_SUBDIR, items,
+    try:
+        score_rows(items)
+    except UserError as exc:
+        param = (exc.param or "items").replace("items", field, 1).removesuffix(".text")
+        raise InvalidRequest(exc.message.replace(exc.param or "items", param, 1), param=param) from exc
+    return modelops.score(ops, store.path(checkpoint.artifact_key) / MODEL_SUBDIR, items,
                           timeout=settings.model_ops_timeout_seconds)
