@@ -114,9 +114,14 @@ def install_error_handlers(app: FastAPI) -> None:
                             headers=getattr(exc, "headers", None))
 
     @app.exception_handler(OperationalError)
-    async def _db_down(_request: Request, _exc: OperationalError) -> JSONResponse:
-        return JSONResponse(error_body("service_unavailable", "the database is unreachable; retry later"),
-                            status_code=503, headers={"Retry-After": "5"})
+    async def _db_down(_request: Request, exc: OperationalError) -> JSONResponse:
+        # A lock wait that timed out (SQLite's one writer, a Postgres lock_timeout) is a busy database, not a lost one.
+        orig = exc.orig
+        busy = "locked" in str(orig) or getattr(orig, "sqlstate", None) == "55P03"
+        message = ("the database is busy (a lock was not granted in time); retry later" if busy
+                   else "the database is unreachable; retry later")
+        return JSONResponse(error_body("service_unavailable", message),
+                            status_code=503, headers={"Retry-After": "1" if busy else "5"})
 
     @app.exception_handler(PoolTimeout)
     async def _db_busy(_request: Request, _exc: PoolTimeout) -> JSONResponse:

@@ -132,7 +132,8 @@ def _write_rows(session: Session, dataset: Dataset, rows: Iterable[tuple[int, di
         )
     if count == 0:
         raise InvalidRequest("the file holds no rows", param="file")
-    _commit_batch(session, dataset.id, batch, status=READY, row_count=count)
+    # Created when it became visible, so it lists above everything that was there before it.
+    _commit_batch(session, dataset.id, batch, status=READY, row_count=count, created_at=utcnow())
 
 
 def _commit_batch(session: Session, dataset_id: str, batch: list[dict], **values: object) -> None:
