@@ -6,21 +6,30 @@ Reward models need torch, so the trainer scores those and passes them in as ``mo
 (already normalised and clipped, see `normalize_model_score`).
 
 A grader that cannot grade a completion (a template naming a field the row lacks, a templated
-regex that does not compile, a reward function that raises or returns no finite number, a
-missing model score) scores 0.0 for it and says why in ``errors``; it never raises, so one bad row
-cannot stop a training run.
+regex that RE2 refuses, a reward function that raises or returns no finite number, a missing model
+score) scores 0.0 for it and says why in ``errors``; it never raises, so one bad row cannot stop a
+training run.
+
+Nothing a grader reads can hang it. Regular expressions are RE2's (`trainers.patterns`: linear
+time, no backtracking), and every call that runs a pattern or a reward function is bounded by
+`GRADER_TIMEOUT_S` (`trainers.deadlines`): one that overruns is a grader error for that completion.
+`evaluate` also takes a deadline for the whole evaluation (the API's dry run), and `evaluate_batch`
+polls a stop request between completions, so a cancel need not wait for a slow rollout's grading.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import numbers
-import re
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from trainers import patterns
+from trainers.deadlines import DeadlineExceeded, TooManyOverdue, call_with_deadline
 from trainers.reward_functions import RewardFunction
 from trainers.rewards_spec import (
     FormatGrader,
@@ -34,6 +43,13 @@ from trainers.rewards_spec import (
     TemplateRef,
     parse_template,
 )
+
+GRADER_TIMEOUT_S = 10.0
+"""Longest one grader call may take (a regular expression on one completion, or one reward
+function call); past it the grader scores 0 for that completion and says so in the errors."""
+
+STOP_POLL_S = 0.5
+"""While grading a batch, a stop request is polled between completions at most this often."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +73,10 @@ class GraderError(Exception):
     """A grader cannot grade this completion; it scores 0.0 and the message joins `GradeResult.errors`."""
 
 
+class GradingStopped(Exception):
+    """`evaluate_batch` was asked to stop before it graded every completion."""
+
+
 def evaluate(
     spec: RewardSpec,
     *,
@@ -64,6 +84,8 @@ def evaluate(
     item: Mapping[str, Any],
     registry: Mapping[str, RewardFunction],
     model_scores: Mapping[str, float] | None = None,
+    timeout: float | None = None,
+    deadline: float | None = None,
 ) -> GradeResult:
     """Reward of one completion under a reward spec.
 
@@ -74,6 +96,11 @@ def evaluate(
         registry: the server's reward functions by name, for ``function`` graders.
         model_scores: reward-model score of this completion by checkpoint id, already normalised and
             clipped by the trainer; needed when the spec has ``model`` rewards.
+        timeout: seconds one grader call may take; None: `GRADER_TIMEOUT_S`.
+        deadline: a `time.monotonic` instant by which the whole evaluation must end: each pattern
+            or function call gets at most the time left, and one due after it is not run (a grader
+            error); graders that run no such call (length, eq, model...) still score. None: no
+            limit beyond `timeout`.
 
     Returns:
         The combined reward, each grader's score and the grader errors.
@@ -83,8 +110,12 @@ def evaluate(
     graders = spec.graders if isinstance(spec, MultiGrader) else [spec]
     scores = []
     for grader in graders:
+        limit = GRADER_TIMEOUT_S if timeout is None else timeout
+        if deadline is not None:
+            limit = max(0.0, min(limit, deadline - time.monotonic()))
         try:
-            score = grade(grader, completion=completion, item=item, registry=registry, model_scores=model_scores)
+            score = grade(grader, completion=completion, item=item, registry=registry, model_scores=model_scores,
+                          timeout=limit)
         except GraderError as exc:
             score = 0.0
             errors.append(f"{grader.name}: {exc}")
@@ -103,6 +134,9 @@ def evaluate_batch(
     items: Sequence[Mapping[str, Any]],
     registry: Mapping[str, RewardFunction],
     model_scores: Mapping[str, Sequence[float]] | None = None,
+    *,
+    timeout: float | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> list[GradeResult]:
     """Rewards of a batch of completions, each with its own prompt row.
 
@@ -112,12 +146,16 @@ def evaluate_batch(
         items: B prompt rows, ``items[i]`` the row ``completions[i]`` answers (GRPO repeats a row G times).
         registry: the server's reward functions by name.
         model_scores: checkpoint id → B normalised, clipped scores, in the order of `completions`.
+        timeout: seconds one grader call may take; None: `GRADER_TIMEOUT_S`.
+        should_stop: polled between completions, at most every `STOP_POLL_S` seconds (polling may
+            cost a database read); True ends the grading.
 
     Returns:
         B results, in order.
 
     Raises:
         ValueError: the sequences differ in length (a caller's bug, not a grader error).
+        GradingStopped: `should_stop` returned True.
     """
     if len(items) != len(completions):
         raise ValueError(f"{len(completions)} completions but {len(items)} prompt rows")
@@ -125,9 +163,15 @@ def evaluate_batch(
         if len(scores) != len(completions):
             raise ValueError(f"{len(completions)} completions but {len(scores)} scores from {checkpoint_id!r}")
     results = []
+    polled = time.monotonic()
     for i, (completion, item) in enumerate(zip(completions, items, strict=True)):
+        if should_stop is not None and time.monotonic() - polled >= STOP_POLL_S:
+            if should_stop():
+                raise GradingStopped(f"stopped after grading {i} of {len(completions)} completions")
+            polled = time.monotonic()
         row_scores = {k: v[i] for k, v in model_scores.items()} if model_scores else None
-        results.append(evaluate(spec, completion=completion, item=item, registry=registry, model_scores=row_scores))
+        results.append(evaluate(spec, completion=completion, item=item, registry=registry, model_scores=row_scores,
+                                timeout=timeout))
     return results
 
 
@@ -138,6 +182,7 @@ def grade(
     item: Mapping[str, Any],
     registry: Mapping[str, RewardFunction],
     model_scores: Mapping[str, float] | None = None,
+    timeout: float | None = None,
 ) -> float:
     """Score of one completion under one grader (not a multi), before its weight.
 
@@ -147,13 +192,15 @@ def grade(
         item: its prompt row.
         registry: the server's reward functions by name.
         model_scores: normalised, clipped reward-model scores by checkpoint id.
+        timeout: seconds a regular expression or reward function may take; None: `GRADER_TIMEOUT_S`.
 
     Returns:
         The score (see each grader's documentation).
 
     Raises:
-        GraderError: the grader cannot grade this completion.
+        GraderError: the grader cannot grade this completion, or overran `timeout`.
     """
+    timeout = GRADER_TIMEOUT_S if timeout is None else timeout
     match grader:
         case ModelReward():
             if model_scores is None or grader.checkpoint_id not in model_scores:
@@ -162,32 +209,34 @@ def grade(
         case StringCheckGrader():
             text = render(grader.input, completion=completion, item=item)
             reference = render(grader.reference, completion=completion, item=item)
-            return string_check(grader.operation, text, reference)
+            return string_check(grader.operation, text, reference, timeout=timeout)
         case LengthGrader():
             if grader.target_chars is not None:
                 return length_score(len(completion), grader.target_chars, grader.target_chars)
             return length_score(len(completion), grader.min_chars, grader.max_chars)
         case FormatGrader():
-            return float(re.fullmatch(grader.pattern, completion, re.DOTALL) is not None)
+            match = functools.partial(patterns.fullmatch, grader.pattern, completion, dot_all=True)
+            return float(_bounded(match, timeout, "the pattern"))
         case FunctionGrader():
-            return _call(grader, registry, completion, item)
+            return _call(grader, registry, completion, item, timeout)
         case _:
             raise GraderError(f"cannot grade a {type(grader).__name__}")
 
 
-def string_check(operation: str, text: str, reference: str) -> float:
+def string_check(operation: str, text: str, reference: str, *, timeout: float | None = None) -> float:
     """1.0 when `operation` holds between `text` (the rendered input) and `reference`, else 0.0.
 
     Args:
         operation: ``eq``, ``ne``, ``like``/``contains``, ``ilike``/``icontains`` or ``regex``.
         text: the rendered input.
-        reference: the rendered reference (a regular expression for ``regex``).
+        reference: the rendered reference (for ``regex``, an RE2 pattern searched for in `text`).
+        timeout: seconds the ``regex`` match may take; None: `GRADER_TIMEOUT_S`.
 
     Returns:
         1.0 or 0.0.
 
     Raises:
-        GraderError: the reference of ``regex`` does not compile.
+        GraderError: RE2 refuses the reference of ``regex``, or its match overran `timeout`.
     """
     match operation:
         case "eq":
@@ -200,10 +249,11 @@ def string_check(operation: str, text: str, reference: str) -> float:
             return float(reference.casefold() in text.casefold())
         case "regex":
             try:
-                pattern = re.compile(reference)
-            except re.error as exc:
-                raise GraderError(f"reference {reference!r} is not a valid regular expression: {exc}") from exc
-            return float(pattern.search(text) is not None)
+                patterns.compile_pattern(reference)  # refused here, so the error quotes the reference
+            except patterns.PatternError as exc:
+                raise GraderError(f"reference {_quote(reference)}: {exc}") from exc
+            match = functools.partial(patterns.search, reference, text)
+            return float(_bounded(match, GRADER_TIMEOUT_S if timeout is None else timeout, "the regular expression"))
         case _:
             raise GraderError(f"unknown string_check operation {operation!r}")
 
@@ -308,16 +358,42 @@ def _value(ref: TemplateRef, completion: str, item: Mapping[str, Any]) -> str:
 
 
 def _call(
-    grader: FunctionGrader, registry: Mapping[str, RewardFunction], completion: str, item: Mapping[str, Any]
+    grader: FunctionGrader,
+    registry: Mapping[str, RewardFunction],
+    completion: str,
+    item: Mapping[str, Any],
+    timeout: float,
 ) -> float:
     fn = registry.get(grader.function)
     if fn is None:
         raise GraderError(f"unknown reward function {grader.function!r}")
+    name = f"reward function {grader.function!r}"
     try:
-        result = fn(completion, item, **grader.kwargs)
+        result = _bounded(functools.partial(fn, completion, item, **grader.kwargs), timeout, name)
+    except GraderError:
+        raise
     except Exception as exc:  # server code failing on one row must not end the run
-        raise GraderError(f"reward function {grader.function!r} raised {type(exc).__name__}: {exc}") from exc
-    return _finite(result, f"reward function {grader.function!r}")
+        raise GraderError(f"{name} raised {type(exc).__name__}: {exc}") from exc
+    return _finite(result, name)
+
+
+def _bounded(call: Callable[[], Any], timeout: float, what: str) -> Any:
+    """``call()`` within `timeout` seconds, an overrun being a `GraderError` about `what`."""
+    if timeout <= 0:
+        raise GraderError(f"{what} was not run: the time allowed for grading ran out")
+    try:
+        return call_with_deadline(call, timeout)
+    except DeadlineExceeded as exc:
+        raise GraderError(f"{what} {exc}") from None
+    except TooManyOverdue as exc:
+        raise GraderError(f"{what} was not run: {exc}") from None
+    except patterns.PatternError as exc:
+        raise GraderError(f"{what}: {exc}") from exc
+
+
+def _quote(text: str, limit: int = 80) -> str:
+    # A pattern from a row may run to thousands of characters: the error quotes its start.
+    return repr(text) if len(text) <= limit else repr(text[:limit]) + f"… ({len(text)} characters)"
 
 
 def _finite(value: Any, source: str) -> float:

@@ -14,8 +14,10 @@ One loop in numbered sections, one rollout per pass:
 
 With μ = 1 and one minibatch per rollout (the defaults) the policy that sampled is the one being
 trained: π_old is the current policy detached, ρ = 1, and no extra forward pass is needed (as TRL).
-The optimisation plumbing is `trainers.loop`'s. Checkpoints and cooperative stops happen between
-rollouts (a rollout is never split across a resume), so stops are polled once per rollout.
+The optimisation plumbing is `trainers.loop`'s. Checkpoints happen between rollouts (a rollout is
+never split across a resume). Stops are polled before each rollout, after its sampling, between
+completions while it is graded and after its grading, never during its updates: a cancel during a
+slow sampling or grading phase drops the rollout, nothing of which was trained on.
 """
 
 from __future__ import annotations
@@ -143,10 +145,16 @@ def train_grpo(
         generator = sampling_generator(job.seed, rollout_number, device)
         rollout = sample_rollout(policy, [p.ids for p in rows for _ in range(G)], tokenizer, hp, generator=generator)
         items = [p.item for p in rows for _ in range(G)]
+        if loop.stop_requested():  # no step of this rollout has run: dropping it splits nothing
+            return loop.stop(metrics)
 
-        # 2. Rewards and KL: the reward of every completion; π_old only when the policy will have
-        #    moved before some minibatch is trained on; π_ref for the k3 penalty.
-        scores = rewarder.score(items, decode_completions(tokenizer, rollout), rollout)
+        # 2. Rewards and KL: the reward of every completion (a stop request ends a slow grading);
+        #    π_old only when the policy will have moved before some minibatch is trained on; π_ref
+        #    for the k3 penalty.
+        scores = rewarder.score(items, decode_completions(tokenizer, rollout), rollout,
+                                should_stop=loop.stop_requested)  # fmt: skip
+        if scores is None or loop.stop_requested():
+            return loop.stop(metrics)
         old = ref = None
         if steps_per_rollout > 1:
             old = frozen_logprobs(policy, rollout, hp.temperature, batch_size=micro_size)  # (B, A)

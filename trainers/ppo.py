@@ -23,9 +23,11 @@ from the same backward pass, are clipped on their own, and step with the policy'
 loop's guarded update (`trainers.loop.AuxiliaryModel`). Its loss is weighted by `vf_coef` as in
 TRL; Adam being invariant to a constant scale, the weight acts through gradient clipping. Every
 pass runs without dropout (policy and critic stay in eval mode, as TRL's PPO disables dropout),
-so the ratio measures the updates and nothing else. Checkpoints and cooperative stops happen
-between rollouts (a rollout is never split across a resume), so stops are polled once per rollout;
-the critic, its optimizer and the KL coefficient are saved beside the policy.
+so the ratio measures the updates and nothing else. Checkpoints happen between rollouts (a rollout
+is never split across a resume); stops are polled before each rollout, after its sampling, between
+completions while it is graded and after its grading, never during its updates, so a cancel during
+a slow sampling or grading phase drops the rollout, nothing of which was trained on. The critic,
+its optimizer and the KL coefficient are saved beside the policy.
 Shapes: B completions, P prompt tokens, A response tokens, V vocabulary.
 """
 
@@ -193,9 +195,15 @@ def train_ppo(
         generator = sampling_generator(job.seed, rollout_number, device)
         rollout = sample_rollout(policy, [p.ids for p in rows], tokenizer, hp, generator=generator)
         mask = rollout.response_mask  # (B, A)
+        if loop.stop_requested():  # no step of this rollout has run: dropping it splits nothing
+            return loop.stop(metrics)
 
-        # 2. Rewards and KL: the score at the last token, a KL penalty on every token.
-        scores = rewarder.score([p.item for p in rows], decode_completions(tokenizer, rollout), rollout)
+        # 2. Rewards and KL: the score at the last token (a stop request ends a slow grading), a KL
+        #    penalty on every token.
+        scores = rewarder.score([p.item for p in rows], decode_completions(tokenizer, rollout), rollout,
+                                should_stop=loop.stop_requested)  # fmt: skip
+        if scores is None or loop.stop_requested():
+            return loop.stop(metrics)
         score = scores.rewards if hp.reward_clip is None else scores.rewards.clamp(-hp.reward_clip, hp.reward_clip)
         old_logprobs = frozen_logprobs(policy, rollout, hp.temperature, batch_size=micro_size)  # (B, A)
         ref_logprobs = frozen_logprobs(reference, rollout, hp.temperature, batch_size=micro_size, reference=True)

@@ -41,13 +41,12 @@ from pydantic import (
     model_validator,
 )
 
+from trainers.patterns import MAX_PATTERN_CHARS, compile_pattern
 from trainers.reward_functions import FUNCTION_NAME_PATTERN, RewardFunction
 
 REGISTRY_CONTEXT = "reward_registry"
 """Key of the validation context that holds the registry of reward functions."""
 
-MAX_PATTERN_CHARS = 2000
-_TEMPLATE = re.compile(r"\{\{(.*?)\}\}", re.DOTALL)
 _ITEM_REF = re.compile(r"item((?:\.[^.\s{}]+)+)")
 
 
@@ -77,23 +76,26 @@ def parse_template(text: str) -> tuple[str | TemplateRef, ...]:
         ValueError: a ``{{...}}`` names something other than ``sample.output_text`` or
             ``item.<field>``, or a ``{{`` is never closed.
     """
+    # Scanned with str.find, each '{{' closed by the first '}}' after it: linear in the text, where
+    # a lazy regex would rescan the rest of the text from every unclosed '{{'.
     parts: list[str | TemplateRef] = []
     end = 0
-    for match in _TEMPLATE.finditer(text):
-        parts.append(text[end : match.start()])
-        end = match.end()
-        name = match.group(1).strip()
+    while (start := text.find("{{", end)) != -1:
+        close = text.find("}}", start + 2)
+        if close == -1:
+            raise ValueError("a '{{' is never closed by '}}'")
+        parts.append(text[end:start])
+        end = close + 2
+        written, name = text[start:end], text[start + 2 : close].strip()
         if name == "sample.output_text":
-            parts.append(TemplateRef("sample", ("output_text",), match.group(0)))
+            parts.append(TemplateRef("sample", ("output_text",), written))
         elif item := _ITEM_REF.fullmatch(name):
-            parts.append(TemplateRef("item", tuple(item.group(1)[1:].split(".")), match.group(0)))
+            parts.append(TemplateRef("item", tuple(item.group(1)[1:].split(".")), written))
         else:
             raise ValueError(
-                f"unknown template {match.group(0)!r}: use {{{{sample.output_text}}}} for the completion "
+                f"unknown template {_excerpt(written)}: use {{{{sample.output_text}}}} for the completion "
                 "or {{item.<field>}} for a field of the prompt row"
             )
-    if "{{" in text[end:]:
-        raise ValueError("a '{{' is never closed by '}}'")
     parts.append(text[end:])
     return tuple(p for p in parts if p != "")
 
@@ -102,11 +104,12 @@ def _is_literal(parts: tuple[str | TemplateRef, ...]) -> bool:
     return all(isinstance(p, str) for p in parts)
 
 
+def _excerpt(text: str, limit: int = 80) -> str:
+    return repr(text) if len(text) <= limit else repr(text[:limit]) + f"… ({len(text)} characters)"
+
+
 def _compile(pattern: str) -> str:
-    try:
-        re.compile(pattern)
-    except re.error as exc:
-        raise ValueError(f"not a valid regular expression: {exc}") from exc
+    compile_pattern(pattern)  # PatternError, a ValueError: RE2's reason, at the field
     return pattern
 
 
@@ -162,8 +165,9 @@ class StringCheckGrader(_Grader):
         ...,
         description="'eq'/'ne': input equals / differs from reference (exactly, case included); "
                     "'like' or 'contains': reference occurs in input; 'ilike' or 'icontains': the same "
-                    "ignoring case; 'regex': reference is a Python regular expression found in input "
-                    "(re.search; use (?i), (?s) for flags).",
+                    "ignoring case; 'regex': reference is a regular expression in RE2 syntax (no "
+                    "backreferences or lookaround; linear time) found anywhere in input, as re.search; "
+                    "use (?i), (?s) for flags.",
     )
     input: str = Field(
         "{{sample.output_text}}", max_length=10_000,
@@ -188,8 +192,6 @@ class StringCheckGrader(_Grader):
         # A literal regex is checked now; a templated one only exists per row, so it is compiled
         # at grading time and a bad one is that row's grader error.
         if info.data.get("operation") == "regex" and _is_literal(parts):
-            if len(value) > MAX_PATTERN_CHARS:
-                raise ValueError(f"a regular expression has at most {MAX_PATTERN_CHARS} characters")
             _compile(value)
         return value
 
@@ -235,13 +237,14 @@ class LengthGrader(_Grader):
 
 
 class FormatGrader(_Grader):
-    """1.0 when the whole completion matches a regular expression (re.fullmatch, DOTALL), else 0.0."""
+    """1.0 when the whole completion matches a regular expression (RE2; as re.fullmatch with DOTALL), else 0.0."""
 
     type: Literal["format"] = Field("format", description="A regular expression the completion must match.")
     name: GraderName
     pattern: str = Field(
         ..., min_length=1, max_length=MAX_PATTERN_CHARS, examples=[r"<think>.*</think>\s*<answer>.*</answer>"],
-        description="Python regular expression matched against the whole completion; '.' matches newlines.",
+        description="Regular expression in RE2 syntax (no backreferences or lookaround; linear time) matched "
+                    "against the whole completion; '.' matches newlines.",
     )
     weight: Weight = 1.0
 

@@ -30,7 +30,9 @@ server's registry of reward functions. `RewardComputer.score` then rates a rollo
 
 A grader that cannot grade a completion scores 0 for it; the rollout's errors are summarised in a
 warning event (the first `MAX_ERROR_EVENTS` rollouts that have any) and counted in the result, never
-raised, so one bad row cannot stop a run.
+raised, so one bad row cannot stop a run. A grader call that overruns `GRADER_TIMEOUT_S` is such an
+error (`trainers.graders`), and grading polls the run's stop request between completions, so a
+cancel ends a slow rollout's grading instead of waiting for it.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ from transformers import PreTrainedTokenizerBase
 from trainers.checkpoint import read_model_info
 from trainers.config import GRPOJob, PPOJob
 from trainers.errors import UserError
-from trainers.graders import evaluate_batch, normalize_model_score
+from trainers.graders import GradingStopped, evaluate_batch, normalize_model_score
 from trainers.kl import apply_missing_eos_penalty
 from trainers.preference_data import collate_pairs, tokenize_pairs
 from trainers.reward_functions import RewardFunction, load_registry
@@ -178,7 +180,14 @@ class RewardComputer:
         )  # fmt: skip
 
     @torch.no_grad()
-    def score(self, items: Sequence[Mapping[str, Any]], completions: Sequence[str], rollout: Rollout) -> RewardScores:
+    def score(
+        self,
+        items: Sequence[Mapping[str, Any]],
+        completions: Sequence[str],
+        rollout: Rollout,
+        *,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> RewardScores | None:
         """Rewards of B completions, each answering its own prompt row.
 
         Args:
@@ -186,14 +195,21 @@ class RewardComputer:
             completions: B completion texts, decoded without special tokens (`decode_completions`).
             rollout: the rollout they were sampled in (B rows): supplies ``ended_with_eos``, the device,
                 and the token ids that reward models sharing the policy's tokenizer score.
+            should_stop: the run's stop request, polled between completions while the graders run
+                (`evaluate_batch`).
 
         Returns:
-            The rewards, each grader's scores and the grader errors.
+            The rewards, each grader's scores and the grader errors; None when `should_stop` ended
+            the grading.
         """
         model_scores = {
             cid: self._model_scores(rm, items, completions, rollout) for cid, rm in self.reward_models.items()
         }
-        results = evaluate_batch(self.spec, completions, items, self.registry, model_scores)
+        try:
+            results = evaluate_batch(self.spec, completions, items, self.registry, model_scores,
+                                     should_stop=should_stop)  # fmt: skip
+        except GradingStopped:
+            return None
         device = rollout.response_ids.device
         reward = torch.tensor([r.reward for r in results], dtype=torch.float32, device=device)  # (B,)
         if self.missing_eos_penalty:

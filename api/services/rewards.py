@@ -1,5 +1,6 @@
-"""Reward specs checked against this server: its reward functions and a project's reward models."""
+"""Reward specs checked against this server (its reward functions, a project's reward models), and tried."""
 
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -8,7 +9,12 @@ from sqlalchemy.orm import Session
 
 from api.errors import InvalidRequest
 from core.models import Checkpoint, Job
+from trainers.graders import evaluate
 from trainers.rewards_spec import RewardSpec, validate_reward_spec
+
+DRY_RUN_TIMEOUT_S = 30.0
+"""Longest a dry run may grade: graders not done by then are reported as not graded. Each call within
+it is also bounded by `trainers.graders.GRADER_TIMEOUT_S`, as in training."""
 
 
 def check_spec(reward: RewardSpec, registry: Mapping[str, Any]) -> None:
@@ -34,3 +40,12 @@ def check_reward_models(session: Session, project_id: str, reward: RewardSpec) -
         if (ckpt.model_info or {}).get("kind") != "reward_model":
             raise InvalidRequest(f"{field}: checkpoint {ckpt.id} is not a reward model (train one with a "
                                  "reward_model job)", param=field)
+
+
+def dry_run(*, reward: RewardSpec, completion: str, item: Mapping[str, Any], registry: Mapping[str, Any],
+            model_scores: Mapping[str, float] | None) -> dict[str, Any]:
+    """Grade one completion as training would; a grader that fails or overruns is reported in `errors`."""
+    check_spec(reward, registry)
+    result = evaluate(reward, completion=completion, item=item, registry=registry, model_scores=model_scores,
+                      deadline=time.monotonic() + DRY_RUN_TIMEOUT_S)
+    return {"reward": result.reward, "per_grader": result.per_grader, "errors": result.errors}

@@ -1,12 +1,15 @@
 """Grading completions by hand: each string_check operation, templates, length and format rules,
-multi combinations, weights, model scores, and reward functions found through the registry."""
+multi combinations, weights, model scores, reward functions found through the registry, and the
+bounds on a grader's time (linear-time regular expressions, a deadline on every call)."""
 
 import math
 import sys
+import threading
+import time
 
 import pytest
 
-from trainers import reward_functions
+from trainers import deadlines, graders, reward_functions
 from trainers.graders import (
     GradeResult,
     evaluate,
@@ -298,3 +301,110 @@ def test_evaluate_batch_matches_evaluate_row_by_row():
         evaluate_batch(data, completions, items[:2], REGISTRY)
     with pytest.raises(ValueError):
         evaluate_batch(data, completions, items, REGISTRY, {"c": [0.1]})
+
+
+# --- nothing a grader reads can hang it -----------------------------------------------------------------
+
+CATASTROPHIC = r"(a+)+$"  # exponential time in a backtracking engine: each extra "a" doubles the work
+REGEX = {"type": "string_check", "name": "r", "operation": "regex", "reference": CATASTROPHIC}
+
+
+@pytest.mark.timeout(30)
+def test_a_catastrophic_regex_is_graded_in_linear_time():
+    assert run(REGEX, "a" * 30 + "!").reward == 0.0
+    assert run(REGEX, "a" * 100_000).reward == 1.0
+    assert run(REGEX, "a" * 99_999 + "!").reward == 0.0
+    from_row = {**REGEX, "reference": "{{item.pattern}}"}
+    assert run(from_row, "a" * 30 + "!", item={"pattern": CATASTROPHIC}).reward == 0.0
+    assert run(from_row, "b" + "a" * 100_000, item={"pattern": CATASTROPHIC}).reward == 1.0
+
+
+@pytest.mark.timeout(30)
+def test_a_catastrophic_format_pattern_is_graded_in_linear_time():
+    data = {"type": "format", "name": "f", "pattern": r"(a+)+"}
+    assert run(data, "a" * 30 + "!").reward == 0.0
+    assert run(data, "a" * 100_000).reward == 1.0
+
+
+def test_regex_semantics_search_fullmatch_and_flags():
+    assert check("regex", "a.b", "xx a\nb") == 0.0  # '.' stops at a newline unless (?s)
+    assert check("regex", "(?s)a.b", "xx a\nb") == 1.0
+    assert check("regex", "(?i)PARIS", "in paris") == 1.0
+    assert check("regex", r"(?m)^b$", "a\nb\nc") == 1.0
+    fmt = {"type": "format", "name": "f", "pattern": "a.b"}
+    assert run(fmt, "a\nb").reward == 1.0  # format: the whole completion, '.' matching newlines
+    assert run(fmt, "xa\nb").reward == 0.0
+    assert run(fmt, "a\u00e9b").reward == 1.0  # one character, not two UTF-8 bytes
+
+
+def test_a_row_pattern_the_engine_refuses_is_a_grader_error():
+    data = {**REGEX, "reference": "{{item.pattern}}"}
+    for pattern, why in [(r"(a)\1", "invalid escape sequence"), ("(?=a)", "invalid perl operator"),
+                         ("x" * 2001, "at most 2000 characters")]:
+        result = run(data, "aa", item={"pattern": pattern})
+        assert result.reward == 0.0 and len(result.errors) == 1
+        assert result.errors[0].startswith("r: ") and why in result.errors[0], result.errors[0]
+
+
+def test_text_with_lone_surrogates_is_graded():
+    assert check("regex", "b", "a\ud800b") == 1.0
+    assert run({"type": "format", "name": "f", "pattern": "a.b"}, "a\ud800b").reward == 1.0
+
+
+# A reward function that blocks until its test lets it go, so a timed-out call leaves no thread behind.
+GATE = {"open": threading.Event(), "entered": threading.Event()}
+
+
+@reward_function("test.blocks")
+def blocks(completion, item):
+    GATE["entered"].set()
+    GATE["open"].wait(60)
+    return 1.0
+
+
+REGISTRY_WITH_BLOCKS = load_registry([__name__])
+BLOCKS = {"type": "function", "name": "slow", "function": "test.blocks"}
+
+
+def run_slow(data, completion, **kwargs):
+    return evaluate(spec(data), completion=completion, item=ITEM, registry=REGISTRY_WITH_BLOCKS, **kwargs)
+
+
+@pytest.fixture
+def gate():
+    GATE["open"], GATE["entered"] = threading.Event(), threading.Event()
+    yield GATE
+    GATE["open"].set()
+    for _ in range(500):  # the timed-out calls return once the gate opens
+        if deadlines.overdue_calls() == 0:
+            break
+        time.sleep(0.01)
+    assert deadlines.overdue_calls() == 0
+
+
+@pytest.mark.timeout(30)
+def test_a_function_past_its_deadline_is_a_grader_error(gate, monkeypatch):
+    monkeypatch.setattr(graders, "GRADER_TIMEOUT_S", 0.2)
+    multi = {"type": "multi", "name": "m", "graders": [BLOCKS, THREE[1]]}
+    result = run_slow(multi, "short")
+    assert result.reward == 1.0 and result.per_grader == {"slow": 0.0, "short": 1.0}
+    assert result.errors == ["slow: reward function 'test.blocks' did not return within 0.2 s"]
+
+
+@pytest.mark.timeout(30)
+def test_calls_still_running_past_their_deadline_are_bounded(gate):
+    results = [run_slow(BLOCKS, "x", timeout=0.01) for _ in range(deadlines.MAX_OVERDUE_CALLS + 2)]
+    assert all(r.reward == 0.0 for r in results)
+    timed_out = [r for r in results if "did not return within" in r.errors[0]]
+    refused = [r for r in results if "still running past their deadline" in r.errors[0]]
+    assert len(timed_out) == deadlines.MAX_OVERDUE_CALLS and len(refused) == 2
+    assert deadlines.overdue_calls() == deadlines.MAX_OVERDUE_CALLS
+
+
+@pytest.mark.timeout(30)
+def test_a_deadline_for_the_whole_evaluation_leaves_later_calls_unrun(gate):
+    multi = {"type": "multi", "name": "m", "graders": [BLOCKS, {**BLOCKS, "name": "slow2"}, THREE[1]]}
+    result = run_slow(multi, "short", timeout=30, deadline=time.monotonic() + 0.2)
+    assert result.reward == 1.0 and result.per_grader == {"slow": 0.0, "slow2": 0.0, "short": 1.0}
+    assert "did not return within 0.2 s" in result.errors[0]  # the time left, not its own 30 s
+    assert result.errors[1] == "slow2: reward function 'test.blocks' was not run: the time allowed for grading ran out"

@@ -246,3 +246,33 @@ def test_reward_modules_import_neither_torch_nor_the_service_stack(module):
     mods = set(json.loads(out.stdout.splitlines()[-1]))
     assert not {"torch", "transformers", "fastapi", "starlette", "sqlalchemy", "celery", "kombu"} & mods
     assert not {"api", "core", "worker"} & mods
+
+
+# --- patterns the linear-time engine refuses, and templates parsed in linear time ---------------------
+
+
+@pytest.mark.parametrize(("pattern", "why"), [(r"(a)\1", "invalid escape sequence: \\1"),
+                                              (r"(?<=a)b", "invalid perl operator: (?<"),
+                                              (r"a\Z", "invalid escape sequence: \\Z")])
+def test_a_literal_regex_the_engine_refuses_names_its_field_with_the_engine_s_message(pattern, why):
+    found = problems(grader(operation="regex", reference=pattern))
+    assert [f for f, _ in found] == ["reward.reference"] and why in found[0][1], found
+    found = problems(in_multi(grader(), {"type": "format", "name": "f", "pattern": pattern}))
+    assert [f for f, _ in found] == ["reward.graders[1].pattern"] and why in found[0][1], found
+
+
+def test_patterns_the_engine_takes():
+    for pattern in [r"(?i)^paris\b", r"(?s)<think>.*</think>", r"\d{1,3}(?:,\d{3})*", r"(?P<n>x)\z", r"\p{Greek}+"]:
+        assert problems(grader(operation="regex", reference=pattern)) == [], pattern
+        assert problems({"type": "format", "name": "f", "pattern": pattern}) == [], pattern
+
+
+@pytest.mark.timeout(30)
+def test_templates_are_parsed_in_linear_time():
+    with pytest.raises(ValueError, match="never closed"):
+        parse_template("{{" * 100_000)
+    with pytest.raises(ValueError, match="unknown template"):
+        parse_template("{{" * 100_000 + "}}")
+    assert parse_template("a{{item.x}}b{{ sample.output_text }}}") == (
+        "a", TemplateRef("item", ("x",), "{{item.x}}"), "b",
+        TemplateRef("sample", ("output_text",), "{{ sample.output_text }}"), "}")
