@@ -43,12 +43,14 @@ class Subscription:
 
     def __init__(self) -> None:
         self.queue: asyncio.Queue[Any] = asyncio.Queue(MAX_PENDING)
+        self.lags = 0  # times the queue overflowed
 
     def offer(self, item: Any) -> None:
         try:
             self.queue.put_nowait(item)
         except asyncio.QueueFull:
             # Everything dropped was committed before now: the stream's own catch-up read sees it.
+            self.lags += 1
             while not self.queue.empty():
                 self.queue.get_nowait()
             self.queue.put_nowait(LAGGED if isinstance(item, Batch) else item)

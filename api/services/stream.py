@@ -47,7 +47,11 @@ def _checkpoint_payload(ckpt: Checkpoint | None, fallback: dict[str, Any] | None
 
 
 def fetch_news(url: str, job_id: str, event_cursor: int, metric_cursor: int) -> tuple[str | None, list[tuple]]:
-    """The job's status (read first) and what happened after the cursors, in time order."""
+    """The job's status (read first) and what happened after the cursors, in time order.
+
+    Each item is (time, rank, SSE event, row id, JSON data): the data is encoded here, once, in the
+    reading thread, however many streams send it.
+    """
     with session_scope(url) as session:
         status = session.scalar(select(Job.status).where(Job.id == job_id))
         metrics = session.scalars(select(Metric).where(Metric.job_id == job_id, Metric.id > metric_cursor)
@@ -56,7 +60,7 @@ def fetch_news(url: str, job_id: str, event_cursor: int, metric_cursor: int) -> 
                                  .order_by(JobEvent.id).limit(FETCH_LIMIT)).all()
         items: list[tuple] = []
         for m in metrics:
-            items.append((m.created_at, 0, "metrics", m.id, {"step": m.step, "values": m.values}))
+            items.append((m.created_at, 0, "metrics", m.id, _json({"step": m.step, "values": m.values})))
         for e in events:
             if e.type == "checkpoint":
                 ckpt = session.get(Checkpoint, (e.data or {}).get("checkpoint_id"))
@@ -65,15 +69,19 @@ def fetch_news(url: str, job_id: str, event_cursor: int, metric_cursor: int) -> 
                 payload = {**(e.data or {}), "message": e.message}
             else:
                 payload = {"level": e.level, "message": e.message, "data": e.data}
-            items.append((e.created_at, 1, e.type, e.id, payload))
+            items.append((e.created_at, 1, e.type, e.id, _json(payload)))
     # Metrics before events at the same instant: a terminal status always comes last.
     items.sort(key=lambda it: (it[0], it[1], it[3]))
     caught_up = len(metrics) < FETCH_LIMIT and len(events) < FETCH_LIMIT
     return (status if caught_up else None), items
 
 
-def _sse(event: str, id_: str, data: dict[str, Any]) -> str:
-    return f"id: {id_}\nevent: {event}\ndata: {json.dumps(data, default=str)}\n\n"
+def _json(payload: dict[str, Any]) -> str:
+    return json.dumps(payload, default=str)
+
+
+def _sse(event: str, id_: str, data: str) -> str:
+    return f"id: {id_}\nevent: {event}\ndata: {data}\n\n"
 
 
 class Cursor:
@@ -134,8 +142,9 @@ async def _frames(settings: Settings, hub: Hub, job_id: str, cursor: Cursor, sub
             if isinstance(news, Exception):
                 raise RuntimeError(f"the stream feed of {job_id} failed") from news
             status, items = (news.status, news.items) if isinstance(news, Batch) else (None, [])
-        for frame in cursor.frames(items):
-            yield frame
+        frames = cursor.frames(items)
+        if frames:  # one write for the whole batch
+            yield "".join(frames)
             last_write = time.monotonic()
         if status in TERMINAL_STATUSES:
             return
