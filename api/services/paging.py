@@ -29,13 +29,17 @@ def newest_first_page(session: Session, stmt: Select, model: Any, *, project_id:
 
 def integer_cursor(after: str, key: InstrumentedAttribute) -> int:
     """`after` as an integer within the range of the column it is compared with."""
+    low, high = INT64 if isinstance(key.type, BigInteger) else INT32
     try:
         value = int(after)
     except ValueError as exc:
-        raise InvalidRequest(f"cursor {after[:64]!r} is not an integer", param="after") from exc
-    low, high = INT64 if isinstance(key.type, BigInteger) else INT32
+        if after.strip().lstrip("+-").isdigit():  # more digits than int() reads: out of range too
+            value = high + 1
+        else:
+            raise InvalidRequest(f"cursor {after[:64]!r} is not an integer", param="after") from exc
     if not low <= value <= high:
-        raise InvalidRequest(f"cursor {after[:64]!r} is out of range: it must lie in [{low}, {high}]",
+        raise InvalidRequest(f"cursor {after[:64]!r}{'…' if len(after) > 64 else ''} is out of range: "
+                             f"it must lie in [{low}, {high}]",
                              param="after")
     return value
 
