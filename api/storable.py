@@ -81,6 +81,8 @@ def json_problem(body: bytes) -> tuple[str | None, str] | None:
     do not parse: the route's own parser reports those)."""
     try:
         document = json.loads(body, parse_int=_parse_int, parse_float=_parse_float)
+    except UnicodeDecodeError as exc:  # the route's parser would only say "error parsing the body"
+        return None, f"the JSON body is not valid {exc.encoding.upper()} (byte {exc.start})"
     except (ValueError, RecursionError):
         return None
     found = _walk(document, [])

@@ -114,6 +114,12 @@ def test_huge_integers_in_json_bodies(client, dataset_id):
     assert client.get("/v1/jobs").json()["data"] == []
 
 
+def test_json_bodies_that_are_not_utf8(client, dataset_id):
+    text = json.dumps(job_body(dataset_id, name="caf")).encode().replace(b'"caf"', b'"caf\xe9"')
+    r = client.post("/v1/jobs", content=text, headers={"Content-Type": "application/json"})
+    assert r.status_code == 422 and "not valid UTF-8" in r.json()["error"]["message"]
+
+
 def test_nul_characters_in_headers_query_and_form_fields(client, dataset_id):
     r = client.post("/v1/jobs", json=job_body(dataset_id), headers={"Idempotency-Key": "a\x00b"})
     assert_refused(r, 422, "idempotency-key", "NUL")

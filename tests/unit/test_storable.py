@@ -26,9 +26,9 @@ def test_json_problems_name_the_path():
                                                 "be stored")
 
 
-def test_json_that_does_not_parse_is_left_to_the_route():
+def test_json_that_does_not_parse_is_left_to_the_route_unless_it_is_not_utf8():
     assert json_problem(b'{"a": ') is None
-    assert json_problem(b"\xff") is None
+    assert json_problem(b'{"a": "\xff"}') == (None, "the JSON body is not valid UTF-8 (byte 7)")
 
 
 def test_query_and_header_problems():
