@@ -5,12 +5,15 @@ checkpoints of one job (two copies of the reward model, and one labelled a causa
 with them through `app.state.model_ops`, whose process reports its own pid and load count.
 """
 
+import hashlib
+import io
 import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 
@@ -49,13 +52,25 @@ def reward_model_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
+def adapter_dir(tmp_path_factory) -> Path:
+    """A LoRA DPO checkpoint of builtin:tiny-llama after one step: an adapter to merge."""
+    root = tmp_path_factory.mktemp("lora")
+    (root / "rows.jsonl").write_bytes(jsonl(uppercase_preference_rows(8)))
+    trainers_cli("dpo", "--data", root / "rows.jsonl", "--base-model", "builtin:tiny-llama", "--lora", '{"r": 4}',
+                 "--output", root / "run", "--max-steps", 1, "--batch-size", 8)  # fmt: skip
+    return root / "run" / "checkpoint-1" / "model"
+
+
+@pytest.fixture(scope="module")
 def cli_scores(reward_model_dir) -> list[dict]:
     """What `python -m trainers score` (one process per call) answers for PAIRS."""
     return json.loads(trainers_cli("score", "--model-dir", reward_model_dir, stdin=json.dumps(PAIRS)))
 
 
-def make_client(tmp_path: Path, reward_model_dir: Path, **overrides) -> tuple[TestClient, dict[str, str]]:
-    """A client of a fresh embedded deployment, and checkpoint ids: `a`, `b` (reward models), `lm`."""
+def make_client(tmp_path: Path, reward_model_dir: Path, adapter_dir: Path | None = None,
+                **overrides) -> tuple[TestClient, dict[str, str]]:
+    """A client of a fresh embedded deployment, and checkpoint ids: `a`, `b` (reward models), `lm`,
+    and `lora` (a LoRA checkpoint) when `adapter_dir` is given."""
     settings = embedded_settings(tmp_path, **overrides)
     client = TestClient(create_app(settings), headers={"Authorization": f"Bearer {new_project_key(settings)}"})
     dataset = upload(client, jsonl(preference_rows(4))).json()["id"]
@@ -63,15 +78,19 @@ def make_client(tmp_path: Path, reward_model_dir: Path, **overrides) -> tuple[Te
                                         "dataset_id": dataset}).json()["id"]  # fmt: skip
     store = ArtifactStore(settings.artifacts_dir)
     info = json.loads((reward_model_dir / "rlhf_service.json").read_text())
+    models = [("a", reward_model_dir, info), ("b", reward_model_dir, info),
+              ("lm", reward_model_dir, info | {"kind": "causal_lm"})]
+    if adapter_dir is not None:
+        models.append(("lora", adapter_dir, json.loads((adapter_dir / "rlhf_service.json").read_text())))
     with session_scope(settings.database_url) as session:
-        for step, kind in ((1, "reward_model"), (2, "reward_model"), (3, "causal_lm")):
+        for step, (_, directory, model_info) in enumerate(models, start=1):
             staging = store.staging_dir()
-            shutil.copytree(reward_model_dir, staging / "model")
+            shutil.copytree(directory, staging / "model")
             store.commit(staging, f"{job}/step-{step}")
             session.add(Checkpoint(job_id=job, step=step, artifact_key=f"{job}/step-{step}", size_bytes=1,
-                                   sha256="0" * 64, metrics={}, model_info=info | {"kind": kind}))  # fmt: skip
+                                   sha256="0" * 64, metrics={}, model_info=model_info))  # fmt: skip
     rows = client.get(f"/v1/jobs/{job}/checkpoints").json()["data"]
-    return client, dict(zip(("a", "b", "lm"), (c["id"] for c in rows), strict=True))
+    return client, {name: c["id"] for (name, _, _), c in zip(models, rows, strict=True)}
 
 
 def model_dir(client: TestClient, checkpoint_id: str) -> str:
@@ -169,3 +188,17 @@ def test_a_call_past_its_deadline_answers_504_and_leaves_a_working_process(tmp_p
         r = client.post(f"/v1/checkpoints/{ckpt['a']}/score", json={"pairs": PAIRS})
         assert r.status_code == 200, r.text
         assert r.json()["data"] == cli_scores and ops.starts == 2
+
+
+def test_merging_an_adapter_goes_through_the_same_process(tmp_path, reward_model_dir, adapter_dir, cli_scores):
+    client, ckpt = make_client(tmp_path, reward_model_dir, adapter_dir)
+    with client:
+        assert client.post(f"/v1/checkpoints/{ckpt['a']}/score", json={"pairs": PAIRS}).json()["data"] == cli_scores
+        r = client.get(f"/v1/checkpoints/{ckpt['lora']}/download", params={"merged": "true"})
+        assert r.status_code == 200, r.text
+        assert hashlib.sha256(r.content).hexdigest() == client.get(f"/v1/checkpoints/{ckpt['lora']}").json()[
+            "merged_sha256"]
+        names = {n.split("/", 1)[1] for n in tarfile.open(fileobj=io.BytesIO(r.content)).getnames() if "/" in n}
+        assert "model.safetensors" in names and "adapter_config.json" not in names
+        ops = client.app.state.model_ops
+        assert (stats(client)["pid"], ops.starts) == (ops.pid, 1)
