@@ -3,8 +3,9 @@
 Rows are stored in a JSON column (JSON text on SQLite, JSONB on Postgres) and read back by clients
 and trainers, so a value is refused at upload when some backend or reader would reject or change it:
 
-- integers outside the signed 64-bit range: many JSON readers (JavaScript's, for one) silently round
-  them, and Python refuses even to parse one of more than 4300 digits;
+- integers outside the signed 64-bit range, the limit of the service's other JSON inputs
+  (``api.storable``): SQLite's JSON functions read them back as rounded floats, many clients round
+  or refuse them, and Python refuses even to parse one of more than 4300 digits;
 - floats that are not finite (``NaN``, ``Infinity``, ``1e999``): JSON has no spelling for them;
 - strings (values or keys) holding NUL (U+0000), which Postgres text and JSONB refuse, or an
   unpaired UTF-16 surrogate such as ``"\\ud800"``, which is not Unicode and has no UTF-8 encoding;
@@ -15,11 +16,11 @@ from __future__ import annotations
 
 import json
 import math
-import re
 
-INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+from api.storable import INT64, text_problem
+
+INT64_MIN, INT64_MAX = INT64
 _INT64_DIGITS = 19
-_BAD_CHAR = re.compile("[\x00\ud800-\udfff]")
 
 
 class OutOfRangeInt:
@@ -53,7 +54,7 @@ def decoder() -> json.JSONDecoder:
 def unstorable(value: object, path: str = "") -> tuple[str | None, str] | None:
     """The first value of a decoded record that cannot be stored: ``(field path, problem)``, or None."""
     if isinstance(value, str):
-        return string_problem(value, path, "string")
+        return _string_problem(value, path, "string")
     if value is None or isinstance(value, bool):
         return None
     if isinstance(value, int):
@@ -71,7 +72,7 @@ def unstorable(value: object, path: str = "") -> tuple[str | None, str] | None:
             if not isinstance(key, str):
                 return path or None, f"key of type {type(key).__name__} cannot be stored as JSON"
             where = f"{path}.{_shown(key)}" if path else _shown(key)
-            problem = string_problem(key, where, "key") or unstorable(item, where)
+            problem = _string_problem(key, where, "key") or unstorable(item, where)
             if problem:
                 return problem
         return None
@@ -84,19 +85,11 @@ def unstorable(value: object, path: str = "") -> tuple[str | None, str] | None:
     return path or None, f"value of type {type(value).__name__} cannot be stored as JSON"
 
 
-def string_problem(text: str, path: str, what: str) -> tuple[str | None, str] | None:
-    """``(path, problem)`` when `text` holds NUL or an unpaired surrogate; `what` names it in the message."""
-    found = _BAD_CHAR.search(text)
-    if found is None:
-        return None
-    char = found.group()
-    at = f"at character {found.start() + 1}"
-    if char == "\x00":
-        return path or None, f"{what} holds a NUL character (\\u0000) {at}, which cannot be stored"
-    return path or None, (f"{what} holds an unpaired UTF-16 surrogate (\\u{ord(char):04x}) {at}, "
-                          "which is not valid Unicode")
+def _string_problem(text: str, path: str, what: str) -> tuple[str | None, str] | None:
+    problem = text_problem(text)
+    return (path or None, f"{what} {problem}") if problem else None
 
 
 def _shown(key: str) -> str:
     # A path must never carry the bad character itself: it could not be encoded in the error body.
-    return json.dumps(key)[1:-1] if _BAD_CHAR.search(key) else key
+    return json.dumps(key)[1:-1] if text_problem(key) else key
