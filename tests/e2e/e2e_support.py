@@ -8,7 +8,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 
 import httpx
@@ -61,9 +61,14 @@ class Deployment:
             time.sleep(0.5)
         pytest.fail("the API did not become ready:\n" + self.log("api"))
 
-    def start_worker(self) -> None:
+    def start_worker(self, name: str = "worker") -> None:
+        """Start a worker process; give a second one its own `name` to run two at once."""
         self.workers_started += 1
-        self._start("worker", ["worker", "--hostname", f"e2e-{self.port}-{self.workers_started}@localhost"])
+        self._start(name, ["worker", "--hostname", f"e2e-{self.port}-{self.workers_started}@localhost"])
+
+    def signal_worker(self, sig: signal.Signals, name: str = "worker") -> None:
+        """Send `sig` to a worker's whole process group (Celery, its pool, the training process)."""
+        os.killpg(self.procs[name].pid, sig)
 
     def kill_worker(self) -> None:
         """SIGKILL the worker and every process it started (pool processes, the training process)."""
@@ -78,6 +83,8 @@ class Deployment:
     def stop(self) -> None:
         self.client.close()
         for proc in self.procs.values():
+            with suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGCONT)  # a stopped process cannot act on SIGTERM
             proc.terminate()
         for proc in self.procs.values():
             try:
@@ -104,7 +111,7 @@ def deployment(request, root: Path, *, backend: str | None = None, **env: str):
         finally:
             dep.stop()
             if request.node.session.testsfailed:
-                for name in ("api", "worker"):
+                for name in ("api", "worker", *(n for n in dep.procs if n not in ("api", "worker"))):
                     print(f"--- {name} log ---\n{dep.log(name)}")
 
 
