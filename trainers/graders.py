@@ -30,7 +30,7 @@ from typing import Any, Literal
 
 from trainers import patterns
 from trainers.deadlines import DeadlineExceeded, TooManyOverdue, call_with_deadline
-from trainers.reward_functions import RewardFunction
+from trainers.reward_functions import BUILTIN_FUNCTIONS, RewardFunction
 from trainers.rewards_spec import (
     FormatGrader,
     FunctionGrader,
@@ -215,8 +215,7 @@ def grade(
                 return length_score(len(completion), grader.target_chars, grader.target_chars)
             return length_score(len(completion), grader.min_chars, grader.max_chars)
         case FormatGrader():
-            match = functools.partial(patterns.fullmatch, grader.pattern, completion, dot_all=True)
-            return float(_bounded(match, timeout, "the pattern"))
+            return float(_regex(patterns.fullmatch, grader.pattern, completion, timeout, dot_all=True))
         case FunctionGrader():
             return _call(grader, registry, completion, item, timeout)
         case _:
@@ -252,8 +251,7 @@ def string_check(operation: str, text: str, reference: str, *, timeout: float | 
                 patterns.compile_pattern(reference)  # refused here, so the error quotes the reference
             except patterns.PatternError as exc:
                 raise GraderError(f"reference {_quote(reference)}: {exc}") from exc
-            match = functools.partial(patterns.search, reference, text)
-            return float(_bounded(match, GRADER_TIMEOUT_S if timeout is None else timeout, "the regular expression"))
+            return float(_regex(patterns.search, reference, text, GRADER_TIMEOUT_S if timeout is None else timeout))
         case _:
             raise GraderError(f"unknown string_check operation {operation!r}")
 
@@ -368,13 +366,22 @@ def _call(
     if fn is None:
         raise GraderError(f"unknown reward function {grader.function!r}")
     name = f"reward function {grader.function!r}"
+    call = functools.partial(fn, completion, item, **grader.kwargs)
     try:
-        result = _bounded(functools.partial(fn, completion, item, **grader.kwargs), timeout, name)
+        # The built-ins are this module's neighbours, linear in their input: no thread needed.
+        result = call() if fn in BUILTIN_FUNCTIONS else _bounded(call, timeout, name)
     except GraderError:
         raise
     except Exception as exc:  # server code failing on one row must not end the run
         raise GraderError(f"{name} raised {type(exc).__name__}: {exc}") from exc
     return _finite(result, name)
+
+
+def _regex(match: Callable[..., bool], pattern: str, text: str, timeout: float, *, dot_all: bool = False) -> bool:
+    """`patterns.search` or `patterns.fullmatch`, inline when quick whatever happens, else with a deadline."""
+    if patterns.worst_case_work(pattern, text, dot_all=dot_all) <= patterns.QUICK_WORK:
+        return match(pattern, text, dot_all=dot_all)  # a thread would cost more than the match
+    return _bounded(functools.partial(match, pattern, text, dot_all=dot_all), timeout, "the regular expression")
 
 
 def _bounded(call: Callable[[], Any], timeout: float, what: str) -> Any:

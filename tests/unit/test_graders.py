@@ -375,7 +375,7 @@ def gate():
     GATE["open"], GATE["entered"] = threading.Event(), threading.Event()
     yield GATE
     GATE["open"].set()
-    for _ in range(500):  # the timed-out calls return once the gate opens
+    for _ in range(3000):  # the timed-out calls return once the gate opens (a slow match, once it ends)
         if deadlines.overdue_calls() == 0:
             break
         time.sleep(0.01)
@@ -408,3 +408,22 @@ def test_a_deadline_for_the_whole_evaluation_leaves_later_calls_unrun(gate):
     assert result.reward == 1.0 and result.per_grader == {"slow": 0.0, "slow2": 0.0, "short": 1.0}
     assert "did not return within 0.2 s" in result.errors[0]  # the time left, not its own 30 s
     assert result.errors[1] == "slow2: reward function 'test.blocks' was not run: the time allowed for grading ran out"
+
+
+# Its DFA outgrows RE2's memory budget, so RE2 simulates the NFA: linear, but about a second per
+# 50,000 characters on a 2-core machine.
+HEAVY = r"(?:[a-f]|[h-m])[a-z]{0,999}[^a-z]"
+
+
+def test_a_match_that_could_be_slow_runs_under_the_deadline_and_scores_alike(monkeypatch):
+    monkeypatch.setattr(graders.patterns, "QUICK_WORK", 0)  # every match through the bounded path
+    assert check("regex", r"\b4\b", "so: 4 apples") == 1.0
+    assert check("regex", r"^\d+$", "so: 4 apples") == 0.0
+    assert run({"type": "format", "name": "f", "pattern": "a.b"}, "a\nb").reward == 1.0
+
+
+@pytest.mark.timeout(60)
+def test_a_slow_linear_match_past_its_deadline_is_a_grader_error(gate):
+    text = "".join("abcdefghijklmnopqrstuvwxyz"[i * 7 % 26] for i in range(50_000))
+    result = run({**REGEX, "reference": HEAVY}, text, timeout=0.01)  # about 100 times too short
+    assert result.reward == 0.0 and result.errors == ["r: the regular expression did not return within 0.01 s"]

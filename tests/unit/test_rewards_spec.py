@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from trainers.patterns import expansion
 from trainers.reward_functions import load_registry
 from trainers.rewards_spec import (
     REGISTRY_CONTEXT,
@@ -276,3 +277,19 @@ def test_templates_are_parsed_in_linear_time():
     assert parse_template("a{{item.x}}b{{ sample.output_text }}}") == (
         "a", TemplateRef("item", ("x",), "{{item.x}}"), "b",
         TemplateRef("sample", ("output_text",), "{{ sample.output_text }}"), "}")
+
+
+@pytest.mark.parametrize("pattern", ["a{0,99}" * 31, r"(?:x{0,99}){0,40}", "(?s).{0,999}.{0,999}.{0,999}.{0,999}"])
+def test_a_pattern_whose_repetitions_unroll_too_far_is_refused_before_compiling(pattern):
+    # RE2 would take seconds to compile such a pattern, holding the GIL all along
+    found = problems(grader(operation="regex", reference=pattern))
+    assert [f for f, _ in found] == ["reward.reference"] and "unroll to more than 3000" in found[0][1], found
+
+
+def test_pattern_expansion_counts_what_the_engine_unrolls():
+    assert expansion("abc") == 3 and expansion(r"a{0,999}") == 999 and expansion(r"(?:ab{2}){10}") == 30
+    assert expansion(r"(?i)x(?P<n>y){3}|z+") == 5 and expansion(r"(?:a{2}|b{3}){4}") == 20
+    assert expansion(r"[]{]{3}\x{10FFFF}\p{Greek}{2}\pL\Q{9}\E") == 3 + 1 + 2 + 1 + 3
+    assert expansion("a{,5}b{x}") == 9  # no counted repetition: each character is a literal
+    think = r"(?s)<think>.{10,1000}</think>\s*<answer>.{1,200}</answer>"
+    assert problems({"type": "format", "name": "f", "pattern": think}) == []
