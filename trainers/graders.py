@@ -11,8 +11,9 @@ score) scores 0.0 for it and says why in ``errors``; it never raises, so one bad
 training run.
 
 Nothing a grader reads can hang it. Regular expressions are RE2's (`trainers.patterns`: linear
-time, no backtracking), and every call that runs a pattern or a reward function is bounded by
-`GRADER_TIMEOUT_S` (`trainers.deadlines`): one that overruns is a grader error for that completion.
+time, no backtracking), and every call that could still be slow (a registered reward function, a
+match whose worst case is large) runs under `GRADER_TIMEOUT_S` (`trainers.deadlines`): one that
+overruns is a grader error for that completion. Quick matches and the built-in functions run inline.
 `evaluate` also takes a deadline for the whole evaluation (the API's dry run), and `evaluate_batch`
 polls a stop request between completions, so a cancel need not wait for a slow rollout's grading.
 """
