@@ -5,6 +5,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from api.admission import Admission, request_slots
 from api.errors import install_error_handlers
 from api.limits import BodyLimits
 from api.routes import admin, checkpoints, datasets, graders, health, jobs
@@ -42,6 +43,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.reward_registry = load_registry(settings.reward_function_modules)
     install_error_handlers(app)
     app.add_middleware(BodyLimits, settings=settings)
+    app.add_middleware(Admission, slots=request_slots(settings), wait_seconds=settings.db_pool_timeout_seconds)
     for module in (datasets, jobs, checkpoints, graders, admin, health):
         app.include_router(module.router)
     return app

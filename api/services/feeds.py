@@ -57,8 +57,11 @@ class Subscription:
 
     async def next(self, timeout: float) -> Any:
         """The next batch, `LAGGED`, an exception the feed died of, or None after `timeout`."""
+        if not self.queue.empty():
+            return self.queue.get_nowait()
         try:
-            return await asyncio.wait_for(self.queue.get(), timeout)
+            async with asyncio.timeout(timeout):
+                return await self.queue.get()
         except TimeoutError:
             return None
 
@@ -95,7 +98,8 @@ class Feed:
                 if status is None:
                     continue  # more pages wait: read on without sleeping
                 try:
-                    await asyncio.wait_for(self.wake.wait(), self.hub.poll_seconds)
+                    async with asyncio.timeout(self.hub.poll_seconds):
+                        await self.wake.wait()
                 except TimeoutError:
                     pass
         except Exception as exc:  # reported to every stream, which ends with an error

@@ -15,8 +15,9 @@ from typing import Any
 
 from sqlalchemy import select
 
+from api.admission import stream_read_slots
 from api.errors import InvalidRequest
-from api.services.feeds import LAGGED, Batch, Hub, Subscription, hub_for
+from api.services.feeds import LAGGED, Hub, Subscription, hub_for
 from core.db import session_scope
 from core.models import TERMINAL_STATUSES, Checkpoint, Job, JobEvent, Metric
 from core.settings import Settings
@@ -108,7 +109,7 @@ class Cursor:
 
 def hub_of(settings: Settings) -> Hub:
     return hub_for(database_url=settings.database_url, broker_url=settings.celery_broker_url,
-                   poll_seconds=settings.stream_poll_seconds, read_slots=max(1, settings.db_pool_size // 2),
+                   poll_seconds=settings.stream_poll_seconds, read_slots=stream_read_slots(settings),
                    fetch=fetch_news)
 
 
@@ -129,25 +130,30 @@ async def job_stream(*, settings: Settings, job_id: str, last_event_id: str | No
 
 async def _frames(settings: Settings, hub: Hub, job_id: str, cursor: Cursor, subscription: Subscription,
                   behind: bool, is_disconnected: Callable[[], Awaitable[bool]]) -> AsyncIterator[str]:
+    keepalive = settings.stream_keepalive_seconds
     last_write = time.monotonic()
-    while not await is_disconnected():
+    while True:
         if behind:  # catching up from its own cursor, one page per read
             status, items = await hub.read(job_id, cursor.events, cursor.metrics)
             behind = status is None
         else:
-            news = await subscription.next(settings.stream_poll_seconds)
+            news = await subscription.next(max(0.05, keepalive - (time.monotonic() - last_write)))
+            if news is None:  # idle for a keep-alive period
+                # Uvicorn cancels a stream whose client left; other servers may only say so when asked.
+                if await is_disconnected():
+                    return
+                yield ": keep-alive\n\n"
+                last_write = time.monotonic()
+                continue
             if news is LAGGED:
                 behind = True
                 continue
             if isinstance(news, Exception):
                 raise RuntimeError(f"the stream feed of {job_id} failed") from news
-            status, items = (news.status, news.items) if isinstance(news, Batch) else (None, [])
+            status, items = news.status, news.items
         frames = cursor.frames(items)
         if frames:  # one write for the whole batch
             yield "".join(frames)
             last_write = time.monotonic()
         if status in TERMINAL_STATUSES:
             return
-        if time.monotonic() - last_write >= settings.stream_keepalive_seconds:
-            yield ": keep-alive\n\n"
-            last_write = time.monotonic()

@@ -140,3 +140,38 @@ def test_many_streams_on_a_small_pool_each_get_everything(api, settings):
         assert frames[-1]["event"] == "status" and frames[-1]["data"]["status"] == "succeeded"
         ids = [tuple(int(p) for p in fr["id"].split("-")) for fr in frames]
         assert ids == sorted(set(ids)), "ids go backwards or repeat"
+
+
+READERS = 64
+
+
+def test_many_concurrent_readers_on_the_default_pool_all_get_answers(settings, tmp_path):
+    """More clients at once than the pool has connections and the API has threads: none of them fails."""
+    dep = Deployment(settings, tmp_path)
+    try:
+        dep.start_api()
+        dataset = dep.client.post("/v1/datasets", data={"kind": "preference"},
+                                  files={"file": ("d.jsonl", jsonl(preference_rows(4)))}).json()["id"]
+        job_id = dep.client.post("/v1/jobs", json={"type": "dpo", "base_model": "builtin:tiny-llama",
+                                                   "dataset_id": dataset}).json()["id"]
+        paths = [f"/v1/jobs/{job_id}", f"/v1/jobs/{job_id}/metrics", "/v1/jobs", f"/v1/datasets/{dataset}"]
+        start = threading.Barrier(READERS)
+        codes: list[int] = []
+
+        def read() -> None:
+            with httpx.Client(base_url=str(dep.client.base_url), headers=dict(dep.client.headers),
+                              timeout=STREAM_TIMEOUT) as client:
+                client.get("/healthz")  # connected before they all start together
+                start.wait()
+                for path in paths * 3:
+                    codes.append(client.get(path).status_code)
+
+        readers = [threading.Thread(target=read) for _ in range(READERS)]
+        for t in readers:
+            t.start()
+        for t in readers:
+            t.join()
+    finally:
+        dep.stop()
+    assert len(codes) == READERS * len(paths) * 3
+    assert {code: codes.count(code) for code in set(codes)} == {200: len(codes)}

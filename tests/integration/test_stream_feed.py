@@ -121,3 +121,23 @@ def step_id(settings, job_id: str, step: int) -> int:
 
     with session_scope(settings.database_url) as session:
         return session.scalar(select(Metric.id).where(Metric.job_id == job_id, Metric.step == step))
+
+
+def test_an_idle_stream_sends_keep_alives_and_ends_when_its_client_has_gone(settings, reporter):
+    quick = settings.model_copy(update={"stream_keepalive_seconds": 0.2})
+    gone = False
+
+    async def disconnected() -> bool:
+        return gone
+
+    async def scenario() -> tuple[list[str], int]:
+        nonlocal gone
+        stream = job_stream(settings=quick, job_id=reporter.job_id, last_event_id=None, is_disconnected=disconnected)
+        frames = [await stream.__anext__(), await stream.__anext__(), await stream.__anext__()]
+        gone = True
+        frames += [frame async for frame in stream]  # ends at its next idle check
+        return frames, len(hub_of(quick).feeds)
+
+    frames, feeds_left = asyncio.run(scenario())
+    assert frames[0].startswith("retry:") and "event: status" in frames[1]
+    assert frames[2:] == [": keep-alive\n\n"] and feeds_left == 0
