@@ -4,14 +4,9 @@ The task asserts the world from the database: a message for a job that is no lon
 cancelled, or claimed by a live worker) is a no-op, so redelivery is harmless.
 """
 
-import ctypes
 import logging
 import os
-import signal
 import socket
-import subprocess
-import sys
-import tempfile
 
 from sqlalchemy.exc import OperationalError
 
@@ -22,11 +17,11 @@ from core.notify import publish
 from core.queue import RUN_JOB_TASK
 from core.settings import get_settings
 from worker.celery_app import app
+from worker.launcher import TrainingProcess
 from worker.runner import LEASE_LOST_EXIT
 
 log = logging.getLogger(__name__)
 STDERR_TAIL = 2000
-PR_SET_PDEATHSIG = 1
 
 
 def worker_identity() -> str:
@@ -58,12 +53,6 @@ def heartbeat(url: str, lease: Lease) -> bool:
     return True
 
 
-def _die_with_parent() -> None:
-    """In the child, before exec: the kernel kills it when this worker process dies (Linux)."""
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
 def fail_if_unfinished(url: str, lease: Lease, message: str) -> None:
     """The child died without recording an outcome: record it for it, if the lease still holds the job."""
     try:
@@ -88,20 +77,12 @@ def run_job(job_id: str) -> None:
     lease = claim(url, job_id, worker_id)
     if lease is None:
         return
-    with tempfile.TemporaryFile() as stderr:
-        # A child per job keeps CUDA and the model out of the long-lived worker process, and makes
-        # crash and memory failures the child's alone.
-        child = subprocess.Popen([sys.executable, "-m", "worker.runner", job_id, worker_id,
-                                  str(lease.attempt)], stderr=stderr,
-                                 preexec_fn=_die_with_parent if sys.platform == "linux" else None)
-        while True:
-            try:
-                code = child.wait(timeout=settings.heartbeat_seconds)
-                break
-            except subprocess.TimeoutExpired:
-                heartbeat(url, lease)
-        stderr.seek(0)
-        tail = stderr.read().decode(errors="replace")[-STDERR_TAIL:]
+    # A child per job keeps CUDA and the model out of the long-lived worker process, and makes
+    # crash and memory failures the child's alone; it is forked warm (worker.launcher).
+    with TrainingProcess(["worker.runner", job_id, worker_id, str(lease.attempt)]) as child:
+        while (code := child.wait(settings.heartbeat_seconds)) is None:
+            heartbeat(url, lease)
+        tail = child.stderr_tail(STDERR_TAIL)
     if code == LEASE_LOST_EXIT:
         log.warning("training process for %s stopped: it lost its lease, the job was handed on", job_id)
     elif code != 0:
