@@ -11,7 +11,11 @@ Functions come from what the server operator installed or configured, never from
 
 Two built-in functions, ``exact_match`` and ``contains_answer``, are always registered. A
 function should be pure and fast (it runs once per sampled completion) and must not change
-``item``; whatever it raises becomes a grader error for that completion, not a failed job.
+``item``; whatever it raises becomes a grader error for that completion, not a failed job. Each
+call runs in a thread of its own and may take at most `trainers.graders.GRADER_TIMEOUT_S`
+seconds: past that it is a grader error too, and its thread is left to finish (see
+`trainers.deadlines`). A function must not hold the GIL for long, as no deadline can end that:
+for instance, never run Python's ``re`` on a pattern that comes from the prompt row.
 """
 
 from __future__ import annotations
