@@ -84,12 +84,13 @@ class ModelOps:
         """End the process: stdin closed, then killed if it has not exited within a grace period."""
         with self._lock:
             proc, self._proc = self._proc, None
-            if proc is not None and proc.poll() is None:
-                proc.stdin.close()
+            if proc is not None:
+                proc.stdin.close()  # the process's signal to finish
                 try:
                     proc.wait(SHUTDOWN_GRACE_SECONDS)
                 except subprocess.TimeoutExpired:
-                    self._kill(proc)
+                    pass
+                self._kill(proc)  # kills it if it is still there; closes the pipes
             if self._spawner is not None:
                 self._spawner.shutdown(wait=False)
                 self._spawner = None
