@@ -380,7 +380,11 @@ def _call(
 
 def _regex(match: Callable[..., bool], pattern: str, text: str, timeout: float, *, dot_all: bool = False) -> bool:
     """`patterns.search` or `patterns.fullmatch`, inline when quick whatever happens, else with a deadline."""
-    if patterns.worst_case_work(pattern, text, dot_all=dot_all) <= patterns.QUICK_WORK:
+    try:
+        work = patterns.worst_case_work(pattern, text, dot_all=dot_all)
+    except patterns.PatternError as exc:  # a spec that skipped `validate_reward_spec`
+        raise GraderError(f"pattern {_quote(pattern)}: {exc}") from exc
+    if work <= patterns.QUICK_WORK:
         return match(pattern, text, dot_all=dot_all)  # a thread would cost more than the match
     return _bounded(functools.partial(match, pattern, text, dot_all=dot_all), timeout, "the regular expression")
 

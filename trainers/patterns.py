@@ -76,13 +76,7 @@ def compile_pattern(pattern: str, *, dot_all: bool = False) -> Any:
     Raises:
         PatternError: the pattern is too long, or RE2 refuses it (the message says why).
     """
-    if len(pattern) > MAX_PATTERN_CHARS:
-        raise PatternError(f"a regular expression has at most {MAX_PATTERN_CHARS} characters")
-    if expansion(pattern) > MAX_EXPANSION:
-        raise PatternError(
-            f"its counted repetitions unroll to more than {MAX_EXPANSION} items (a{{0,999}} is 999, "
-            "(?:ab{2}){10} is 30): use *, + or smaller counts"
-        )
+    check_size(pattern)
     try:
         return re2.compile(pattern, _OPTIONS[dot_all])
     except re2.error as exc:
@@ -90,6 +84,24 @@ def compile_pattern(pattern: str, *, dot_all: bool = False) -> Any:
                            f"{_reason(exc)}") from exc
     except UnicodeEncodeError as exc:  # a lone surrogate, from JSON such as "\ud800"
         raise PatternError(f"not a valid regular expression: {exc.reason} at position {exc.start}") from exc
+
+
+def check_size(pattern: str) -> None:
+    """Refuse a pattern too large to compile quickly, from its text alone (microseconds, no compiling).
+
+    Args:
+        pattern: the regular expression.
+
+    Raises:
+        PatternError: more than `MAX_PATTERN_CHARS` characters, or an `expansion` above `MAX_EXPANSION`.
+    """
+    if len(pattern) > MAX_PATTERN_CHARS:
+        raise PatternError(f"a regular expression has at most {MAX_PATTERN_CHARS} characters")
+    if expansion(pattern) > MAX_EXPANSION:
+        raise PatternError(
+            f"its counted repetitions unroll to more than {MAX_EXPANSION} items (a{{0,999}} is 999, "
+            "(?:ab{2}){10} is 30): use *, + or smaller counts"
+        )
 
 
 def search(pattern: str, text: str, *, dot_all: bool = False) -> bool:

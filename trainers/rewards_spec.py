@@ -17,7 +17,9 @@ its graders' scores with ``calculate_output``. `trainers.graders` evaluates a sp
 Whatever can be checked without the server is checked here, each error located at its field. The
 registered function names are server configuration: pass the registry as validation context
 (``reward_spec_adapter.validate_python(data, context={REGISTRY_CONTEXT: registry})``) or call
-`validate_reward_spec`, which returns every problem as ``(field path, message)``.
+`validate_reward_spec`, which returns every problem as ``(field path, message)``. Regular
+expressions are RE2's (`trainers.patterns`): the model checks their size, and `validate_reward_spec`
+compiles them, since compiling holds the GIL and a model is often validated on an event loop.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ from pydantic import (
     model_validator,
 )
 
-from trainers.patterns import MAX_PATTERN_CHARS, compile_pattern
+from trainers.patterns import MAX_PATTERN_CHARS, PatternError, check_size, compile_pattern
 from trainers.reward_functions import FUNCTION_NAME_PATTERN, RewardFunction
 
 REGISTRY_CONTEXT = "reward_registry"
@@ -108,8 +110,10 @@ def _excerpt(text: str, limit: int = 80) -> str:
     return repr(text) if len(text) <= limit else repr(text[:limit]) + f"… ({len(text)} characters)"
 
 
-def _compile(pattern: str) -> str:
-    compile_pattern(pattern)  # PatternError, a ValueError: RE2's reason, at the field
+def _size_checked(pattern: str) -> str:
+    # Only what is cheap: compiling with RE2 holds the GIL (up to ~0.1 s a pattern), and a model is
+    # often validated on a server's event loop, so `validate_reward_spec` compiles, off it.
+    check_size(pattern)  # PatternError, a ValueError: at the field
     return pattern
 
 
@@ -189,10 +193,10 @@ class StringCheckGrader(_Grader):
     @classmethod
     def _reference_template(cls, value: str, info: ValidationInfo) -> str:
         parts = parse_template(value)
-        # A literal regex is checked now; a templated one only exists per row, so it is compiled
-        # at grading time and a bad one is that row's grader error.
+        # A literal regex is checked now (compiled by `validate_reward_spec`); a templated one only
+        # exists per row, so it is compiled at grading time and a bad one is that row's grader error.
         if info.data.get("operation") == "regex" and _is_literal(parts):
-            _compile(value)
+            _size_checked(value)
         return value
 
 
@@ -250,8 +254,8 @@ class FormatGrader(_Grader):
 
     @field_validator("pattern")
     @classmethod
-    def _compiles(cls, value: str) -> str:
-        return _compile(value)
+    def _not_too_large(cls, value: str) -> str:
+        return _size_checked(value)
 
 
 class FunctionGrader(_Grader):
@@ -380,10 +384,13 @@ def model_checkpoints(spec: RewardSpec) -> list[str]:
 def validate_reward_spec(
     spec: RewardSpec | Mapping[str, Any], *, registry: Mapping[str, RewardFunction], prefix: str = "reward"
 ) -> list[tuple[str, str]]:
-    """Every problem of a reward spec, including the checks that need the server's registry.
+    """Every problem of a reward spec: the model's checks, those needing the server's registry, and RE2's.
+
+    RE2 compiles each literal pattern here rather than in the model, as compiling holds the GIL:
+    a service calls this from a worker thread, where other requests still get their turns.
 
     Args:
-        spec: a validated spec (only the registry checks remain), or its JSON form (all checks run).
+        spec: a validated spec (the registry and RE2 checks remain), or its JSON form (all checks run).
         registry: the server's reward functions by name (`trainers.reward_functions.load_registry`).
         prefix: the path of the spec in the request, prepended to every field path.
 
@@ -393,20 +400,34 @@ def validate_reward_spec(
     """
     if isinstance(spec, Mapping):
         try:
-            reward_spec_adapter.validate_python(spec, context={REGISTRY_CONTEXT: registry})
+            spec = reward_spec_adapter.validate_python(spec, context={REGISTRY_CONTEXT: registry})
         except ValidationError as exc:
             return [(error_path(e["loc"], e["type"], prefix=prefix), e["msg"]) for e in exc.errors()]
-        return []
     problems: list[tuple[str, str]] = []
     for i, grader in enumerate(leaf_graders(spec)):
-        if not isinstance(grader, FunctionGrader):
-            continue
         path = f"{prefix}.graders[{i}]" if isinstance(spec, MultiGrader) else prefix
-        if grader.function not in registry:
-            problems.append((f"{path}.function", _unknown_function(grader.function, registry)))
-        elif problem := _kwargs_problem(registry[grader.function], grader.function, grader.kwargs):
-            problems.append((f"{path}.kwargs", problem))
+        if isinstance(grader, FunctionGrader):
+            if grader.function not in registry:
+                problems.append((f"{path}.function", _unknown_function(grader.function, registry)))
+            elif problem := _kwargs_problem(registry[grader.function], grader.function, grader.kwargs):
+                problems.append((f"{path}.kwargs", problem))
+        elif field := _literal_pattern_field(grader):
+            try:
+                compile_pattern(getattr(grader, field), dot_all=isinstance(grader, FormatGrader))
+            except PatternError as exc:
+                problems.append((f"{path}.{field}", str(exc)))
     return problems
+
+
+def _literal_pattern_field(grader: Grader) -> str | None:
+    """The field of a grader that holds a regular expression known before grading, if any."""
+    if isinstance(grader, FormatGrader):
+        return "pattern"
+    if isinstance(grader, StringCheckGrader) and grader.operation == "regex" and _is_literal(
+        parse_template(grader.reference)
+    ):
+        return "reference"
+    return None
 
 
 def error_path(loc: tuple[int | str, ...], error_type: str = "", *, prefix: str = "reward") -> str:

@@ -427,3 +427,8 @@ def test_a_slow_linear_match_past_its_deadline_is_a_grader_error(gate):
     text = "".join("abcdefghijklmnopqrstuvwxyz"[i * 7 % 26] for i in range(50_000))
     result = run({**REGEX, "reference": HEAVY}, text, timeout=0.01)  # about 100 times too short
     assert result.reward == 0.0 and result.errors == ["r: the regular expression did not return within 0.01 s"]
+
+
+def test_a_pattern_that_skipped_validation_is_a_grader_error():
+    result = run({"type": "format", "name": "f", "pattern": r"(a)\1"}, "aa")
+    assert result.reward == 0.0 and "invalid escape sequence" in result.errors[0]

@@ -293,3 +293,12 @@ def test_pattern_expansion_counts_what_the_engine_unrolls():
     assert expansion("a{,5}b{x}") == 9  # no counted repetition: each character is a literal
     think = r"(?s)<think>.{10,1000}</think>\s*<answer>.{1,200}</answer>"
     assert problems({"type": "format", "name": "f", "pattern": think}) == []
+
+
+def test_the_model_checks_a_pattern_s_size_and_validate_reward_spec_compiles_it():
+    # Compiling holds the GIL, so it is left out of the model, which servers validate on their event loop
+    spec = reward_spec_adapter.validate_python(in_multi(grader(), {"type": "format", "name": "f", "pattern": "(?=a)"}))
+    found = validate_reward_spec(spec, registry=REGISTRY)
+    assert [f for f, _ in found] == ["reward.graders[1].pattern"] and "invalid perl operator" in found[0][1]
+    with pytest.raises(ValidationError, match="unroll to more than"):
+        reward_spec_adapter.validate_python({"type": "format", "name": "f", "pattern": "a{0,999}" * 4})
