@@ -53,7 +53,8 @@ class Callbacks:
         """
 
     def should_stop(self) -> bool:
-        """Return True to stop cooperatively; polled once per optimizer step.
+        """Return True to stop cooperatively; polled once per optimizer step (PPO and GRPO also
+        after sampling a rollout and, at most every `trainers.graders.STOP_POLL_S`, while grading it).
 
         Returns:
             Whether the trainer should save a checkpoint and return with status ``"stopped"``.
