@@ -30,13 +30,13 @@ from multiprocessing.process import AuthenticationString
 from types import TracebackType
 
 PR_SET_PDEATHSIG = 1
-# What a training child imports, loaded once by the server (heaviest first: torch, then the
-# transformers and peft modules the trainers pull in). A module that fails to import here is
-# imported by the child itself, so a broken optional dependency costs speed, never a job.
+# What a training child imports, loaded once by the server: this module (see `_IMPORTED_BY`),
+# torch, and the trainers with the transformers and peft modules they pull in. The server skips a
+# module that raises ImportError; the child then imports it itself, or reports why it cannot.
 PRELOAD = ["worker.launcher", "torch", "trainers.dpo", "trainers.reward_model", "trainers.grpo", "trainers.ppo",
            "worker.runner"]  # fmt: skip
 # Set when the server imports this module (PRELOAD's first entry); a child forked from the server
-# inherits it, so it names the process the child must outlive no longer than.
+# inherits it, so in a child it is the server's pid: the parent it must not outlive.
 _IMPORTED_BY = os.getpid()
 
 
