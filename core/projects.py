@@ -3,13 +3,23 @@
 import hashlib
 import hmac
 import secrets
+import threading
+import time
 
-from sqlalchemy import select
+from sqlalchemy import event, select
 from sqlalchemy.orm import Session
 
 from core.models import ApiKey, Project, utcnow
 
 KEY_PREFIX = "rlhf_"
+# A live key's project is remembered this long per process, so repeated requests cost no query.
+# Revoking through this process forgets it at once; a revocation made elsewhere (another API process,
+# the database) takes effect within this many seconds. Unknown and revoked keys are never remembered.
+AUTH_CACHE_SECONDS = 2.0
+AUTH_CACHE_ENTRIES = 10_000
+_clock = time.monotonic
+_known: dict[str, tuple[float, Project]] = {}  # key hash -> (remembered until, detached project)
+_known_lock = threading.Lock()
 
 
 def hash_key(key: str) -> str:
@@ -34,10 +44,28 @@ def create_key(session: Session, project_id: str, name: str = "default") -> tupl
 
 def authenticate(session: Session, plaintext: str) -> Project | None:
     """The project of a live key, or None for an unknown or revoked one."""
-    key = session.scalar(select(ApiKey).where(ApiKey.key_hash == hash_key(plaintext)))
-    if key is None or key.revoked_at is not None:
+    digest, now = hash_key(plaintext), _clock()
+    known = _known.get(digest)
+    if known is not None and known[0] > now:
+        return known[1]
+    row = session.execute(select(Project, ApiKey.revoked_at).join(ApiKey, ApiKey.project_id == Project.id)
+                          .where(ApiKey.key_hash == digest)).first()
+    if row is None or row.revoked_at is not None:
+        _forget(digest)
         return None
-    return session.get(Project, key.project_id)
+    project = row[0]
+    # Detached, with its columns loaded: shared read-only by the requests of the next seconds.
+    session.expunge(project)
+    with _known_lock:
+        if len(_known) >= AUTH_CACHE_ENTRIES:
+            _known.clear()
+        _known[digest] = now + AUTH_CACHE_SECONDS, project
+    return project
+
+
+def _forget(digest: str) -> None:
+    with _known_lock:
+        _known.pop(digest, None)
 
 
 def is_admin(plaintext: str, admin_key: str | None) -> bool:
@@ -47,6 +75,10 @@ def is_admin(plaintext: str, admin_key: str | None) -> bool:
 def revoke_key(session: Session, key: ApiKey) -> None:
     if key.revoked_at is None:
         key.revoked_at = utcnow()
+    digest = key.key_hash
+    _forget(digest)
+    # Again once committed: a request that read the key before the commit may have remembered it.
+    event.listen(session, "after_commit", lambda _session: _forget(digest), once=True)
 
 
 def bootstrap_local_key(session: Session) -> str | None:
