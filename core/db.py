@@ -1,6 +1,7 @@
 """Engine and session factory; SQLite gets WAL and a busy timeout so api, worker and trainer can share it."""
 
 import logging
+import select
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -11,7 +12,7 @@ from typing import TypeVar
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 log = logging.getLogger(__name__)
@@ -34,7 +35,9 @@ def make_engine(url: str, pool: PoolOptions | None = None) -> Engine:
     sizing = {"pool_size": pool.size, "max_overflow": pool.max_overflow, "pool_timeout": pool.timeout_seconds}
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
-        return create_engine(url, pool_pre_ping=True, **sizing)
+        engine = create_engine(url, **sizing)
+        event.listen(engine, "checkout", _refuse_closed)
+        return engine
     if parsed.database and parsed.database != ":memory:":
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False}, **sizing)
@@ -51,6 +54,24 @@ def make_engine(url: str, pool: PoolOptions | None = None) -> Engine:
         cur.close()
 
     return engine
+
+
+def _refuse_closed(dbapi_conn, _record, _proxy) -> None:
+    """Replace a pooled connection the server has closed (a restart, a terminated backend).
+
+    An idle connection receives nothing unless the server is ending it, so a readable socket means
+    a closed one: a poll with no wait finds it without the round trip `pool_pre_ping` costs on every
+    checkout. DisconnectionError makes the pool discard it and connect afresh.
+    """
+    try:
+        if dbapi_conn.closed:
+            raise DisconnectionError("the connection is closed")
+        poller = select.poll()
+        poller.register(dbapi_conn.fileno(), select.POLLIN)
+        if poller.poll(0):
+            raise DisconnectionError("the server closed the connection")
+    except (OSError, ValueError) as exc:  # no socket any more
+        raise DisconnectionError(str(exc)) from exc
 
 
 _pools: dict[str, PoolOptions] = {}
