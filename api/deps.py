@@ -17,7 +17,9 @@ from core.projects import authenticate, is_admin
 from core.settings import Settings
 
 
-def get_settings(request: Request) -> Settings:
+# Dependencies that only read app state are `async def`: FastAPI runs a plain `def` dependency on a
+# worker thread, a round trip through the thread pool that costs more than the read itself.
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
@@ -35,14 +37,14 @@ def get_session(settings: SettingsDep) -> Iterator[Session]:
 SessionDep = Annotated[Session, Depends(get_session)]
 
 
-def get_celery(request: Request) -> Celery:
+async def get_celery(request: Request) -> Celery:
     return request.app.state.celery
 
 
 CeleryDep = Annotated[Celery, Depends(get_celery)]
 
 
-def get_registry(request: Request) -> dict[str, Callable[..., float]]:
+async def get_registry(request: Request) -> dict[str, Callable[..., float]]:
     return request.app.state.reward_registry
 
 
