@@ -49,6 +49,20 @@ def percentiles(values: list[float]) -> dict[str, float]:
     return {"p50_ms": 1000 * statistics.median(values), "p99_ms": 1000 * cuts[98], "max_ms": 1000 * max(values)}
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process and its children that are still running (uvicorn workers)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        if int(stat.parent.name) == pid or int(fields[1]) == pid:  # fields[1]: the parent's pid
+            total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+    return total
+
+
 # 0. a minimal HTTP/1.1 client: the clients share the API's 2 cores, so they must cost it little
 # (httpx spends several times the API's own CPU per request)
 
@@ -210,6 +224,7 @@ def bench_deployment(kind: str, args: argparse.Namespace) -> dict[str, Any]:
                 raise RuntimeError("the streams did not all connect")
             stop = ctx.Event()
             readers_end, readers_conn = ctx.Pipe()
+            cpu_before = cpu_seconds(api.proc.pid)
             readers = ctx.Process(target=run_readers, args=(api.url, key, job_id, args.readers, stop, readers_conn))
             readers.start()
             if not readers_end.poll(300) or readers_end.recv() != "ready":
@@ -228,6 +243,7 @@ def bench_deployment(kind: str, args: argparse.Namespace) -> dict[str, Any]:
             load_after = os.getloadavg()[0]
             latencies, codes = readers_end.recv()
             readers.join(60)
+            api_cpu = cpu_seconds(api.proc.pid) - cpu_before
             with session_scope(settings.database_url) as session:
                 transition(session, job_id, JobStatus.succeeded)
             publish(settings.celery_broker_url, job_id)
@@ -248,6 +264,8 @@ def bench_deployment(kind: str, args: argparse.Namespace) -> dict[str, Any]:
         "rate_per_s": args.rate, "readers": args.readers, "reader_requests": len(latencies),
         "reader_5xx": five_xx, "reader_codes": {str(c): n for c, n in sorted(codes.items())},
         "reader": percentiles(latencies), "delivery": percentiles(delivery), "api_peak_rss_mib": rss,
+        # the API's CPU time while the readers ran, per reader request (the streams' work included)
+        "api_cpu_ms_per_reader_request": 1000 * api_cpu / max(1, len(latencies)),
         "load_average_1m": [round(load_before, 2), round(load_after, 2)],
         "failures": [r for r in results if r.get("steps") != expected or r.get("status") != "succeeded"][:3],
     }
