@@ -35,6 +35,10 @@ def make_engine(url: str, pool: PoolOptions | None = None) -> Engine:
     sizing = {"pool_size": pool.size, "max_overflow": pool.max_overflow, "pool_timeout": pool.timeout_seconds}
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
+        # A Postgres connection costs the server a process: one opened under load stays open for the
+        # next request instead of being closed on return (a steady load past `size` opened and closed
+        # one per request). At most `size + max_overflow` either way, opened only when needed.
+        sizing |= {"pool_size": pool.size + pool.max_overflow, "max_overflow": 0}
         engine = create_engine(url, **sizing)
         event.listen(engine, "checkout", _refuse_closed)
         return engine

@@ -2,10 +2,11 @@
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import event
 from sqlalchemy.engine import make_url
 
 from api.main import create_app
-from core.db import engine_for
+from core.db import configure_pool, engine_for
 from support import new_project_key, pg_admin
 
 
@@ -39,3 +40,18 @@ def test_connections_the_server_ended_are_replaced_on_checkout(pg_client):
     for _ in range(3):
         r = client.get("/v1/jobs")
         assert r.status_code == 200, r.text
+
+
+def test_connections_opened_under_load_stay_open_for_the_next_burst(postgres_settings_factory):
+    settings = postgres_settings_factory()
+    configure_pool(settings.database_url, settings.db_pool)
+    engine = engine_for(settings.database_url)
+    opened = []
+    event.listen(engine, "connect", lambda *_: opened.append(1))
+    burst = settings.db_pool_size + settings.db_max_overflow
+    for _ in range(2):
+        connections = [engine.connect() for _ in range(burst)]
+        for connection in connections:
+            connection.close()
+    # Opening a connection costs the server a process: a steady load beyond DB_POOL_SIZE reuses them.
+    assert len(opened) == burst
