@@ -1,10 +1,12 @@
 """Dependencies: settings, database session, task queue, artifact store, and fetch-or-404 lookups."""
 
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from typing import Annotated
 
+import anyio
 from celery import Celery
 from fastapi import Depends, Path, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -13,7 +15,7 @@ from api.errors import NotFound, Unauthenticated
 from core.artifacts import ArtifactStore
 from core.db import session_factory
 from core.models import Checkpoint, Dataset, Job, Project
-from core.projects import authenticate, is_admin
+from core.projects import authenticate, is_admin, remembered
 from core.settings import Settings
 
 
@@ -26,12 +28,15 @@ async def get_settings(request: Request) -> Settings:
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
-def get_session(settings: SettingsDep) -> Iterator[Session]:
+async def get_session(settings: SettingsDep) -> AsyncIterator[Session]:
+    # Opening a session does no I/O (it checks out a connection at its first query), so it happens
+    # here; closing it may roll back over the network, so that runs on a thread, even when cancelled.
     session = session_factory(settings.database_url)()
     try:
         yield session
     finally:
-        session.close()
+        with anyio.CancelScope(shield=True):
+            await run_in_threadpool(session.close)
 
 
 SessionDep = Annotated[Session, Depends(get_session)]
@@ -62,11 +67,13 @@ bearer = HTTPBearer(auto_error=False, description="An API key of your project: `
 Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
 
 
-def get_project(session: SessionDep, credentials: Credentials) -> Project:
+async def get_project(session: SessionDep, credentials: Credentials) -> Project:
     """The project whose API key authenticates this request."""
     if credentials is None:
         raise Unauthenticated("an API key is required: send `Authorization: Bearer <key>`")
-    project = authenticate(session, credentials.credentials)
+    # A key seen in the last seconds needs no query, so no trip through the thread pool either.
+    project = (remembered(credentials.credentials)
+               or await run_in_threadpool(authenticate, session, credentials.credentials))
     if project is None:
         raise Unauthenticated("the API key is not valid (unknown or revoked)")
     return project

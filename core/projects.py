@@ -44,10 +44,9 @@ def create_key(session: Session, project_id: str, name: str = "default") -> tupl
 
 def authenticate(session: Session, plaintext: str) -> Project | None:
     """The project of a live key, or None for an unknown or revoked one."""
+    if (project := remembered(plaintext)) is not None:
+        return project
     digest, now = hash_key(plaintext), _clock()
-    known = _known.get(digest)
-    if known is not None and known[0] > now:
-        return known[1]
     row = session.execute(select(Project, ApiKey.revoked_at).join(ApiKey, ApiKey.project_id == Project.id)
                           .where(ApiKey.key_hash == digest)).first()
     if row is None or row.revoked_at is not None:
@@ -61,6 +60,12 @@ def authenticate(session: Session, plaintext: str) -> Project | None:
             _known.clear()
         _known[digest] = now + AUTH_CACHE_SECONDS, project
     return project
+
+
+def remembered(plaintext: str) -> Project | None:
+    """The project of a key that authenticated in the last AUTH_CACHE_SECONDS (no query), or None."""
+    known = _known.get(hash_key(plaintext))
+    return known[1] if known is not None and known[0] > _clock() else None
 
 
 def _forget(digest: str) -> None:
