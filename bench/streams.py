@@ -15,7 +15,8 @@ process with the default settings (database pool 5 + 10), and no worker runs.
 
 Reported: whether every stream received every step once and in order and then the terminal status,
 the latency from ``flush`` to a step's arrival at the streams (p50/p99 over all streams and steps),
-the readers' request latency (p50/p99) and their count of 5xx answers. Figures are merged into
+the readers' request latency (p50/p99), their count of 5xx answers, and the API's CPU time per reader
+request. Figures are merged into
 bench/results.json.
 """
 
