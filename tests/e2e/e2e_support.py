@@ -132,6 +132,19 @@ def stream_until_done(client, job_id: str) -> list[dict]:
     return parse_sse("".join(text))
 
 
+# Heartbeats every 0.5 s against a 6 s lease: a live worker never looks lost, even on a loaded machine.
+SHORT_LEASE = {"HEARTBEAT_SECONDS": "0.5", "LEASE_SECONDS": "6", "REAPER_INTERVAL_SECONDS": "0.5"}
+
+
+def wait_for_log(dep: Deployment, name: str, text: str) -> None:
+    """Wait until process `name` of the deployment has logged `text`."""
+    deadline = time.monotonic() + DEADLINE
+    while text not in dep.log(name):
+        if time.monotonic() > deadline:
+            pytest.fail(f"{name} never logged {text!r}:\n{dep.log(name)}")
+        time.sleep(0.3)
+
+
 def wait_for(client, job_id: str, predicate, what: str) -> dict:
     deadline = time.monotonic() + DEADLINE
     while time.monotonic() < deadline:

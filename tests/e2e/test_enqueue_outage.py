@@ -15,21 +15,11 @@ from sqlalchemy import select
 
 from core.db import session_scope
 from core.models import Job
-from e2e_support import DEADLINE, Deployment, PrivateRedis, create_dataset, wait_for
+from e2e_support import SHORT_LEASE, Deployment, PrivateRedis, create_dataset, wait_for, wait_for_log
 
 pytestmark = pytest.mark.e2e
 STEPS, EVERY = 40, 20
-# Heartbeats every 0.5 s against a 6 s lease: a live worker never looks lost, even on a loaded machine.
-LEASE = {"HEARTBEAT_SECONDS": "0.5", "LEASE_SECONDS": "6", "REAPER_INTERVAL_SECONDS": "0.5",
-         "UNSENT_GRACE_SECONDS": "1"}
-
-
-def wait_for_log(dep, name: str, text: str) -> None:
-    deadline = time.monotonic() + DEADLINE
-    while text not in dep.log(name):
-        if time.monotonic() > deadline:
-            pytest.fail(f"{name} never logged {text!r}:\n{dep.log(name)}")
-        time.sleep(0.3)
+LEASE = SHORT_LEASE | {"UNSENT_GRACE_SECONDS": "1"}
 
 
 def job_row(settings, job_id: str) -> Job:

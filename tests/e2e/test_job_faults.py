@@ -3,18 +3,16 @@ on a new worker), and a loss that turns NaN (the job fails naming the step)."""
 
 import pytest
 
-from e2e_support import create_dataset, deployment, wait_for
+from e2e_support import SHORT_LEASE, create_dataset, deployment, wait_for
 from support import BACKENDS
 
 pytestmark = pytest.mark.e2e
 STEPS, EVERY = 400, 100
-# Heartbeats every 0.5 s against a 6 s lease: a live worker never looks lost, even on a loaded machine.
-LEASE = {"HEARTBEAT_SECONDS": "0.5", "LEASE_SECONDS": "6", "REAPER_INTERVAL_SECONDS": "0.5"}
 
 
 @pytest.fixture(params=BACKENDS)
 def dep(request, tmp_path):
-    with deployment(request, tmp_path, **LEASE) as dep:
+    with deployment(request, tmp_path, **SHORT_LEASE) as dep:
         yield dep
 
 

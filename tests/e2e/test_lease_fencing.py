@@ -4,22 +4,19 @@ ends with the new owner's metrics, checkpoints and outcome only."""
 
 import hashlib
 import signal
-import time
 
 import pytest
 
-from e2e_support import DEADLINE, create_dataset, deployment, wait_for
+from e2e_support import SHORT_LEASE, create_dataset, deployment, wait_for, wait_for_log
 from support import BACKENDS
 
 pytestmark = pytest.mark.e2e
 STEPS, EVERY = 400, 100
-# Heartbeats every 0.5 s against a 6 s lease: a live worker never looks lost, even on a loaded machine.
-LEASE = {"HEARTBEAT_SECONDS": "0.5", "LEASE_SECONDS": "6", "REAPER_INTERVAL_SECONDS": "0.5"}
 
 
 @pytest.fixture(params=BACKENDS)
 def dep(request, tmp_path):
-    with deployment(request, tmp_path, **LEASE) as dep:
+    with deployment(request, tmp_path, **SHORT_LEASE) as dep:
         yield dep
 
 
@@ -27,14 +24,6 @@ def resumed_step(client, job_id: str) -> int | None:
     events = client.get(f"/v1/jobs/{job_id}/events", params={"limit": 1000}).json()["data"]
     resumes = [e["message"] for e in events if e["message"].startswith("resuming from the checkpoint at step")]
     return int(resumes[-1].rsplit(" ", 1)[1]) if resumes else None
-
-
-def wait_for_log(dep, name: str, text: str) -> None:
-    deadline = time.monotonic() + DEADLINE
-    while text not in dep.log(name):
-        if time.monotonic() > deadline:
-            pytest.fail(f"{name} never logged {text!r}:\n{dep.log(name)}")
-        time.sleep(0.3)
 
 
 def test_a_worker_that_lost_its_lease_writes_nothing_more(dep):
