@@ -10,7 +10,7 @@ from peft import PeftModel
 from torch import Tensor, nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from trainers.errors import ModelNotFoundError
+from trainers.errors import ModelNotFoundError, UserError
 from trainers.lora import is_adapter_dir, load_merged
 from trainers.tiny import TINY_LLAMA, build_tiny_llama
 
@@ -61,7 +61,7 @@ def load_policy(
         model, tokenizer = _from_pretrained(ref, dtype=dtype, local_files_only=True)
     else:
         model, tokenizer = _from_hub(ref, dtype=dtype)
-    ensure_pad_token(model, tokenizer)
+    ensure_pad_token(model, tokenizer, ref=ref)
     return model, tokenizer
 
 
@@ -110,33 +110,66 @@ def _from_pretrained(
     return model, tokenizer
 
 
-def ensure_pad_token(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
-    """Give the tokenizer a pad token distinct from EOS, growing the embeddings if needed.
+def ensure_pad_token(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, *, ref: str = "the model") -> None:
+    """Give the tokenizer a pad token distinct from EOS, and the model an embedding row for every token id.
 
-    A tokenizer without a pad token, or whose pad token is EOS, gets `ADDED_PAD_TOKEN`; the new
-    embedding row (input and output) is the mean of the existing rows, so two loads of the same
-    reference give the same weights. ``config.pad_token_id`` (and the generation config's) is set.
+    The pad token is the tokenizer's own when it has one that is not EOS; else a special token
+    of the tokenizer named as a pad (e.g. Llama 3.1's ``<|finetune_right_pad_id|>``) that already
+    has a row; else `ADDED_PAD_TOKEN`, added. When the tokenizer then holds more ids than the
+    embedding table has rows (an added pad, a pad the tokenizer class appended, extra tokens), the
+    table grows to cover them all: each new row (input and output) is the mean of the existing
+    rows, so two loads of the same reference give the same weights. ``config.vocab_size`` follows
+    the table, and ``config.pad_token_id`` (and the generation config's, when the model has one:
+    sequence-classification models do not) is set, so ``save_pretrained`` writes a checkpoint that
+    ``from_pretrained`` loads as it is.
 
     Args:
-        model: the model whose embeddings may grow by one row (in place).
+        model: the model whose embeddings may grow (in place); a causal LM or a classifier.
         tokenizer: the model's tokenizer (changed in place).
+        ref: the model's reference, named in errors.
+
+    Raises:
+        UserError: the model has no embedding table that can grow to the tokenizer's size.
     """
-    if tokenizer.pad_token_id is not None and tokenizer.pad_token_id != tokenizer.eos_token_id:
-        model.config.pad_token_id = tokenizer.pad_token_id
-        return
-    tokenizer.add_special_tokens({"pad_token": ADDED_PAD_TOKEN})
-    old_rows = model.get_input_embeddings().weight.shape[0]
+    pad = tokenizer.pad_token_id
+    if pad is None or pad == tokenizer.eos_token_id:
+        named = _named_pad_token(tokenizer, _embedding_rows(model, ref))
+        tokenizer.add_special_tokens({"pad_token": named or ADDED_PAD_TOKEN})
+    old_rows = _embedding_rows(model, ref)
     if len(tokenizer) > old_rows:
-        # The new row is set to the mean embedding, without the library's random draw, so two
+        try:
+            model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+        except (NotImplementedError, AttributeError, ValueError) as exc:
+            raise UserError(
+                f"model {ref!r} has {old_rows} embedding rows but its tokenizer {len(tokenizer)} token ids, "
+                f"and its embeddings cannot grow: {exc}", param="base_model"
+            ) from exc  # fmt: skip
+        # The new rows are set to the mean embedding, without the library's random draw, so two
         # loads of the same reference give the same weights. Pad positions are masked anyway.
-        model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
         with torch.no_grad():
             for emb in (model.get_input_embeddings(), model.get_output_embeddings()):
-                if emb is not None:
+                if emb is not None and emb.weight.shape[0] > old_rows:
                     emb.weight[old_rows:] = emb.weight[:old_rows].mean(dim=0)
     model.config.pad_token_id = tokenizer.pad_token_id
-    if model.generation_config is not None:
+    if getattr(model, "generation_config", None) is not None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
+
+
+def _embedding_rows(model: PreTrainedModel, ref: str) -> int:
+    """Rows of `model`'s input embedding table."""
+    emb = model.get_input_embeddings()
+    if emb is None or getattr(emb, "weight", None) is None:
+        raise UserError(f"model {ref!r} has no input embedding table", param="base_model")
+    return emb.weight.shape[0]
+
+
+def _named_pad_token(tokenizer: PreTrainedTokenizerBase, rows: int) -> str | None:
+    """A special token of the tokenizer named as a pad, with an embedding row, that is not EOS or BOS; else None."""
+    taken = {tokenizer.eos_token_id, tokenizer.bos_token_id}
+    for token_id, token in sorted(tokenizer.added_tokens_decoder.items()):
+        if token.special and "pad" in token.content.lower() and token_id < rows and token_id not in taken:
+            return token.content
+    return None
 
 
 def accepts_4d_attention_mask(model: nn.Module) -> bool:

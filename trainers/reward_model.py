@@ -76,7 +76,7 @@ def load_reward_model(
                 model, tokenizer = _from_pretrained(ref, dtype=dtype, local_files_only=False)
             except (OSError, ValueError, KeyError) as exc2:
                 raise ModelNotFoundError(f"could not load model {ref!r}: {exc2}") from exc2
-    ensure_pad_token(model, tokenizer)
+    ensure_pad_token(model, tokenizer, ref=ref)
     model.eval()
     return model, tokenizer
 
