@@ -28,6 +28,7 @@ from trainer_fixtures import RecordingCallbacks  # before `import trainers`: mak
 from trainers import DPOJob, GRPOJob, PPOJob, RewardModelJob, TrainingData
 from trainers.checkpoint import MODEL_DIR, PROBE_TEXT, PROBE_VOCAB
 from trainers.errors import UserError
+from trainers.export import merge_checkpoint
 from trainers.modeling import ADDED_PAD_TOKEN, ensure_pad_token, load_policy
 from trainers.reward_model import load_reward_model
 from trainers.scoring import score
@@ -224,3 +225,24 @@ def test_a_model_whose_embeddings_cannot_grow_is_a_user_error_naming_it():
     with pytest.raises(UserError, match="my-model") as info:
         ensure_pad_token(model, tokenizer, ref="my-model")
     assert info.value.param == "base_model"
+
+
+@pytest.mark.parametrize("kind", ["dpo", "reward_model"])
+def test_a_lora_checkpoint_of_a_padless_model_merges_into_a_plain_model(padless, kind, tmp_path):
+    _, directory = padless
+    callbacks = train(job_of(kind, directory, lora={"r": 2, "dropout": 0.0}, learning_rate=1e-2), tmp_path / "run")
+    adapter_dir = callbacks.checkpoints[2][0] / MODEL_DIR
+    merge_checkpoint(adapter_dir, tmp_path / "merged")
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "merged")
+    assert tokenizer.pad_token == ADDED_PAD_TOKEN
+    if kind == "reward_model":
+        items = [{"text": "hello"}, {"prompt": "Say", "response": "SOMETHING"}]
+        merged = [s["score"] for s in score(tmp_path / "merged", items)]
+        assert merged == pytest.approx([s["score"] for s in score(adapter_dir, items)], abs=1e-5)
+        return
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "merged").eval()
+    assert model.get_input_embeddings().weight.shape[0] == len(tokenizer) == model.config.vocab_size
+    with torch.no_grad():
+        ids = tokenizer(PROBE_TEXT, return_tensors="pt")["input_ids"]
+        logits = model(input_ids=ids).logits[0, -1, :PROBE_VOCAB]
+    torch.testing.assert_close(logits, torch.tensor(callbacks.checkpoints[2][1]["probe"]["logits"]), rtol=0, atol=1e-5)
