@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from trainers.logprobs import selective_log_softmax
-from trainers.modeling import accepts_4d_attention_mask, attention_mask_for
+from trainers.modeling import attention_mask_for, packs_exactly
 
 
 @dataclass
@@ -164,8 +164,9 @@ def generate(
     is in (turn dropout off, as PPO's ratio assumes the rollout and training passes agree).
 
     Args:
-        model: a causal LM taking ``input_ids, attention_mask, position_ids, past_key_values,
-            use_cache, logits_to_keep`` (every transformers causal LM, and peft wrappers of one).
+        model: a causal LM taking ``input_ids, attention_mask, position_ids, cache, use_cache,
+            logits_to_keep`` and returning ``logits`` and ``cache`` (every transformers causal LM,
+            and peft wrappers of one).
         prompt_ids: B prompts as token id lists (already truncated to fit).
         pad_token_id: fills the padding; must not be an EOS id.
         eos_token_id: the id, or ids, that end a response.
@@ -220,7 +221,7 @@ def generate(
             input_ids=token.unsqueeze(1),
             attention_mask=attention_mask[:, : P + step + 1],
             position_ids=next_position,
-            past_key_values=out.past_key_values,
+            cache=out.cache,  # `past_key_values` is deprecated, to be removed in transformers 5.40
             use_cache=True,
         )
         next_position = next_position + 1
@@ -254,7 +255,7 @@ def _prefill(
     every row).
 
     Returns:
-        The model output for all B rows: ``logits`` (B, 1, V) and ``past_key_values``.
+        The model output for all B rows: ``logits`` (B, 1, V) and ``cache``.
     """
     distinct: dict[tuple[int, ...], int] = {}
     source = [distinct.setdefault(tuple(p), len(distinct)) for p in prompt_ids]  # (B,) row → distinct prompt
@@ -263,9 +264,9 @@ def _prefill(
         ids, mask = ids.to(prompt.device), mask.to(prompt.device)
         out = model(input_ids=ids, attention_mask=mask, position_ids=positions_from_mask(mask), use_cache=True,
                     logits_to_keep=1)  # fmt: skip
-        if hasattr(out.past_key_values, "batch_select_indices"):
+        if hasattr(out.cache, "batch_select_indices"):
             index = torch.tensor(source, dtype=torch.long, device=prompt.device)  # (B,)
-            out.past_key_values.batch_select_indices(index)
+            out.cache.batch_select_indices(index)
             out.logits = out.logits[index]  # (B, 1, V)
             return out
     return model(input_ids=prompt, attention_mask=prompt_mask, position_ids=positions, use_cache=True, logits_to_keep=1)
@@ -277,8 +278,9 @@ def response_logits(model: nn.Module, rollout: Rollout, temperature: float) -> T
     ``logits[b, a] = model(prompt ⊕ response)[b, P − 1 + a] / τ``: column a predicts response token
     a. Only the positions that predict response tokens get logits (`logits_to_keep`), so the
     prompt costs no (B, P, V) tensor. When rows share their prompt (GRPO's G completions of a
-    prompt) and the model takes 4D masks, the pass runs on `SharedPromptLayout` rows, which compute
-    each prompt once; the logits are those of the row-per-completion layout up to rounding.
+    prompt) and the packed mask states the model's attention (`packs_exactly`: full attention, or
+    rows no longer than the sliding window), the pass runs on `SharedPromptLayout` rows, which
+    compute each prompt once; the logits are those of the row-per-completion layout up to rounding.
     Differentiable: for the training pass, and for ``policy/entropy`` via `entropy_from_logits`.
 
     Args:
@@ -289,7 +291,10 @@ def response_logits(model: nn.Module, rollout: Rollout, temperature: float) -> T
     Returns:
         (B, A, V) logits divided by τ.
     """
-    layout = SharedPromptLayout.of(rollout) if accepts_4d_attention_mask(model) else None
+    # Packed rows state full causal attention: a sliding-window model takes them only when no row
+    # is longer than its window (`packs_exactly`), else every completion runs in its own row.
+    longest = int((rollout.prompt_mask.sum(dim=1) + rollout.response_lengths).max())
+    layout = SharedPromptLayout.of(rollout) if packs_exactly(model, longest) else None
     if layout is not None:
         return layout.response_logits(model) / temperature
     input_ids, attention_mask, position_ids = rollout.model_inputs()  # (B, P+A)

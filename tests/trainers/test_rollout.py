@@ -157,11 +157,9 @@ class FixedLogitsLM(nn.Module):
         self.logits = logits
         self.anchor = nn.Parameter(torch.zeros(1))  # so generate can find the device
 
-    def forward(
-        self, input_ids, attention_mask=None, position_ids=None, past_key_values=None, use_cache=None, logits_to_keep=0
-    ):
+    def forward(self, input_ids, attention_mask=None, position_ids=None, cache=None, use_cache=None, logits_to_keep=0):
         B, T = input_ids.shape
-        return SimpleNamespace(logits=self.logits.expand(B, T, -1), past_key_values=None)
+        return SimpleNamespace(logits=self.logits.expand(B, T, -1), cache=None)
 
 
 @pytest.mark.parametrize("temperature,top_p", [(1.0, 1.0), (0.5, 1.0), (2.0, 0.8)])
