@@ -137,8 +137,7 @@ def reward_parity(center: float = 0.01) -> dict[str, Any]:
     import trl
     from datasets import Dataset
 
-    from trainers.modeling import accepts_4d_attention_mask
-    from trainers.reward_model import load_reward_model
+    from trainers.reward_model import load_reward_model, shares_prompts
 
     model, tokenizer = load_reward_model("builtin:tiny-llama")
     with torch.no_grad():  # a score head far from its small initial draw
@@ -162,7 +161,7 @@ def reward_parity(center: float = 0.01) -> dict[str, Any]:
         for p, e in zip(pairs, examples, strict=True)
     )
     batch = collate_pairs(pairs, tokenizer.pad_token_id, bucket_overhead_tokens=8,
-                          shared_prompt=accepts_4d_attention_mask(model))  # the layout training uses  # fmt: skip
+                          shared_prompt=shares_prompts(model, pairs))  # the layout training uses  # fmt: skip
     assert batch.shared, "the reward model's attention should take the shared-prompt layout"
     margins = torch.tensor([row["margin"] for row in rows])
     with torch.no_grad():

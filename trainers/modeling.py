@@ -178,6 +178,32 @@ def accepts_4d_attention_mask(model: nn.Module) -> bool:
     return getattr(getattr(inner, "config", None), "_attn_implementation", None) in ("sdpa", "eager")
 
 
+def packs_exactly(model: nn.Module, longest: int) -> bool:
+    """Whether packed rows under a custom 4D mask give `model` its own attention on sequences of up to `longest` tokens.
+
+    A custom 4D mask replaces the mask of every layer, sliding ones included, so it states full
+    causal attention. That is the model's own attention when every layer is full, or when a
+    sequence is no longer than the window (a token sees itself and the ``window − 1`` tokens
+    before it, i.e. the whole sequence). Windowed models (Mistral, Phi-3, Qwen2/Qwen3 with
+    ``use_sliding_window``, Gemma 2/3's mix of global and sliding layers) therefore run longer
+    sequences one row each, as do attention patterns other than full and sliding.
+
+    Args:
+        model: the (possibly peft-wrapped) model.
+        longest: the longest sequence, prompt plus response, the packed rows would hold.
+    """
+    if not accepts_4d_attention_mask(model):
+        return False
+    inner = model.get_base_model() if isinstance(model, PeftModel) else model
+    config = inner.config.get_text_config()
+    if any(kind not in ("full_attention", "sliding_attention") for kind in getattr(config, "layer_types", None) or ()):
+        return False  # chunked, linear or other patterns a causal mask cannot state
+    windows = [getattr(config, "sliding_window", None)]
+    if "local" in (getattr(config, "attention_layers", None) or ()):  # GPT-Neo's local layers
+        windows.append(getattr(config, "window_size", None))
+    return all(window is None or longest <= window for window in windows)
+
+
 def attention_mask_for(model: nn.Module, mask: Tensor) -> Tensor:
     """A boolean (b, 1, W, W) mask as `model`'s attention wants it: as is for SDPA, additive for eager."""
     inner = model.get_base_model() if isinstance(model, PeftModel) else model

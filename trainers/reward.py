@@ -27,9 +27,16 @@ from trainers.errors import UserError
 from trainers.loop import TrainingLoop, announce_model, seed_everything
 from trainers.lora import load_trainable_model
 from trainers.losses import bradley_terry_loss
-from trainers.modeling import accepts_4d_attention_mask, default_device
+from trainers.modeling import default_device
 from trainers.preference_data import PreferenceBatch, TokenizedPair, collate_pairs, tokenize_split
-from trainers.reward_model import load_reward_model, reward_stats, rewards, shared_prompt_rewards, stats_sample
+from trainers.reward_model import (
+    load_reward_model,
+    reward_stats,
+    rewards,
+    shared_prompt_rewards,
+    shares_prompts,
+    stats_sample,
+)
 from trainers.run_types import RunResult, TrainingData
 
 # What `pair_losses_and_stats` stacks per pair; `summarize` turns their sums into the metrics.
@@ -81,7 +88,7 @@ def train_reward_model(
     pass_size = max(1, hp.batch_size // hp.gradient_accumulation_steps)  # pairs per gradient-free forward
     # Forwards: pairs of similar length together, each pair's prompt computed once (`collate_pairs`).
     layout = {"bucket_overhead_tokens": bucket_overhead_tokens(device.type),
-              "shared_prompt": accepts_4d_attention_mask(model)}  # fmt: skip
+              "shared_prompt": shares_prompts(model, train_pairs + eval_pairs)}  # fmt: skip
 
     def model_info() -> dict[str, Any]:
         mean, std = reward_stats(model, stats_pairs, tokenizer.pad_token_id, batch_size=pass_size, device=device)

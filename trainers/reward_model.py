@@ -26,7 +26,14 @@ from transformers import (
 from trainers.batching import bucket_overhead_tokens, map_buckets
 from trainers.errors import ModelNotFoundError, UserError
 from trainers.lora import is_adapter_dir, load_merged
-from trainers.modeling import BUILTIN_PREFIX, attention_mask_for, ensure_pad_token, load_policy, require_hub_model
+from trainers.modeling import (
+    BUILTIN_PREFIX,
+    attention_mask_for,
+    ensure_pad_token,
+    load_policy,
+    packs_exactly,
+    require_hub_model,
+)
 from trainers.preference_data import SharedPromptRows, TokenizedPair, collate_pairs
 
 SCORE_HEAD_SEED = 1  # seed of the private generator that initialises a fresh score head
@@ -117,7 +124,7 @@ def shared_prompt_rewards(model: nn.Module, groups: Sequence[SharedPromptRows], 
     real token, each seeing exactly what it sees in its own row.
 
     Args:
-        model: a reward model whose attention takes 4D masks (`accepts_4d_attention_mask`).
+        model: a reward model the packed rows are exact for (`shares_prompts`).
         groups: the batch's `PreferenceBatch.shared` groups.
         num_rows: 2B.
 
@@ -134,6 +141,21 @@ def shared_prompt_rewards(model: nn.Module, groups: Sequence[SharedPromptRows], 
         part = torch.zeros(num_rows, dtype=scores.dtype, device=scores.device).index_add(0, group.end_rows, scores)
         out = part if out is None else out + part
     return out
+
+
+def shares_prompts(model: nn.Module, pairs: Sequence[TokenizedPair]) -> bool:
+    """Whether `shared_prompt_rewards` gives `model`'s own rewards on `pairs`.
+
+    The packed rows' 4D mask states full causal attention, which a sliding-window model applies
+    only to sequences no longer than its window (`trainers.modeling.packs_exactly`); longer pairs
+    run as two rows each, under the model's own mask.
+
+    Args:
+        model: the reward model.
+        pairs: every pair it will read (training and evaluation).
+    """
+    longest = max((len(p.prompt_ids) + max(len(p.chosen_ids), len(p.rejected_ids)) for p in pairs), default=0)
+    return packs_exactly(model, longest)
 
 
 def last_token_index(attention_mask: Tensor) -> Tensor:
