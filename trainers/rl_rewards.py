@@ -228,7 +228,10 @@ class RewardComputer:
         self, rm: RewardModel, items: Sequence[Mapping[str, Any]], completions: Sequence[str], rollout: Rollout
     ) -> list[float]:
         """Normalised, clipped scores of one reward model: of the sampled ids or of the re-tokenised text."""
-        raw = self._id_scores(rm, rollout) if rm.reads_policy_ids else self._text_scores(rm, items, completions)
+        if rm.reads_policy_ids and has_rows_for(rm.model, rollout.response_ids):
+            raw = self._id_scores(rm, rollout)
+        else:  # e.g. a policy with a larger embedding table (same tokenizer) sampled an id this model has no row for
+            raw = self._text_scores(rm, items, completions)
         return [normalize_model_score(s, rm.spec, mean=rm.mean, std=rm.std) for s in raw]
 
     def _id_scores(self, rm: RewardModel, rollout: Rollout) -> list[float]:
@@ -315,6 +318,19 @@ def rollout_rows(rollout: Rollout, pad_token_id: int, max_length: int) -> tuple[
     attention_mask = (columns < lengths[:, None]).long()  # (B, T)
     ids = input_ids.gather(1, source.clamp(max=input_ids.shape[1] - 1))  # (B, T)
     return ids.masked_fill(attention_mask == 0, pad_token_id), attention_mask
+
+
+def has_rows_for(model: nn.Module, ids: Tensor) -> bool:
+    """Whether `model`'s input embedding table has a row for every id in `ids`.
+
+    Two models with one tokenizer can have tables of different sizes (a family's sizes pad the
+    vocabulary differently), and a policy may sample any id its own table has.
+
+    Args:
+        model: a reward model (not a peft wrapper).
+        ids: token ids of any shape.
+    """
+    return ids.numel() == 0 or int(ids.max()) < model.get_input_embeddings().weight.shape[0]
 
 
 def same_tokenizer(a: PreTrainedTokenizerBase, b: PreTrainedTokenizerBase) -> bool:

@@ -246,3 +246,14 @@ def test_a_lora_checkpoint_of_a_padless_model_merges_into_a_plain_model(padless,
         ids = tokenizer(PROBE_TEXT, return_tensors="pt")["input_ids"]
         logits = model(input_ids=ids).logits[0, -1, :PROBE_VOCAB]
     torch.testing.assert_close(logits, torch.tensor(callbacks.checkpoints[2][1]["probe"]["logits"]), rtol=0, atol=1e-5)
+
+
+def test_a_reward_model_with_a_smaller_table_than_the_policy_reads_the_text_of_ids_past_it(tmp_path):
+    # one tokenizer, two tables (as a family's model sizes pad the vocabulary differently): the
+    # policy has 300 rows and samples ids the reward model (259 rows, pad included) has no row for
+    policy = save_model(tmp_path / "policy", "llama", rows=300)
+    reward_dir = save_model(tmp_path / "rm", "llama")
+    model_reward = {"type": "model", "checkpoint_id": "rm", "normalize": False}
+    job = job_of("grpo", policy, reward=model_reward, reward_model_dirs={"rm": reward_dir}, max_new_tokens=8)
+    callbacks = train(job)
+    assert any("scores the sampled token ids" in message for _, message in callbacks.events)
