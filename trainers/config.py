@@ -62,6 +62,13 @@ class LoopHyperparameters(BaseModel):
         None, ge=1, le=1_000_000,
         description="With an eval dataset: evaluate every this many steps (and always at checkpoints and the end).",
     )
+    disable_dropout: bool = Field(
+        True,
+        description="Turn off the dropout of every model the trainer loads (policy, reward model, critic), "
+                    "as TRL does, so the first step has its analytic values (DPO loss ln 2, zero KL, PPO "
+                    "ratio 1); false keeps the architecture's dropout while training. LoRA's own "
+                    "lora.dropout is kept either way. Saved checkpoints keep the architecture's dropout.",
+    )
 
     @field_validator("max_prompt_length")
     @classmethod
@@ -344,7 +351,11 @@ class LoRAConfig(BaseModel):
 
     r: int = Field(16, ge=1, le=1024, description="Rank of the update matrices.")
     alpha: float = Field(32.0, gt=0, le=4096, description="Scale: the update is multiplied by alpha / r.")
-    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the adapter's input.")
+    dropout: float = Field(
+        0.05, ge=0, lt=1,
+        description="Dropout on the adapter's input; kept when hyperparameters.disable_dropout turns off "
+                    "the model's own.",
+    )
     target_modules: list[Annotated[str, Field(min_length=1, max_length=128)]] | None = Field(
         None, min_length=1, max_length=256,
         description="Module names to adapt (e.g. ['q_proj', 'v_proj']); null adapts every linear layer.",

@@ -27,7 +27,7 @@ from trainers.logprobs import reference_sequence_logprobs, scored_token_counts, 
 from trainers.loop import TrainingLoop, announce_model, seed_everything
 from trainers.lora import load_trainable_model
 from trainers.losses import dpo_loss
-from trainers.modeling import default_device, load_policy
+from trainers.modeling import default_device, disable_dropout, load_policy
 from trainers.preference_data import PreferenceBatch, TokenizedPair, collate_pairs, tokenize_split
 from trainers.run_types import RunResult, TrainingData
 
@@ -63,6 +63,8 @@ def train_dpo(
 
     # 1. Policy: the base model (wrapped in fresh adapters for LoRA), or the checkpoint's model.
     policy, tokenizer = load_trainable_model(load_policy, job, resume_from, task="causal_lm")
+    if hp.disable_dropout:
+        disable_dropout(policy)
     policy.to(device).train()
     announce_model(callbacks, job.base_model, [policy], device)
 

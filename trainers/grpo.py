@@ -39,7 +39,7 @@ from trainers.kl import kl_k3
 from trainers.logprobs import selective_log_softmax
 from trainers.loop import TrainingLoop, announce_model, seed_everything
 from trainers.lora import load_trainable_model
-from trainers.modeling import default_device, load_policy
+from trainers.modeling import default_device, disable_dropout, load_policy
 from trainers.online_rl import (
     completion_stats,
     evaluate_policy,
@@ -114,6 +114,8 @@ def train_grpo(
 
     # Policy (fresh adapters for LoRA, or the checkpoint's model), prompts, reward and reference.
     policy, tokenizer = load_trainable_model(load_policy, job, resume_from, task="causal_lm")
+    if hp.disable_dropout:
+        disable_dropout(policy)
     policy.to(device).train()
     announce_model(callbacks, job.base_model, [policy], device)
     prompts = tokenize_prompt_split(data.train, tokenizer, max_prompt_length=hp.max_prompt_length, split="train",

@@ -172,6 +172,28 @@ def _named_pad_token(tokenizer: PreTrainedTokenizerBase, rows: int) -> str | Non
     return None
 
 
+def disable_dropout(model: nn.Module) -> None:
+    """Turn off the dropout of `model`'s own layers, in place (TRL's ``disable_dropout``).
+
+    Every `nn.Dropout` gets p = 0, and so does every float attribute of a module whose name holds
+    "drop" (``dropout``, ``attention_dropout``, OPT's ``layerdrop``): many architectures pass such
+    a probability to a functional dropout rather than hold an `nn.Dropout`. The config is left
+    alone, so a saved checkpoint keeps the architecture's dropout. A peft adapter's
+    ``lora_dropout`` is kept: it is the job's own LoRA setting.
+
+    Args:
+        model: a model, possibly peft-wrapped (changed in place).
+    """
+    for name, module in model.named_modules():
+        if "lora_dropout" in name.split("."):
+            continue
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
+        for attr, value in list(vars(module).items()):
+            if "drop" in attr and isinstance(value, float):
+                setattr(module, attr, 0.0)
+
+
 def accepts_4d_attention_mask(model: nn.Module) -> bool:
     """Whether `model`'s attention takes a custom 4D mask: SDPA and eager attention do, FlashAttention not."""
     inner = model.get_base_model() if isinstance(model, PeftModel) else model

@@ -21,13 +21,15 @@ One loop in numbered sections, one rollout per pass:
 The critic (`trainers.value_model`) has its own AdamW at `critic_learning_rate`; its gradients come
 from the same backward pass, are clipped on their own, and step with the policy's through the
 loop's guarded update (`trainers.loop.AuxiliaryModel`). Its loss is weighted by `vf_coef` as in
-TRL; Adam being invariant to a constant scale, the weight acts through gradient clipping. Every
-pass runs without dropout (policy and critic stay in eval mode, as TRL's PPO disables dropout),
-so the ratio measures the updates and nothing else. Checkpoints happen between rollouts (a rollout
-is never split across a resume); stops are polled before each rollout, after its sampling, between
-completions while it is graded and after its grading, never during its updates, so a cancel during
-a slow sampling or grading phase drops the rollout, nothing of which was trained on. The critic,
-its optimizer and the KL coefficient are saved beside the policy.
+TRL; Adam being invariant to a constant scale, the weight acts through gradient clipping. By
+default (`disable_dropout`) every pass runs without dropout (policy and critic stay in eval mode,
+as TRL's PPO disables dropout), so the ratio measures the updates and nothing else; with dropout
+kept, the updates run in train mode and the rollout's passes (sampling, π_old, π_ref, V_old) in
+eval mode. Checkpoints happen between rollouts (a rollout is never split across a resume); stops
+are polled before each rollout, after its sampling, between completions while it is graded and
+after its grading, never during its updates, so a cancel during a slow sampling or grading phase
+drops the rollout, nothing of which was trained on. The critic, its optimizer and the KL coefficient
+are saved beside the policy.
 Shapes: B completions, P prompt tokens, A response tokens, V vocabulary.
 """
 
@@ -51,7 +53,7 @@ from trainers.kl import AdaptiveKLController, FixedKLController, kl_penalized_re
 from trainers.logprobs import selective_log_softmax
 from trainers.loop import AuxiliaryModel, TrainingLoop, announce_model, load_run_state, seed_everything
 from trainers.lora import load_trainable_model
-from trainers.modeling import default_device, load_policy
+from trainers.modeling import default_device, disable_dropout, load_policy
 from trainers.online_rl import (
     completion_stats,
     evaluate_policy,
@@ -140,7 +142,9 @@ def train_ppo(
     # Models: the policy (fresh adapters for LoRA, or the checkpoint's), the frozen reference, the
     # reward, and the critic (from the policy's base or the reward model, or the checkpoint's).
     policy, tokenizer = load_trainable_model(load_policy, job, resume_from, task="causal_lm")
-    policy.to(device).eval()
+    if hp.disable_dropout:
+        disable_dropout(policy)
+    policy.to(device).train(not hp.disable_dropout)  # train mode only for dropout; frozen passes switch to eval
     reference = reference_policy(policy, job, resumed=state is not None, device=device)
     micro_size = max(1, hp.batch_size // hp.gradient_accumulation_steps)  # rows per forward
     rewarder = RewardComputer.from_job(job, policy_tokenizer=tokenizer, device=device, on_event=callbacks.on_event,
@@ -153,6 +157,9 @@ def train_ppo(
     )  # fmt: skip
     critic_dir = Path(resume_from) / CRITIC_DIR if resume_from is not None else None
     critic = trainable_critic(initial, job.lora, resume_dir=critic_dir).to(device)
+    if hp.disable_dropout:
+        disable_dropout(critic)
+    critic.train(not hp.disable_dropout)
     announce_model(callbacks, f"{job.base_model} and its critic", [policy, critic], device)
 
     # Data: prompts (and the text of the ptx loss), in an order that is a function of the seed.
@@ -207,7 +214,8 @@ def train_ppo(
         score = scores.rewards if hp.reward_clip is None else scores.rewards.clamp(-hp.reward_clip, hp.reward_clip)
         old_logprobs = frozen_logprobs(policy, rollout, hp.temperature, batch_size=micro_size)  # (B, A)
         ref_logprobs = frozen_logprobs(reference, rollout, hp.temperature, batch_size=micro_size, reference=True)
-        old_values = rollout_values(critic, rollout, batch_size=micro_size)  # (B, A)
+        old_values = rollout_values(critic.eval(), rollout, batch_size=micro_size)  # (B, A) without dropout, as π_old
+        critic.train(not hp.disable_dropout)
         beta = kl_controller.value
         rewards, kl = kl_penalized_rewards(score, old_logprobs, ref_logprobs, mask, beta)  # (B, A) each
 

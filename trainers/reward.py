@@ -27,7 +27,7 @@ from trainers.errors import UserError
 from trainers.loop import TrainingLoop, announce_model, seed_everything
 from trainers.lora import load_trainable_model
 from trainers.losses import bradley_terry_loss
-from trainers.modeling import default_device
+from trainers.modeling import default_device, disable_dropout
 from trainers.preference_data import PreferenceBatch, TokenizedPair, collate_pairs, tokenize_split
 from trainers.reward_model import (
     load_reward_model,
@@ -72,6 +72,8 @@ def train_reward_model(
     # 1. Model: the base model under a one-output score head (with fresh adapters for LoRA, which
     #    keep the head trainable), or the checkpoint's model.
     model, tokenizer = load_trainable_model(load_reward_model, job, resume_from, task="seq_cls")
+    if hp.disable_dropout:
+        disable_dropout(model)
     model.to(device).train()
     announce_model(callbacks, job.base_model, [model], device)
 

@@ -118,7 +118,7 @@ def trainable_critic(
 
     Returns:
         The critic (CPU unless `initial` put it elsewhere), parameters that train requiring
-        gradients, in eval mode (PPO runs every pass without dropout).
+        gradients, in eval mode (PPO sets the mode: train only when dropout is kept).
 
     Raises:
         ModelNotFoundError: the checkpoint holds no loadable critic.
