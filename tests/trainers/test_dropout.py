@@ -8,16 +8,17 @@ model's loss on pairs whose two responses are equal is ln 2, and PPO's first rat
 import math
 
 import pytest
+import torch
 from peft import LoraConfig, get_peft_model
 from torch import nn
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, GPT2Config, OPTConfig
 
 import trainers
-from architectures import DROPOUT, build
 from trainer_fixtures import RecordingCallbacks  # before `import trainers`: makes it the real package
 from trainers import DPOJob, GRPOJob, PPOJob, RewardModelJob, TrainingData
 from trainers.config import DPOHyperparameters, GRPOHyperparameters, PPOHyperparameters, RewardModelHyperparameters
 from trainers.synthetic import uppercase_preference_rows
+from trainers.tiny import build_tokenizer
 
 PROMPTS = [{"prompt": p} for p in ["Hello", "Say something", "Write", "Go"]]
 CONTAINS_E = {"type": "string_check", "name": "has_e", "operation": "contains", "reference": "e"}
@@ -26,10 +27,30 @@ RL = {"learning_rate": 1e-2, "rollout_batch_size": 2, "batch_size": 4, "max_new_
 PAIRS = {"learning_rate": 1e-3, "batch_size": 4, "max_steps": 1, "max_length": 64, "max_prompt_length": 32}
 
 
-@pytest.fixture(scope="module", params=DROPOUT)
+# Two architectures whose stock configs keep dropout 0.1: GPT-2 (nn.Dropout modules) and OPT
+# (probabilities in plain attributes, passed to functional dropout, and LayerDrop).
+CONFIGS = {
+    "gpt2": lambda vocab: GPT2Config(vocab_size=vocab, n_embd=32, n_layer=2, n_head=2, n_positions=128,
+                                     resid_pdrop=0.1, embd_pdrop=0.1, attn_pdrop=0.1),
+    "opt": lambda vocab: OPTConfig(vocab_size=vocab, hidden_size=32, num_hidden_layers=2, ffn_dim=64,
+                                   num_attention_heads=2, max_position_embeddings=128, word_embed_proj_dim=32,
+                                   dropout=0.1, attention_dropout=0.1, activation_dropout=0.1),
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module", params=sorted(CONFIGS))
 def model_dir(request, tmp_path_factory):
-    """A tiny random model of an architecture whose config keeps dropout 0.1."""
-    return str(build(request.param, tmp_path_factory.mktemp(request.param), dropout=0.1))
+    """A tiny random model of an architecture whose config keeps dropout 0.1, saved with its tokenizer."""
+    tokenizer = build_tokenizer()
+    config = CONFIGS[request.param](len(tokenizer))
+    config.pad_token_id, config.bos_token_id, config.eos_token_id = (
+        tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id
+    )
+    torch.manual_seed(0)
+    directory = tmp_path_factory.mktemp(request.param)
+    AutoModelForCausalLM.from_config(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return str(directory)
 
 
 def option(disable):
