@@ -154,6 +154,7 @@ def train_ppo(
         initial_critic, hp.value_model, tokenizer=tokenizer,
         policy_base=lambda: load_policy(job.base_model)[0] if isinstance(reference, PeftModel) else reference,
         reward_model_dir=job.reward_model_dirs.get(checkpoints[0]) if checkpoints else None,
+        policy_rows=policy.get_input_embeddings().weight.shape[0],
     )  # fmt: skip
     critic_dir = Path(resume_from) / CRITIC_DIR if resume_from is not None else None
     critic = trainable_critic(initial, job.lora, resume_dir=critic_dir).to(device)

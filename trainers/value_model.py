@@ -67,6 +67,7 @@ def initial_critic(
     policy_base: Callable[[], PreTrainedModel],
     tokenizer: PreTrainedTokenizerBase,
     reward_model_dir: str | Path | None = None,
+    policy_rows: int | None = None,
 ) -> PreTrainedModel:
     """The critic before any training, without adapters.
 
@@ -76,6 +77,9 @@ def initial_critic(
         policy_base: returns the policy's base model (called for ``"policy"`` only; not changed).
         tokenizer: the policy's tokenizer; a reward model must have the same vocabulary.
         reward_model_dir: the reward model's directory, for ``"reward_model"``.
+        policy_rows: the policy's embedding rows (every id it can sample); a reward model with a
+            smaller table (same tokenizer, another size of the family) grows to it, new rows the
+            mean row, as `trainers.modeling.ensure_pad_token` grows a table.
 
     Returns:
         A one-output sequence-classification model (eval mode).
@@ -99,6 +103,12 @@ def initial_critic(
             "use value_model 'policy' with this reward model",
             param="hyperparameters.value_model",
         )
+    rows = critic.get_input_embeddings().weight.shape[0]
+    if policy_rows is not None and policy_rows > rows:
+        critic.resize_token_embeddings(policy_rows, mean_resizing=False)
+        with torch.no_grad():
+            table = critic.get_input_embeddings().weight
+            table[rows:] = table[:rows].mean(dim=0)
     return critic
 
 

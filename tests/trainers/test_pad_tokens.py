@@ -34,6 +34,7 @@ from trainers.reward_model import load_reward_model
 from trainers.scoring import score
 from trainers.synthetic import uppercase_preference_rows
 from trainers.tiny import CHAT_TEMPLATE, _bytes_to_unicode
+from trainers.value_model import CRITIC_DIR
 
 LLAMA_BOS, LLAMA_EOS, GPT2_EOS = "<|begin_of_text|>", "<|end_of_text|>", "<|endoftext|>"
 PROMPTS = [{"prompt": p} for p in ["Hello", "Say something", "Write", "Go"]]
@@ -257,3 +258,14 @@ def test_a_reward_model_with_a_smaller_table_than_the_policy_reads_the_text_of_i
     job = job_of("grpo", policy, reward=model_reward, reward_model_dirs={"rm": reward_dir}, max_new_tokens=8)
     callbacks = train(job)
     assert any("scores the sampled token ids" in message for _, message in callbacks.events)
+
+
+def test_a_critic_from_a_reward_model_with_a_smaller_table_grows_to_the_policys(tmp_path):
+    policy = save_model(tmp_path / "policy", "llama", rows=300)
+    reward_dir = save_model(tmp_path / "rm", "llama")  # 259 rows once its pad is added
+    model_reward = {"type": "model", "checkpoint_id": "rm", "normalize": False}
+    job = job_of("ppo", policy, reward=model_reward, reward_model_dirs={"rm": reward_dir}, value_model="reward_model",
+                 max_new_tokens=8)  # fmt: skip
+    callbacks = train(job, tmp_path / "run")
+    critic = AutoModelForSequenceClassification.from_pretrained(callbacks.checkpoints[2][0] / CRITIC_DIR)
+    assert critic.get_input_embeddings().weight.shape[0] == 300
