@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from anywhere without installing
 
 from bench.service import Api, deployment, new_key  # noqa: E402
-from bench.trainers_vs_trl import write_results  # noqa: E402
+from bench.trainers_vs_trl import record_service_figures  # noqa: E402
 
 PAIR = {"prompt": "say: hello\n", "response": "HELLO"}
 
@@ -102,7 +102,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cli-runs", type=int, default=3, help="direct `python -m trainers score` runs")
     args = parser.parse_args(argv)
     command = "python bench/score.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    from bench.common import machine
 
     with tempfile.TemporaryDirectory(prefix="bench-score-") as tmp, deployment("embedded", Path(tmp)) as settings:
         root = Path(tmp)
@@ -134,10 +133,7 @@ def main(argv: list[str] | None = None) -> None:
     entries = [{"name": f"score/{name}", "what": "one pair, builtin:tiny-llama reward model, embedded deployment",
                 "units": "ms", "ours": value, "trl": None, "ratio": None, "details": details}
                for name, (value, details) in figures.items()]  # fmt: skip
-    write_results(entries, command, machine())
-    print("| figure | value |\n|---|---|")
-    for e in entries:
-        print(f"| {e['name']} | {e['ours']:.4g} {e['units']} |")
+    record_service_figures(entries, command)
 
 
 if __name__ == "__main__":

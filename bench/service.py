@@ -43,7 +43,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from anywhere without installing
 
-from bench.trainers_vs_trl import write_results  # noqa: E402
+from bench.trainers_vs_trl import record_service_figures  # noqa: E402
 from core.settings import Settings  # noqa: E402
 
 PG_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -296,14 +296,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--samples", type=int, default=40, help="metrics steps sent through the stream")
     args = parser.parse_args(argv)
     command = "python bench/service.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    from bench.common import machine
 
     kinds = ["embedded", "postgres"] if args.deployment == "all" else [args.deployment]
     entries = [e for kind in kinds for e in bench_deployment(kind, args, command)]
-    write_results(entries, command, machine())
-    print("| figure | value |\n|---|---|")
-    for e in entries:
-        print(f"| {e['name']} | {e['ours']:.4g} {e['units']} |")
+    record_service_figures(entries, command)
 
 
 if __name__ == "__main__":

@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from anywhere without installing
 
 from bench.service import Api, deployment, new_key, preference_jsonl, upload  # noqa: E402
-from bench.trainers_vs_trl import write_results  # noqa: E402
+from bench.trainers_vs_trl import record_service_figures  # noqa: E402
 
 
 def percentiles(values: list[float]) -> dict[str, float]:
@@ -300,15 +300,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rate", type=float, default=10.0, help="steps reported per second")
     args = parser.parse_args(argv)
     command = "python bench/streams.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    from bench.common import machine
 
     kinds = ["embedded", "postgres"] if args.deployment == "all" else [args.deployment]
     figures = [bench_deployment(kind, args) for kind in kinds]
     entries = [e for f in figures for e in entries_of(f)]
-    write_results(entries, command, machine())
-    print("| figure | value |\n|---|---|")
-    for e in entries:
-        print(f"| {e['name']} | {e['ours']:.4g} {e['units']} |")
+    record_service_figures(entries, command)
 
 
 if __name__ == "__main__":

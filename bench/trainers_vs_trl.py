@@ -547,6 +547,16 @@ def write_results(entries: list[dict[str, Any]], command: str, info: dict[str, A
     RESULTS_JSON.write_text(json.dumps(sorted(merged, key=lambda e: e["name"]), indent=1) + "\n")
 
 
+def record_service_figures(entries: list[dict[str, Any]], command: str) -> None:
+    """Merge figures that have no TRL counterpart into results.json, and print them as a table."""
+    from bench.common import machine
+
+    write_results(entries, command, machine())
+    print("| figure | value |\n|---|---|")
+    for e in entries:
+        print(f"| {e['name']} | {e['ours']:.4g} {e['units']} |")
+
+
 def print_table(entries: list[dict[str, Any]]) -> None:
     """A Markdown table of the figures, as RESULTS.md shows them."""
     print("| figure | ours | TRL | ours / TRL |\n|---|---|---|---|")

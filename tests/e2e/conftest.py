@@ -2,7 +2,7 @@
 
 import pytest
 
-from e2e_support import deployment
+from e2e_support import SHORT_LEASE, deployment
 from support import BACKENDS
 
 
@@ -18,3 +18,10 @@ def service(request, tmp_path_factory):
     """Run `rlhf-service api` and `rlhf-service worker` on one deployment; yield an HTTP client."""
     with deployment(request, tmp_path_factory.mktemp(request.param)) as dep:
         yield dep.client
+
+
+@pytest.fixture(params=BACKENDS)
+def dep(request, tmp_path):
+    """A fresh deployment on each backend with a short lease (fault tests); the test may stop its processes."""
+    with deployment(request, tmp_path, **SHORT_LEASE) as dep:
+        yield dep

@@ -3,17 +3,10 @@ on a new worker), and a loss that turns NaN (the job fails naming the step)."""
 
 import pytest
 
-from e2e_support import SHORT_LEASE, create_dataset, deployment, wait_for
-from support import BACKENDS
+from e2e_support import create_dataset, deployment, wait_for
 
 pytestmark = pytest.mark.e2e
 STEPS, EVERY = 400, 100
-
-
-@pytest.fixture(params=BACKENDS)
-def dep(request, tmp_path):
-    with deployment(request, tmp_path, **SHORT_LEASE) as dep:
-        yield dep
 
 
 def test_killed_worker_costs_only_the_steps_since_the_last_checkpoint(dep):

@@ -7,17 +7,10 @@ import signal
 
 import pytest
 
-from e2e_support import SHORT_LEASE, create_dataset, deployment, wait_for, wait_for_log
-from support import BACKENDS
+from e2e_support import create_dataset, wait_for, wait_for_log
 
 pytestmark = pytest.mark.e2e
 STEPS, EVERY = 400, 100
-
-
-@pytest.fixture(params=BACKENDS)
-def dep(request, tmp_path):
-    with deployment(request, tmp_path, **SHORT_LEASE) as dep:
-        yield dep
 
 
 def resumed_step(client, job_id: str) -> int | None:
