@@ -21,6 +21,7 @@ from trainer_fixtures import tiny
 from trainers.config import LoRAConfig
 from trainers.lora import apply_lora
 from trainers.rollout import generate, left_pad, positions_from_mask, top_p_filter
+from trainers.tiny import build_tiny_llama
 
 PAD, BOS, EOS = 256, 257, 258
 PROMPTS = [[BOS, 104, 105], [BOS, 97, 98, 99, 65, 66, 67], [BOS], [BOS, 120, 121, 122, 10]]
@@ -41,7 +42,9 @@ def build_model(arch: str, sliding: bool) -> torch.nn.Module:
 
 def _models():
     yield pytest.param("builtin:tiny-llama", lambda: tiny()[0], id="builtin-tiny-llama")
-    yield pytest.param("lora", lambda: apply_lora(tiny()[0], LoRAConfig(r=4), task="causal_lm").eval(), id="lora")
+    # LoRA wraps the model it is given in place: a model of its own, not the shared cached one.
+    yield pytest.param("lora", lambda: apply_lora(build_tiny_llama()[0], LoRAConfig(r=4), task="causal_lm").eval(),
+                       id="lora")
     for arch, sliding in VARIANTS:
         name = f"{arch}-sliding" if sliding else arch
         yield pytest.param(name, lambda a=arch, s=sliding: build_model(a, s), id=name)
