@@ -1,7 +1,7 @@
 """Streaming readers for uploaded dataset files (.jsonl, .json, .csv, .parquet).
 
 Every reader holds at most one record (plus a read buffer) in memory, so an upload of any size is
-validated in constant memory. Each row is normalised with ``trainers.formats.normalize_row``; a bad
+validated in constant memory. Each row is normalised with ``trainers.spec.formats.normalize_row``; a bad
 row becomes a ``RowIssue`` instead of an exception, so the caller can report many at once. Values no
 backend stores as they are (``api.ingest_values``: integers past 64 bits, non-finite numbers, NUL or
 unpaired surrogates in strings) are row issues too, named by their field path.
@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from api.ingest_values import decoder, loads, unstorable
-from trainers.formats import DatasetKind, RowError, normalize_row
+from trainers.spec.formats import DatasetKind, RowError, normalize_row
 
 SUPPORTED_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
 MAX_LINE_BYTES = 8 * 1024 * 1024

@@ -14,7 +14,7 @@ from api.services.modelops import ModelOps
 from core.db import configure_pool
 from core.queue import make_celery
 from core.settings import Settings, get_settings
-from trainers.reward_functions import load_registry
+from trainers.spec.reward_functions import load_registry
 
 _frozen = False
 

@@ -9,14 +9,14 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from api.storable import text_problem
-from trainers.config import (
+from trainers.spec.config import (
     DPOHyperparameters,
     GRPOHyperparameters,
     LoRAConfig,
     PPOHyperparameters,
     RewardModelHyperparameters,
 )
-from trainers.rewards_spec import RewardSpec
+from trainers.spec.rewards import RewardSpec
 
 DatasetKind = Literal["preference", "prompt", "text"]
 

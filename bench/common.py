@@ -2,7 +2,7 @@
 
 Both trainers of a comparison start from the same directory (`build_models`): a Llama of 4 layers,
 hidden 256, with the byte-level tokenizer of `builtin:tiny-llama`, its weights drawn exactly as
-`trainers.tiny` draws them. The data (`preference_rows`) has prompts and responses of varied
+`trainers.models.tiny` draws them. The data (`preference_rows`) has prompts and responses of varied
 length, up to `MAX_LENGTH` tokens per sequence, so that no trainer truncates anything and padding
 is what real data has. Final metrics are judged by plain code here (`dpo_judge`, `reward_judge`),
 not by either trainer's own evaluation.
@@ -28,7 +28,7 @@ from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, Pr
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere without installing
 
-from trainers.tiny import INIT_SEED, INIT_STD, build_model_config, build_tokenizer  # noqa: E402
+from trainers.models.tiny import INIT_SEED, INIT_STD, build_model_config, build_tokenizer  # noqa: E402
 
 # The benchmark model: `builtin:tiny-llama` scaled up (hidden 64 → 256, 2 → 4 layers).
 MODEL_SHAPE = {
@@ -47,8 +47,8 @@ def build_models(root: Path) -> tuple[Path, Path]:
     """Write the benchmark causal LM and a reward model built on it, with their tokenizer.
 
     The causal LM's matrices are drawn from N(0, 0.02²) by a generator seeded with
-    `trainers.tiny.INIT_SEED`, in parameter order, norms set to 1 (as `build_tiny_llama`). The reward
-    model is `trainers.reward_model.load_reward_model` of that directory (backbone copied, score head
+    `trainers.models.tiny.INIT_SEED`, in parameter order, norms set to 1 (as `build_tiny_llama`). The reward
+    model is `trainers.models.reward.load_reward_model` of that directory (backbone copied, score head
     drawn by its seeded generator), saved so both trainers read the same score head.
 
     Args:
@@ -57,7 +57,7 @@ def build_models(root: Path) -> tuple[Path, Path]:
     Returns:
         The two model directories.
     """
-    from trainers.reward_model import load_reward_model
+    from trainers.models.reward import load_reward_model
 
     tokenizer = build_tokenizer()
     config: LlamaConfig = build_model_config(tokenizer)

@@ -52,7 +52,7 @@ def build_model(root: Path) -> Path:
     """Write the random Qwen2-shaped model (bf16, SDPA) and the byte-level tokenizer to ``root/policy``."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from trainers.tiny import INIT_SEED, INIT_STD, build_tokenizer
+    from trainers.models.tiny import INIT_SEED, INIT_STD, build_tokenizer
 
     tokenizer = build_tokenizer()
     config = Qwen2Config(**QWEN2_0_5B_SHAPE, pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,

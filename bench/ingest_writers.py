@@ -21,14 +21,14 @@ import threading
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere without installing
 
 from sqlalchemy import update  # noqa: E402
 
 from api.services import datasets as service  # noqa: E402
 from core.db import session_factory, session_scope  # noqa: E402
 from core.models import Dataset, Job, utcnow  # noqa: E402
-from support import embedded_settings, jsonl, new_project_key, preference_rows, project_of  # noqa: E402
+from tests.support import embedded_settings, jsonl, new_project_key, preference_rows, project_of  # noqa: E402
 
 
 def main() -> None:

@@ -46,7 +46,7 @@ sys.path.insert(0, str(ROOT))  # run from anywhere without installing
 
 from bench.service import new_key  # noqa: E402
 from core.settings import Settings  # noqa: E402
-from trainers.synthetic import uppercase_preference_rows  # noqa: E402
+from trainers.data.synthetic import uppercase_preference_rows  # noqa: E402
 
 JOB = {"type": "dpo", "base_model": "builtin:tiny-llama", "seed": 0,
        "hyperparameters": {"max_steps": 2, "batch_size": 8, "checkpoint_every": 1000}}  # fmt: skip

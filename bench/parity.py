@@ -29,11 +29,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere without installing
 
-from trainers.config import DPOHyperparameters, RewardModelHyperparameters  # noqa: E402
+from trainers.data.preference import collate_pairs, tokenize_pairs  # noqa: E402
 from trainers.dpo import Reference, pair_losses_and_stats  # noqa: E402
-from trainers.preference_data import collate_pairs, tokenize_pairs  # noqa: E402
-from trainers.reward import pair_losses_and_stats as reward_losses_and_stats  # noqa: E402
-from trainers.tiny import build_tiny_llama  # noqa: E402
+from trainers.models.tiny import build_tiny_llama  # noqa: E402
+from trainers.reward_model import pair_losses_and_stats as reward_losses_and_stats  # noqa: E402
+from trainers.spec.config import DPOHyperparameters, RewardModelHyperparameters  # noqa: E402
 
 TOLERANCE = 1e-5
 BETA = 0.1
@@ -137,7 +137,7 @@ def reward_parity(center: float = 0.01) -> dict[str, Any]:
     import trl
     from datasets import Dataset
 
-    from trainers.reward_model import load_reward_model, shares_prompts
+    from trainers.models.reward import load_reward_model, shares_prompts
 
     model, tokenizer = load_reward_model("builtin:tiny-llama")
     with torch.no_grad():  # a score head far from its small initial draw
@@ -199,10 +199,10 @@ def grpo_parity(case: str) -> dict[str, Any]:
     from datasets import Dataset
     from transformers import AutoModelForCausalLM
 
-    from trainers.advantages import group_advantages
-    from trainers.config import GRPOHyperparameters
     from trainers.grpo import GRPOBatch, accumulate_gradients
-    from trainers.rollout import Rollout
+    from trainers.ops.advantages import group_advantages
+    from trainers.rl.rollout import Rollout
+    from trainers.spec.config import GRPOHyperparameters
 
     aggregation, scale, trl_loss, trl_scale = GRPO_CASES[case]
     tiny, tokenizer = build_tiny_llama()
@@ -228,7 +228,7 @@ def grpo_parity(case: str) -> dict[str, Any]:
         texts = tokenizer.batch_decode(inputs["completion_ids"], skip_special_tokens=True)
         rewards = torch.tensor(letter_share(texts))
         ids, mask = inputs["completion_ids"], inputs["completion_mask"]
-        from trainers.logprobs import selective_log_softmax
+        from trainers.ops.logprobs import selective_log_softmax
 
         def logps_under(model):
             full = torch.cat([inputs["prompt_ids"], ids], dim=1)

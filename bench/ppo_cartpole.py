@@ -33,8 +33,8 @@ from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere without installing
 
-from trainers.advantages import gae, whiten  # noqa: E402
-from trainers.rl_losses import clipped_policy_loss, clipped_value_loss, loss_normalizer  # noqa: E402
+from trainers.ops.advantages import gae, whiten  # noqa: E402
+from trainers.ops.policy_losses import clipped_policy_loss, clipped_value_loss, loss_normalizer  # noqa: E402
 
 SOLVED = 475.0  # CartPole-v1's reward threshold
 

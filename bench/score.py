@@ -47,7 +47,7 @@ def trainers_cli(*args: Any, stdin: str | None = None) -> str:
 
 def reward_model(root: Path) -> Path:
     """A builtin:tiny-llama reward model after one training step; its model/ directory."""
-    from trainers.synthetic import uppercase_preference_rows
+    from trainers.data.synthetic import uppercase_preference_rows
 
     rows = root / "rows.jsonl"
     rows.write_text("".join(json.dumps(r) + "\n" for r in uppercase_preference_rows(8)))

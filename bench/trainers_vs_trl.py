@@ -108,7 +108,7 @@ def run_ours(algo: str, work: Path, seed: int, steps: int, warmup: int, device: 
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
     import trainers
-    from trainers.batching import BatchOrder
+    from trainers.data.batching import BatchOrder
 
     rows = json.loads((work / "train.json").read_text())[: steps * BATCH_SIZE]
     eval_rows = json.loads((work / "eval.json").read_text())

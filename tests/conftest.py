@@ -15,7 +15,7 @@ import pytest
 from core.db import engine_for
 from core.migrate import upgrade
 from core.settings import Settings
-from support import BACKENDS, embedded_settings, new_project_key, pg_admin, pg_url, postgres_deployments
+from tests.support import BACKENDS, embedded_settings, new_project_key, pg_admin, pg_url, postgres_deployments
 
 
 @pytest.fixture(scope="session")

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from trainers.callbacks import Callbacks
-from trainers.config import (
+from trainers.spec.callbacks import Callbacks
+from trainers.spec.config import (
     DPOHyperparameters,
     DPOJob,
     GRPOHyperparameters,
@@ -21,8 +21,8 @@ from trainers.config import (
     RewardModelHyperparameters,
     RewardModelJob,
 )
-from trainers.errors import ModelNotFoundError, NumericalError, TrainerError, UserError
-from trainers.run_types import RunResult, TrainingData
+from trainers.spec.errors import ModelNotFoundError, NumericalError, TrainerError, UserError
+from trainers.spec.results import RunResult, TrainingData
 
 __all__ = [
     "Callbacks",
@@ -78,7 +78,7 @@ def run(
 
             return train_dpo(job, data, callbacks, resume_from=resume_from)
         case "reward_model":
-            from trainers.reward import train_reward_model
+            from trainers.reward_model import train_reward_model
 
             return train_reward_model(job, data, callbacks, resume_from=resume_from)
         case "grpo":

@@ -9,15 +9,15 @@ for each reward-model checkpoint it names. Metrics go to stdout as JSON lines
 The first Ctrl-C stops cooperatively after the current step, saving a checkpoint.
 
 ``python -m trainers merge --model-dir CHECKPOINT/model --output DIR`` writes a LoRA checkpoint's
-base and adapter as one full model (`trainers.export.merge_checkpoint`).
+base and adapter as one full model (`trainers.models.export.merge_checkpoint`).
 
 ``python -m trainers score --model-dir CHECKPOINT/model`` reads a JSON list of items
 (``{"text": ...}`` or ``{"prompt": ..., "response": ...}``) on stdin and writes a JSON list of
-``{"score", "normalized"}`` on stdout (`trainers.scoring.score`).
+``{"score", "normalized"}`` on stdout (`trainers.models.scoring.score`).
 
 ``python -m trainers serve-ops --cache-bytes N`` stays up and answers score and merge requests, one
 JSON object per line on stdin and stdout, keeping recently used reward models loaded
-(`trainers.ops_server`); the service runs one beside each API process.
+(`trainers.models.ops_server`); the service runs one beside each API process.
 
 Exit status: 0 on success, 2 for bad input (data, spec, model), 1 for a numerical failure.
 """
@@ -36,8 +36,8 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from trainers.callbacks import Callbacks
-from trainers.config import (
+from trainers.spec.callbacks import Callbacks
+from trainers.spec.config import (
     DPOHyperparameters,
     DPOJob,
     GRPOHyperparameters,
@@ -47,9 +47,9 @@ from trainers.config import (
     RewardModelHyperparameters,
     RewardModelJob,
 )
-from trainers.errors import NumericalError, UserError
-from trainers.formats import DatasetKind, RowError, normalize_row
-from trainers.run_types import TrainingData
+from trainers.spec.errors import NumericalError, UserError
+from trainers.spec.formats import DatasetKind, RowError, normalize_row
+from trainers.spec.results import TrainingData
 
 # Subcommand → (job model, hyperparameters model, kind of its dataset rows).
 ALGORITHMS: dict[str, tuple[type[BaseModel], type[BaseModel], DatasetKind]] = {
@@ -163,14 +163,14 @@ def main(argv: list[str] | None = None) -> int:
     hf_logging.disable_progress_bar()  # keep stderr to our own event lines
     try:
         if args.command == "merge":
-            from trainers.export import merge_checkpoint
+            from trainers.models.export import merge_checkpoint
 
             merge_checkpoint(args.model_dir, args.output)
             return 0
         if args.command == "score":
             return score(args.model_dir)
         if args.command == "serve-ops":
-            from trainers.ops_server import serve
+            from trainers.models.ops_server import serve
 
             return serve(cache_bytes=args.cache_bytes, idle_seconds=args.idle_seconds, parent_pid=args.parent_pid)
         return train(args)
@@ -217,7 +217,7 @@ def train(args: argparse.Namespace) -> int:
 
 def score(model_dir: Path) -> int:
     """Score the JSON list of items on stdin with the reward model in `model_dir`; print the results."""
-    from trainers.scoring import score as score_items
+    from trainers.models.scoring import score as score_items
 
     try:
         items = json.load(sys.stdin)

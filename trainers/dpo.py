@@ -18,18 +18,18 @@ import torch
 from peft import PeftModel
 from torch import Tensor, nn
 
-from trainers.batching import BatchOrder, bucket_overhead_tokens, split_micro_batches
-from trainers.callbacks import Callbacks
-from trainers.checkpoint import load_trainer_state
-from trainers.config import DPOHyperparameters, DPOJob
-from trainers.errors import UserError
-from trainers.logprobs import reference_sequence_logprobs, scored_token_counts, sequence_logprob_totals
+from trainers.data.batching import BatchOrder, bucket_overhead_tokens, split_micro_batches
+from trainers.data.preference import PreferenceBatch, TokenizedPair, collate_pairs, tokenize_split
 from trainers.loop import TrainingLoop, announce_model, seed_everything
-from trainers.lora import load_trainable_model
-from trainers.losses import dpo_loss
-from trainers.modeling import default_device, disable_dropout, load_policy
-from trainers.preference_data import PreferenceBatch, TokenizedPair, collate_pairs, tokenize_split
-from trainers.run_types import RunResult, TrainingData
+from trainers.models.checkpoint import load_trainer_state
+from trainers.models.loading import default_device, disable_dropout, load_policy
+from trainers.models.lora import load_trainable_model
+from trainers.ops.logprobs import reference_sequence_logprobs, scored_token_counts, sequence_logprob_totals
+from trainers.ops.pairwise_losses import dpo_loss
+from trainers.spec.callbacks import Callbacks
+from trainers.spec.config import DPOHyperparameters, DPOJob
+from trainers.spec.errors import UserError
+from trainers.spec.results import RunResult, TrainingData
 
 # Per-pair statistics, in the order `pair_losses_and_stats` stacks them; eval metrics are the same
 # under `eval/` (eval/loss, eval/rewards/chosen, ...).

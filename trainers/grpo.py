@@ -4,13 +4,13 @@ One loop in numbered sections, one rollout per pass:
 
 1. rollout: `rollout_batch_size` prompts (a function of (seed, rollout)), G = `num_generations`
    completions each, sampled over the KV cache by a generator seeded with (seed, rollout);
-2. rewards and KL: the job's reward for every completion (`trainers.rl_rewards`); log-probs of the
+2. rewards and KL: the job's reward for every completion (`trainers.rl.rewards`); log-probs of the
    rollout policy when the rollout feeds more than one optimizer step, and of the reference;
 3. advantages: each completion's reward against its group's, ``Â = (r − mean_G) / (std_G + eps)``
    (without the division for Dr. GRPO), the same for every token of the completion;
 4. clipped updates: μ = `num_iterations` passes over the rollout's minibatches, one optimizer step
    each, minimising ``−min(ρÂ, clip(ρ, 1 − ε_low, 1 + ε_high)Â) + β·k3`` per token, aggregated over
-   the whole step (`trainers.rl_losses`), so micro-batching does not change the gradient.
+   the whole step (`trainers.ops.policy_losses`), so micro-batching does not change the gradient.
 
 With μ = 1 and one minibatch per rollout (the defaults) the policy that sampled is the one being
 trained: π_old is the current policy detached, ρ = 1, and no extra forward pass is needed (as TRL).
@@ -30,17 +30,17 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from trainers.advantages import group_advantages
-from trainers.batching import split_micro_batches
-from trainers.callbacks import Callbacks
-from trainers.checkpoint import load_trainer_state
-from trainers.config import GRPOHyperparameters, GRPOJob
-from trainers.kl import kl_k3
-from trainers.logprobs import selective_log_softmax
+from trainers.data.batching import split_micro_batches
+from trainers.data.prompts import PromptOrder, tokenize_prompt_split
 from trainers.loop import TrainingLoop, announce_model, seed_everything
-from trainers.lora import load_trainable_model
-from trainers.modeling import default_device, disable_dropout, load_policy
-from trainers.online_rl import (
+from trainers.models.checkpoint import load_trainer_state
+from trainers.models.loading import default_device, disable_dropout, load_policy
+from trainers.models.lora import load_trainable_model
+from trainers.ops.advantages import group_advantages
+from trainers.ops.kl import kl_k3
+from trainers.ops.logprobs import selective_log_softmax
+from trainers.ops.policy_losses import aggregate, clipped_policy_loss, entropy_from_logits, loss_normalizer
+from trainers.rl.online import (
     completion_stats,
     evaluate_policy,
     frozen_logprobs,
@@ -50,11 +50,11 @@ from trainers.online_rl import (
     sampling_generator,
     select_rows,
 )
-from trainers.prompt_data import PromptOrder, tokenize_prompt_split
-from trainers.rl_losses import aggregate, clipped_policy_loss, entropy_from_logits, loss_normalizer
-from trainers.rl_rewards import RewardComputer, RewardScores, decode_completions
-from trainers.rollout import Rollout, response_logits
-from trainers.run_types import RunResult, TrainingData
+from trainers.rl.rewards import RewardComputer, RewardScores, decode_completions
+from trainers.rl.rollout import Rollout, response_logits
+from trainers.spec.callbacks import Callbacks
+from trainers.spec.config import GRPOHyperparameters, GRPOJob
+from trainers.spec.results import RunResult, TrainingData
 
 
 @dataclass

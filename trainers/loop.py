@@ -38,11 +38,11 @@ from torch import Tensor, nn
 from torch.nn.utils import clip_grad_norm_
 from transformers import PreTrainedTokenizerBase
 
-from trainers.callbacks import Callbacks
-from trainers.checkpoint import load_trainer_state, offer_checkpoint, restore_rng
-from trainers.config import JobSpec, LoopHyperparameters
-from trainers.errors import NumericalError, UserError
-from trainers.run_types import RunResult
+from trainers.models.checkpoint import load_trainer_state, offer_checkpoint, restore_rng
+from trainers.spec.callbacks import Callbacks
+from trainers.spec.config import JobSpec, LoopHyperparameters
+from trainers.spec.errors import NumericalError, UserError
+from trainers.spec.results import RunResult
 
 LOSS_METRIC = "train/loss"  # the statistic `update` refuses to step on when it is not finite
 EXTRA_STATE_FILE = "extra_state.pt"  # beside trainer_state.pt: the auxiliary optimizer and extra state

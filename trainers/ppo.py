@@ -8,7 +8,7 @@ One loop in numbered sections, one rollout per pass:
 1. rollout: `rollout_batch_size` prompts (a function of (seed, rollout)), one completion each,
    sampled over the KV cache at the job's temperature and top-p by a generator seeded with
    (seed, rollout);
-2. rewards and KL: each completion's score (`trainers.rl_rewards`: reward models and graders, the
+2. rewards and KL: each completion's score (`trainers.rl.rewards`: reward models and graders, the
    missing-EOS penalty), clipped to ±`reward_clip` when set; log π_old recomputed by the policy
    in a full forward (as TRL, so the first minibatch's ratio is exactly 1), log π_ref and the
    critic's V_old; per-token rewards ``r_t = −β·(log π_old − log π_ref)_t`` plus the score at
@@ -18,7 +18,7 @@ One loop in numbered sections, one rollout per pass:
 4. clipped updates: `ppo_epochs` passes over the rollout in shuffled minibatches of `batch_size`
    completions, one optimizer step each (`accumulate_gradients`).
 
-The critic (`trainers.value_model`) has its own AdamW at `critic_learning_rate`; its gradients come
+The critic (`trainers.models.value`) has its own AdamW at `critic_learning_rate`; its gradients come
 from the same backward pass, are clipped on their own, and step with the policy's through the
 loop's guarded update (`trainers.loop.AuxiliaryModel`). Its loss is weighted by `vf_coef` as in
 TRL; Adam being invariant to a constant scale, the weight acts through gradient clipping. By
@@ -45,16 +45,30 @@ import torch
 from peft import PeftModel
 from torch import Tensor, nn
 
-from trainers.advantages import explained_variance, gae, whiten
-from trainers.batching import split_micro_batches
-from trainers.callbacks import Callbacks
-from trainers.config import PPOHyperparameters, PPOJob
-from trainers.kl import AdaptiveKLController, FixedKLController, kl_penalized_rewards
-from trainers.logprobs import selective_log_softmax
+from trainers.data.batching import split_micro_batches
+from trainers.data.prompts import PromptOrder, tokenize_prompt_split
 from trainers.loop import AuxiliaryModel, TrainingLoop, announce_model, load_run_state, seed_everything
-from trainers.lora import load_trainable_model
-from trainers.modeling import default_device, disable_dropout, load_policy
-from trainers.online_rl import (
+from trainers.models.loading import default_device, disable_dropout, load_policy
+from trainers.models.lora import load_trainable_model
+from trainers.models.value import (
+    CRITIC_DIR,
+    initial_critic,
+    response_values,
+    rollout_values,
+    save_critic,
+    trainable_critic,
+)
+from trainers.ops.advantages import explained_variance, gae, whiten
+from trainers.ops.kl import AdaptiveKLController, FixedKLController, kl_penalized_rewards
+from trainers.ops.logprobs import selective_log_softmax
+from trainers.ops.policy_losses import (
+    aggregate,
+    clipped_policy_loss,
+    clipped_value_loss,
+    entropy_from_logits,
+    loss_normalizer,
+)
+from trainers.rl.online import (
     completion_stats,
     evaluate_policy,
     forward_groups,
@@ -65,21 +79,13 @@ from trainers.online_rl import (
     sampling_generator,
     select_rows,
 )
-from trainers.prompt_data import PromptOrder, tokenize_prompt_split
-from trainers.ptx import PtxData, backward_ptx_loss
-from trainers.rewards_spec import model_checkpoints
-from trainers.rl_losses import aggregate, clipped_policy_loss, clipped_value_loss, entropy_from_logits, loss_normalizer
-from trainers.rl_rewards import RewardComputer, RewardScores, decode_completions
-from trainers.rollout import Rollout, response_logits
-from trainers.run_types import RunResult, TrainingData
-from trainers.value_model import (
-    CRITIC_DIR,
-    initial_critic,
-    response_values,
-    rollout_values,
-    save_critic,
-    trainable_critic,
-)
+from trainers.rl.ptx import PtxData, backward_ptx_loss
+from trainers.rl.rewards import RewardComputer, RewardScores, decode_completions
+from trainers.rl.rollout import Rollout, response_logits
+from trainers.spec.callbacks import Callbacks
+from trainers.spec.config import PPOHyperparameters, PPOJob
+from trainers.spec.results import RunResult, TrainingData
+from trainers.spec.rewards import model_checkpoints
 
 # What `accumulate_gradients` reports for each optimizer step, in order.
 STEP_METRICS = ("train/loss", "policy/pg_loss", "policy/clipfrac", "policy/approx_kl", "policy/entropy",
@@ -123,7 +129,7 @@ def train_ppo(
         data: canonical prompt rows (train; optional eval, whose mean reward is reported as
             ``eval/reward/mean`` with one completion per prompt, as GRPO does), and with
             ``ptx_coef > 0`` the text rows of the language-modelling loss (`TrainingData.ptx`,
-            see `trainers.ptx`).
+            see `trainers.rl.ptx`).
         callbacks: metrics, checkpoints, events and cooperative stop.
         resume_from: a PPO checkpoint directory to continue from.
 
@@ -257,7 +263,7 @@ def accumulate_gradients(policy: nn.Module, critic: nn.Module, batch: PPOBatch, 
     Per token, with ``ρ = exp(clamp(log π − log π_old))``:
     ``ℓ = −min(ρA, clip(ρ, 1 − ε, 1 + ε)A) + vf_coef·½·max((V − G)², (V_old + clip(V − V_old, ±ε_v) − G)²)
     − entropy_coef·H(π)``, summed over the step's response tokens and divided by their number
-    (`trainers.rl_losses`, "token" aggregation), so the micro-batch losses add up to the step's
+    (`trainers.ops.policy_losses`, "token" aggregation), so the micro-batch losses add up to the step's
     loss and the accumulated gradients of policy and critic do not depend on
     `gradient_accumulation_steps`.
 

@@ -1,268 +1,255 @@
-"""Reward models: a decoder with a one-output score head, read at the last real token of each row.
+"""Bradley–Terry reward models (Ouyang et al. 2022, §3.5, https://arxiv.org/abs/2203.02155).
 
-The score head maps every position's final hidden state to a scalar; a sequence's reward is the
-score at its last attended position (for preference rows: the EOS after the response). The index
-comes from the attention mask, never from the pad token id, so a pad id that also occurs in the
-text (or any padding width) cannot move it.
+One loop in numbered sections; the optimisation plumbing (AdamW with linear warmup then a constant
+rate, resume, stop, the update guard, cadence and checkpoints) is `trainers.loop`'s. Chosen and
+rejected responses of a micro-batch go through the same forwards (one row per pair sharing its
+prompt, or 2B rows grouped by length); the reward of a response is the score head's output at its
+last token (`trainers.models.reward.rewards`, `shared_prompt_rewards`). Every checkpoint
+records the mean and std of the rewards over a fixed sample of training pairs, which PPO and GRPO
+use to normalise this model's scores.
 """
 
 from __future__ import annotations
 
-import copy
-import functools
+import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
-from peft import PeftModel
 from torch import Tensor, nn
-from transformers import (
-    AutoModelForSequenceClassification,
-    AutoTokenizer,
-    PreTrainedModel,
-    PreTrainedTokenizerBase,
+
+from trainers.data.batching import BatchOrder, bucket_overhead_tokens, split_micro_batches
+from trainers.data.preference import PreferenceBatch, TokenizedPair, collate_pairs, tokenize_split
+from trainers.loop import TrainingLoop, announce_model, seed_everything
+from trainers.models.checkpoint import load_trainer_state
+from trainers.models.loading import default_device, disable_dropout
+from trainers.models.lora import load_trainable_model
+from trainers.models.reward import (
+    load_reward_model,
+    reward_stats,
+    rewards,
+    shared_prompt_rewards,
+    shares_prompts,
+    stats_sample,
 )
+from trainers.ops.pairwise_losses import bradley_terry_loss
+from trainers.spec.callbacks import Callbacks
+from trainers.spec.config import RewardModelHyperparameters, RewardModelJob
+from trainers.spec.errors import UserError
+from trainers.spec.results import RunResult, TrainingData
 
-from trainers.batching import bucket_overhead_tokens, map_buckets
-from trainers.errors import ModelNotFoundError, UserError
-from trainers.lora import is_adapter_dir, load_merged
-from trainers.modeling import (
-    BUILTIN_PREFIX,
-    attention_mask_for,
-    ensure_pad_token,
-    load_policy,
-    packs_exactly,
-    require_hub_model,
-)
-from trainers.preference_data import SharedPromptRows, TokenizedPair, collate_pairs
-
-SCORE_HEAD_SEED = 1  # seed of the private generator that initialises a fresh score head
+# What `pair_losses_and_stats` stacks per pair; `summarize` turns their sums into the metrics.
+PAIR_STATS = ("loss", "accuracy", "margin", "reward_sum", "reward_square_sum")
+TRAIN_METRICS = ("train/loss", "train/accuracy", "train/margin", "train/reward_mean", "train/reward_std")
+EVAL_METRICS = tuple("eval/" + name.removeprefix("train/") for name in TRAIN_METRICS)
 
 
-def load_reward_model(
-    ref: str | Path, *, dtype: torch.dtype = torch.float32
-) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load a sequence-classification reward model (one output) and its tokenizer.
-
-    ``builtin:tiny-llama`` becomes a `LlamaForSequenceClassification` whose backbone holds the
-    built-in causal LM's weights; a local directory or hub id is loaded with
-    ``AutoModelForSequenceClassification.from_pretrained(ref, num_labels=1)`` (a saved reward
-    model loads as it is). A directory holding a LoRA adapter of a reward model (a LoRA job's
-    checkpoint) loads as its base, itself resolved by this function from the reference the
-    adapter names, with the adapter (and its trained score head) merged in. A score head that the
-    reference does not hold is drawn from N(0, initializer_range²) by a generator seeded with
-    `SCORE_HEAD_SEED`, so every load of the same reference gives the same weights.
+def train_reward_model(
+    job: RewardModelJob, data: TrainingData, callbacks: Callbacks, *, resume_from: str | Path | None = None
+) -> RunResult:
+    """Train a Bradley–Terry reward model on preference pairs.
 
     Args:
-        ref: ``builtin:<name>``, a directory written by ``save_pretrained``, or a hub id (read
-            from the local cache first).
-        dtype: floating-point type of the weights.
+        job: the reward-model job spec.
+        data: canonical preference rows (train, optional eval); a row's optional numeric
+            ``margin`` is the m of its loss term.
+        callbacks: metrics, checkpoints, events and cooperative stop.
+        resume_from: a checkpoint directory to continue from.
 
     Returns:
-        The model (CPU, eval mode, ``config.pad_token_id`` set) and its tokenizer, whose pad token
-        is distinct from EOS (added, with one more embedding row, when it was missing or EOS).
+        The run's status, the step reached and the last step's metrics.
 
     Raises:
-        ModelNotFoundError: the reference is unknown or cannot be loaded; the message names it.
+        UserError: bad data or spec; ModelNotFoundError for a model that cannot be loaded.
+        NumericalError: a non-finite loss or gradient norm, naming the step.
     """
-    ref = str(ref)
-    if ref.startswith(BUILTIN_PREFIX):
-        model, tokenizer = _builtin(ref)
-        model = model.to(dtype)
-    elif is_adapter_dir(ref):
-        return load_merged(ref, functools.partial(load_reward_model, dtype=dtype))  # the base got its pad token
-    else:
-        local = Path(ref).is_dir()
-        try:
-            model, tokenizer = _from_pretrained(ref, dtype=dtype, local_files_only=True)
-        except (OSError, ValueError, KeyError) as exc:
-            if local:
-                raise ModelNotFoundError(f"could not load model {ref!r}: {exc}") from exc
-            require_hub_model(ref)
-            try:
-                model, tokenizer = _from_pretrained(ref, dtype=dtype, local_files_only=False)
-            except (OSError, ValueError, KeyError) as exc2:
-                raise ModelNotFoundError(f"could not load model {ref!r}: {exc2}") from exc2
-    ensure_pad_token(model, tokenizer, ref=ref)
-    model.eval()
-    return model, tokenizer
+    hp = job.hyperparameters
+    device = default_device()
+    seed_everything(job.seed)  # before adapters are drawn; a resumed run restores its RNG states later
+    state = load_trainer_state(resume_from) if resume_from is not None else None
+
+    # 1. Model: the base model under a one-output score head (with fresh adapters for LoRA, which
+    #    keep the head trainable), or the checkpoint's model.
+    model, tokenizer = load_trainable_model(load_reward_model, job, resume_from, task="seq_cls")
+    if hp.disable_dropout:
+        disable_dropout(model)
+    model.to(device).train()
+    announce_model(callbacks, job.base_model, [model], device)
+
+    # 2. Data: tokenised once, with each pair's margin; the rows of step s are a pure function of
+    #    (seed, s). The reward statistics are taken on a fixed sample of training pairs.
+    train_pairs = tokenize_split(data.train, tokenizer, hp, "train", callbacks)
+    eval_pairs = tokenize_split(data.eval, tokenizer, hp, "eval", callbacks) if data.eval else []
+    if not train_pairs:
+        raise UserError("the training data has no rows")
+    train_margins = pair_margins(data.train, "train").to(device)  # (N,)
+    eval_margins = pair_margins(data.eval or [], "eval").to(device)  # (N_eval,)
+    order = BatchOrder(num_rows=len(train_pairs), batch_size=hp.batch_size, seed=job.seed)
+    stats_pairs = [train_pairs[i] for i in stats_sample(len(train_pairs), hp.reward_stats_rows, job.seed)]
+    pass_size = max(1, hp.batch_size // hp.gradient_accumulation_steps)  # pairs per gradient-free forward
+    # Forwards: pairs of similar length together, each pair's prompt computed once (`collate_pairs`).
+    layout = {"bucket_overhead_tokens": bucket_overhead_tokens(device.type),
+              "shared_prompt": shares_prompts(model, train_pairs + eval_pairs)}  # fmt: skip
+
+    def model_info() -> dict[str, Any]:
+        mean, std = reward_stats(model, stats_pairs, tokenizer.pad_token_id, batch_size=pass_size, device=device)
+        return {"kind": "reward_model", "adapter": job.lora is not None, "base_model": job.base_model,
+                "reward_mean": mean, "reward_std": std}  # fmt: skip
+
+    # 3. Optimiser, schedule, step and RNG (restored when resuming), cadence and checkpoints.
+    loop = TrainingLoop(
+        job, callbacks, model=model, tokenizer=tokenizer, state=state, model_info=model_info,
+        num_rows=len(train_pairs), steps_per_epoch=order.steps_per_epoch,
+    )  # fmt: skip
+    metrics: dict[str, float] = {}
+
+    while loop.step < loop.total_steps:
+        # 4. Cooperative stop, polled once per step: keep the progress, then return.
+        if loop.stop_requested():
+            return loop.stop(metrics)
+        step = loop.next_step()
+
+        # 5. Gradients: every micro-batch's summed loss is divided by the pairs in the whole
+        #    step, so the update is the mean over the step's pairs whatever the micro-batching.
+        indices = order.step_indices(step)
+        sums = torch.zeros(len(PAIR_STATS), device=device)  # (S,) per-pair statistics, summed
+        for micro in split_micro_batches(indices, hp.gradient_accumulation_steps):
+            batch = collate_pairs([train_pairs[i] for i in micro], tokenizer.pad_token_id, **layout).to(device)
+            losses, stats = pair_losses_and_stats(model, batch, train_margins[micro], hp)  # (b,), (S, b)
+            (losses.sum() / len(indices)).backward()
+            sums += stats.sum(dim=1)
+
+        # 6. Update: clip, refuse non-finite values, step the optimiser and the schedule.
+        metrics = loop.update(summarize(sums, len(indices)), TRAIN_METRICS)
+
+        # 7. Metrics: per step, over the step's pairs; evaluation every `eval_every` steps, at
+        #    checkpoints and at the end, reported with the train metrics of its step.
+        evaluated = bool(eval_pairs) and loop.eval_due()
+        if evaluated:
+            metrics |= evaluate(model, eval_pairs, eval_margins, tokenizer.pad_token_id, hp, pass_size, layout)
+        if evaluated or loop.log_due():
+            callbacks.on_metrics(step, metrics)
+
+        # 8. Checkpoint every `checkpoint_every` steps and at the end, with the reward statistics.
+        if loop.checkpoint_due():
+            loop.checkpoint(metrics)
+
+    return loop.finish(metrics)
 
 
-def rewards(
-    model: nn.Module, input_ids: Tensor, attention_mask: Tensor, buckets: Sequence[tuple[Tensor, int]] = ()
-) -> Tensor:
-    """Scalar reward of each row: the score head's output at the row's last attended position.
+def pair_losses_and_stats(
+    model: nn.Module, batch: PreferenceBatch, margins: Tensor, hp: RewardModelHyperparameters
+) -> tuple[Tensor, Tensor]:
+    """Bradley–Terry losses of a batch of pairs, and the per-pair statistics behind the metrics.
 
-    ``r_n = score(h_{n, t_n})`` with ``t_n = max{t : attention_mask[n, t] = 1}``.
+    ``loss = −log σ(r_c − r_r − m) + η·(r_c + r_r)²`` per pair (`bradley_terry_loss`); chosen and
+    rejected responses go through the same forwards.
 
     Args:
-        model: a reward model from `load_reward_model`, possibly wrapped by peft.
-        input_ids: (N, T) token ids, padded on either side.
-        attention_mask: (N, T) 1 on real tokens, 0 on padding; every row has a real token.
-        buckets: ``(row indices, width)`` groups of right-padded rows run as separate forwards cut
-            to their width (`trainers.batching.map_buckets`); empty for one forward over all rows.
+        model: the reward model being trained.
+        batch: B pairs as 2B rows, chosen first.
+        margins: (B,) each pair's margin m (0 where the row has none).
+        hp: supplies the centring coefficient η.
 
     Returns:
-        (N,) float32 rewards, differentiable w.r.t. the model's parameters.
+        losses: (B,) differentiable loss per pair.
+        stats: (S, B) detached statistics in `PAIR_STATS` order: loss, ``r_c > r_r``,
+            ``r_c − r_r``, ``r_c + r_r``, ``r_c² + r_r²``.
     """
-    backbone, head = backbone_and_head(model)
+    b = batch.num_pairs
+    if batch.shared:  # one row per pair, the prompt computed once
+        r = shared_prompt_rewards(model, batch.shared, 2 * b)  # (2B,)
+    else:  # chosen and rejected rows, those of similar length in one forward
+        r = rewards(model, batch.input_ids, batch.attention_mask, batch.buckets)  # (2B,)
+    chosen, rejected = r[:b], r[b:]  # (B,) each
+    losses = bradley_terry_loss(chosen, rejected, margins, hp.center_rewards_coefficient)  # (B,)
+    chosen, rejected = chosen.detach(), rejected.detach()
+    stats = torch.stack(
+        [
+            losses.detach(),
+            (chosen > rejected).float(),
+            chosen - rejected,
+            chosen + rejected,
+            chosen**2 + rejected**2,
+        ]
+    )  # (S, B)
+    return losses, stats
 
-    def scores_at_last_token(ids: Tensor, mask: Tensor) -> Tensor:
-        hidden = backbone(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state  # (n, T, H)
-        last = last_token_index(mask)  # (n,)
-        hidden = hidden.gather(1, last[:, None, None].expand(-1, 1, hidden.shape[-1])).squeeze(1)  # (n, H)
-        return head(hidden).squeeze(-1).float()  # (n,) the head only where it is read
 
-    return map_buckets(scores_at_last_token, buckets, input_ids, attention_mask)
+def summarize(sums: Tensor, num_pairs: int) -> Tensor:
+    """Metric values from per-pair statistics summed over `num_pairs` pairs (no host sync).
 
-
-def shared_prompt_rewards(model: nn.Module, groups: Sequence[SharedPromptRows], num_rows: int) -> Tensor:
-    """`rewards` of a preference batch's 2B rows, computed on its shared-prompt rows.
-
-    Each pair is one row ``prompt ⊕ chosen ⊕ rejected`` under a 4D mask (`SharedPromptRows`): the
-    chosen reward is read at the chosen response's last token, the rejected one at the row's last
-    real token, each seeing exactly what it sees in its own row.
+    Loss, accuracy and margin are means over the pairs; the reward mean and (population) std are
+    over the 2·`num_pairs` rewards: ``mean = Σ(r_c + r_r) / 2n``, ``std = sqrt(Σ(r_c² + r_r²) / 2n − mean²)``.
 
     Args:
-        model: a reward model the packed rows are exact for (`shares_prompts`).
-        groups: the batch's `PreferenceBatch.shared` groups.
-        num_rows: 2B.
+        sums: (S,) `PAIR_STATS` summed over the pairs.
+        num_pairs: n, the pairs summed.
 
     Returns:
-        (2B,) float32 rewards, chosen rows first, differentiable.
+        (5,) values in `TRAIN_METRICS` order.
     """
-    backbone, head = backbone_and_head(model)
-    out = None
-    for group in groups:
-        mask = attention_mask_for(model, group.attention_mask)
-        hidden = backbone(input_ids=group.input_ids, attention_mask=mask, position_ids=group.position_ids,
-                          use_cache=False).last_hidden_state  # (b, W, H)  # fmt: skip
-        scores = head(hidden.reshape(-1, hidden.shape[-1])[group.ends]).squeeze(-1).float()  # (2b,)
-        part = torch.zeros(num_rows, dtype=scores.dtype, device=scores.device).index_add(0, group.end_rows, scores)
-        out = part if out is None else out + part
-    return out
-
-
-def shares_prompts(model: nn.Module, pairs: Sequence[TokenizedPair]) -> bool:
-    """Whether `shared_prompt_rewards` gives `model`'s own rewards on `pairs`.
-
-    The packed rows' 4D mask states full causal attention, which a sliding-window model applies
-    only to sequences no longer than its window (`trainers.modeling.packs_exactly`); longer pairs
-    run as two rows each, under the model's own mask.
-
-    Args:
-        model: the reward model.
-        pairs: every pair it will read (training and evaluation).
-    """
-    longest = max((len(p.prompt_ids) + max(len(p.chosen_ids), len(p.rejected_ids)) for p in pairs), default=0)
-    return packs_exactly(model, longest)
-
-
-def last_token_index(attention_mask: Tensor) -> Tensor:
-    """Position of each row's last real token: ``max{t : attention_mask[n, t] = 1}``.
-
-    Args:
-        attention_mask: (N, T) 1 on real tokens, 0 on padding.
-
-    Returns:
-        (N,) long indices (0 for a row without any real token).
-    """
-    positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)  # (T,)
-    return (positions * attention_mask.long()).argmax(dim=1)  # (N,)
-
-
-def stats_sample(num_pairs: int, size: int, seed: int) -> list[int]:
-    """A fixed sample of pair indices for the reward statistics: the same for every checkpoint.
-
-    Args:
-        num_pairs: training pairs available.
-        size: most pairs to take.
-        seed: seed of the private generator.
-
-    Returns:
-        ``min(size, num_pairs)`` distinct indices, ascending.
-    """
-    generator = torch.Generator().manual_seed(seed)
-    return sorted(torch.randperm(num_pairs, generator=generator)[:size].tolist())
+    means = sums / num_pairs  # (S,)
+    reward_mean = means[3] / 2
+    reward_std = (means[4] / 2 - reward_mean**2).clamp(min=0).sqrt()
+    return torch.stack([means[0], means[1], means[2], reward_mean, reward_std])  # (5,)
 
 
 @torch.no_grad()
-def reward_stats(
-    model: nn.Module, pairs: Sequence[TokenizedPair], pad_token_id: int, *, batch_size: int, device: torch.device
-) -> tuple[float, float]:
-    """Mean and standard deviation of the rewards of both responses of every pair, in eval mode.
-
-    ``mean = (1/2n)·Σ (r_c + r_r)``, ``std = sqrt((1/2n)·Σ (r_c² + r_r²) − mean²)`` (population
-    std over the 2n rewards). PPO and GRPO normalise this model's rewards with them.
+def evaluate(
+    model: nn.Module,
+    pairs: list[TokenizedPair],
+    margins: Tensor,
+    pad_token_id: int,
+    hp: RewardModelHyperparameters,
+    batch_size: int,
+    layout: dict | None = None,
+) -> dict[str, float]:
+    """Bradley–Terry statistics over evaluation pairs, as ``eval/<name>`` metrics.
 
     Args:
-        model: the reward model (restored to its previous train/eval mode afterwards).
-        pairs: the tokenised pairs to score.
+        model: the reward model (put in eval mode for the duration).
+        pairs: tokenised evaluation pairs.
+        margins: (N,) their margins, on the model's device.
         pad_token_id: padding id.
+        hp: supplies the centring coefficient.
         batch_size: pairs per forward.
-        device: where the model is.
+        layout: `collate_pairs`' keyword arguments (length groups, shared prompts).
 
     Returns:
-        ``(mean, std)`` as Python floats.
+        ``{"eval/loss", "eval/accuracy", "eval/margin", "eval/reward_mean", "eval/reward_std"}``.
     """
     was_training = model.training
     model.eval()
-    overhead = bucket_overhead_tokens(device.type)
-    scored = []
+    sums = torch.zeros(len(PAIR_STATS), device=margins.device)  # (S,)
     for start in range(0, len(pairs), batch_size):
-        batch = collate_pairs(pairs[start : start + batch_size], pad_token_id, bucket_overhead_tokens=overhead)
-        batch = batch.to(device)
-        scored.append(rewards(model, batch.input_ids, batch.attention_mask, batch.buckets))  # (2b,)
+        batch = collate_pairs(pairs[start : start + batch_size], pad_token_id, **(layout or {})).to(margins.device)
+        _, stats = pair_losses_and_stats(model, batch, margins[start : start + batch_size], hp)  # (S, b)
+        sums += stats.sum(dim=1)
     model.train(was_training)
-    all_rewards = torch.cat(scored).double()  # (2n,)
-    return all_rewards.mean().item(), all_rewards.std(correction=0).item()
+    return dict(zip(EVAL_METRICS, summarize(sums, len(pairs)).tolist(), strict=True))
 
 
-def backbone_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module]:
-    """The transformer body and the `score` head of a (possibly peft-wrapped) reward model."""
-    inner = model.get_base_model() if isinstance(model, PeftModel) else model
-    head = getattr(inner, "score", None)
-    if not isinstance(head, nn.Module):
-        raise UserError(
-            f"{type(inner).__name__} has no 'score' head; reward models need a decoder with a "
-            "sequence-classification head (e.g. LlamaForSequenceClassification)",
-            param="base_model",
-        )
-    return inner.base_model, head  # peft's copy of the head is used through its wrapper
+def pair_margins(rows: Sequence[dict[str, Any]], split: str) -> Tensor:
+    """The optional numeric ``margin`` of each row (Touvron et al. 2023, §3.2.2); 0 when absent.
 
+    Args:
+        rows: canonical preference rows.
+        split: name of the rows in error messages.
 
-def _builtin(ref: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """The built-in causal LM's backbone under a freshly, deterministically initialised score head."""
-    causal, tokenizer = load_policy(ref)  # names the known builtin models when `ref` is not one
-    config = copy.deepcopy(causal.config)
-    config.num_labels = 1
-    with torch.random.fork_rng(devices=[]):  # construction runs the library's own random init
-        model = AutoModelForSequenceClassification.from_config(config)
-    model.base_model.load_state_dict(causal.base_model.state_dict())
-    _init_score_head(model)
-    return model, tokenizer
+    Returns:
+        (N,) float32 margins.
 
-
-def _from_pretrained(
-    ref: str, *, dtype: torch.dtype, local_files_only: bool
-) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    tokenizer = AutoTokenizer.from_pretrained(ref, local_files_only=local_files_only)
-    with torch.random.fork_rng(devices=[]):  # a missing head gets the library's random init first
-        model, info = AutoModelForSequenceClassification.from_pretrained(
-            ref, num_labels=1, dtype=dtype, local_files_only=local_files_only, output_loading_info=True
-        )
-    if any(key.startswith("score.") for key in info["missing_keys"]):
-        _init_score_head(model)
-    return model, tokenizer
-
-
-def _init_score_head(model: PreTrainedModel) -> None:
-    """Draw the score head from N(0, initializer_range²) with a private seeded generator."""
-    std = getattr(model.config, "initializer_range", 0.02)
-    generator = torch.Generator().manual_seed(SCORE_HEAD_SEED)
-    with torch.no_grad():
-        for param in model.score.parameters():
-            if param.dim() >= 2:
-                param.copy_(torch.randn(param.shape, generator=generator) * std)
-            else:
-                param.zero_()
+    Raises:
+        UserError: a margin is not a finite number; the message names the row.
+    """
+    margins = []
+    for i, row in enumerate(rows):
+        value = row.get("margin")
+        if value is None:
+            value = 0.0
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise UserError(f"{split} row {i}: 'margin' must be a finite number, got {value!r}")
+        margins.append(float(value))
+    return torch.tensor(margins, dtype=torch.float32)

@@ -20,7 +20,7 @@ from core.lifecycle import Lease, LeaseLost, hold, leased_status
 from core.model_refs import MODEL_SUBDIR
 from core.models import Checkpoint, JobEvent, JobStatus, Metric, new_id, utcnow
 from core.notify import publish
-from trainers.callbacks import Callbacks
+from trainers.spec.callbacks import Callbacks
 
 T = TypeVar("T")
 FLUSH_SECONDS = 1.0

@@ -18,7 +18,7 @@ from core.model_refs import ModelRefError, checkpoint_model_dir, resolve_model_r
 from core.models import Checkpoint, DatasetRow, Job, JobStatus
 from core.notify import publish
 from core.settings import Settings, get_settings
-from trainers.rewards_spec import model_checkpoints, reward_spec_adapter
+from trainers.spec.rewards import model_checkpoints, reward_spec_adapter
 from worker.reporting import JobReporter
 
 log = logging.getLogger("worker.runner")
@@ -62,8 +62,8 @@ def train(settings: Settings, lease: Lease) -> None:
     from pydantic import TypeAdapter
 
     import trainers
-    from trainers.config import JobConfig
-    from trainers.errors import ModelNotFoundError, NumericalError, UserError
+    from trainers.spec.config import JobConfig
+    from trainers.spec.errors import ModelNotFoundError, NumericalError, UserError
 
     url, job_id = settings.database_url, lease.job_id
     if settings.torch_threads:

@@ -23,8 +23,8 @@ from core.models import TERMINAL_STATUSES, Dataset, Job, JobStatus
 from core.notify import publish
 from core.queue import enqueue_job, mark_enqueued, withdraw_job
 from core.settings import Settings
-from trainers.config import JobConfig
-from trainers.rewards_spec import reward_spec_adapter
+from trainers.spec.config import JobConfig
+from trainers.spec.rewards import reward_spec_adapter
 
 log = logging.getLogger(__name__)
 

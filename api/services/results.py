@@ -13,8 +13,8 @@ from core.artifacts import ArtifactStore, iter_tar, tar_digest
 from core.model_refs import MODEL_SUBDIR
 from core.models import Checkpoint, Job, JobEvent, Metric
 from core.settings import Settings
-from trainers.errors import UserError
-from trainers.score_items import score_rows
+from trainers.spec.errors import UserError
+from trainers.spec.score_items import score_rows
 
 
 def metrics_page(*, session: Session, job: Job, limit: int, after: str | None) -> tuple[list[Metric], bool]:

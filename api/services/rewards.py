@@ -9,12 +9,12 @@ from sqlalchemy.orm import Session
 
 from api.errors import InvalidRequest
 from core.models import Checkpoint, Job
-from trainers.graders import evaluate
-from trainers.rewards_spec import RewardSpec, validate_reward_spec
+from trainers.spec.graders import evaluate
+from trainers.spec.rewards import RewardSpec, validate_reward_spec
 
 DRY_RUN_TIMEOUT_S = 30.0
 """Longest a dry run may grade: graders not done by then are reported as not graded. Each call within
-it is also bounded by `trainers.graders.GRADER_TIMEOUT_S`, as in training."""
+it is also bounded by `trainers.spec.graders.GRADER_TIMEOUT_S`, as in training."""
 
 
 def check_spec(reward: RewardSpec, registry: Mapping[str, Any]) -> None:

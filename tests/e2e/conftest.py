@@ -2,8 +2,8 @@
 
 import pytest
 
-from e2e_support import SHORT_LEASE, deployment
-from support import BACKENDS
+from tests.e2e.e2e_support import SHORT_LEASE, deployment
+from tests.support import BACKENDS
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,7 @@
 import os
 import sys
 
-from trainers.reward_functions import reward_function
+from trainers.spec.reward_functions import reward_function
 
 LAST_WORDS = "crashing_reward: the grader's native library aborted"
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from support import embedded_settings, jsonl, new_project_key, parse_sse, postgres_deployments
-from trainers.synthetic import uppercase_preference_rows
+from tests.support import embedded_settings, jsonl, new_project_key, parse_sse, postgres_deployments
+from trainers.data.synthetic import uppercase_preference_rows
 
 DEADLINE = 240  # seconds for any one job to finish on a 2-core machine
 ROOT = Path(__file__).resolve().parents[2]

@@ -10,7 +10,7 @@ import pytest
 
 from core.migrate import upgrade
 from core.settings import Settings
-from e2e_support import Deployment, PrivatePostgres, PrivateRedis, create_dataset, wait_for
+from tests.e2e.e2e_support import Deployment, PrivatePostgres, PrivateRedis, create_dataset, wait_for
 
 pytestmark = pytest.mark.e2e
 

@@ -15,7 +15,7 @@ from sqlalchemy import select
 
 from core.db import session_scope
 from core.models import Job
-from e2e_support import SHORT_LEASE, Deployment, PrivateRedis, create_dataset, wait_for, wait_for_log
+from tests.e2e.e2e_support import SHORT_LEASE, Deployment, PrivateRedis, create_dataset, wait_for, wait_for_log
 
 pytestmark = pytest.mark.e2e
 STEPS, EVERY = 40, 20

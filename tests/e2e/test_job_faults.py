@@ -3,7 +3,7 @@ on a new worker), and a loss that turns NaN (the job fails naming the step)."""
 
 import pytest
 
-from e2e_support import create_dataset, deployment, wait_for
+from tests.e2e.e2e_support import create_dataset, deployment, wait_for
 
 pytestmark = pytest.mark.e2e
 STEPS, EVERY = 400, 100
@@ -48,7 +48,7 @@ def test_a_nan_loss_fails_the_job_naming_the_step(embedded_dep):
     """A poisoned base model (one NaN weight) under the models root makes the first loss NaN."""
     import torch
 
-    from trainers.tiny import build_tiny_llama
+    from trainers.models.tiny import build_tiny_llama
 
     model, tokenizer = build_tiny_llama()
     with torch.no_grad():

@@ -7,7 +7,7 @@ import signal
 
 import pytest
 
-from e2e_support import create_dataset, wait_for, wait_for_log
+from tests.e2e.e2e_support import create_dataset, wait_for, wait_for_log
 
 pytestmark = pytest.mark.e2e
 STEPS, EVERY = 400, 100

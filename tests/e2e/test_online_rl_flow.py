@@ -5,8 +5,8 @@ GRPO happens inside the training process."""
 
 import pytest
 
-from e2e_support import stream_until_done
-from support import jsonl
+from tests.e2e.e2e_support import stream_until_done
+from tests.support import jsonl
 
 pytestmark = pytest.mark.e2e
 PROMPTS = [{"prompt": p, "letter": "e"} for p in ["Hello", "Say something", "Write", "Go", "Tell me", "Once",
@@ -74,7 +74,7 @@ def test_ppo_with_a_string_check_grader_raises_the_reward(embedded_service):
 
 def test_ppo_rewarded_by_a_reward_model_job_runs_end_to_end(embedded_service):
     service = embedded_service
-    from trainers.synthetic import uppercase_preference_rows
+    from trainers.data.synthetic import uppercase_preference_rows
 
     pairs = service.post("/v1/datasets", data={"kind": "preference"},
                          files={"file": ("pairs.jsonl", jsonl(uppercase_preference_rows(64, seed=3)))}).json()["id"]

@@ -6,8 +6,8 @@ import tarfile
 
 import pytest
 
-from e2e_support import create_dataset, stream_until_done
-from trainers.synthetic import uppercase_preference_rows
+from tests.e2e.e2e_support import create_dataset, stream_until_done
+from trainers.data.synthetic import uppercase_preference_rows
 
 pytestmark = pytest.mark.e2e
 

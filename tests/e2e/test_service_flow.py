@@ -11,7 +11,7 @@ import tarfile
 
 import pytest
 
-from e2e_support import create_dataset, stream_until_done, wait_for
+from tests.e2e.e2e_support import create_dataset, stream_until_done, wait_for
 
 pytestmark = pytest.mark.e2e
 HYPERPARAMETERS = {"learning_rate": 3e-3, "max_steps": 30, "batch_size": 8, "checkpoint_every": 10}

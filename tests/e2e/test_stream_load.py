@@ -15,8 +15,8 @@ from core.db import session_scope
 from core.lifecycle import claim_job, transition
 from core.models import JobEvent, JobStatus, Metric
 from core.notify import publish
-from e2e_support import Deployment
-from support import PG_ADMIN_URL, jsonl, parse_sse, preference_rows
+from tests.e2e.e2e_support import Deployment
+from tests.support import PG_ADMIN_URL, jsonl, parse_sse, preference_rows
 from worker.reporting import JobReporter
 
 pytestmark = pytest.mark.e2e

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from crashing_reward import LAST_WORDS
-from e2e_support import create_dataset, deployment, wait_for
-from support import jsonl
+from tests.e2e.crashing_reward import LAST_WORDS
+from tests.e2e.e2e_support import create_dataset, deployment, wait_for
+from tests.support import jsonl
 
 pytestmark = pytest.mark.e2e
 HERE = Path(__file__).parent

@@ -1,0 +1,78 @@
+"""docker-compose.yml agrees with the code: settings it sets exist, commands exist, order is safe.
+
+No Docker engine runs in CI, so the file is checked as data.
+"""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from core.cli import main as cli_main
+from core.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[3]
+COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+SERVICES = COMPOSE["services"]
+APP_SERVICES = ["migrate", "api", "worker"]
+
+
+def test_services_present():
+    assert set(SERVICES) == {"postgres", "redis", "migrate", "api", "worker"}
+
+
+@pytest.mark.parametrize("name", APP_SERVICES)
+def test_environment_names_real_settings(name):
+    env = SERVICES[name]["environment"]
+    fields = {f.upper() for f in Settings.model_fields}
+    assert set(env) <= fields, set(env) - fields
+    settings = Settings(**{k.lower(): v for k, v in env.items()})
+    assert settings.database_url.startswith("postgresql+psycopg://")
+    assert settings.celery_broker_url.startswith("redis://redis:")
+    pg = SERVICES["postgres"]["environment"]
+    assert f"{pg['POSTGRES_USER']}:{pg['POSTGRES_PASSWORD']}@postgres:5432/{pg['POSTGRES_DB']}" in settings.database_url
+
+
+@pytest.mark.parametrize("name", APP_SERVICES)
+def test_commands_parse_with_the_real_cli(name, monkeypatch):
+    command = SERVICES[name]["command"]
+    assert command[0] == "rlhf-service"
+    seen = {}
+    monkeypatch.setattr("core.cli.migrate", lambda: seen.setdefault("migrate", True))
+    monkeypatch.setattr("core.cli.os.execv", lambda path, argv: seen.setdefault("exec", argv))
+    assert cli_main(command[1:]) == 0
+    if name == "migrate":
+        assert seen == {"migrate": True}
+    elif name == "api":
+        assert seen["exec"][-4:] == ["--host", "0.0.0.0", "--port", "8000"]
+    else:
+        assert seen["exec"][seen["exec"].index("--queues") + 1] == SERVICES[name]["environment"]["TRAINING_QUEUE"]
+
+
+def test_start_order_and_health():
+    for name in ("postgres", "redis", "api", "worker"):
+        assert "healthcheck" in SERVICES[name], name
+    assert SERVICES["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
+    for name in ("api", "worker"):
+        deps = SERVICES[name]["depends_on"]
+        assert deps["migrate"]["condition"] == "service_completed_successfully"
+        assert deps["redis"]["condition"] == "service_healthy"
+    assert "8000:8000" in SERVICES["api"]["ports"]
+
+
+def test_worker_reserves_a_gpu_and_shares_artifacts_with_the_api():
+    devices = SERVICES["worker"]["deploy"]["resources"]["reservations"]["devices"]
+    assert devices[0]["capabilities"] == ["gpu"]
+    artifacts = SERVICES["api"]["environment"]["ARTIFACTS_DIR"]
+    for name in ("api", "worker"):
+        assert any(v.endswith(f":{artifacts}") for v in SERVICES[name]["volumes"]), name
+
+
+def test_image_is_built_from_the_repository_dockerfile():
+    for name in APP_SERVICES:
+        assert SERVICES[name]["build"] == "." and SERVICES[name]["image"] == "rlhf-service:latest"
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    for package in ("api", "core", "trainers", "worker", "migrations"):
+        assert f"COPY {package} ./{package}" in dockerfile
+    assert 'pip install "torch==${TORCH_VERSION}"' in dockerfile
+    assert dockerfile.index("torch==") < dockerfile.index("pip install .")

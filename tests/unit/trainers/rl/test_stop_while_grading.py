@@ -1,0 +1,57 @@
+"""A cancel that arrives while PPO or GRPO grades a rollout stops the run before it trains on that rollout."""
+
+import time
+
+import pytest
+
+import trainers
+from tests.unit.trainers.trainer_fixtures import RecordingCallbacks
+from trainers import GRPOJob, PPOJob, TrainingData
+from trainers.spec.reward_functions import reward_function
+
+PROMPTS = [{"prompt": p} for p in ["Hello", "Say something", "Write", "Go", "Tell me", "Once", "Why", "Hi there"]]
+SLOW = {"type": "function", "name": "slow", "function": "test.slow_grader"}
+CALLS: list[str] = []
+GRADING_S = 0.6  # per completion: longer than the trainers' stop polling interval while grading
+
+
+@reward_function("test.slow_grader")
+def slow_grader(completion, item):
+    CALLS.append(completion)
+    time.sleep(GRADING_S)
+    return 1.0
+
+
+class CancelWhileGrading(RecordingCallbacks):
+    """Asks to stop once the slow grader has graded one completion."""
+
+    def should_stop(self) -> bool:
+        self.polls += 1
+        return len(CALLS) >= 1
+
+
+JOBS = {
+    "grpo": lambda: GRPOJob(
+        base_model="builtin:tiny-llama", reward=SLOW, reward_function_modules=[__name__],
+        hyperparameters={"rollout_batch_size": 2, "num_generations": 4, "batch_size": 8, "max_new_tokens": 4,
+                         "max_prompt_length": 16, "max_length": 64, "max_steps": 2, "checkpoint_every": 1}),
+    "ppo": lambda: PPOJob(
+        base_model="builtin:tiny-llama", reward=SLOW, reward_function_modules=[__name__],
+        hyperparameters={"rollout_batch_size": 4, "batch_size": 4, "ppo_epochs": 1, "max_new_tokens": 4,
+                         "max_prompt_length": 16, "max_length": 64, "max_steps": 2, "checkpoint_every": 1}),
+}  # fmt: skip
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("algorithm", sorted(JOBS))
+def test_a_cancel_during_grading_stops_the_run_within_the_rollout(algorithm):
+    CALLS.clear()
+    callbacks = CancelWhileGrading()
+    result = trainers.run(JOBS[algorithm](), TrainingData(train=PROMPTS), callbacks)
+    assert (result.status, result.step) == ("stopped", 0)
+    assert len(CALLS) == 1  # the rollout's other completions were never graded
+    assert callbacks.metrics == {} and callbacks.checkpoints == {}  # nothing trained, nothing to save
+    assert ("info", "stopped at step 0") in callbacks.events
+    from trainers.spec.graders import STOP_POLL_S
+
+    assert STOP_POLL_S < GRADING_S  # what makes the trainer poll after every completion it grades

@@ -1,0 +1,25 @@
+"""What the training fork server preloads must be safe to fork: imports only, nothing running."""
+
+import json
+import subprocess
+import sys
+
+PROBE = """
+import importlib, json, threading
+from worker.launcher import PRELOAD
+for name in PRELOAD:
+    importlib.import_module(name)
+import core.db, torch
+print(json.dumps({"threads": threading.active_count(), "engines": len(core.db._engines),
+                  "cuda": torch.cuda.is_initialized(), "modules": sorted(PRELOAD)}))
+"""
+
+
+def test_the_preloaded_training_stack_starts_no_thread_engine_or_cuda():
+    out = subprocess.run([sys.executable, "-c", PROBE], check=True, capture_output=True, text=True)
+    state = json.loads(out.stdout.splitlines()[-1])
+    # A thread or a database connection in the server would be copied, half-alive, into every
+    # child; an initialised CUDA context cannot be used after a fork at all.
+    assert state["threads"] == 1 and state["engines"] == 0 and state["cuda"] is False
+    assert {"torch", "trainers.dpo", "trainers.grpo", "trainers.ppo", "trainers.models.reward",
+            "worker.runner"} <= set(state["modules"])

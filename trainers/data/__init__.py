@@ -1,0 +1,1 @@
+"""Dataset rows to token batches: preference pairs, prompts, length grouping, synthetic rows."""

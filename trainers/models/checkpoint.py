@@ -1,0 +1,227 @@
+"""Checkpoints: a Hugging Face model directory plus the trainer state that resuming needs.
+
+Layout written by `save_checkpoint(directory, ...)`:
+    directory/model/                    save_pretrained of model and tokenizer (safetensors, config,
+                                        tokenizer files); for LoRA, peft's adapter_config.json and
+                                        adapter_model.safetensors instead of the full weights
+    directory/model/rlhf_service.json   what the model is (`model_info`): kind, adapter, base model, ...
+    directory/trainer_state.pt          optimizer, scheduler, step, RNG states, data position, job spec
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import torch
+from peft import PeftModel
+from torch import nn
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from trainers.spec.callbacks import Callbacks
+from trainers.spec.errors import UserError
+
+MODEL_DIR = "model"
+STATE_FILE = "trainer_state.pt"
+MODEL_INFO_FILE = "rlhf_service.json"
+STATE_VERSION = 1
+
+PROBE_TEXT = "rlhf-service checkpoint probe"
+PROBE_VOCAB = 32  # logits of the first PROBE_VOCAB vocabulary entries are reported
+
+
+def save_checkpoint(
+    directory: str | Path,
+    *,
+    model: PreTrainedModel | PeftModel,
+    tokenizer: PreTrainedTokenizerBase,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    step: int,
+    data_position: dict[str, int],
+    job: dict[str, Any],
+    model_info: dict[str, Any],
+) -> None:
+    """Write model, tokenizer, model info and trainer state into `directory` (created if missing).
+
+    Args:
+        directory: where to write; `model/` and `trainer_state.pt` are created inside.
+        model: the model being trained; a peft model writes only its adapter, whose config then
+            names ``model_info["base_model"]`` as its base.
+        tokenizer: its tokenizer.
+        optimizer: the optimizer, whose moments resuming needs.
+        scheduler: the learning-rate schedule.
+        step: optimizer steps done.
+        data_position: where in the data order training stands (e.g. ``{"steps_done": step}``).
+        job: the job spec as a plain dict, to detect a resume with a different spec.
+        model_info: what the model is, written to ``model/rlhf_service.json`` (see `offer_checkpoint`).
+    """
+    directory = Path(directory)
+    model_dir = directory / MODEL_DIR
+    model_dir.mkdir(parents=True, exist_ok=True)
+    if isinstance(model, PeftModel):
+        # The adapter names the reference it was trained on, so peft and `load_policy` find the
+        # base. Embeddings are never saved with it: loading the base reproduces them, pad row and
+        # all, and peft's "auto" check would otherwise ask the hub about the base's config.
+        for adapter_config in model.peft_config.values():
+            adapter_config.base_model_name_or_path = model_info["base_model"]
+        model.save_pretrained(model_dir, safe_serialization=True, save_embedding_layers=False)
+    else:
+        model.save_pretrained(model_dir, safe_serialization=True)
+    tokenizer.save_pretrained(model_dir)
+    write_model_info(model_dir, model_info)
+    state = {
+        "version": STATE_VERSION,
+        "step": step,
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "rng": capture_rng(),
+        "data_position": data_position,
+        "job": job,
+    }
+    torch.save(state, directory / STATE_FILE)
+
+
+def offer_checkpoint(
+    callbacks: Callbacks,
+    step: int,
+    *,
+    model: PreTrainedModel | PeftModel,
+    tokenizer: PreTrainedTokenizerBase,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    metrics: dict[str, float],
+    data_position: dict[str, int],
+    job: dict[str, Any],
+    model_info: dict[str, Any],
+) -> None:
+    """Hand a checkpoint of the current state to `callbacks.on_checkpoint`.
+
+    The `save` function given to the callback writes the state as it is during the call; call
+    it before returning.
+
+    Args:
+        callbacks: receives ``(step, save, info)``.
+        step: optimizer steps done.
+        model: the model being trained (a peft model for LoRA).
+        tokenizer: its tokenizer.
+        optimizer: the optimizer.
+        scheduler: the learning-rate schedule.
+        metrics: the latest metrics, passed on in ``info["metrics"]``.
+        data_position: where in the data order training stands.
+        job: the job spec as a plain dict.
+        model_info: what the checkpoint's model is, passed on in ``info["model"]`` and written as
+            ``model/rlhf_service.json`` so a downloaded checkpoint describes itself. JSON-ready;
+            at least ``{"kind": "causal_lm" | "reward_model", "adapter": bool, "base_model": str}``
+            (reward models add ``reward_mean`` and ``reward_std``).
+    """
+
+    def save(directory: Path) -> None:
+        save_checkpoint(
+            directory,
+            model=model,
+            tokenizer=tokenizer,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            step=step,
+            data_position=data_position,
+            job=job,
+            model_info=model_info,
+        )
+
+    info = {
+        "metrics": dict(metrics),
+        "probe": {"text": PROBE_TEXT, "logits": probe_logits(model, tokenizer)},
+        "model": dict(model_info),
+    }
+    callbacks.on_checkpoint(step, save, info)
+
+
+def write_model_info(model_dir: str | Path, model_info: dict[str, Any]) -> None:
+    """Write `model_info` as ``model_dir/rlhf_service.json``.
+
+    Args:
+        model_dir: a ``save_pretrained`` directory.
+        model_info: JSON-ready description of the model (see `offer_checkpoint`).
+    """
+    (Path(model_dir) / MODEL_INFO_FILE).write_text(json.dumps(model_info, indent=2) + "\n", encoding="utf-8")
+
+
+def read_model_info(model_dir: str | Path) -> dict[str, Any] | None:
+    """The ``rlhf_service.json`` of a model directory, or None where there is none.
+
+    Args:
+        model_dir: a ``save_pretrained`` directory.
+
+    Returns:
+        The model info written by `write_model_info`, or None for a directory from elsewhere.
+    """
+    path = Path(model_dir) / MODEL_INFO_FILE
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def load_trainer_state(directory: str | Path) -> dict[str, Any]:
+    """Read `trainer_state.pt` of a checkpoint directory (tensors loaded on the CPU).
+
+    Args:
+        directory: a directory written by `save_checkpoint`.
+
+    Returns:
+        The state dict with keys ``version, step, optimizer, scheduler, rng, data_position, job``.
+
+    Raises:
+        UserError: the directory is not a complete checkpoint.
+    """
+    directory = Path(directory)
+    path = directory / STATE_FILE
+    if not path.is_file() or not (directory / MODEL_DIR).is_dir():
+        raise UserError(f"{directory} is not a checkpoint: expected {MODEL_DIR}/ and {STATE_FILE}", param="resume_from")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if state.get("version") != STATE_VERSION:
+        raise UserError(f"{path} has unsupported version {state.get('version')!r}", param="resume_from")
+    return state
+
+
+def capture_rng() -> dict[str, Any]:
+    """The Python and torch (CPU and CUDA) RNG states."""
+    return {
+        "python": random.getstate(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def restore_rng(rng: dict[str, Any]) -> None:
+    """Restore the RNG states captured by `capture_rng`."""
+    random.setstate(rng["python"])
+    torch.set_rng_state(rng["torch"])
+    if rng["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+
+
+@torch.no_grad()
+def probe_logits(model: nn.Module, tokenizer: PreTrainedTokenizerBase) -> list[float]:
+    """The model's logits on the tokenised `PROBE_TEXT`: a fingerprint of its weights.
+
+    A causal LM reports the last position's logits, first `PROBE_VOCAB` entries; a
+    sequence-classification model (logits of shape (1, num_labels)) reports
+    ``logits[0, :PROBE_VOCAB]``. Computed in eval mode (no dropout), so a reloaded checkpoint
+    reproduces them.
+
+    Args:
+        model: a causal LM or a sequence-classification model, possibly wrapped by peft.
+        tokenizer: its tokenizer.
+
+    Returns:
+        At most `PROBE_VOCAB` float32 logits as Python floats.
+    """
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    input_ids = tokenizer(PROBE_TEXT, return_tensors="pt")["input_ids"].to(device)  # (1, T)
+    logits = model(input_ids=input_ids, use_cache=False).logits  # (1, T, V) or (1, num_labels)
+    model.train(was_training)
+    last = logits[0, -1] if logits.dim() == 3 else logits[0]  # (V,) or (num_labels,)
+    return last[:PROBE_VOCAB].float().cpu().tolist()

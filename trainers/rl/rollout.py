@@ -1,0 +1,419 @@
+"""Sampling responses from a causal LM for PPO and GRPO, and recomputing their log-probs (DESIGN §7).
+
+`generate` is a sampling loop of its own over the model's KV cache rather than `model.generate`:
+HF's `generate` draws from the global RNG and cannot take a `torch.Generator`, so a rollout
+would not be a function of the job's seed; and owning the loop guarantees that the log-probs it
+records are computed exactly as every later pass computes them.
+
+**One temperature for every pass.** The sampling log-probs are ``log softmax(logits / τ)`` of the
+chosen tokens, before top-p filtering: the distribution the policy defines at temperature τ, which
+is what `response_logprobs` recomputes. The old-policy, reference and training passes must all use
+the same τ, or the PPO ratio compares two different distributions and is not 1 on the first epoch.
+In float32 the two agree to 1e-5; in bfloat16 the cached and the full pass round differently
+(about 3e-3 on builtin:tiny-llama), so a trainer that wants a ratio of exactly 1 takes log π_old
+from `response_logprobs`, as TRL does, and keeps `Rollout.logprobs` for monitoring.
+
+Layout: prompts are left-padded to P tokens and responses right-padded to A tokens, so a full row
+is ``[pad… prompt | response pad…]`` and every response starts at column P. Position ids count
+real tokens only (``cumsum(mask) − 1``), in generation and in `response_logprobs` alike, so a
+prompt's padding changes neither its tokens nor its log-probs.
+Shapes: B sequences, P prompt tokens, A response tokens, V vocabulary.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from trainers.models.loading import attention_mask_for, packs_exactly
+from trainers.ops.logprobs import selective_log_softmax
+
+
+@dataclass
+class Rollout:
+    """A batch of prompts and the responses sampled for them.
+
+    Attributes:
+        prompt_ids: (B, P) long, left-padded with the pad id.
+        prompt_mask: (B, P) long, 1 on real prompt tokens.
+        response_ids: (B, A) long, right-padded with the pad id after EOS (EOS itself is kept).
+        response_mask: (B, A) long, 1 on response tokens up to and including EOS.
+        logprobs: (B, A) float32, ``log softmax(logits / temperature)`` of each sampled token
+            (before top-p), 0 on padding.
+        ended_with_eos: (B,) bool, False where the response was cut at `max_new_tokens`.
+        response_lengths: (B,) long, response tokens including EOS (``response_mask.sum(1)``).
+        temperature: τ the responses were sampled at; every later pass must divide by it.
+    """
+
+    prompt_ids: Tensor
+    prompt_mask: Tensor
+    response_ids: Tensor
+    response_mask: Tensor
+    logprobs: Tensor
+    ended_with_eos: Tensor
+    response_lengths: Tensor
+    temperature: float
+
+    def model_inputs(self) -> tuple[Tensor, Tensor, Tensor]:
+        """Prompt and response as one batch, for a single forward pass of any model.
+
+        Returns:
+            input_ids: (B, P + A) long.
+            attention_mask: (B, P + A) long, 1 on real tokens.
+            position_ids: (B, P + A) long, ``cumsum(attention_mask) − 1`` (0 on left padding),
+                the positions the tokens had during generation.
+        """
+        input_ids = torch.cat([self.prompt_ids, self.response_ids], dim=1)  # (B, P+A)
+        attention_mask = torch.cat([self.prompt_mask, self.response_mask], dim=1)  # (B, P+A)
+        return input_ids, attention_mask, positions_from_mask(attention_mask)
+
+    def last_token_positions(self) -> Tensor:
+        """Column of each row's last real token in `model_inputs`: where a reward model reads its score.
+
+        Returns:
+            (B,) long, ``P + response_length − 1`` (the last prompt token for an empty response).
+        """
+        return self.prompt_ids.shape[1] + self.response_lengths - 1
+
+
+def positions_from_mask(attention_mask: Tensor) -> Tensor:
+    """Position ids that count real tokens only: ``cumsum(mask) − 1``, 0 on leading padding.
+
+    Args:
+        attention_mask: (B, T) 1 on real tokens.
+
+    Returns:
+        (B, T) long.
+    """
+    return (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
+
+
+def left_pad(prompt_ids: Sequence[Sequence[int]], pad_token_id: int) -> tuple[Tensor, Tensor]:
+    """Left-pad token id lists into a batch.
+
+    Args:
+        prompt_ids: B non-empty lists of token ids.
+        pad_token_id: filler for the padding.
+
+    Returns:
+        ids: (B, P) long, P the longest prompt.
+        mask: (B, P) long, 1 on real tokens.
+    """
+    if not prompt_ids or any(len(p) == 0 for p in prompt_ids):
+        raise ValueError("generate needs at least one prompt, and every prompt needs at least one token")
+    width = max(len(p) for p in prompt_ids)
+    ids = torch.full((len(prompt_ids), width), pad_token_id, dtype=torch.long)  # (B, P)
+    mask = torch.zeros((len(prompt_ids), width), dtype=torch.long)  # (B, P)
+    for row, prompt in enumerate(prompt_ids):
+        ids[row, width - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
+        mask[row, width - len(prompt) :] = 1
+    return ids, mask
+
+
+def top_p_filter(logits: Tensor, top_p: float) -> Tensor:
+    """Nucleus filtering (Holtzman et al. 2020, https://arxiv.org/abs/1904.09751): keep the fewest
+    most probable tokens whose probability adds up to at least `top_p`, set the others to −inf.
+
+    A token is kept when the tokens more probable than it hold less than `top_p` of the mass; the
+    most probable token is therefore always kept (``top_p → 0`` is greedy decoding). The same set
+    as HF's `TopPLogitsWarper`.
+
+    Args:
+        logits: (B, V) scores (already divided by the temperature).
+        top_p: in (0, 1]; 1 keeps every token.
+
+    Returns:
+        (B, V) the logits with the removed tokens at −inf.
+    """
+    if not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    if top_p == 1:
+        return logits
+    sorted_logits, order = logits.sort(dim=-1, descending=True)  # (B, V)
+    probs = torch.softmax(sorted_logits.float(), dim=-1)  # (B, V)
+    mass_before = probs.cumsum(dim=-1) - probs  # (B, V) mass of the strictly more probable tokens
+    remove_sorted = mass_before >= top_p  # (B, V)
+    remove = torch.zeros_like(remove_sorted).scatter(-1, order, remove_sorted)  # (B, V) vocabulary order
+    return logits.masked_fill(remove, float("-inf"))
+
+
+@torch.no_grad()
+def generate(
+    model: nn.Module,
+    prompt_ids: Sequence[Sequence[int]],
+    *,
+    pad_token_id: int,
+    eos_token_id: int | Sequence[int],
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    generator: torch.Generator,
+    stop_check_interval: int = 16,
+) -> Rollout:
+    """Sample a response for each prompt, one token per step over the KV cache.
+
+    Each step draws ``y ~ top_p(softmax(logits / τ))`` with `generator`, and records
+    ``log softmax(logits / τ)[y]``. A row stops at its first EOS: later steps write pad ids that
+    the response mask leaves out. To avoid one host synchronisation per token, whether every row
+    has finished is read only every `stop_check_interval` steps; the result does not depend on it,
+    since a finished row's extra steps are masked and trimmed. The model runs in whatever mode it
+    is in (turn dropout off, as PPO's ratio assumes the rollout and training passes agree).
+
+    Args:
+        model: a causal LM taking ``input_ids, attention_mask, position_ids, cache, use_cache,
+            logits_to_keep`` and returning ``logits`` and ``cache`` (every transformers causal LM,
+            and peft wrappers of one).
+        prompt_ids: B prompts as token id lists (already truncated to fit).
+        pad_token_id: fills the padding; must not be an EOS id.
+        eos_token_id: the id, or ids, that end a response.
+        max_new_tokens: most tokens per response (EOS included).
+        temperature: τ > 0; logits are divided by it. Later passes must use the same τ.
+        top_p: nucleus sampling threshold in (0, 1]; a tiny value decodes greedily.
+        generator: the only source of randomness, on the model's device; the same generator
+            state, model and prompts give the same rollout.
+        stop_check_interval: steps between checks that every row has finished; 0 never checks
+            (always `max_new_tokens` steps).
+
+    Returns:
+        The rollout, its responses trimmed to the longest one.
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be positive, got {temperature}; use a tiny top_p to decode greedily")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+    device = next(model.parameters()).device
+    eos_ids = torch.tensor([eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id), device=device)
+    prompt, prompt_mask = left_pad(prompt_ids, pad_token_id)
+    prompt, prompt_mask = prompt.to(device), prompt_mask.to(device)  # (B, P)
+    B, P = prompt.shape
+    attention_mask = torch.cat([prompt_mask, prompt_mask.new_ones(B, max_new_tokens)], dim=1)  # (B, P+N)
+    positions = positions_from_mask(prompt_mask)  # (B, P)
+
+    out = _prefill(model, prompt_ids, prompt, prompt_mask, positions, pad_token_id)
+    next_position = positions[:, -1:] + 1  # (B, 1)
+    responses = torch.full((B, max_new_tokens), pad_token_id, dtype=torch.long, device=device)  # (B, N)
+    logprobs = torch.zeros((B, max_new_tokens), dtype=torch.float32, device=device)  # (B, N)
+    response_mask = torch.zeros((B, max_new_tokens), dtype=torch.long, device=device)  # (B, N)
+    finished = torch.zeros(B, dtype=torch.bool, device=device)  # (B,)
+    steps = max_new_tokens
+    for step in range(max_new_tokens):
+        # Divided in the model's dtype, then widened: the same rounding as `response_logits`.
+        scaled = (out.logits[:, -1] / temperature).float()  # (B, V)
+        step_logprobs = torch.log_softmax(scaled, dim=-1)  # (B, V) recorded before top-p
+        probs = torch.softmax(top_p_filter(scaled, top_p), dim=-1)  # (B, V)
+        token = torch.multinomial(probs, 1, generator=generator).squeeze(1)  # (B,)
+        token = token.masked_fill(finished, pad_token_id)  # (B,)
+        alive = ~finished  # (B,)
+        responses[:, step] = token
+        response_mask[:, step] = alive.long()
+        logprobs[:, step] = step_logprobs.gather(1, token.unsqueeze(1)).squeeze(1) * alive
+        finished = finished | (alive & torch.isin(token, eos_ids))
+        if step + 1 == max_new_tokens:
+            break
+        if stop_check_interval and (step + 1) % stop_check_interval == 0 and bool(finished.all()):
+            steps = step + 1
+            break
+        out = model(
+            input_ids=token.unsqueeze(1),
+            attention_mask=attention_mask[:, : P + step + 1],
+            position_ids=next_position,
+            cache=out.cache,  # `past_key_values` is deprecated, to be removed in transformers 5.40
+            use_cache=True,
+        )
+        next_position = next_position + 1
+
+    lengths = response_mask[:, :steps].sum(dim=1)  # (B,)
+    width = max(int(lengths.max()), 1)  # one synchronisation, to trim the all-padding columns
+    return Rollout(
+        prompt_ids=prompt,
+        prompt_mask=prompt_mask,
+        response_ids=responses[:, :width],
+        response_mask=response_mask[:, :width],
+        logprobs=logprobs[:, :width],
+        ended_with_eos=finished,
+        response_lengths=lengths,
+        temperature=temperature,
+    )
+
+
+def _prefill(
+    model: nn.Module,
+    prompt_ids: Sequence[Sequence[int]],
+    prompt: Tensor,
+    prompt_mask: Tensor,
+    positions: Tensor,
+    pad_token_id: int,
+) -> Any:
+    """The prompts' forward pass over a fresh KV cache, each distinct prompt computed once.
+
+    GRPO samples G completions of every prompt: the distinct prompts run once and their cache rows
+    and last logits are copied to every row that repeats them (a cache without row selection runs
+    every row).
+
+    Returns:
+        The model output for all B rows: ``logits`` (B, 1, V) and ``cache``.
+    """
+    distinct: dict[tuple[int, ...], int] = {}
+    source = [distinct.setdefault(tuple(p), len(distinct)) for p in prompt_ids]  # (B,) row → distinct prompt
+    if len(distinct) < len(source):
+        ids, mask = left_pad(list(distinct), pad_token_id)  # (U, P): the same P, the longest prompt is among them
+        ids, mask = ids.to(prompt.device), mask.to(prompt.device)
+        out = model(input_ids=ids, attention_mask=mask, position_ids=positions_from_mask(mask), use_cache=True,
+                    logits_to_keep=1)  # fmt: skip
+        if hasattr(out.cache, "batch_select_indices"):
+            index = torch.tensor(source, dtype=torch.long, device=prompt.device)  # (B,)
+            out.cache.batch_select_indices(index)
+            out.logits = out.logits[index]  # (B, 1, V)
+            return out
+    return model(input_ids=prompt, attention_mask=prompt_mask, position_ids=positions, use_cache=True, logits_to_keep=1)
+
+
+def response_logits(model: nn.Module, rollout: Rollout, temperature: float) -> Tensor:
+    """Temperature-scaled logits that predict each response token, from one forward pass.
+
+    ``logits[b, a] = model(prompt ⊕ response)[b, P − 1 + a] / τ``: column a predicts response token
+    a. Only the positions that predict response tokens get logits (`logits_to_keep`), so the
+    prompt costs no (B, P, V) tensor. When rows share their prompt (GRPO's G completions of a
+    prompt) and the packed mask states the model's attention (`packs_exactly`: full attention, or
+    rows no longer than the sliding window), the pass runs on `SharedPromptLayout` rows, which
+    compute each prompt once; the logits are those of the row-per-completion layout up to rounding.
+    Differentiable: for the training pass, and for ``policy/entropy`` via `entropy_from_logits`.
+
+    Args:
+        model: a causal LM (see `generate`).
+        rollout: the batch, from `generate`.
+        temperature: τ; must equal ``rollout.temperature`` for ratios against its log-probs.
+
+    Returns:
+        (B, A, V) logits divided by τ.
+    """
+    # Packed rows state full causal attention: a sliding-window model takes them only when no row
+    # is longer than its window (`packs_exactly`), else every completion runs in its own row.
+    longest = int((rollout.prompt_mask.sum(dim=1) + rollout.response_lengths).max())
+    layout = SharedPromptLayout.of(rollout) if packs_exactly(model, longest) else None
+    if layout is not None:
+        return layout.response_logits(model) / temperature
+    input_ids, attention_mask, position_ids = rollout.model_inputs()  # (B, P+A)
+    A = rollout.response_ids.shape[1]
+    logits = model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids,
+        use_cache=False,
+        logits_to_keep=A + 1,
+    ).logits  # (B, A+1, V) positions P-1 … P+A-1
+    return logits[:, :-1] / temperature  # (B, A, V) the last position predicts nothing we scored
+
+
+@dataclass
+class SharedPromptLayout:
+    """A rollout's rows that share a prompt, packed as one sequence each: ``prompt ⊕ c₁ ⊕ … ⊕ c_k``.
+
+    Completion j's positions continue from the prompt's end (``P_g … P_g + L_j − 1``) and its
+    tokens attend to the prompt and to their own earlier tokens only, so every token sees what it
+    sees in its own row of `Rollout.model_inputs`, while the prompt runs once for its k completions
+    instead of k times (for GRPO, G times fewer prompt tokens, and no padding between completions).
+    Prompts are left-padded to the longest, so every position that predicts a response token lies
+    in the last K columns, the only ones that get logits. Padding attends to itself only.
+    Shapes: g packed rows of width W, B rollout rows, A response columns, V vocabulary.
+    """
+
+    input_ids: Tensor  # (g, W) pad… prompt, the completions back to back, then padding
+    position_ids: Tensor  # (g, W) 0…P−1 on the prompt, P…P+L_j−1 on completion j, 0 on padding
+    attention_mask: Tensor  # (g, 1, W, W) bool, True where a query (dim 2) may attend to a key (dim 3)
+    keep: int  # K: the last K columns hold every position that predicts a response token
+    gather: Tensor  # (B, A) long, into the (g·K) kept positions: the one predicting response token a of row b
+
+    @classmethod
+    def of(cls, rollout: Rollout) -> SharedPromptLayout | None:
+        """The layout of a rollout, or None when no two rows share a prompt or it would not compute fewer tokens.
+
+        Rows share a prompt when their prompt tokens are equal; they need not be adjacent.
+        """
+        lengths = rollout.response_lengths.tolist()
+        prompt_lengths = rollout.prompt_mask.sum(dim=1).tolist()
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for row, (ids, n) in enumerate(zip(rollout.prompt_ids.tolist(), prompt_lengths, strict=True)):
+            groups.setdefault(tuple(ids[len(ids) - n :]), []).append(row)
+        P = max(prompt_lengths)  # longest real prompt; every packed row is left-padded to it
+        W = P + max(sum(lengths[r] for r in rows) for rows in groups.values())
+        if len(groups) == len(lengths) or len(groups) * W >= len(lengths) * (P + rollout.response_ids.shape[1]):
+            return None
+        return cls._build(rollout, list(groups.items()), lengths, P, W)
+
+    @classmethod
+    def _build(
+        cls, rollout: Rollout, groups: list[tuple[tuple[int, ...], list[int]]], lengths: list[int], P: int, W: int
+    ) -> SharedPromptLayout:
+        device = rollout.response_ids.device
+        K = W - P + 1  # columns P − 1 … W − 1
+        B, A = rollout.response_ids.shape
+        responses = rollout.response_ids.tolist()
+        input_ids = torch.zeros((len(groups), W), dtype=torch.long)  # (g, W) padding: any id, masked
+        position_ids = torch.zeros((len(groups), W), dtype=torch.long)  # (g, W)
+        mask = torch.eye(W, dtype=torch.bool).repeat(len(groups), 1, 1)  # (g, W, W) padding sees itself only
+        gather = torch.zeros((B, A), dtype=torch.long)  # (B, A) padding columns read any kept position
+        for g, (prompt, rows) in enumerate(groups):
+            p = len(prompt)
+            start = P - p  # first real prompt column
+            input_ids[g, start:P] = torch.tensor(prompt, dtype=torch.long)
+            position_ids[g, start:P] = torch.arange(p)
+            mask[g, start:P, start:P] = torch.ones((p, p), dtype=torch.bool).tril()
+            column = P
+            for row in rows:
+                n = lengths[row]
+                end = column + n
+                input_ids[g, column:end] = torch.tensor(responses[row][:n], dtype=torch.long)
+                position_ids[g, column:end] = torch.arange(p, p + n)
+                mask[g, column:end, start:P] = True  # the completion sees the whole prompt
+                mask[g, column:end, column:end] = torch.ones((n, n), dtype=torch.bool).tril()
+                # Token 0 is predicted by the last prompt token, token a > 0 by the one before it.
+                predictors = torch.tensor([P - 1, *range(column, end - 1)][:n], dtype=torch.long)
+                gather[row, :n] = g * K + predictors - (P - 1)
+                column = end
+        return cls(
+            input_ids=input_ids.to(device), position_ids=position_ids.to(device),
+            attention_mask=mask.unsqueeze(1).to(device), keep=K, gather=gather.to(device),
+        )  # fmt: skip
+
+    def response_logits(self, model: nn.Module) -> Tensor:
+        """Logits predicting each rollout row's response tokens, from one forward over the packed rows.
+
+        Returns:
+            (B, A, V) unscaled logits; columns past a row's response length hold some other
+            position's logits (finite, and masked by the caller as padding).
+        """
+        logits = model(
+            input_ids=self.input_ids,
+            attention_mask=attention_mask_for(model, self.attention_mask),
+            position_ids=self.position_ids,
+            use_cache=False,
+            logits_to_keep=self.keep,
+        ).logits  # (g, K, V)
+        return logits.reshape(-1, logits.shape[-1])[self.gather]  # (B, A, V)
+
+
+def response_logprobs(model: nn.Module, rollout: Rollout, temperature: float) -> Tensor:
+    """Per-token log-probs of the rollout's responses under `model`, in one forward pass.
+
+    ``logp[b, a] = log softmax(logits[b, P − 1 + a] / τ)[response[b, a]] · response_mask[b, a]``,
+    via `selective_log_softmax`. With the sampling model and ``τ = rollout.temperature`` it equals
+    ``rollout.logprobs`` (up to floating-point differences between cached and full attention).
+    Used for the old-policy, reference and training passes alike; wrap in ``torch.no_grad()``
+    for the first two.
+
+    Args:
+        model: a causal LM (see `generate`).
+        rollout: the batch, from `generate`.
+        temperature: τ, the rollout's sampling temperature.
+
+    Returns:
+        (B, A) float32 log-probs, 0 on padding.
+    """
+    logits = response_logits(model, rollout, temperature)  # (B, A, V)
+    logp = selective_log_softmax(logits, rollout.response_ids)  # (B, A)
+    return logp * rollout.response_mask.to(logp.dtype)
