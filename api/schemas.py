@@ -1,21 +1,17 @@
 """Request and response schemas (`XCreate` in, `XPublic` out, `XsPublic` for pages).
 
-Job hyperparameters reuse the trainers' own config models, so Swagger shows the real defaults.
+A job's request body is built from the trainers' own job model (`trainers.spec.config`), so Swagger
+shows the real defaults and bounds; the service's fields (datasets, name, metadata) are added to it.
 """
 
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, create_model, model_validator
 
 from api.storable import text_problem
-from trainers.spec.config import (
-    DPOHyperparameters,
-    GRPOHyperparameters,
-    LoRAConfig,
-    PPOHyperparameters,
-    RewardModelHyperparameters,
-)
+from trainers.spec.config import JOB_MODELS, JobSpec, Seed
+from trainers.spec.config import JOB_TYPES as JOB_TYPES  # the job types, for reading validation errors
 from trainers.spec.rewards import RewardSpec
 
 DatasetKind = Literal["preference", "prompt", "text"]
@@ -66,7 +62,9 @@ class DatasetRowsPublic(BaseModel):
     has_more: bool
 
 
-class JobCreateBase(BaseModel):
+class JobRequest(BaseModel):
+    """What every POST /v1/jobs body adds to the trainers' job model: the service's own fields."""
+
     model_config = ConfigDict(extra="forbid")
 
     base_model: str = Field(
@@ -76,57 +74,39 @@ class JobCreateBase(BaseModel):
     )
     dataset_id: str = Field(max_length=40, description="Training dataset.")
     eval_dataset_id: str | None = Field(None, max_length=40, description="Optional evaluation dataset.")
-    seed: int | None = Field(None, ge=0, le=2**31 - 1, description="Random seed; chosen for you if unset.")
+    seed: Seed | None = Field(None, description="Random seed; chosen for you if unset.")
     name: str | None = Field(None, max_length=256)
     metadata: Metadata | None = Field(None, max_length=16, description="Up to 16 string pairs.")
-    lora: LoRAConfig | None = Field(None, description="Train LoRA adapters (peft) instead of all weights.")
 
 
-class DPOJobCreate(JobCreateBase):
-    """Direct Preference Optimization on a preference dataset."""
+class PTXJobRequest(JobRequest):
+    """PPO's service fields: the text dataset of PPO-ptx's language-modelling loss."""
 
-    type: Literal["dpo"]
-    hyperparameters: DPOHyperparameters = Field(default_factory=DPOHyperparameters)
-
-
-class RewardModelJobCreate(JobCreateBase):
-    """A Bradley-Terry reward model on a preference dataset; its checkpoints score text."""
-
-    type: Literal["reward_model"]
-    hyperparameters: RewardModelHyperparameters = Field(default_factory=RewardModelHyperparameters)
-
-
-REWARD_DESCRIPTION = ("What a completion earns: a reward-model checkpoint of this project, graders "
-                      "(string_check, length, format, function), or a 'multi' combining them.")
-REWARD_EXAMPLE = {"type": "string_check", "name": "answer", "operation": "contains",
-                  "input": "{{sample.output_text}}", "reference": "{{item.answer}}"}
-
-
-class GRPOJobCreate(JobCreateBase):
-    """GRPO on a prompt dataset: groups of completions scored by the reward, no critic."""
-
-    type: Literal["grpo"]
-    hyperparameters: GRPOHyperparameters = Field(default_factory=GRPOHyperparameters)
-    reward: RewardSpec = Field(description=REWARD_DESCRIPTION, examples=[REWARD_EXAMPLE])
-
-
-class PPOJobCreate(JobCreateBase):
-    """PPO on a prompt dataset: actor, critic, frozen reward and reference models."""
-
-    type: Literal["ppo"]
-    hyperparameters: PPOHyperparameters = Field(default_factory=PPOHyperparameters)
-    reward: RewardSpec = Field(description=REWARD_DESCRIPTION, examples=[REWARD_EXAMPLE])
     ptx_dataset_id: str | None = Field(
         None, max_length=40, description="A text dataset ({\"text\": ...} rows) for PPO-ptx's language-modelling "
                                          "loss; required when hyperparameters.ptx_coef > 0.")
 
 
+# The service fields of each job type, where it has more than JobRequest's.
+REQUEST_FIELDS: dict[str, type[JobRequest]] = {"ppo": PTXJobRequest}
 
+
+def job_request_model(job_model: type[JobSpec]) -> type[JobRequest]:
+    """The POST /v1/jobs body of one job type: the trainers' job model, less what the service fills in,
+    with the service's fields. The trainers' cross-field rules run when the service converts the job."""
+    job_type = job_model.model_fields["type"].default
+    base = REQUEST_FIELDS.get(job_type, JobRequest)
+    fields: dict[str, Any] = {
+        name: (field.annotation, field) for name, field in job_model.model_fields.items()
+        if name not in base.model_fields and name not in job_model.service_fields
+    }
+    fields["type"] = (Literal[job_type], Field(description="Training algorithm."))  # required in a request
+    return create_model(f"{job_model.__name__}Create", __base__=base, __doc__=job_model.__doc__, **fields)
+
+
+JOB_CREATE_MODELS = tuple(job_request_model(job_model) for job_model in JOB_MODELS)
 # The body of POST /v1/jobs, discriminated by `type`.
-JobCreate = Annotated[DPOJobCreate | RewardModelJobCreate | GRPOJobCreate | PPOJobCreate,
-                      Field(discriminator="type")]
-JOB_TYPES = ("dpo", "reward_model", "grpo", "ppo")
-JobType = Literal["dpo", "reward_model", "grpo", "ppo"]
+JobCreate = Annotated[Union[JOB_CREATE_MODELS], Field(discriminator="type")]  # noqa: UP007
 
 
 class JobError(BaseModel):
@@ -318,6 +298,12 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
 class ReadyStatus(BaseModel):
     status: Literal["ready", "unavailable"]
     checks: dict[str, str] = Field(description='Per dependency: "ok" or why it is unreachable.')
+
+
+REWARD_DESCRIPTION = ("What a completion earns: a reward-model checkpoint of this project, graders "
+                      "(string_check, length, format, function), or a 'multi' combining them.")
+REWARD_EXAMPLE = {"type": "string_check", "name": "answer", "operation": "contains",
+                  "input": "{{sample.output_text}}", "reference": "{{item.answer}}"}
 
 
 class GraderRunRequest(BaseModel):

@@ -6,6 +6,7 @@ stack is imported when `run` is called.
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 from trainers.spec.callbacks import Callbacks
@@ -45,6 +46,14 @@ __all__ = [
     "run",
 ]
 
+# The training function of each job type of `JobConfig`, as (module, function): imported when run.
+TRAINERS: dict[str, tuple[str, str]] = {
+    "dpo": ("trainers.dpo", "train_dpo"),
+    "reward_model": ("trainers.reward_model", "train_reward_model"),
+    "grpo": ("trainers.grpo", "train_grpo"),
+    "ppo": ("trainers.ppo", "train_ppo"),
+}
+
 
 def run(
     job: JobConfig,
@@ -72,22 +81,8 @@ def run(
         NumericalError: the loss or gradient became NaN or infinite.
     """
     callbacks = callbacks if callbacks is not None else Callbacks()
-    match job.type:
-        case "dpo":
-            from trainers.dpo import train_dpo  # heavy: torch and transformers
-
-            return train_dpo(job, data, callbacks, resume_from=resume_from)
-        case "reward_model":
-            from trainers.reward_model import train_reward_model
-
-            return train_reward_model(job, data, callbacks, resume_from=resume_from)
-        case "grpo":
-            from trainers.grpo import train_grpo
-
-            return train_grpo(job, data, callbacks, resume_from=resume_from)
-        case "ppo":
-            from trainers.ppo import train_ppo
-
-            return train_ppo(job, data, callbacks, resume_from=resume_from)
-        case _:
-            raise UserError(f"unknown job type {job.type!r}", param="type")
+    if job.type not in TRAINERS:
+        raise UserError(f"unknown job type {job.type!r}", param="type")
+    module, function = TRAINERS[job.type]
+    train = getattr(importlib.import_module(module), function)  # heavy: torch and transformers
+    return train(job, data, callbacks, resume_from=resume_from)

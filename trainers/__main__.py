@@ -1,6 +1,6 @@
 """Run a trainer standalone: ``python -m trainers dpo --data rows.jsonl --base-model builtin:tiny-llama --output DIR``.
 
-One subcommand per algorithm in `ALGORITHMS`. Hyperparameter flags are generated from the config
+One subcommand per job type of `JobConfig` (`ALGORITHMS`). Hyperparameter flags are generated from the config
 models (``--max-steps``, ``--learning-rate``, ...), so they and their defaults are declared once;
 ``--lora '{"r": 8}'`` trains adapters. Preference trainers read preference rows, online-RL trainers
 (``grpo``, ``ppo``) prompt rows and a ``--reward`` spec in JSON, with ``--reward-model-dir CHECKPOINT_ID=DIR``
@@ -37,26 +37,21 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from trainers.spec.callbacks import Callbacks
-from trainers.spec.config import (
-    DPOHyperparameters,
-    DPOJob,
-    GRPOHyperparameters,
-    GRPOJob,
-    PPOHyperparameters,
-    PPOJob,
-    RewardModelHyperparameters,
-    RewardModelJob,
-)
+from trainers.spec.config import JOB_MODELS_BY_TYPE, JobSpec
 from trainers.spec.errors import NumericalError, UserError
 from trainers.spec.formats import DatasetKind, RowError, normalize_row
 from trainers.spec.results import TrainingData
 
-# Subcommand → (job model, hyperparameters model, kind of its dataset rows).
-ALGORITHMS: dict[str, tuple[type[BaseModel], type[BaseModel], DatasetKind]] = {
-    "dpo": (DPOJob, DPOHyperparameters, "preference"),
-    "reward_model": (RewardModelJob, RewardModelHyperparameters, "preference"),
-    "grpo": (GRPOJob, GRPOHyperparameters, "prompt"),
-    "ppo": (PPOJob, PPOHyperparameters, "prompt"),
+
+def hyperparameters_model(job_model: type[JobSpec]) -> type[BaseModel]:
+    """The hyperparameters model a job model takes (``DPOJob`` → ``DPOHyperparameters``)."""
+    return job_model.model_fields["hyperparameters"].annotation
+
+
+# Subcommand → (job model, hyperparameters model, kind of its dataset rows): one per job type.
+ALGORITHMS: dict[str, tuple[type[JobSpec], type[BaseModel], DatasetKind]] = {
+    job_type: (job_model, hyperparameters_model(job_model), job_model.dataset_kind)
+    for job_type, job_model in JOB_MODELS_BY_TYPE.items()
 }
 
 

@@ -13,13 +13,13 @@ from api.schemas import (
     JobCreate,
     JobPublic,
     JobsPublic,
-    JobType,
     MetricsPublic,
     error_responses,
 )
 from api.services import jobs as service
 from api.services import results
 from api.services.stream import job_stream, parse_last_event_id
+from trainers.spec.config import JobType
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[Depends(get_project)],
                    responses=error_responses(400, 401, 404, 409, 413, 422, 503))

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from celery import Celery
-from pydantic import TypeAdapter, ValidationError
+from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
@@ -17,20 +17,17 @@ from api.errors import Conflict, InvalidRequest, NotFound, ServiceUnavailable, p
 from api.schemas import JobCreate
 from api.services import rewards
 from api.services.paging import newest_first_page
+from core.job_config import job_config
 from core.lifecycle import InvalidTransition, transition
 from core.model_refs import ModelRefError, resolve_model_ref
 from core.models import TERMINAL_STATUSES, Dataset, Job, JobStatus
 from core.notify import publish
 from core.queue import enqueue_job, mark_enqueued, withdraw_job
 from core.settings import Settings
-from trainers.spec.config import JobConfig
+from trainers.spec.config import JOB_MODELS_BY_TYPE
 from trainers.spec.rewards import reward_spec_adapter
 
 log = logging.getLogger(__name__)
-
-# The dataset kind each job type trains on.
-DATASET_KIND = {"dpo": "preference", "reward_model": "preference", "grpo": "prompt", "ppo": "prompt"}
-
 
 def _request_hash(body: JobCreate) -> str:
     canonical = json.dumps(body.model_dump(mode="json", exclude_unset=True), sort_keys=True)
@@ -49,11 +46,10 @@ def _check_dataset(session: Session, project_id: str, dataset_id: str, kind: str
     return dataset
 
 
-def _check_job_config(body: JobCreate) -> None:
-    """Run the trainer's own job config over the request, for the rules that span several fields."""
-    spec = body.model_dump(mode="json", include={"type", "base_model", "hyperparameters", "lora", "reward"})
+def _check_job_config(job: Job) -> None:
+    """Convert the job as the worker will, for the trainers' rules that span several fields."""
     try:
-        TypeAdapter(JobConfig).validate_python(spec)
+        job_config(job)
     except ValidationError as exc:
         error = exc.errors()[0]
         param = param_of(tuple(error["loc"]), error["type"])
@@ -74,7 +70,7 @@ def create(*, session: Session, celery: Celery, settings: Settings, project_id: 
     request_hash = _request_hash(body)
     if idempotency_key and (job := _replay(session, project_id, idempotency_key, request_hash)):
         return job, False
-    kind = DATASET_KIND[body.type]
+    kind = JOB_MODELS_BY_TYPE[body.type].dataset_kind
     _check_dataset(session, project_id, body.dataset_id, kind, "dataset_id")
     if body.eval_dataset_id:
         _check_dataset(session, project_id, body.eval_dataset_id, kind, "eval_dataset_id")
@@ -96,7 +92,6 @@ def create(*, session: Session, celery: Celery, settings: Settings, project_id: 
     if reward is not None:
         rewards.check_spec(reward, registry)
         rewards.check_reward_models(session, project_id, reward)
-    _check_job_config(body)
 
     job = Job(
         project_id=project_id, type=body.type, name=body.name, base_model=body.base_model, dataset_id=body.dataset_id,
@@ -108,6 +103,7 @@ def create(*, session: Session, celery: Celery, settings: Settings, project_id: 
         metadata_=body.metadata, idempotency_key=idempotency_key, request_hash=request_hash,
         status=JobStatus.queued,
     )
+    _check_job_config(job)
     session.add(job)
     try:
         session.commit()
