@@ -19,6 +19,7 @@ from core.lifecycle import InvalidTransition, transition
 from core.models import Job, JobStatus, utcnow
 from core.notify import publish
 from core.settings import Settings
+from worker import outcomes
 from worker.outbox import resend_lost, send, send_unsent
 
 log = logging.getLogger(__name__)
@@ -33,14 +34,8 @@ def reap_stale_jobs(settings: Settings, app: Celery) -> list[tuple[str, str]]:
             Job.status.in_([JobStatus.running, JobStatus.cancelling]), stale)).all()
     done: list[tuple[str, str]] = []
     for job_id, status, attempts in rows:
-        lost = f"its worker stopped renewing the lease for over {settings.lease_seconds:g} s"
-        if status == JobStatus.cancelling:
-            target, message, error = JobStatus.cancelled, f"{lost} while cancelling; last checkpoint kept", None
-        elif attempts >= settings.max_attempts:
-            message = f"{lost}, on {attempts} of {settings.max_attempts} attempts; giving up"
-            target, error = JobStatus.failed, {"type": "internal_error", "message": message}
-        else:
-            target, message, error = JobStatus.queued, f"{lost}; requeued to resume from its last checkpoint", None
+        target, message, error = outcomes.lease_expired(status, attempts, max_attempts=settings.max_attempts,
+                                                        lease_seconds=settings.lease_seconds)
         # Requeued with its outbox mark cleared in the same commit: if the send below fails, the job
         # is still known to need one.
         requeue = {"worker_id": None, "enqueued_at": None}

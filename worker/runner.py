@@ -1,7 +1,7 @@
 """The training child process: `python -m worker.runner <job_id> <worker_id> <attempt>`.
 
 Reads the job and its data, resolves the model, runs the trainer with database-backed callbacks,
-and records the outcome. Whose fault a failure is goes into `error.type`. Everything it writes is
+and records the outcome (`worker.outcomes`: whose fault a failure is goes into `error.type`). Everything it writes is
 fenced by the lease its worker claimed (worker id and attempt): a run whose job was handed on
 stops at its next write or cancel poll and exits with LEASE_LOST_EXIT, having recorded nothing.
 """
@@ -13,12 +13,14 @@ from sqlalchemy import select
 
 from core.artifacts import ArtifactStore
 from core.db import retry_on_outage, session_scope
+from core.job_config import job_config
 from core.lifecycle import InvalidTransition, Lease, LeaseLost, hold, leased_status, transition
 from core.model_refs import ModelRefError, checkpoint_model_dir, resolve_model_ref
 from core.models import Checkpoint, DatasetRow, Job, JobStatus
 from core.notify import publish
 from core.settings import Settings, get_settings
 from trainers.spec.rewards import model_checkpoints, reward_spec_adapter
+from worker import outcomes
 from worker.reporting import JobReporter
 
 log = logging.getLogger("worker.runner")
@@ -59,65 +61,42 @@ def finish(settings: Settings, lease: Lease, target: JobStatus, message: str,
 
 def train(settings: Settings, lease: Lease) -> None:
     import torch
-    from pydantic import TypeAdapter
 
     import trainers
-    from trainers.spec.config import JobConfig
-    from trainers.spec.errors import ModelNotFoundError, NumericalError, UserError
+    from trainers.spec.errors import NumericalError, UserError
 
     url, job_id = settings.database_url, lease.job_id
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
     with session_scope(url) as session:
         if leased_status(session, lease) == JobStatus.cancelling:
-            return finish(settings, lease, JobStatus.cancelled, "cancelled before training started")
+            return finish(settings, lease, *outcomes.cancelled_before_start())
         job = session.get(Job, job_id)
         try:
             model = resolve_model_ref(job.base_model, settings=settings, session=session,
                                       project_id=job.project_id)
         except ModelRefError as exc:
-            return finish(settings, lease, JobStatus.failed, str(exc),
-                          {"type": "user_error", "message": str(exc), "param": "base_model"})
+            return finish(settings, lease, *outcomes.of_exception(exc))
     store = ArtifactStore(settings.artifacts_dir)
     reporter = JobReporter(url=url, lease=lease, store=store, broker_url=settings.celery_broker_url,
                            grace_seconds=settings.db_outage_grace_seconds)
     data = trainers.TrainingData(train=load_rows(url, job.dataset_id), eval=load_rows(url, job.eval_dataset_id),
                                  ptx=load_rows(url, job.ptx_dataset_id))
-    spec = {"type": job.type, "base_model": model.location, "seed": job.seed,
-            "hyperparameters": job.hyperparameters, "lora": job.lora}
-    if job.reward is not None:
-        spec |= {"reward": job.reward, "reward_function_modules": settings.reward_function_modules,
-                 "reward_model_dirs": reward_model_dirs(settings, job)}
-    config = TypeAdapter(JobConfig).validate_python(spec)
+    config = job_config(job, base_model=model.location,
+                        reward_model_dirs=reward_model_dirs(settings, job) if job.reward is not None else None,
+                        reward_function_modules=settings.reward_function_modules)
     resume = reporter.latest_checkpoint()
     if resume is not None:
         reporter.on_event("info", f"resuming from the checkpoint at step {resume.step}")
     try:
         result = trainers.run(config, data, reporter,
                               resume_from=store.path(resume.artifact_key) if resume else None)
-    except UserError as exc:
+    except (UserError, NumericalError, torch.OutOfMemoryError) as exc:
         reporter.flush()
-        message = str(exc).replace(model.location, model.ref) if model.location != model.ref else str(exc)
-        param = exc.param or ("base_model" if isinstance(exc, ModelNotFoundError) else None)
-        return finish(settings, lease, JobStatus.failed, message,
-                      {"type": "user_error", "message": message, "param": param})
-    except NumericalError as exc:
-        reporter.flush()
-        message = f"training diverged: {exc}; lower the learning_rate, or check the base model's weights"
-        return finish(settings, lease, JobStatus.failed, message,
-                      {"type": "user_error", "message": message, "param": None})
-    except torch.OutOfMemoryError as exc:
-        reporter.flush()
-        message = f"out of memory: {exc}".splitlines()[0]
-        return finish(settings, lease, JobStatus.failed, message,
-                      {"type": "internal_error", "message": message + " (resources: use a smaller "
-                       "batch_size or max_length, LoRA, or a larger GPU)"})
+        return finish(settings, lease, *outcomes.of_exception(exc, model))
     reporter.flush()
     reporter.mark_final(result.step)
-    if result.status == "completed":
-        finish(settings, lease, JobStatus.succeeded, f"finished at step {result.step}")
-    else:
-        finish(settings, lease, JobStatus.cancelled, f"stopped at step {result.step}; checkpoint kept")
+    finish(settings, lease, *outcomes.finished(result))
 
 
 def main(argv: list[str]) -> int:
@@ -132,8 +111,7 @@ def main(argv: list[str]) -> int:
             raise
         except Exception as exc:  # anything unforeseen is ours, not the user's
             log.exception("job %s failed", lease.job_id)
-            message = f"internal error: {type(exc).__name__}: {exc}"[:2000]
-            finish(settings, lease, JobStatus.failed, message, {"type": "internal_error", "message": message})
+            finish(settings, lease, *outcomes.of_exception(exc))
     except LeaseLost as exc:
         log.warning("run stopped, it lost its lease: %s; the job's current holder carries on", exc)
         return LEASE_LOST_EXIT

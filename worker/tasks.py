@@ -12,10 +12,11 @@ from sqlalchemy.exc import OperationalError
 
 from core.db import session_scope
 from core.lifecycle import InvalidTransition, Lease, LeaseLost, claim_job, hold, transition
-from core.models import JobStatus, utcnow
+from core.models import utcnow
 from core.notify import publish
 from core.queue import RUN_JOB_TASK
 from core.settings import get_settings
+from worker import outcomes
 from worker.celery_app import app
 from worker.launcher import TrainingProcess
 from worker.runner import LEASE_LOST_EXIT
@@ -58,8 +59,8 @@ def fail_if_unfinished(url: str, lease: Lease, message: str) -> None:
     try:
         with session_scope(url) as session:
             hold(session, lease)  # ended, or handed on: not this run's failure to record
-            transition(session, lease.job_id, JobStatus.failed, message=message, where=lease.conditions(),
-                       error={"type": "internal_error", "message": message})
+            status, message, error = outcomes.internal_failure(message)
+            transition(session, lease.job_id, status, message=message, error=error, where=lease.conditions())
     except LeaseLost:
         log.info("job %s: no failure recorded, the run's lease is over", lease.job_id)
         return
@@ -87,6 +88,4 @@ def run_job(job_id: str) -> None:
         log.warning("training process for %s stopped: it lost its lease, the job was handed on", job_id)
     elif code != 0:
         log.error("training process for %s exited with %s:\n%s", job_id, code, tail)
-        last_line = tail.strip().splitlines()[-1] if tail.strip() else ""
-        fail_if_unfinished(url, lease, f"the training process exited with code {code}"
-                           + (f": {last_line}" if last_line else ""))
+        fail_if_unfinished(url, lease, outcomes.exit_message(code, tail))

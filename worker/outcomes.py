@@ -1,0 +1,94 @@
+"""How a run ends, as what the job records: its new status, the event's message and the `error` the API shows.
+
+Every ending is mapped here: the trainer's result, an exception of the run, a training process
+that died, a lease that expired. Whose fault a failure is goes into `error.type`: `user_error`
+(the model reference, the data or the spec; `error.param` names the field when there is one) or
+`internal_error` (the service's side, resources included). The runner, the task and the reaper
+record what these functions return and never build an error themselves.
+"""
+
+import sys
+from typing import Any, NamedTuple
+
+from core.model_refs import ModelRefError, ResolvedModel
+from core.models import JobStatus
+from trainers.spec.errors import ModelNotFoundError, NumericalError, UserError
+from trainers.spec.results import RunResult
+
+ERROR_MESSAGE_LIMIT = 2000  # characters of an unforeseen exception's message kept in the job
+
+
+class Outcome(NamedTuple):
+    """What a job records when a run ends (or is taken from it)."""
+
+    status: JobStatus
+    message: str  # the status event's message
+    error: dict[str, Any] | None = None  # the job's `error`: {"type", "message"[, "param"]}
+
+
+def user_failure(message: str, param: str | None = None) -> Outcome:
+    """The job failed because of something the user supplied; `param` names the field at fault."""
+    return Outcome(JobStatus.failed, message, {"type": "user_error", "message": message, "param": param})
+
+
+def internal_failure(message: str, *, hint: str = "") -> Outcome:
+    """The job failed on the service's side; `hint` (what to change) is added to the error's message only."""
+    return Outcome(JobStatus.failed, message, {"type": "internal_error", "message": message + hint})
+
+
+def finished(result: RunResult) -> Outcome:
+    """The trainer returned: it completed, or stopped at a cancel request with a checkpoint."""
+    if result.status == "completed":
+        return Outcome(JobStatus.succeeded, f"finished at step {result.step}")
+    return Outcome(JobStatus.cancelled, f"stopped at step {result.step}; checkpoint kept")
+
+
+def cancelled_before_start() -> Outcome:
+    """A cancel request arrived between the claim and the start of training."""
+    return Outcome(JobStatus.cancelled, "cancelled before training started")
+
+
+def of_exception(exc: BaseException, model: ResolvedModel | None = None) -> Outcome:
+    """The failure an exception of a run stands for.
+
+    Args:
+        exc: what the run raised: a model reference that did not resolve, a trainer's `UserError`
+            or `NumericalError`, torch's out-of-memory error, or anything unforeseen (ours).
+        model: the resolved base model; messages name it as the user wrote it, not where it is kept.
+    """
+    if isinstance(exc, ModelRefError):
+        return user_failure(str(exc), "base_model")
+    if isinstance(exc, UserError):
+        message = str(exc)
+        if model is not None and model.location != model.ref:
+            message = message.replace(model.location, model.ref)
+        return user_failure(message, exc.param or ("base_model" if isinstance(exc, ModelNotFoundError) else None))
+    if isinstance(exc, NumericalError):
+        return user_failure(f"training diverged: {exc}; lower the learning_rate, or check the base model's weights")
+    if is_out_of_memory(exc):
+        return internal_failure(f"out of memory: {exc}".splitlines()[0],
+                                hint=" (resources: use a smaller batch_size or max_length, LoRA, or a larger GPU)")
+    return internal_failure(f"internal error: {type(exc).__name__}: {exc}"[:ERROR_MESSAGE_LIMIT])
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether `exc` is torch's out-of-memory error (torch is not imported for the question: without it, it is not)."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(exc, torch.OutOfMemoryError)
+
+
+def exit_message(code: int, stderr_tail: str) -> str:
+    """How a training process that exited with `code` without recording an outcome is reported."""
+    last_line = stderr_tail.strip().splitlines()[-1] if stderr_tail.strip() else ""
+    return f"the training process exited with code {code}" + (f": {last_line}" if last_line else "")
+
+
+def lease_expired(status: str, attempts: int, *, max_attempts: int, lease_seconds: float) -> Outcome:
+    """A job whose worker stopped renewing its lease: requeued to resume, failed after its last attempt,
+    or cancelled if it was being cancelled."""
+    lost = f"its worker stopped renewing the lease for over {lease_seconds:g} s"
+    if status == JobStatus.cancelling:
+        return Outcome(JobStatus.cancelled, f"{lost} while cancelling; last checkpoint kept")
+    if attempts >= max_attempts:
+        return internal_failure(f"{lost}, on {attempts} of {max_attempts} attempts; giving up")
+    return Outcome(JobStatus.queued, f"{lost}; requeued to resume from its last checkpoint")
