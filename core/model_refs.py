@@ -3,11 +3,11 @@
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from core.artifacts import ArtifactStore
-from core.models import Checkpoint, Job
+from core.models import Checkpoint
+from core.projects import project_checkpoint
 from core.settings import Settings
 
 BUILTIN_PREFIX = "builtin:"
@@ -41,8 +41,7 @@ def resolve_model_ref(ref: str, *, settings: Settings, session: Session, project
         return ResolvedModel(ref, ref)
     if ref.startswith(CHECKPOINT_PREFIX):
         ckpt_id = ref.removeprefix(CHECKPOINT_PREFIX)
-        ckpt = session.scalar(select(Checkpoint).join(Job, Job.id == Checkpoint.job_id)
-                              .where(Checkpoint.id == ckpt_id, Job.project_id == project_id))
+        ckpt = project_checkpoint(session, project_id, ckpt_id)
         if ckpt is None:
             raise ModelRefError(f"checkpoint {ckpt_id!r} does not exist")
         store = ArtifactStore(settings.artifacts_dir)

@@ -1,4 +1,5 @@
-"""Projects and their API keys: creation, authentication, revocation, and the embedded-mode bootstrap."""
+"""Projects and their API keys (creation, authentication, revocation, the embedded-mode bootstrap), and the
+checkpoints a project may name."""
 
 import hashlib
 import hmac
@@ -9,7 +10,7 @@ import time
 from sqlalchemy import event, select
 from sqlalchemy.orm import Session
 
-from core.models import ApiKey, Project, utcnow
+from core.models import ApiKey, Checkpoint, Job, Project, utcnow
 
 KEY_PREFIX = "rlhf_"
 # A live key's project is remembered this long per process, so repeated requests cost no query.
@@ -84,6 +85,12 @@ def revoke_key(session: Session, key: ApiKey) -> None:
     _forget(digest)
     # Again once committed: a request that read the key before the commit may have remembered it.
     event.listen(session, "after_commit", lambda _session: _forget(digest), once=True)
+
+
+def project_checkpoint(session: Session, project_id: str, checkpoint_id: str) -> Checkpoint | None:
+    """The checkpoint of a job of this project, or None (also when it belongs to another project)."""
+    return session.scalar(select(Checkpoint).join(Job, Job.id == Checkpoint.job_id)
+                          .where(Checkpoint.id == checkpoint_id, Job.project_id == project_id))
 
 
 def bootstrap_local_key(session: Session) -> str | None:

@@ -4,11 +4,10 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from api.errors import InvalidRequest
-from core.models import Checkpoint, Job
+from core.projects import project_checkpoint
 from trainers.spec.graders import evaluate
 from trainers.spec.rewards import RewardSpec, validate_reward_spec
 
@@ -33,8 +32,7 @@ def check_reward_models(session: Session, project_id: str, reward: RewardSpec) -
         if grader.type != "model":
             continue
         field = f"reward.graders[{i}].checkpoint_id" if reward.type == "multi" else "reward.checkpoint_id"
-        ckpt = session.scalar(select(Checkpoint).join(Job, Job.id == Checkpoint.job_id)
-                              .where(Checkpoint.id == grader.checkpoint_id, Job.project_id == project_id))
+        ckpt = project_checkpoint(session, project_id, grader.checkpoint_id)
         if ckpt is None:
             raise InvalidRequest(f"{field}: no checkpoint with id {grader.checkpoint_id!r}", param=field)
         if (ckpt.model_info or {}).get("kind") != "reward_model":
