@@ -1,4 +1,7 @@
-"""Dependencies: settings, database session, task queue, artifact store, and fetch-or-404 lookups."""
+"""Dependencies: settings, database session, task queue, artifact store, and fetch-or-404 lookups.
+
+A lookup answers 404 alike for an id that names nothing and one of another project: ids reveal nothing.
+"""
 
 from collections.abc import AsyncIterator, Callable
 from typing import Annotated
@@ -8,14 +11,13 @@ from celery import Celery
 from fastapi import Depends, Path, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from api.errors import NotFound, Unauthenticated
 from core.artifacts import ArtifactStore
 from core.db import session_factory
-from core.models import Checkpoint, Dataset, Job, Project
-from core.projects import authenticate, is_admin, remembered
+from core.models import ApiKey, Checkpoint, Dataset, Job, Project
+from core.projects import authenticate, is_admin, project_checkpoint, remembered
 from core.settings import Settings
 
 
@@ -101,7 +103,6 @@ def is_id_shaped(value: str) -> bool:
 
 
 def _not_found(noun: str, id_: str, param: str) -> NotFound:
-    # The same answer for "does not exist" and "belongs to another project": ids reveal nothing.
     return NotFound(f"no {noun} with id {id_[:64]!r}", param=param)
 
 
@@ -122,15 +123,30 @@ def job_or_404(session: SessionDep, project: ProjectDep, job_id: Annotated[str, 
 
 def checkpoint_or_404(session: SessionDep, project: ProjectDep,
                       checkpoint_id: Annotated[str, Path()]) -> Checkpoint:
-    checkpoint = None
-    if is_id_shaped(checkpoint_id):
-        checkpoint = session.scalar(select(Checkpoint).join(Job, Job.id == Checkpoint.job_id)
-                                    .where(Checkpoint.id == checkpoint_id, Job.project_id == project.id))
+    checkpoint = project_checkpoint(session, project.id, checkpoint_id) if is_id_shaped(checkpoint_id) else None
     if checkpoint is None:
         raise _not_found("checkpoint", checkpoint_id, "checkpoint_id")
     return checkpoint
 
 
+def managed_project_or_404(session: SessionDep, project_id: Annotated[str, Path()]) -> Project:
+    """The project an admin endpoint names (any project: the admin key is not scoped to one)."""
+    project = session.get(Project, project_id) if is_id_shaped(project_id) else None
+    if project is None:
+        raise _not_found("project", project_id, "project_id")
+    return project
+
+
+def api_key_or_404(session: SessionDep, key_id: Annotated[str, Path()]) -> ApiKey:
+    """The API key an admin endpoint names, of any project."""
+    key = session.get(ApiKey, key_id) if is_id_shaped(key_id) else None
+    if key is None:
+        raise _not_found("API key", key_id, "key_id")
+    return key
+
+
 DatasetDep = Annotated[Dataset, Depends(dataset_or_404)]
 JobDep = Annotated[Job, Depends(job_or_404)]
 CheckpointDep = Annotated[Checkpoint, Depends(checkpoint_or_404)]
+ManagedProjectDep = Annotated[Project, Depends(managed_project_or_404)]
+ApiKeyDep = Annotated[ApiKey, Depends(api_key_or_404)]
