@@ -3,6 +3,7 @@
 Every error body is `{"error": {"type", "message", "param", "details": [...]}}`.
 """
 
+from collections.abc import Iterable
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -14,8 +15,18 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 
 class ApiError(Exception):
+    """A refused request. Each kind is a subclass that names its HTTP status and error `type` once, in
+    its class line: `class NotFound(ApiError, status_code=404, type="not_found_error")`."""
+
     status_code = 400
     type = "invalid_request_error"
+
+    def __init_subclass__(cls, *, status_code: int | None = None, type: str | None = None, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if status_code is not None:
+            cls.status_code = status_code
+        if type is not None:
+            cls.type = type
 
     def __init__(self, message: str, *, param: str | None = None,
                  details: list[dict[str, Any]] | None = None,
@@ -24,36 +35,29 @@ class ApiError(Exception):
         self.message, self.param, self.details, self.headers = message, param, details or [], headers
 
 
-class Unauthenticated(ApiError):
-    status_code = 401
-    type = "authentication_error"
-
+class Unauthenticated(ApiError, status_code=401, type="authentication_error"):
     def __init__(self, message: str) -> None:
         super().__init__(message, headers={"WWW-Authenticate": "Bearer"})
 
 
-class InvalidRequest(ApiError):
-    status_code = 422
+class InvalidRequest(ApiError, status_code=422):
+    """A well-formed request whose values cannot work (the field is in `param`)."""
 
 
-class TooLarge(ApiError):
-    status_code = 413
-    type = "request_too_large"
+class TooLarge(ApiError, status_code=413, type="request_too_large"):
+    """A body, file or dataset over a configured limit."""
 
 
-class NotFound(ApiError):
-    status_code = 404
-    type = "not_found_error"
+class NotFound(ApiError, status_code=404, type="not_found_error"):
+    """No such resource in the caller's project."""
 
 
-class Conflict(ApiError):
-    status_code = 409
-    type = "conflict_error"
+class Conflict(ApiError, status_code=409, type="conflict_error"):
+    """The resource's state forbids the request (an active job, a reused idempotency key)."""
 
 
-class ServiceUnavailable(ApiError):
-    status_code = 503
-    type = "service_unavailable"
+class ServiceUnavailable(ApiError, status_code=503, type="service_unavailable"):
+    """A dependency (database, broker, model process) cannot serve now; retry later."""
 
 
 def error_body(type_: str, message: str, param: str | None = None,
@@ -71,22 +75,22 @@ def param_of(loc: tuple[Any, ...], error_type: str) -> str:
         loc = loc[1:]
     if "reward" in loc:
         at = loc.index("reward")
-        prefix = _loc_to_param(loc[:at])
+        prefix = field_path(loc[:at])
         return error_path(loc[at + 1:], error_type, prefix=f"{prefix}.reward" if prefix else "reward")
     if error_type in ("union_tag_invalid", "union_tag_not_found"):
         loc = (*loc, "type")
-    return _loc_to_param(loc)
+    return field_path(loc)
 
 
 def _param(error: dict[str, Any]) -> str:
     return param_of(tuple(error["loc"]), error["type"])
 
 
-def _loc_to_param(loc: tuple[Any, ...]) -> str:
-    parts = [p for p in loc if p not in ("body", "query", "path", "header", "form")]
+def field_path(parts: Iterable[str | int]) -> str:
+    """The dotted path of a field inside a document: `a.b[0].c` for the parts `("a", "b", 0, "c")`."""
     out = ""
-    for p in parts:
-        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    for part in parts:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
     return out
 
 

@@ -24,14 +24,12 @@ log = logging.getLogger(__name__)
 SHUTDOWN_GRACE_SECONDS = 5.0
 
 
-class ModelOpFailed(ApiError):
-    status_code = 500
-    type = "internal_error"
+class ModelOpFailed(ApiError, status_code=500, type="internal_error"):
+    """The model process failed or exited during the request."""
 
 
-class ModelOpTimeout(ApiError):
-    status_code = 504
-    type = "timeout_error"
+class ModelOpTimeout(ApiError, status_code=504, type="timeout_error"):
+    """The model operation outlived its deadline; its process was restarted."""
 
 
 class ModelOps:
