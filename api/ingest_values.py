@@ -17,38 +17,19 @@ from __future__ import annotations
 import json
 import math
 
-from api.storable import INT64, text_problem
+from api.storable import INT64, OutOfRangeInt, parse_int64, text_problem
 
 INT64_MIN, INT64_MAX = INT64
-_INT64_DIGITS = 19
-
-
-class OutOfRangeInt:
-    """Stands in for a JSON integer outside the 64-bit range, so it is reported instead of parsed."""
-
-    __slots__ = ("digits",)
-
-    def __init__(self, digits: int) -> None:
-        self.digits = digits
-
-
-def parse_int(text: str) -> int | OutOfRangeInt:
-    """``parse_int`` hook of the JSON decoders: never builds a huge int (nor hits Python's digit limit)."""
-    digits = len(text.lstrip("-"))
-    if digits > _INT64_DIGITS:
-        return OutOfRangeInt(digits)
-    value = int(text)
-    return value if INT64_MIN <= value <= INT64_MAX else OutOfRangeInt(digits)
 
 
 def loads(text: str) -> object:
     """``json.loads`` with the 64-bit integer rule."""
-    return json.loads(text, parse_int=parse_int)
+    return json.loads(text, parse_int=parse_int64)
 
 
 def decoder() -> json.JSONDecoder:
     """A JSON decoder with the 64-bit integer rule, for incremental ``raw_decode``."""
-    return json.JSONDecoder(parse_int=parse_int)
+    return json.JSONDecoder(parse_int=parse_int64)
 
 
 def unstorable(value: object, path: str = "") -> tuple[str | None, str] | None:

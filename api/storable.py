@@ -11,7 +11,29 @@ import math
 from typing import Any
 from urllib.parse import parse_qsl
 
+from api.errors import field_path
+
 INT64 = (-(2**63), 2**63 - 1)
+INT64_DIGITS = 19  # the most digits a 64-bit integer has
+
+
+class OutOfRangeInt:
+    """Stands in for a JSON integer outside the signed 64-bit range, so it is reported instead of parsed."""
+
+    __slots__ = ("digits", "value")
+
+    def __init__(self, digits: int, value: int | None) -> None:
+        self.digits = digits
+        self.value = value  # None when it has more digits than any 64-bit integer: never built
+
+
+def parse_int64(text: str) -> int | OutOfRangeInt:
+    """``parse_int`` hook of the JSON decoders: never builds a huge int (nor hits Python's digit limit)."""
+    digits = len(text.lstrip("-"))
+    if digits > INT64_DIGITS:
+        return OutOfRangeInt(digits, None)
+    value = int(text)
+    return value if INT64[0] <= value <= INT64[1] else OutOfRangeInt(digits, value)
 
 
 class _Unstorable:
@@ -21,29 +43,12 @@ class _Unstorable:
         self.description = description
 
 
-def _parse_int(text: str) -> int | _Unstorable:
-    digits = len(text.lstrip("-"))
-    if digits > 19:  # also keeps Python's int() from refusing a long literal with a vague error
-        return _Unstorable(f"an integer of {digits} digits is out of the 64-bit range")
-    value = int(text)
-    if not INT64[0] <= value <= INT64[1]:
-        return _Unstorable(f"the integer {value} is out of the 64-bit range")
-    return value
-
-
 def _parse_float(text: str) -> float | _Unstorable:
     value = float(text)
     if math.isinf(value):
         return _Unstorable(f"the number {text[:32]}{'…' if len(text) > 32 else ''} is out of the 64-bit "
                            "floating-point range")
     return value
-
-
-def _path(parts: list[str | int]) -> str:
-    out = ""
-    for part in parts:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else part)
-    return out
 
 
 def text_problem(text: str) -> str | None:
@@ -60,13 +65,17 @@ def text_problem(text: str) -> str | None:
 def _walk(value: Any, parts: list[str | int]) -> tuple[str, str] | None:
     if isinstance(value, str):
         problem = text_problem(value)
-        return (_path(parts), problem) if problem else None
+        return (field_path(parts), problem) if problem else None
     if isinstance(value, _Unstorable):
-        return _path(parts), value.description
+        return field_path(parts), value.description
+    if isinstance(value, OutOfRangeInt):
+        if value.value is None:
+            return field_path(parts), f"an integer of {value.digits} digits is out of the 64-bit range"
+        return field_path(parts), f"the integer {value.value} is out of the 64-bit range"
     if isinstance(value, dict):
         for key, item in value.items():
             if problem := text_problem(key):
-                return _path(parts), f"a key {problem}"
+                return field_path(parts), f"a key {problem}"
             if found := _walk(item, [*parts, key]):
                 return found
     elif isinstance(value, list):
@@ -80,7 +89,7 @@ def json_problem(body: bytes) -> tuple[str | None, str] | None:
     """(param, message) for the first unstorable value of a JSON body, or None (also for bodies that
     do not parse: the route's own parser reports those)."""
     try:
-        document = json.loads(body, parse_int=_parse_int, parse_float=_parse_float)
+        document = json.loads(body, parse_int=parse_int64, parse_float=_parse_float)
     except UnicodeDecodeError as exc:  # the route's parser would only say "error parsing the body"
         return None, f"the JSON body is not valid {exc.encoding.upper()} (byte {exc.start})"
     except (ValueError, RecursionError):
