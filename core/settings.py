@@ -2,12 +2,14 @@
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveInt, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from core.db import PoolOptions
 
+Seconds = Annotated[float, Field(gt=0)]  # an interval or a deadline: never zero (a grace period may be)
 PLACEHOLDER_SECRETS = {"changeme", "change-me", "secret", "admin", "password", "changethis"}
 
 
@@ -30,45 +32,41 @@ class Settings(BaseSettings):
         description="Root of local model directories a job may name as base_model (nothing outside it).",
     )
     training_queue: str = Field("training", description="Celery queue the training tasks go to.")
-    db_outage_grace_seconds: float = Field(
-        300.0, ge=0, description="How long a training run waits out an unreachable database before failing.")
-    heartbeat_seconds: float = Field(5.0, gt=0, description="How often a worker renews its job lease.")
-    lease_seconds: float = Field(
-        60.0, gt=0, description="A running job whose worker has not renewed its lease for this long is "
-                                "requeued (it resumes from its last checkpoint).")
+    db_outage_grace_seconds: NonNegativeFloat = Field(
+        300.0, description="How long a training run waits out an unreachable database before failing.")
+    heartbeat_seconds: Seconds = Field(5.0, description="How often a worker renews its job lease.")
+    lease_seconds: Seconds = Field(60.0, description="A running job whose worker has not renewed its lease for "
+                                                     "this long is requeued (it resumes from its last checkpoint).")
     max_attempts: int = Field(3, ge=1, le=100, description="Runs a job gets before a lost worker fails it.")
-    reaper_interval_seconds: float = Field(15.0, gt=0, description="How often workers look for lost jobs.")
-    unsent_grace_seconds: float = Field(
-        10.0, ge=0, description="A queued job not yet sent to the broker is left this long to its own sender "
-                                "before the workers' reaper loop sends it.")
-    resend_after_seconds: float = Field(
-        300.0, gt=0, description="A queued job sent this long ago is looked for in the broker, and sent "
-                                 "again if its message is gone.")
-    db_pool_size: int = Field(
-        5, ge=1, le=1000, description="Database connections each API process keeps open.")
+    reaper_interval_seconds: Seconds = Field(15.0, description="How often workers look for lost jobs.")
+    unsent_grace_seconds: NonNegativeFloat = Field(
+        10.0, description="A queued job not yet sent to the broker is left this long to its own sender before the "
+                          "workers' reaper loop sends it.")
+    resend_after_seconds: Seconds = Field(300.0, description="A queued job sent this long ago is looked for in the "
+                                                             "broker, and sent again if its message is gone.")
+    db_pool_size: int = Field(5, ge=1, le=1000, description="Database connections each API process keeps open.")
     db_max_overflow: int = Field(
         10, ge=0, le=1000, description="Connections an API process may open beyond DB_POOL_SIZE under load.")
-    db_pool_timeout_seconds: float = Field(
-        10.0, gt=0, description="Longest a request waits for a free database connection; then 503 with "
-                                "Retry-After.")
-    stream_poll_seconds: float = Field(
-        0.5, gt=0, description="How often a job's live streams look for news without a Redis wake-up.")
-    stream_keepalive_seconds: float = Field(15.0, gt=0, description="SSE comment interval when idle.")
-    model_ops_timeout_seconds: float = Field(
-        600.0, gt=0, description="Longest a scoring or adapter-merge request may run; beyond it the model "
-                                 "process is restarted and the request answers 504.")
-    model_ops_cache_bytes: int = Field(
-        2 * 1024**3, ge=0, description="Most bytes of reward-model weights the model process keeps loaded "
-                                       "(least recently used evicted first).")
-    model_ops_idle_seconds: float = Field(
-        600.0, gt=0, description="The model process unloads its models after this long without a request.")
-    max_upload_bytes: int = Field(2 * 1024**3, gt=0, description="Largest dataset file accepted (413 above).")
-    max_dataset_rows: int = Field(5_000_000, gt=0, description="Most rows a dataset may hold (413 above).")
-    max_row_bytes: int = Field(8 * 1024**2, gt=0, description="Largest single row of a dataset file.")
-    stale_upload_seconds: float = Field(
-        600.0, gt=0, description="A dataset upload that has written no rows for this long was left by a stopped "
-                                 "API process: the next upload deletes it.")
-    max_json_body_bytes: int = Field(1024**2, gt=0, description="Largest JSON request body (413 above).")
+    db_pool_timeout_seconds: Seconds = Field(10.0, description="Longest a request waits for a free database "
+                                                               "connection; then 503 with Retry-After.")
+    stream_poll_seconds: Seconds = Field(
+        0.5, description="How often a job's live streams look for news without a Redis wake-up.")
+    stream_keepalive_seconds: Seconds = Field(15.0, description="SSE comment interval when idle.")
+    model_ops_timeout_seconds: Seconds = Field(600.0, description="Longest a scoring or adapter-merge request may "
+                                                                  "run; beyond it the model process is restarted "
+                                                                  "and the request answers 504.")
+    model_ops_cache_bytes: NonNegativeInt = Field(2 * 1024**3, description="Most bytes of reward-model weights "
+                                                                           "the model process keeps loaded (least "
+                                                                           "recently used evicted first).")
+    model_ops_idle_seconds: Seconds = Field(
+        600.0, description="The model process unloads its models after this long without a request.")
+    max_upload_bytes: PositiveInt = Field(2 * 1024**3, description="Largest dataset file accepted (413 above).")
+    max_dataset_rows: PositiveInt = Field(5_000_000, description="Most rows a dataset may hold (413 above).")
+    max_row_bytes: PositiveInt = Field(8 * 1024**2, description="Largest single row of a dataset file.")
+    stale_upload_seconds: Seconds = Field(600.0, description="A dataset upload that has written no rows for this "
+                                                             "long was left by a stopped API process: the next "
+                                                             "upload deletes it.")
+    max_json_body_bytes: PositiveInt = Field(1024**2, description="Largest JSON request body (413 above).")
     max_json_depth: int = Field(32, ge=4, le=1000, description="Deepest nesting a JSON request body may have.")
     admin_api_key: SecretStr | None = Field(
         None, description="Key of the /v1/admin endpoints (projects and their keys); unset disables them.")
@@ -78,7 +76,7 @@ class Settings(BaseSettings):
         default_factory=list,
         description='Modules of Python reward functions that "function" graders may call, as a JSON list; '
                     "they run on the server, so only install what you trust.")
-    torch_threads: int = Field(0, ge=0, description="CPU threads per training process; 0 lets torch decide.")
+    torch_threads: NonNegativeInt = Field(0, description="CPU threads per training process; 0 lets torch decide.")
 
     @field_validator("admin_api_key")
     @classmethod
