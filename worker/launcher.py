@@ -55,7 +55,9 @@ def start_server() -> None:
     # In Celery's pool processes, multiprocessing's current process is billiard's: daemonic
     # (multiprocessing refuses children to a daemonic process lest they outlive it; a training
     # child never does, see above) and with an authentication key only billiard may pickle. The
-    # same key, as multiprocessing's type, lets multiprocessing hand it to the child.
+    # same key, as multiprocessing's type, lets multiprocessing hand it to the child. It goes into
+    # the process's config directly: the process object is billiard's, and its public `authkey`
+    # setter would wrap the key in billiard's type again.
     current = multiprocessing.current_process()
     if current.daemon:
         current.daemon = False
@@ -75,7 +77,8 @@ def _die_with_server() -> None:
         os._exit(128 + signal.SIGKILL)  # orphaned before the death signal was armed
     # The stdlib hands every child a copy of the server's "alive" pipe, which keeps the server
     # running as long as any copy is open; a training child must not keep it alive once the
-    # worker process that owns the server is gone.
+    # worker process that owns the server is gone. The stdlib keeps that descriptor on its private
+    # server object and offers no public call to close it.
     if forkserver._forkserver._forkserver_alive_fd is not None:
         os.close(forkserver._forkserver._forkserver_alive_fd)
         forkserver._forkserver._forkserver_alive_fd = None

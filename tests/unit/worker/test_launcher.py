@@ -9,8 +9,9 @@ import importlib, json, threading
 from worker.launcher import PRELOAD
 for name in PRELOAD:
     importlib.import_module(name)
-import core.db, torch
-print(json.dumps({"threads": threading.active_count(), "engines": len(core.db._engines),
+import gc, sqlalchemy, torch
+engines = sum(isinstance(o, sqlalchemy.engine.Engine) for o in gc.get_objects())
+print(json.dumps({"threads": threading.active_count(), "engines": engines,
                   "cuda": torch.cuda.is_initialized(), "modules": sorted(PRELOAD)}))
 """
 
