@@ -1,5 +1,7 @@
 """The service as real processes: `rlhf-service api` and `rlhf-service worker` on each deployment."""
 
+from pathlib import Path
+
 import pytest
 
 from tests.e2e.e2e_support import SHORT_LEASE, deployment
@@ -25,3 +27,11 @@ def dep(request, tmp_path):
     """A fresh deployment on each backend with a short lease (fault tests); the test may stop its processes."""
     with deployment(request, tmp_path, **SHORT_LEASE) as dep:
         yield dep
+
+
+def pytest_collection_modifyitems(config, items):
+    """Every end-to-end test trains a model in its worker: all of them carry the `trains` marker."""
+    here = Path(__file__).parent
+    for item in items:
+        if item.path.is_relative_to(here):
+            item.add_marker(pytest.mark.trains)

@@ -1,6 +1,8 @@
 import json
 from pathlib import Path
 
+import pytest
+
 import trainers
 from tests.unit.trainers.trainer_fixtures import RecordingCallbacks, cli, write_jsonl
 from trainers import DPOJob, TrainingData
@@ -17,6 +19,7 @@ def test_flags_come_from_the_config_models():
     assert (args.max_steps, args.beta, args.learning_rate) == (3, 0.2, None)
 
 
+@pytest.mark.trains
 def test_cli_trains_prints_json_metrics_and_writes_checkpoints(tmp_path):
     # OpenAI-format rows are normalised on the way in
     rows = [
@@ -49,6 +52,7 @@ def test_cli_reports_bad_rows_and_bad_hyperparameters(tmp_path):
     assert out.returncode == 2 and "max_prompt_length" in out.stderr
 
 
+@pytest.mark.trains
 def test_merge_writes_a_full_model(tmp_path):
     callbacks = RecordingCallbacks(tmp_path / "run")
     job = DPOJob(base_model="builtin:tiny-llama", lora={"r": 4}, hyperparameters={"max_steps": 1, "batch_size": 4})

@@ -28,6 +28,7 @@ def dpo_job(seed=0, **hyperparameters):
     return DPOJob(base_model="builtin:tiny-llama", seed=seed, hyperparameters=hyperparameters)
 
 
+@pytest.mark.trains
 @pytest.mark.parametrize("seed, conversational", [(0, False), (1, True), (2, False)])
 def test_dpo_learns_the_synthetic_preference(seed, conversational):
     rows = uppercase_preference_rows(256, seed=seed, conversational=conversational)
@@ -48,6 +49,7 @@ def test_dpo_learns_the_synthetic_preference(seed, conversational):
     assert list(callbacks.checkpoints) == [30]  # the end is always saved
 
 
+@pytest.mark.trains
 def test_interrupted_and_resumed_run_matches_an_uninterrupted_one(tmp_path):
     # 20 rows in batches of 8: 3 steps per epoch (the last one partial), so 6 steps cross an
     # epoch boundary; warmup and accumulation make the optimizer and schedule state matter.
@@ -85,6 +87,7 @@ def test_stop_before_any_step_saves_nothing():
     assert callbacks.checkpoints == {} and callbacks.metrics == {}
 
 
+@pytest.mark.trains
 def test_checkpoints_and_logs_follow_their_intervals_and_probe_matches_the_reloaded_model(tmp_path):
     callbacks = RecordingCallbacks(tmp_path)
     job = dpo_job(max_steps=5, batch_size=4, learning_rate=1e-3, checkpoint_every=2, log_every=2)
@@ -111,6 +114,7 @@ def test_checkpoints_and_logs_follow_their_intervals_and_probe_matches_the_reloa
     assert callbacks.checkpoints[2][1]["probe"]["logits"] != info["probe"]["logits"]
 
 
+@pytest.mark.trains
 def test_gradient_accumulation_does_not_change_the_result():
     rows = uppercase_preference_rows(24, seed=4)
     runs = []
@@ -123,6 +127,7 @@ def test_gradient_accumulation_does_not_change_the_result():
         assert runs[1][step] == pytest.approx(runs[0][step], rel=1e-4, abs=1e-5)
 
 
+@pytest.mark.trains
 def test_non_finite_loss_raises_naming_the_step(monkeypatch):
     calls = {"n": 0}
     real_loss = trainers.dpo.dpo_loss
@@ -147,6 +152,7 @@ def test_unknown_model_is_a_user_error_naming_it():
         )
 
 
+@pytest.mark.trains
 def test_truncated_pairs_are_counted_in_a_warning():
     rows = uppercase_preference_rows(6, response_length=40)
     callbacks = RecordingCallbacks()
@@ -155,6 +161,7 @@ def test_truncated_pairs_are_counted_in_a_warning():
     assert any(m.startswith("6 of 6 train pairs were truncated") for m in warnings), warnings
 
 
+@pytest.mark.trains
 @pytest.mark.parametrize(
     "loss", [{"loss_type": "ipo", "learning_rate": 3e-3}, {"loss_type": "hinge"}, {"label_smoothing": 0.1}]
 )
@@ -165,6 +172,7 @@ def test_every_loss_of_the_family_learns_the_synthetic_preference(loss):
     assert callbacks.metrics[30]["train/loss"] < callbacks.metrics[1]["train/loss"]
 
 
+@pytest.mark.trains
 def test_eval_metrics_arrive_every_eval_every_steps_and_at_the_end_with_the_train_metrics():
     callbacks = RecordingCallbacks()
     job = dpo_job(max_steps=5, batch_size=4, eval_every=2, log_every=100, checkpoint_every=100)
@@ -175,6 +183,7 @@ def test_eval_metrics_arrive_every_eval_every_steps_and_at_the_end_with_the_trai
         assert {"train/loss", "eval/loss", "eval/rewards/accuracies", "eval/logps/chosen"} <= set(metrics)
 
 
+@pytest.mark.trains
 @pytest.mark.parametrize("loss_type", ["sigmoid", "ipo"])
 def test_precomputed_and_on_the_fly_reference_give_the_same_run(monkeypatch, loss_type):
     rows, eval_rows = uppercase_preference_rows(24, seed=6), uppercase_preference_rows(7, seed=7)
@@ -198,6 +207,7 @@ def no_copy(obj):
     raise AssertionError("the reference model was copied")
 
 
+@pytest.mark.trains
 def test_resumed_run_with_precomputed_reference_does_not_keep_the_base_model(monkeypatch, tmp_path):
     rows = uppercase_preference_rows(12, seed=2)
     job = dpo_job(max_steps=4, batch_size=4, learning_rate=1e-3)

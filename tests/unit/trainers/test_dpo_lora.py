@@ -19,6 +19,8 @@ from trainers.models.checkpoint import MODEL_DIR, MODEL_INFO_FILE, PROBE_TEXT, P
 from trainers.models.export import merge_checkpoint
 from trainers.models.loading import load_policy
 
+pytestmark = pytest.mark.trains
+
 BASE = "builtin:tiny-llama"
 
 

@@ -64,6 +64,7 @@ def first_metrics(job, data):
     return callbacks.metrics[1]
 
 
+@pytest.mark.trains
 @pytest.mark.parametrize("disable", [True, False])
 def test_dpo_first_loss_is_ln2_only_without_dropout(model_dir, disable):
     job = DPOJob(base_model=model_dir, hyperparameters=PAIRS | option(disable))
@@ -74,6 +75,7 @@ def test_dpo_first_loss_is_ln2_only_without_dropout(model_dir, disable):
         assert abs(loss - math.log(2)) > 1e-4  # the policy's pass drops units the reference's keeps
 
 
+@pytest.mark.trains
 @pytest.mark.parametrize("disable", [True, False])
 def test_grpo_first_kl_is_zero_only_without_dropout(model_dir, disable):
     hp = RL | {"num_generations": 2} | option(disable)
@@ -85,6 +87,7 @@ def test_grpo_first_kl_is_zero_only_without_dropout(model_dir, disable):
         assert kl > 1e-4
 
 
+@pytest.mark.trains
 @pytest.mark.parametrize("disable", [True, False])
 def test_ppo_first_ratio_is_one_only_without_dropout(model_dir, disable):
     job = PPOJob(base_model=model_dir, reward=CONTAINS_E, hyperparameters=RL | {"batch_size": 2} | option(disable))
@@ -95,6 +98,7 @@ def test_ppo_first_ratio_is_one_only_without_dropout(model_dir, disable):
         assert metrics["policy/approx_kl"] > 1e-6  # the training pass drops units the rollout's kept
 
 
+@pytest.mark.trains
 @pytest.mark.parametrize("disable", [True, False])
 def test_reward_model_scores_equal_responses_equally_only_without_dropout(model_dir, disable):
     rows = [row | {"rejected": row["chosen"]} for row in uppercase_preference_rows(4)]

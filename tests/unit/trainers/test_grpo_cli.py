@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from tests.unit.trainers.trainer_fixtures import cli, write_jsonl
 from trainers.__main__ import build_parser, main
 
@@ -17,6 +19,7 @@ def test_grpo_flags_include_the_reward_and_parse_booleans():
     assert args.reward["name"] == "answer" and args.reward_model_dir == [("ckpt_1", "/models/rm")]
 
 
+@pytest.mark.trains
 def test_cli_trains_grpo_on_prompt_rows(tmp_path):
     rows = [{"prompt": "Hello", "answer": "a"}, {"prompt": [{"role": "user", "content": "Hi"}], "answer": "b"}]
     data = write_jsonl(tmp_path / "prompts.jsonl", rows)

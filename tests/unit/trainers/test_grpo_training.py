@@ -7,6 +7,8 @@ from tests.unit.trainers.trainer_fixtures import RecordingCallbacks
 from trainers import GRPOJob, TrainingData
 from trainers.models.checkpoint import MODEL_DIR, read_model_info
 
+pytestmark = pytest.mark.trains
+
 PROMPTS = [{"prompt": p} for p in ["Hello", "Say something", "Write", "Go", "Tell me", "Once", "Why", "Hi there"]]
 CONTAINS_E = {"type": "string_check", "name": "has_e", "operation": "contains", "reference": "e"}
 LOWERCASE = {"type": "string_check", "name": "lowercase", "operation": "regex", "reference": "[a-z]"}  # about half

@@ -37,6 +37,7 @@ def run_steps(loop, model, n):
         loop.update(loss.detach().reshape(1), NAMES)
 
 
+@pytest.mark.trains
 def test_warmup_is_linear_then_constant():
     hp = LoopHyperparameters(learning_rate=1.0, warmup_steps=3)
     _, scheduler = build_optimizer([torch.nn.Parameter(torch.zeros(1))], hp)
@@ -65,6 +66,7 @@ def test_cadence_of_logs_evaluations_and_checkpoints():
     assert [s for s in due if due[s][2]] == [5, 10]  # every 5, and at the end
 
 
+@pytest.mark.trains
 def test_update_returns_metrics_and_steps_the_optimizer():
     callbacks = RecordingCallbacks()
     loop, model = make_loop(callbacks, max_steps=4, warmup_steps=1)
@@ -80,6 +82,7 @@ def test_update_returns_metrics_and_steps_the_optimizer():
     assert model.lm_head.weight.grad is None and weight(model).item() < 1.0
 
 
+@pytest.mark.trains
 @pytest.mark.parametrize("loss, grad, what", [(float("nan"), 1.0, "loss"), (1.0, float("inf"), "gradient norm")])
 def test_update_refuses_non_finite_values_before_touching_the_weights(loss, grad, what):
     loop, model = make_loop(RecordingCallbacks(), max_steps=4)
@@ -92,6 +95,7 @@ def test_update_refuses_non_finite_values_before_touching_the_weights(loss, grad
     assert info.value.step == 3 and torch.equal(model.lm_head.weight.detach(), before)
 
 
+@pytest.mark.trains
 def test_stop_saves_progress_once_and_resume_restores_the_state(tmp_path):
     callbacks = RecordingCallbacks(tmp_path)
     loop, model = make_loop(callbacks, max_steps=6, checkpoint_every=2, warmup_steps=3)
@@ -113,6 +117,7 @@ def test_stop_saves_progress_once_and_resume_restores_the_state(tmp_path):
     assert ("warning", "resuming with a job spec that differs from the checkpoint's") not in resumed_callbacks.events
 
 
+@pytest.mark.trains
 def test_resume_warns_about_a_different_spec_or_data_size(tmp_path):
     callbacks = RecordingCallbacks(tmp_path)
     loop, model = make_loop(callbacks, max_steps=6)
@@ -153,6 +158,7 @@ def run_critic_steps(loop, model, critic, n, critic_grad=1.0):
     return metrics
 
 
+@pytest.mark.trains
 def test_an_auxiliary_model_has_its_own_rate_and_clipping_and_steps_with_the_model():
     loop, model, critic = make_loop_with_critic(RecordingCallbacks(), max_steps=4, max_grad_norm=1.0)
     metrics = run_critic_steps(loop, model, critic, 1, critic_grad=3.0)  # gradient (3, 3): norm 3√2
@@ -163,6 +169,7 @@ def test_an_auxiliary_model_has_its_own_rate_and_clipping_and_steps_with_the_mod
     assert critic.weight.grad is None
 
 
+@pytest.mark.trains
 def test_a_non_finite_auxiliary_gradient_stops_both_models_before_they_move():
     loop, model, critic = make_loop_with_critic(RecordingCallbacks(), max_steps=4)
     run_critic_steps(loop, model, critic, 1)
@@ -176,6 +183,7 @@ def test_a_non_finite_auxiliary_gradient_stops_both_models_before_they_move():
     assert torch.equal(model.lm_head.weight.detach(), before[0]) and torch.equal(critic.weight.detach(), before[1])
 
 
+@pytest.mark.trains
 def test_checkpoints_keep_the_auxiliary_model_and_extra_state_and_resume_restores_them(tmp_path):
     callbacks = RecordingCallbacks(tmp_path)
     extra = {"kl_coef": 0.3, "rows": torch.arange(3)}
@@ -196,6 +204,7 @@ def test_checkpoints_keep_the_auxiliary_model_and_extra_state_and_resume_restore
     )
 
 
+@pytest.mark.trains
 def test_resuming_with_an_auxiliary_model_needs_its_state(tmp_path):
     callbacks = RecordingCallbacks(tmp_path)
     loop, model = make_loop(callbacks, max_steps=6)

@@ -49,6 +49,7 @@ def rollout_starts(metrics, steps_per_rollout):
     return [s for s in sorted(metrics) if (s - 1) % steps_per_rollout == 0]
 
 
+@pytest.mark.trains
 @pytest.mark.parametrize("seed", [0, 1])
 def test_ppo_learns_to_write_the_rewarded_letter(seed):
     # Over seeds 0–19 the first rollout scores 0–0.12 and the mean of the last three 0.67–0.92.
@@ -73,6 +74,7 @@ def test_ppo_learns_to_write_the_rewarded_letter(seed):
     assert expected <= set(metrics[48])
 
 
+@pytest.mark.trains
 @pytest.mark.parametrize("lora", [None, {"r": 4, "dropout": 0.0}])
 def test_an_interrupted_and_resumed_run_matches_an_uninterrupted_one(tmp_path, lora):
     # 2 minibatches × 2 epochs = 4 steps per rollout, micro-batched, warmup, an adaptive β: the
@@ -102,6 +104,7 @@ def test_an_interrupted_and_resumed_run_matches_an_uninterrupted_one(tmp_path, l
     assert resumed.checkpoints[12][1]["probe"] == straight.checkpoints[12][1]["probe"]
 
 
+@pytest.mark.trains
 def test_adaptive_kl_coefficient_moves_towards_the_target():
     """β ← β·(1 + clip(KL / KL_target − 1, ±0.2)·B / horizon) after each rollout (Ziegler et al. 2019)."""
     callbacks = RecordingCallbacks()
@@ -139,6 +142,7 @@ def test_a_diverging_critic_stops_the_run_with_a_numerical_error(monkeypatch):
     assert info.value.step == 1 and callbacks.metrics == {}
 
 
+@pytest.mark.trains
 def test_ptx_mixes_a_language_modelling_loss_into_every_step():
     texts = [{"text": t} for t in ["the quick brown fox", "jumps over the lazy dog", "hello world"]]
     callbacks = RecordingCallbacks()
@@ -154,6 +158,7 @@ def test_ptx_mixes_a_language_modelling_loss_into_every_step():
     assert info.value.param == "ptx"
 
 
+@pytest.mark.trains
 def test_a_lora_critic_from_the_reward_model_with_evaluation(tmp_path):
     reward_model, tokenizer = load_reward_model("builtin:tiny-llama")
     reward_model.save_pretrained(tmp_path / "rm")

@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from tests.unit.trainers.trainer_fixtures import write_jsonl
 from trainers.__main__ import build_parser, main
 from trainers.models.value import CRITIC_DIR
@@ -18,6 +20,7 @@ def test_ppo_flags_come_from_its_config():
     assert args.reward_model_dir == [("ckpt_1", "/models/rm")]
 
 
+@pytest.mark.trains
 def test_cli_trains_ppo_on_prompt_rows(tmp_path, capsys):
     rows = [{"prompt": "Hello", "answer": "a"}, {"prompt": [{"role": "user", "content": "Hi"}], "answer": "b"}]
     data = write_jsonl(tmp_path / "prompts.jsonl", rows)

@@ -30,6 +30,7 @@ def reward_job(seed=0, lora=None, **hyperparameters):
     return RewardModelJob(base_model="builtin:tiny-llama", seed=seed, lora=lora, hyperparameters=hyperparameters)
 
 
+@pytest.mark.trains
 @pytest.mark.parametrize("seed, conversational", [(0, False), (1, True)])
 def test_reward_model_learns_the_synthetic_preference(seed, conversational):
     data = TrainingData(
@@ -56,6 +57,7 @@ def test_reward_model_learns_the_synthetic_preference(seed, conversational):
     assert model_info["base_model"] == "builtin:tiny-llama"
 
 
+@pytest.mark.trains
 def test_margin_and_centring_enter_the_loss_as_the_formula_says():
     rows = uppercase_preference_rows(6, seed=2)
     margins = [0.5, 0.0, 2.0, -1.0, 0.25, 0.0]
@@ -88,6 +90,7 @@ def test_margin_and_centring_enter_the_loss_as_the_formula_says():
     assert with_margin != pytest.approx(plain, abs=1e-3)  # the margins do matter on this batch
 
 
+@pytest.mark.trains
 def test_gradient_accumulation_does_not_change_the_result():
     rows = uppercase_preference_rows(24, seed=4)
     for row, margin in zip(rows, range(24), strict=True):
@@ -105,6 +108,7 @@ def test_gradient_accumulation_does_not_change_the_result():
     assert model_infos[1]["reward_mean"] == pytest.approx(model_infos[0]["reward_mean"], rel=1e-4, abs=1e-6)
 
 
+@pytest.mark.trains
 def test_checkpoint_records_reward_statistics_of_a_fixed_training_sample(tmp_path):
     rows = uppercase_preference_rows(16, seed=6)
     callbacks = RecordingCallbacks(tmp_path)
@@ -130,6 +134,7 @@ def test_checkpoint_records_reward_statistics_of_a_fixed_training_sample(tmp_pat
     assert callbacks.checkpoints[2][1]["model"]["reward_mean"] != written["reward_mean"]  # taken at each checkpoint
 
 
+@pytest.mark.trains
 def test_lora_trains_only_the_adapters_and_the_score_head(monkeypatch):
     trained = {}
     real_load = trainers.reward_model.load_trainable_model
@@ -156,6 +161,7 @@ def test_lora_trains_only_the_adapters_and_the_score_head(monkeypatch):
     assert callbacks.checkpoints[3][1]["model"]["adapter"] is True
 
 
+@pytest.mark.trains
 @pytest.mark.parametrize("lora, weights", [(None, "model.safetensors"), ({"r": 4}, "adapter_model.safetensors")])
 def test_interrupted_and_resumed_run_matches_an_uninterrupted_one(tmp_path, lora, weights):
     # 20 rows in batches of 8: 3 steps per epoch (the last one partial), so 6 steps cross an
@@ -198,6 +204,7 @@ def test_stop_before_any_step_saves_nothing():
     assert callbacks.checkpoints == {} and callbacks.metrics == {}
 
 
+@pytest.mark.trains
 def test_non_finite_loss_raises_naming_the_step(monkeypatch):
     calls = {"n": 0}
     real_loss = trainers.reward_model.bradley_terry_loss

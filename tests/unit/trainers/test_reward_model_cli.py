@@ -20,6 +20,7 @@ def test_reward_model_flags_come_from_its_config():
     assert (args.center_rewards_coefficient, args.reward_stats_rows, args.max_steps) == (0.01, 64, None)
 
 
+@pytest.mark.trains
 def test_train_then_score_from_the_command_line(tmp_path):
     rows = uppercase_preference_rows(16)
     data = tmp_path / "rows.jsonl"

@@ -86,6 +86,7 @@ def probe(model, tokenizer):
     return (logits[0, -1] if logits.dim() == 3 else logits[0])[:PROBE_VOCAB]
 
 
+@pytest.mark.trains
 @pytest.mark.parametrize("arch", ARCHITECTURES)
 def test_dpo_starts_at_ln2_and_its_checkpoint_reloads_with_the_trainers_logits(arch, model_dir, tmp_path):
     callbacks = run(DPOJob(base_model=model_dir(arch), hyperparameters=DPO), TrainingData(train=PREFERENCES),
@@ -99,6 +100,7 @@ def test_dpo_starts_at_ln2_and_its_checkpoint_reloads_with_the_trainers_logits(a
     torch.testing.assert_close(probe(model, tokenizer), torch.tensor(info["probe"]["logits"]), rtol=0, atol=1e-5)
 
 
+@pytest.mark.trains
 @pytest.mark.parametrize("arch", ARCHITECTURES)
 def test_dpo_with_lora_starts_at_ln2(arch, model_dir):
     job = DPOJob(base_model=model_dir(arch), lora={"r": 4, "dropout": 0.0}, hyperparameters=DPO)
@@ -106,6 +108,7 @@ def test_dpo_with_lora_starts_at_ln2(arch, model_dir):
     assert callbacks.metrics[1]["train/loss"] == pytest.approx(math.log(2), abs=1e-5)
 
 
+@pytest.mark.trains
 @pytest.mark.parametrize("arch", ARCHITECTURES)
 def test_reward_model_trains_and_its_checkpoint_reloads_with_the_trainers_logits(arch, model_dir, tmp_path):
     job = RewardModelJob(base_model=model_dir(arch), hyperparameters=REWARD)
@@ -120,6 +123,7 @@ def test_reward_model_trains_and_its_checkpoint_reloads_with_the_trainers_logits
     assert len(scores) == 4 and all(math.isfinite(s["score"]) for s in scores)
 
 
+@pytest.mark.trains
 @pytest.mark.parametrize("arch", ARCHITECTURES)
 def test_grpo_starts_with_zero_kl(arch, model_dir):
     job = GRPOJob(base_model=model_dir(arch), reward=CONTAINS_E, hyperparameters=GRPO)
@@ -127,6 +131,7 @@ def test_grpo_starts_with_zero_kl(arch, model_dir):
     assert callbacks.metrics[1]["objective/kl"] == pytest.approx(0, abs=1e-6)
 
 
+@pytest.mark.trains
 @pytest.mark.parametrize("arch", ARCHITECTURES)
 def test_ppo_starts_with_zero_kl_and_no_clipping(arch, model_dir):
     job = PPOJob(base_model=model_dir(arch), reward=CONTAINS_E, hyperparameters=PPO)
@@ -144,6 +149,7 @@ def trainer_job(kind, base):
     return job(base_model=base, reward=CONTAINS_E, hyperparameters=hp), TrainingData(train=PROMPTS)
 
 
+@pytest.mark.trains
 @pytest.mark.parametrize("kind", ["dpo", "reward_model", "grpo", "ppo"])
 def test_a_pad_token_past_the_embedding_rows_ends_up_inside_the_table(kind, model_dir, tmp_path):
     # the tokenizer's last token, its pad, has no embedding row (and the config no pad id)
@@ -157,6 +163,7 @@ def test_a_pad_token_past_the_embedding_rows_ends_up_inside_the_table(kind, mode
     torch.testing.assert_close(probe(model, tokenizer), torch.tensor(info["probe"]["logits"]), rtol=0, atol=1e-5)
 
 
+@pytest.mark.trains
 @pytest.mark.parametrize("arch", DROPOUT)
 def test_dropout_in_the_config_does_not_move_the_first_step(arch, model_dir):
     base = model_dir(arch, dropout=0.1)
@@ -185,6 +192,7 @@ def test_sliding_window_log_probs_are_those_of_one_row_per_completion(arch, mode
     torch.testing.assert_close(trained[real], logits[real], rtol=0, atol=1e-4)
 
 
+@pytest.mark.trains
 @pytest.mark.parametrize("arch", SLIDING)
 def test_sliding_window_rewards_are_those_of_one_row_per_response(arch, model_dir):
     base = model_dir(arch, sliding=True)

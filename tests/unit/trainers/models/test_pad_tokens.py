@@ -111,6 +111,7 @@ def train(job, root=None):
     return callbacks
 
 
+@pytest.mark.trains
 @pytest.mark.parametrize("kind", ["dpo", "reward_model", "grpo", "ppo"])
 def test_every_trainer_runs_with_a_tokenizer_without_pad_token(padless, kind):
     style, directory = padless
@@ -119,6 +120,7 @@ def test_every_trainer_runs_with_a_tokenizer_without_pad_token(padless, kind):
         assert callbacks.metrics[1]["train/loss"] == pytest.approx(math.log(2), abs=1e-5)
 
 
+@pytest.mark.trains
 @pytest.mark.parametrize("kind", ["dpo", "reward_model"])
 def test_lora_runs_with_a_tokenizer_without_pad_token(padless, kind):
     train(job_of(kind, padless[1], lora={"r": 2, "dropout": 0.0}))
@@ -136,6 +138,7 @@ def test_loading_adds_a_pad_token_distinct_from_eos_with_a_mean_row(padless):
         assert model.config.pad_token_id == tokenizer.pad_token_id and model.config.vocab_size == len(tokenizer)
 
 
+@pytest.mark.trains
 def test_score_and_model_graders_read_a_reward_model_without_pad_token(padless, tmp_path):
     style, directory = padless
     callbacks = train(job_of("reward_model", directory), tmp_path / "rm")
@@ -165,6 +168,7 @@ def test_score_reads_a_classifier_directory_without_pad_token(tmp_path):
     assert tokenizer.pad_token_id == 257 and model.config.pad_token_id == 257
 
 
+@pytest.mark.trains
 def test_checkpoint_of_a_padless_model_reloads_with_the_trainers_logits(padless, tmp_path):
     _, directory = padless
     callbacks = train(job_of("dpo", directory, learning_rate=1e-2), tmp_path)
@@ -181,6 +185,7 @@ def test_checkpoint_of_a_padless_model_reloads_with_the_trainers_logits(padless,
     assert not torch.equal(base.get_input_embeddings().weight, model.get_input_embeddings().weight)  # it trained
 
 
+@pytest.mark.trains
 @pytest.mark.parametrize("style", ["llama", "gpt2"])
 def test_a_tokenizer_larger_than_the_embedding_table_gets_rows_for_every_id(style, tmp_path):
     # 256 bytes + specials + 20 tokens the model never had, no pad: the table has 250 rows only
@@ -193,6 +198,7 @@ def test_a_tokenizer_larger_than_the_embedding_table_gets_rows_for_every_id(styl
         train(job_of(kind, directory))
 
 
+@pytest.mark.trains
 def test_a_pad_token_beyond_the_embedding_table_gets_its_row(tmp_path):
     # the tokenizer names a pad token that the model has no row for (as Qwen2's tokenizer class
     # appends its own pad): padding with it used to index past the table
@@ -204,6 +210,7 @@ def test_a_pad_token_beyond_the_embedding_table_gets_its_row(tmp_path):
         train(job_of(kind, directory))
 
 
+@pytest.mark.trains
 def test_a_named_pad_token_with_a_row_is_chosen_without_growing_the_table(tmp_path):
     extra = ("<|reserved_0|>", "<|finetune_right_pad_id|>")
     directory = save_model(tmp_path / "m", "llama", extra=extra)
@@ -228,6 +235,7 @@ def test_a_model_whose_embeddings_cannot_grow_is_a_user_error_naming_it():
     assert info.value.param == "base_model"
 
 
+@pytest.mark.trains
 @pytest.mark.parametrize("kind", ["dpo", "reward_model"])
 def test_a_lora_checkpoint_of_a_padless_model_merges_into_a_plain_model(padless, kind, tmp_path):
     _, directory = padless
@@ -249,6 +257,7 @@ def test_a_lora_checkpoint_of_a_padless_model_merges_into_a_plain_model(padless,
     torch.testing.assert_close(logits, torch.tensor(callbacks.checkpoints[2][1]["probe"]["logits"]), rtol=0, atol=1e-5)
 
 
+@pytest.mark.trains
 def test_a_reward_model_with_a_smaller_table_than_the_policy_reads_the_text_of_ids_past_it(tmp_path):
     # one tokenizer, two tables (as a family's model sizes pad the vocabulary differently): the
     # policy has 300 rows and samples ids the reward model (259 rows, pad included) has no row for
@@ -260,6 +269,7 @@ def test_a_reward_model_with_a_smaller_table_than_the_policy_reads_the_text_of_i
     assert any("scores the sampled token ids" in message for _, message in callbacks.events)
 
 
+@pytest.mark.trains
 def test_a_critic_from_a_reward_model_with_a_smaller_table_grows_to_the_policys(tmp_path):
     policy = save_model(tmp_path / "policy", "llama", rows=300)
     reward_dir = save_model(tmp_path / "rm", "llama")  # 259 rows once its pad is added

@@ -53,11 +53,13 @@ def ranked_correctly(model_dir, rows):
     return sum(c["score"] > r["score"] for c, r in zip(chosen, rejected, strict=True)) / len(rows)
 
 
+@pytest.mark.trains
 def test_scores_rank_held_out_chosen_responses_first(full_checkpoint):
     model_dir, _ = full_checkpoint
     assert ranked_correctly(model_dir, HELD_OUT) > 0.9
 
 
+@pytest.mark.trains
 def test_a_pair_scores_the_reward_training_reads_and_is_normalised_with_the_checkpoint_stats(full_checkpoint):
     model_dir, info = full_checkpoint
     rows = HELD_OUT[:5]
@@ -68,6 +70,7 @@ def test_a_pair_scores_the_reward_training_reads_and_is_normalised_with_the_chec
         assert result["normalized"] == pytest.approx((result["score"] - info["reward_mean"]) / info["reward_std"])
 
 
+@pytest.mark.trains
 def test_a_text_is_scored_as_it_is_with_eos_appended(full_checkpoint):
     model_dir, _ = full_checkpoint
     row = HELD_OUT[0]
@@ -84,6 +87,7 @@ def test_a_text_is_scored_as_it_is_with_eos_appended(full_checkpoint):
     assert text["score"] == pytest.approx(expected.item(), abs=1e-5)
 
 
+@pytest.mark.trains
 def test_conversational_items_use_the_chat_template(full_checkpoint):
     model_dir, _ = full_checkpoint
     rows = uppercase_preference_rows(3, seed=7, conversational=True)
@@ -91,6 +95,7 @@ def test_conversational_items_use_the_chat_template(full_checkpoint):
     assert [r["score"] for r in results] == pytest.approx(chosen_rewards(model_dir, rows), abs=1e-5)
 
 
+@pytest.mark.trains
 def test_an_adapter_checkpoint_scores_through_its_base(lora_checkpoint):
     model_dir, info = lora_checkpoint
     assert (model_dir / "adapter_config.json").is_file() and not (model_dir / "model.safetensors").exists()
@@ -100,6 +105,7 @@ def test_an_adapter_checkpoint_scores_through_its_base(lora_checkpoint):
     assert set(results[0]) == {"score", "normalized"}
 
 
+@pytest.mark.trains
 def test_without_statistics_the_normalised_score_is_left_out(full_checkpoint, tmp_path):
     model_dir, _ = full_checkpoint
     copy = shutil.copytree(model_dir, tmp_path / "model")
@@ -119,6 +125,7 @@ def test_a_causal_lm_is_not_a_reward_model(tmp_path):
         score(tmp_path, [{"text": "hello"}])
 
 
+@pytest.mark.trains
 def test_a_missing_directory_and_malformed_items_are_user_errors(full_checkpoint, tmp_path):
     model_dir, _ = full_checkpoint
     with pytest.raises(UserError, match="is not a directory"):
@@ -132,6 +139,7 @@ def test_a_missing_directory_and_malformed_items_are_user_errors(full_checkpoint
         score(model_dir, [{"prompt": "", "response": ""}])
 
 
+@pytest.mark.trains
 def test_the_model_info_file_is_json_with_the_statistics(full_checkpoint):
     model_dir, info = full_checkpoint
     assert json.loads((model_dir / MODEL_INFO_FILE).read_text()) == info

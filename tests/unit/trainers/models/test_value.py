@@ -122,6 +122,7 @@ def test_a_reward_model_critic_needs_a_reward_model_with_the_policy_vocabulary(r
         initial_critic("reward_model", policy_base=pytest.fail, tokenizer=other, reward_model_dir=reward_model_dir)
 
 
+@pytest.mark.trains
 @pytest.mark.parametrize("lora", [None, LoRAConfig(r=4, dropout=0.0)])
 def test_the_critic_trains_and_loads_back_from_its_directory(lora, rollout, tmp_path):
     policy, tokenizer = tiny()

@@ -210,6 +210,7 @@ def test_a_reward_that_cannot_be_loaded_is_a_user_error_naming_what(reward_model
     assert info.value.param == "reward.function" and "no_such_function" in info.value.message
 
 
+@pytest.mark.trains
 def test_a_grpo_run_is_rewarded_by_a_reward_model_checkpoint(reward_model_dir):
     import trainers
     from trainers import TrainingData
