@@ -1,6 +1,6 @@
 """What no column can hold, found in JSON bodies, query strings and headers, with where it is."""
 
-from api.storable import header_problem, json_problem, query_problem, text_problem
+from api.storable import OutOfRangeInt, header_problem, json_problem, parse_int64, query_problem, text_problem
 
 
 def test_storable_text():
@@ -36,3 +36,13 @@ def test_query_and_header_problems():
     assert query_problem(b"limit=5&after=job%00x")[0] == "after"
     assert header_problem([(b"idempotency-key", b"abc\xff")]) is None
     assert header_problem([(b"idempotency-key", b"a\x00")])[0] == "idempotency-key"
+
+
+def test_parse_int64_keeps_64_bit_integers_and_stands_in_for_the_rest():
+    assert parse_int64("9223372036854775807") == 2**63 - 1
+    assert parse_int64("-9223372036854775808") == -(2**63)
+    assert parse_int64("0") == 0
+    past = parse_int64("9223372036854775808")
+    assert isinstance(past, OutOfRangeInt) and (past.digits, past.value) == (19, 2**63)
+    huge = parse_int64("-" + "9" * 5000)  # never built: Python would refuse a literal this long
+    assert isinstance(huge, OutOfRangeInt) and (huge.digits, huge.value) == (5000, None)
