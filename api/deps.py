@@ -1,4 +1,5 @@
-"""Dependencies: settings, database session, task queue, artifact store, and fetch-or-404 lookups.
+"""Dependencies: settings, database session, task queue, model process, artifact store, and fetch-or-404
+lookups.
 
 A lookup answers 404 alike for an id that names nothing and one of another project: ids reveal nothing.
 """
@@ -14,6 +15,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
 from api.errors import NotFound, Unauthenticated
+from api.services.modelops import ModelOps
 from core.artifacts import ArtifactStore
 from core.db import session_factory
 from core.models import ApiKey, Checkpoint, Dataset, Job, Project
@@ -56,6 +58,13 @@ async def get_registry(request: Request) -> dict[str, Callable[..., float]]:
 
 
 RegistryDep = Annotated[dict[str, Callable[..., float]], Depends(get_registry)]
+
+
+async def get_model_ops(request: Request) -> ModelOps:
+    return request.app.state.model_ops
+
+
+ModelOpsDep = Annotated[ModelOps, Depends(get_model_ops)]
 
 
 def get_store(settings: SettingsDep) -> ArtifactStore:

@@ -2,23 +2,17 @@
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Query
 from fastapi.responses import StreamingResponse
 
-from api.deps import CheckpointDep, SessionDep, SettingsDep, StoreDep, get_project
+from api.deps import CheckpointDep, ModelOpsDep, SessionDep, SettingsDep, StoreDep, get_project
 from api.schemas import CheckpointPublic, ErrorResponse, ScoreRequest, ScoresPublic, error_responses
 from api.services import results
-from api.services.modelops import ModelOps
 
 router = APIRouter(prefix="/v1/checkpoints", tags=["checkpoints"], dependencies=[Depends(get_project)],
                    responses=error_responses(400, 401, 404, 413, 422, 500, 503))
 
 
-def get_model_ops(request: Request) -> ModelOps:
-    return request.app.state.model_ops
-
-
-ModelOpsDep = Annotated[ModelOps, Depends(get_model_ops)]
 TIMED_OUT = {504: {"model": ErrorResponse, "description": "The model operation outlived MODEL_OPS_TIMEOUT_SECONDS"}}
 
 
