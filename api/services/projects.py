@@ -32,7 +32,7 @@ def keys_of(*, session: Session, project: Project) -> list[ApiKey]:
 
 
 def revoke(*, session: Session, key: ApiKey) -> ApiKey:
-    """Revoke `key` (again: no change); requests with it answer 401 from the commit on."""
+    """Revoke `key` (a revoked key keeps its first revocation time); requests with it then answer 401."""
     revoke_key(session, key)
     session.commit()
     return key
