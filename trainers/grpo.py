@@ -50,8 +50,9 @@ from trainers.rl.online import (
     sampling_generator,
     select_rows,
 )
+from trainers.rl.response_logprobs import response_logits
 from trainers.rl.rewards import RewardComputer, RewardScores, decode_completions
-from trainers.rl.rollout import Rollout, response_logits
+from trainers.rl.rollout import Rollout
 from trainers.spec.callbacks import Callbacks
 from trainers.spec.config import GRPOHyperparameters, GRPOJob
 from trainers.spec.results import RunResult, TrainingData

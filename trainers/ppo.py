@@ -80,8 +80,9 @@ from trainers.rl.online import (
     select_rows,
 )
 from trainers.rl.ptx import PtxData, backward_ptx_loss
+from trainers.rl.response_logprobs import response_logits
 from trainers.rl.rewards import RewardComputer, RewardScores, decode_completions
-from trainers.rl.rollout import Rollout, response_logits
+from trainers.rl.rollout import Rollout
 from trainers.spec.callbacks import Callbacks
 from trainers.spec.config import PPOHyperparameters, PPOJob
 from trainers.spec.results import RunResult, TrainingData

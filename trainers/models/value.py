@@ -183,7 +183,7 @@ def response_values(critic: nn.Module, rollout: Rollout) -> Tensor:
     """Value of the state before each response token: ``V[b, a]`` is read at column ``P − 1 + a``.
 
     The state that response token a is chosen in ends with the token before it, which is where
-    the policy's logits for token a come from too (`trainers.rl.rollout.response_logits`); so
+    the policy's logits for token a come from too (`trainers.rl.response_logprobs.response_logits`); so
     ``V[:, 0]`` values the prompt, and the GAE recursion sees a state, then its action's reward.
 
     Args:

@@ -28,8 +28,9 @@ from transformers import PreTrainedTokenizerBase
 from trainers.data.batching import bucket_overhead_tokens, length_buckets
 from trainers.data.prompts import TokenizedPrompt
 from trainers.models.loading import load_policy
+from trainers.rl.response_logprobs import response_logprobs
 from trainers.rl.rewards import RewardComputer, decode_completions
-from trainers.rl.rollout import Rollout, generate, response_logprobs
+from trainers.rl.rollout import Rollout, generate
 from trainers.spec.config import GRPOJob, PPOJob, RLHyperparameters
 
 if TYPE_CHECKING:
@@ -166,7 +167,7 @@ def forward_groups(rollout: Rollout, rows: Sequence[int], max_rows: int) -> list
     """Some rows of a rollout cut into forward passes of at most `max_rows` rows that pad little.
 
     Rows that repeat a prompt (GRPO's groups) stay in consecutive chunks, which
-    `trainers.rl.rollout.SharedPromptLayout` packs with their prompt computed once. Otherwise (PPO)
+    `trainers.rl.response_logprobs.SharedPromptLayout` packs with their prompt computed once. Otherwise (PPO)
     rows are grouped by real length (`trainers.data.batching.length_buckets`): each pass is cut to its
     own longest prompt and response (`select_rows`), so short rows do not pay for long ones.
 

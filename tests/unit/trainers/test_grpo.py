@@ -9,7 +9,7 @@ from tests.unit.trainers.trainer_fixtures import computer, rollout_of, tiny
 from trainers.grpo import GRPOBatch, _rollout_metrics, accumulate_gradients
 from trainers.ops.advantages import group_advantages
 from trainers.rl.online import frozen_logprobs, select_rows
-from trainers.rl.rollout import response_logprobs
+from trainers.rl.response_logprobs import response_logprobs
 from trainers.spec.config import GRPOHyperparameters
 
 HAS_A = {"type": "string_check", "name": "has_a", "operation": "contains", "reference": "a"}

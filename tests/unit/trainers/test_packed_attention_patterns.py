@@ -10,7 +10,8 @@ from trainers.data.preference import TokenizedPair, collate_pairs
 from trainers.models.loading import packs_exactly
 from trainers.models.reward import shares_prompts
 from trainers.reward_model import pair_losses_and_stats
-from trainers.rl.rollout import Rollout, SharedPromptLayout, response_logprobs
+from trainers.rl.response_logprobs import SharedPromptLayout, response_logprobs
+from trainers.rl.rollout import Rollout
 from trainers.spec.config import RewardModelHyperparameters
 
 PAD, VOCAB, WINDOW = 0, 64, 4

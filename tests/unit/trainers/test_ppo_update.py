@@ -10,7 +10,8 @@ from tests.unit.trainers.trainer_fixtures import tiny
 from trainers.models.value import critic_from_causal_lm, response_values
 from trainers.ppo import STEP_METRICS, PPOBatch, accumulate_gradients
 from trainers.rl.ptx import backward_ptx_loss, collate_texts
-from trainers.rl.rollout import generate, response_logits, response_logprobs
+from trainers.rl.response_logprobs import response_logits, response_logprobs
+from trainers.rl.rollout import generate
 from trainers.spec.config import PPOHyperparameters
 
 PAD, BOS, EOS = 256, 257, 258

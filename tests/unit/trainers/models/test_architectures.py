@@ -25,7 +25,8 @@ from trainers.models.checkpoint import MODEL_DIR, PROBE_TEXT, PROBE_VOCAB
 from trainers.models.loading import load_policy
 from trainers.models.reward import load_reward_model, rewards
 from trainers.models.scoring import score
-from trainers.rl.rollout import SharedPromptLayout, generate, response_logits
+from trainers.rl.response_logprobs import SharedPromptLayout, response_logits
+from trainers.rl.rollout import generate
 
 STYLE = {"llama": "llama3", "mistral": "llama3", "gpt2": "gpt2", "gpt_neox": "gpt2"}  # else "pad"
 PROMPTS = [{"prompt": p} for p in ["Hello", "Say something", "Write", "Go"]]

@@ -6,15 +6,8 @@ from torch import nn
 
 from tests.unit.trainers.trainer_fixtures import tiny
 from trainers.rl.online import select_rows
-from trainers.rl.rollout import (
-    SharedPromptLayout,
-    generate,
-    left_pad,
-    positions_from_mask,
-    response_logits,
-    response_logprobs,
-    top_p_filter,
-)
+from trainers.rl.response_logprobs import SharedPromptLayout, response_logits, response_logprobs
+from trainers.rl.rollout import generate, left_pad, positions_from_mask, top_p_filter
 
 PAD, BOS, EOS = 256, 257, 258
 PROMPTS = [[BOS, 104, 105], [BOS, 97, 98, 99, 65, 66, 67], [BOS], [BOS, 120, 121, 122, 10]]
