@@ -4,9 +4,11 @@
 import pytest
 
 from core.db import session_scope
+from core.job_config import job_config
 from core.lifecycle import transition
-from core.models import JobStatus
+from core.models import Job, JobStatus
 from tests.support import jsonl, preference_rows, queued_messages, upload
+from trainers.spec.config import DPOHyperparameters, DPOJob, LoRAConfig
 
 
 @pytest.fixture
@@ -159,3 +161,34 @@ def test_job_type_specific_errors_name_the_field(client, dataset_id, body, param
     r = client.post("/v1/jobs", json=job_body(dataset_id) | body)
     assert r.status_code == 422, r.text
     assert r.json()["error"]["param"] == param
+
+
+def test_every_seed_the_trainers_take_is_stored_and_read_back(client, settings, dataset_id):
+    for seed in (0, 2**31, 2**32 - 1):
+        r = client.post("/v1/jobs", json=job_body(dataset_id, seed=seed))
+        assert r.status_code == 201, r.text
+        job_id = r.json()["id"]
+        assert r.json()["seed"] == seed and client.get(f"/v1/jobs/{job_id}").json()["seed"] == seed
+        with session_scope(settings.database_url) as session:
+            assert job_config(session.get(Job, job_id)).seed == seed
+    r = client.post("/v1/jobs", json=job_body(dataset_id, seed=2**32))
+    assert r.status_code == 422 and r.json()["error"]["param"] == "seed"
+    assert "4294967295" in r.json()["error"]["message"]
+
+
+def test_a_stored_job_converts_to_the_trainers_job_model(client, settings, dataset_id):
+    r = client.post("/v1/jobs", json=job_body(dataset_id, seed=11, lora={"r": 4},
+                                              hyperparameters={"beta": 0.3, "max_steps": 5}))
+    assert r.status_code == 201, r.text
+    with session_scope(settings.database_url) as session:
+        config = job_config(session.get(Job, r.json()["id"]))
+    assert config == DPOJob(base_model="builtin:tiny-llama", seed=11, lora=LoRAConfig(r=4),
+                            hyperparameters=DPOHyperparameters(beta=0.3, max_steps=5))
+
+
+def test_fields_the_service_fills_in_are_not_taken_from_a_request(client, dataset_id):
+    prompts = upload(client, jsonl([{"prompt": "hi"}]), kind="prompt").json()["id"]
+    reward = {"type": "string_check", "name": "a", "operation": "contains", "reference": "x"}
+    for field, value in (("reward_model_dirs", {"ckpt_x": "/tmp"}), ("reward_function_modules", ["os"])):
+        r = client.post("/v1/jobs", json=job_body(prompts, type="grpo", reward=reward) | {field: value})
+        assert r.status_code == 422 and r.json()["error"]["param"] == field

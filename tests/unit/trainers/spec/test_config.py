@@ -1,12 +1,18 @@
+from typing import get_args
+
 import pytest
 from pydantic import TypeAdapter, ValidationError
 
 from trainers.spec.config import (
+    JOB_MODELS,
+    JOB_MODELS_BY_TYPE,
+    JOB_TYPES,
     DPOHyperparameters,
     DPOJob,
     GRPOHyperparameters,
     GRPOJob,
     JobConfig,
+    JobType,
     LoRAConfig,
     PPOHyperparameters,
     PPOJob,
@@ -14,6 +20,7 @@ from trainers.spec.config import (
     RewardModelJob,
     RLHyperparameters,
 )
+from trainers.spec.hyperparameters import check_whole_minibatches
 
 CONTAINS_A = {"type": "string_check", "name": "has_a", "operation": "contains", "reference": "a"}
 
@@ -145,3 +152,32 @@ def test_rl_jobs_round_trip_through_json():
     job = GRPOJob(base_model="m", reward=CONTAINS_A, hyperparameters={"num_iterations": 2, "epsilon_high": 0.28})
     again = TypeAdapter(JobConfig).validate_python(job.model_dump(mode="json"))
     assert again == job
+
+
+def test_job_types_and_what_each_reads_come_from_the_one_union():
+    assert JOB_MODELS == (DPOJob, RewardModelJob, GRPOJob, PPOJob)
+    assert JOB_TYPES == ("dpo", "reward_model", "grpo", "ppo")
+    assert get_args(JobType) == JOB_TYPES
+    assert JOB_MODELS_BY_TYPE == {"dpo": DPOJob, "reward_model": RewardModelJob, "grpo": GRPOJob, "ppo": PPOJob}
+    assert [m.dataset_kind for m in JOB_MODELS] == ["preference", "preference", "prompt", "prompt"]
+    assert [sorted(m.service_fields) for m in JOB_MODELS] == [
+        [], [], ["reward_function_modules", "reward_model_dirs"], ["reward_function_modules", "reward_model_dirs"]]
+
+
+def test_seeds_are_32_bit_unsigned():
+    assert DPOJob(base_model="m", seed=2**32 - 1).seed == 2**32 - 1
+    for seed in (2**32, -1):
+        with pytest.raises(ValidationError) as info:
+            DPOJob(base_model="m", seed=seed)
+        assert info.value.errors()[0]["loc"] == ("seed",)
+
+
+def test_whole_minibatches_message_names_the_rollout_and_the_batch():
+    check_whole_minibatches(64, 16, "x")
+    check_whole_minibatches(5, None, "x")  # batch_size failed its own check: nothing more to say
+    with pytest.raises(ValueError, match=r"^rollout_batch_size \(6\) must split into whole minibatches of "
+                                         r"batch_size \(4\)$"):
+        check_whole_minibatches(6, 4, "rollout_batch_size (6)")
+    with pytest.raises(ValidationError, match=r"rollout_batch_size \(3\) × num_generations \(2\) = 6 completions "
+                                              r"must split into whole minibatches of batch_size \(4\)"):
+        GRPOHyperparameters(rollout_batch_size=3, num_generations=2, batch_size=4)
