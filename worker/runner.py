@@ -1,9 +1,10 @@
 """The training child process: `python -m worker.runner <job_id> <worker_id> <attempt>`.
 
 Reads the job and its data, resolves the model, runs the trainer with database-backed callbacks,
-and records the outcome (`worker.outcomes`: whose fault a failure is goes into `error.type`). Everything it writes is
-fenced by the lease its worker claimed (worker id and attempt): a run whose job was handed on
-stops at its next write or cancel poll and exits with LEASE_LOST_EXIT, having recorded nothing.
+and records the outcome that `worker.outcomes` maps the run's end to (whose fault a failure is goes
+into `error.type`). Everything it writes is fenced by the lease its worker claimed (worker id and
+attempt): a run whose job was handed on stops at its next write or cancel poll and exits with
+LEASE_LOST_EXIT, having recorded nothing.
 """
 
 import logging
