@@ -68,7 +68,7 @@ def error_body(type_: str, message: str, param: str | None = None,
 def param_of(loc: tuple[Any, ...], error_type: str) -> str:
     """The dotted field a validation error is about, without the union tags pydantic inserts."""
     from api.schemas import JOB_TYPES
-    from trainers.spec.rewards import error_path
+    from trainers.spec.reward_validation import error_path
 
     loc = tuple(p for p in loc if p not in ("body", "query", "path", "header", "form"))
     if loc and loc[0] in JOB_TYPES:

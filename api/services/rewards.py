@@ -9,7 +9,8 @@ from sqlalchemy.orm import Session
 from api.errors import InvalidRequest
 from core.projects import project_checkpoint
 from trainers.spec.graders import evaluate
-from trainers.spec.rewards import RewardSpec, validate_reward_spec
+from trainers.spec.reward_validation import validate_reward_spec
+from trainers.spec.rewards import RewardSpec
 
 DRY_RUN_TIMEOUT_S = 30.0
 """Longest a dry run may grade: graders not done by then are reported as not graded. Each call within

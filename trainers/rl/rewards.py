@@ -52,9 +52,11 @@ from trainers.ops.kl import apply_missing_eos_penalty
 from trainers.rl.rollout import Rollout
 from trainers.spec.config import GRPOJob, PPOJob
 from trainers.spec.errors import UserError
-from trainers.spec.graders import GradingStopped, evaluate_batch, normalize_model_score
+from trainers.spec.graders import GradingStopped, evaluate_batch
 from trainers.spec.reward_functions import RewardFunction, load_registry
-from trainers.spec.rewards import ModelReward, RewardSpec, leaf_graders, validate_reward_spec
+from trainers.spec.reward_validation import validate_reward_spec
+from trainers.spec.rewards import ModelReward, RewardSpec, leaf_graders
+from trainers.spec.score_rules import normalize_model_score
 
 MAX_ERROR_EVENTS = 10  # rollouts whose grader errors are reported as events; later ones are only counted
 ERROR_EXAMPLES = 3  # messages quoted in each event

@@ -3,7 +3,7 @@
 Pure and per completion: ``evaluate`` renders the templates against the prompt row, runs each
 grader and combines the scores as the spec says (see `trainers.spec.rewards` for each score).
 Reward models need torch, so the trainer scores those and passes them in as ``model_scores``
-(already normalised and clipped, see `normalize_model_score`).
+(already normalised and clipped, see `trainers.spec.score_rules.normalize_model_score`).
 
 A grader that cannot grade a completion (a template naming a field the row lacks, a templated
 regex that RE2 refuses, a reward function that raises or returns no finite number, a missing model
@@ -27,7 +27,7 @@ import numbers
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from trainers.spec import patterns
 from trainers.spec.deadlines import DeadlineExceeded, TooManyOverdue, call_with_deadline
@@ -41,9 +41,9 @@ from trainers.spec.rewards import (
     MultiGrader,
     RewardSpec,
     StringCheckGrader,
-    TemplateRef,
-    parse_template,
 )
+from trainers.spec.score_rules import combine, length_score
+from trainers.spec.templates import TemplateRef, excerpt, parse_template
 
 GRADER_TIMEOUT_S = 10.0
 """Longest one grader call may take (a regular expression on one completion, or one reward
@@ -251,74 +251,10 @@ def string_check(operation: str, text: str, reference: str, *, timeout: float | 
             try:
                 patterns.compile_pattern(reference)  # refused here, so the error quotes the reference
             except patterns.PatternError as exc:
-                raise GraderError(f"reference {_quote(reference)}: {exc}") from exc
+                raise GraderError(f"reference {excerpt(reference)}: {exc}") from exc
             return float(_regex(patterns.search, reference, text, GRADER_TIMEOUT_S if timeout is None else timeout))
         case _:
             raise GraderError(f"unknown string_check operation {operation!r}")
-
-
-def length_score(n: int, min_chars: int | None, max_chars: int | None) -> float:
-    """Score of a length `n`: 1 inside [min, max], falling linearly outside (see `LengthGrader`).
-
-    Args:
-        n: the completion's length in characters.
-        min_chars: shortest length scoring 1 (None or 0: no lower bound).
-        max_chars: longest length scoring 1 (None: no upper bound; else ≥ 1).
-
-    Returns:
-        ``n / min_chars`` below the range, ``max(0, 2 − n / max_chars)`` above it, else 1.0.
-    """
-    if min_chars and n < min_chars:
-        return n / min_chars
-    if max_chars is not None and n > max_chars:
-        return max(0.0, 2.0 - n / max_chars)
-    return 1.0
-
-
-def combine(
-    calculate_output: Literal["weighted_sum", "mean", "min", "max"], scores: Sequence[float], weights: Sequence[float]
-) -> float:
-    """A multi grader's reward from its graders' scores.
-
-    Args:
-        calculate_output: how to combine.
-        scores: each grader's score, N ≥ 1.
-        weights: each grader's weight, used by ``weighted_sum`` only.
-
-    Returns:
-        ``Σ w_i·s_i``, or the mean, minimum or maximum of the scores.
-    """
-    match calculate_output:
-        case "weighted_sum":
-            return math.fsum(w * s for w, s in zip(weights, scores, strict=True))
-        case "mean":
-            return math.fsum(scores) / len(scores)
-        case "min":
-            return min(scores)
-        case "max":
-            return max(scores)
-        case _:
-            raise ValueError(f"unknown calculate_output {calculate_output!r}")
-
-
-def normalize_model_score(score: float, spec: ModelReward, *, mean: float | None, std: float | None) -> float:
-    """What a reward model's raw score becomes under a ``model`` reward: normalised, then clipped.
-
-    Args:
-        score: the raw score at the completion's last token.
-        spec: the model reward (``normalize`` and ``clip``).
-        mean: reward mean the reward-model job recorded at the checkpoint (None when it has none).
-        std: reward std recorded with it.
-
-    Returns:
-        ``(score − mean) / std`` when ``normalize`` and the statistics exist (std > 0), else the raw
-        score; then bounded to ``[−clip, clip]`` when ``clip`` is set.
-    """
-    if spec.normalize and mean is not None and std is not None and std > 0:
-        score = (score - mean) / std
-    if spec.clip is not None:
-        score = min(max(score, -spec.clip), spec.clip)
-    return score
 
 
 def render(template: str, *, completion: str, item: Mapping[str, Any]) -> str:
@@ -383,7 +319,7 @@ def _regex(match: Callable[..., bool], pattern: str, text: str, timeout: float, 
     try:
         work = patterns.worst_case_work(pattern, text, dot_all=dot_all)
     except patterns.PatternError as exc:  # a spec that skipped `validate_reward_spec`
-        raise GraderError(f"pattern {_quote(pattern)}: {exc}") from exc
+        raise GraderError(f"pattern {excerpt(pattern)}: {exc}") from exc
     if work <= patterns.QUICK_WORK:
         return match(pattern, text, dot_all=dot_all)  # a thread would cost more than the match
     return _bounded(functools.partial(match, pattern, text, dot_all=dot_all), timeout, "the regular expression")
@@ -401,11 +337,6 @@ def _bounded(call: Callable[[], Any], timeout: float, what: str) -> Any:
         raise GraderError(f"{what} was not run: {exc}") from None
     except patterns.PatternError as exc:
         raise GraderError(f"{what}: {exc}") from exc
-
-
-def _quote(text: str, limit: int = 80) -> str:
-    # A pattern from a row may run to thousands of characters: the error quotes its start.
-    return repr(text) if len(text) <= limit else repr(text[:limit]) + f"… ({len(text)} characters)"
 
 
 def _finite(value: Any, source: str) -> float:

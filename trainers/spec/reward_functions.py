@@ -21,6 +21,7 @@ for instance, never run Python's ``re`` on a pattern that comes from the prompt 
 from __future__ import annotations
 
 import importlib
+import inspect
 import re
 from collections.abc import Callable, Mapping, Sequence
 from importlib.metadata import entry_points
@@ -167,3 +168,31 @@ def _add(registry: dict[str, RewardFunction], name: str, fn: RewardFunction, *, 
     if name in registry and registry[name] is not fn:
         raise RewardRegistryError(f"reward function {name!r} from {source} is already registered")
     registry[name] = fn
+
+
+def unknown_function_problem(name: str, registry: Mapping[str, RewardFunction]) -> str:
+    """The message for a ``function`` grader naming no function of `registry`: it lists the names it offers."""
+    known = ", ".join(sorted(registry)) or "none"
+    return f"unknown reward function {name!r}; this server offers: {known}"
+
+
+def kwargs_problem(fn: RewardFunction, name: str, kwargs: Mapping[str, Any]) -> str | None:
+    """Why `fn` cannot be called with these kwargs, or None (also when its signature is unknown).
+
+    Args:
+        fn: the registered function.
+        name: its registered name, for the message.
+        kwargs: a ``function`` grader's ``kwargs``, passed after the completion and the prompt row.
+
+    Returns:
+        The message, or None when the call binds.
+    """
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return None
+    try:
+        signature.bind("", {}, **kwargs)
+    except TypeError as exc:
+        return f"reward function {name!r} does not take these kwargs: {exc}"
+    return None

@@ -3,11 +3,8 @@
 A spec is one of ``model``, ``string_check``, ``length``, ``format``, ``function``, or a ``multi``
 that combines several of those (a multi holds no multi). Graders follow OpenAI's grader objects
 where they overlap, so their specs carry over: ``string_check`` takes ``input`` and ``reference``
-templates and OpenAI's operations (``like``/``ilike`` test containment, as there).
-
-Templates: ``{{sample.output_text}}`` is the completion; ``{{item.<field>}}`` is a column of the
-prompt row, with dots for nested fields and digits for list positions (``{{item.meta.lang}}``,
-``{{item.answers.0}}``). Nothing else may stand between double braces.
+templates (`trainers.spec.templates`) and OpenAI's operations (``like``/``ilike`` test
+containment, as there).
 
 Scores: string_check and format give 1.0 or 0.0; length gives [0, 1] (see `LengthGrader`);
 function graders return what the function returns; a model reward is the reward model's score,
@@ -17,18 +14,14 @@ its graders' scores with ``calculate_output``. `trainers.spec.graders` evaluates
 Whatever can be checked without the server is checked here, each error located at its field. The
 registered function names are server configuration: pass the registry as validation context
 (``reward_spec_adapter.validate_python(data, context={REGISTRY_CONTEXT: registry})``) or call
-`validate_reward_spec`, which returns every problem as ``(field path, message)``. Regular
-expressions are RE2's (`trainers.spec.patterns`): the model checks their size, and `validate_reward_spec`
-compiles them, since compiling holds the GIL and a model is often validated on an event loop.
+`trainers.spec.reward_validation.validate_reward_spec`, which returns every problem as
+``(field path, message)``. Regular expressions are RE2's (`trainers.spec.patterns`): the model
+checks their size, and `validate_reward_spec` compiles them, since compiling holds the GIL and a
+model is often validated on an event loop.
 """
-
 from __future__ import annotations
 
-import inspect
-import re
 from collections.abc import Mapping
-from dataclasses import dataclass
-from functools import lru_cache
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -37,77 +30,22 @@ from pydantic import (
     Field,
     JsonValue,
     TypeAdapter,
-    ValidationError,
     ValidationInfo,
     field_validator,
     model_validator,
 )
 
-from trainers.spec.patterns import MAX_PATTERN_CHARS, PatternError, check_size, compile_pattern
-from trainers.spec.reward_functions import FUNCTION_NAME_PATTERN, RewardFunction
+from trainers.spec.patterns import MAX_PATTERN_CHARS, check_size
+from trainers.spec.reward_functions import (
+    FUNCTION_NAME_PATTERN,
+    RewardFunction,
+    kwargs_problem,
+    unknown_function_problem,
+)
+from trainers.spec.templates import is_literal, parse_template
 
 REGISTRY_CONTEXT = "reward_registry"
 """Key of the validation context that holds the registry of reward functions."""
-
-_ITEM_REF = re.compile(r"item((?:\.[^.\s{}]+)+)")
-
-
-# --- templates -------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class TemplateRef:
-    """One ``{{...}}`` of a template: the completion, or a field path into the prompt row."""
-
-    source: Literal["sample", "item"]
-    path: tuple[str, ...]  # ("output_text",) for the completion; ("meta", "lang") for item.meta.lang
-    text: str  # as written, for error messages
-
-
-@lru_cache(maxsize=4096)
-def parse_template(text: str) -> tuple[str | TemplateRef, ...]:
-    """Split a template into literal text and references.
-
-    Args:
-        text: e.g. ``"The answer is {{item.answer}}"``; whitespace inside the braces is ignored.
-
-    Returns:
-        The literal pieces (str) and references (`TemplateRef`) in order.
-
-    Raises:
-        ValueError: a ``{{...}}`` names something other than ``sample.output_text`` or
-            ``item.<field>``, or a ``{{`` is never closed.
-    """
-    # Scanned with str.find, each '{{' closed by the first '}}' after it: linear in the text, where
-    # a lazy regex would rescan the rest of the text from every unclosed '{{'.
-    parts: list[str | TemplateRef] = []
-    end = 0
-    while (start := text.find("{{", end)) != -1:
-        close = text.find("}}", start + 2)
-        if close == -1:
-            raise ValueError("a '{{' is never closed by '}}'")
-        parts.append(text[end:start])
-        end = close + 2
-        written, name = text[start:end], text[start + 2 : close].strip()
-        if name == "sample.output_text":
-            parts.append(TemplateRef("sample", ("output_text",), written))
-        elif item := _ITEM_REF.fullmatch(name):
-            parts.append(TemplateRef("item", tuple(item.group(1)[1:].split(".")), written))
-        else:
-            raise ValueError(
-                f"unknown template {_excerpt(written)}: use {{{{sample.output_text}}}} for the completion "
-                "or {{item.<field>}} for a field of the prompt row"
-            )
-    parts.append(text[end:])
-    return tuple(p for p in parts if p != "")
-
-
-def _is_literal(parts: tuple[str | TemplateRef, ...]) -> bool:
-    return all(isinstance(p, str) for p in parts)
-
-
-def _excerpt(text: str, limit: int = 80) -> str:
-    return repr(text) if len(text) <= limit else repr(text[:limit]) + f"… ({len(text)} characters)"
 
 
 def _size_checked(pattern: str) -> str:
@@ -195,7 +133,7 @@ class StringCheckGrader(_Grader):
         parts = parse_template(value)
         # A literal regex is checked now (compiled by `validate_reward_spec`); a templated one only
         # exists per row, so it is compiled at grading time and a bad one is that row's grader error.
-        if info.data.get("operation") == "regex" and _is_literal(parts):
+        if info.data.get("operation") == "regex" and is_literal(parts):
             _size_checked(value)
         return value
 
@@ -278,7 +216,7 @@ class FunctionGrader(_Grader):
     def _registered(cls, value: str, info: ValidationInfo) -> str:
         registry = _context_registry(info)
         if registry is not None and value not in registry:
-            raise ValueError(_unknown_function(value, registry))
+            raise ValueError(unknown_function_problem(value, registry))
         return value
 
     @field_validator("kwargs")
@@ -287,7 +225,7 @@ class FunctionGrader(_Grader):
         registry = _context_registry(info)
         function = info.data.get("function")
         if registry is not None and function in registry:
-            problem = _kwargs_problem(registry[function], function, value)
+            problem = kwargs_problem(registry[function], function, value)
             if problem:
                 raise ValueError(problem)
         return value
@@ -351,10 +289,8 @@ RewardSpec = Annotated[
 
 reward_spec_adapter: TypeAdapter[RewardSpec] = TypeAdapter(RewardSpec)
 
-_TYPES = frozenset({"model", "string_check", "length", "format", "function", "multi"})
 
-
-# --- what the service checks -----------------------------------------------------------------------
+# --- what the service reads off a spec -------------------------------------------------------------
 
 
 def leaf_graders(spec: RewardSpec) -> list[Grader]:
@@ -381,100 +317,8 @@ def model_checkpoints(spec: RewardSpec) -> list[str]:
     return list(dict.fromkeys(g.checkpoint_id for g in leaf_graders(spec) if isinstance(g, ModelReward)))
 
 
-def validate_reward_spec(
-    spec: RewardSpec | Mapping[str, Any], *, registry: Mapping[str, RewardFunction], prefix: str = "reward"
-) -> list[tuple[str, str]]:
-    """Every problem of a reward spec: the model's checks, those needing the server's registry, and RE2's.
-
-    RE2 compiles each literal pattern here rather than in the model, as compiling holds the GIL:
-    a service calls this from a worker thread, where other requests still get their turns.
-
-    Args:
-        spec: a validated spec (the registry and RE2 checks remain), or its JSON form (all checks run).
-        registry: the server's reward functions by name (`trainers.spec.reward_functions.load_registry`).
-        prefix: the path of the spec in the request, prepended to every field path.
-
-    Returns:
-        ``(field path, message)`` pairs such as ``("reward.graders[1].function", "unknown ...")``;
-        empty when the spec is valid.
-    """
-    if isinstance(spec, Mapping):
-        try:
-            spec = reward_spec_adapter.validate_python(spec, context={REGISTRY_CONTEXT: registry})
-        except ValidationError as exc:
-            return [(error_path(e["loc"], e["type"], prefix=prefix), e["msg"]) for e in exc.errors()]
-    problems: list[tuple[str, str]] = []
-    for i, grader in enumerate(leaf_graders(spec)):
-        path = f"{prefix}.graders[{i}]" if isinstance(spec, MultiGrader) else prefix
-        if isinstance(grader, FunctionGrader):
-            if grader.function not in registry:
-                problems.append((f"{path}.function", _unknown_function(grader.function, registry)))
-            elif problem := _kwargs_problem(registry[grader.function], grader.function, grader.kwargs):
-                problems.append((f"{path}.kwargs", problem))
-        elif field := _literal_pattern_field(grader):
-            try:
-                compile_pattern(getattr(grader, field), dot_all=isinstance(grader, FormatGrader))
-            except PatternError as exc:
-                problems.append((f"{path}.{field}", str(exc)))
-    return problems
-
-
-def _literal_pattern_field(grader: Grader) -> str | None:
-    """The field of a grader that holds a regular expression known before grading, if any."""
-    if isinstance(grader, FormatGrader):
-        return "pattern"
-    if isinstance(grader, StringCheckGrader) and grader.operation == "regex" and _is_literal(
-        parse_template(grader.reference)
-    ):
-        return "reference"
-    return None
-
-
-def error_path(loc: tuple[int | str, ...], error_type: str = "", *, prefix: str = "reward") -> str:
-    """The field path of a pydantic error inside a reward spec, e.g. ``reward.graders[1].reference``.
-
-    Pydantic puts the grader type of a discriminated union in the location
-    (``("multi", "graders", 1, "string_check", "reference")``); it is no field, so it is dropped.
-
-    Args:
-        loc: the error's location relative to the spec.
-        error_type: the pydantic error type; a wrong or missing ``type`` gets ``.type`` appended.
-        prefix: the path of the spec itself.
-
-    Returns:
-        The dotted path with list positions in brackets.
-    """
-    path = prefix
-    for i, part in enumerate(loc):
-        if isinstance(part, int):
-            path += f"[{part}]"
-        elif part in _TYPES and (i == 0 or isinstance(loc[i - 1], int)):
-            continue  # a union tag: the first segment, or right after a position in `graders`
-        else:
-            path += f".{part}"
-    if error_type in ("union_tag_invalid", "union_tag_not_found"):
-        path += ".type"
-    return path
 
 
 def _context_registry(info: ValidationInfo) -> Mapping[str, RewardFunction] | None:
     context = info.context
     return context.get(REGISTRY_CONTEXT) if isinstance(context, Mapping) else None
-
-
-def _unknown_function(name: str, registry: Mapping[str, RewardFunction]) -> str:
-    known = ", ".join(sorted(registry)) or "none"
-    return f"unknown reward function {name!r}; this server offers: {known}"
-
-
-def _kwargs_problem(fn: RewardFunction, name: str, kwargs: Mapping[str, Any]) -> str | None:
-    """Why `fn` cannot be called with these kwargs, or None (also when its signature is unknown)."""
-    try:
-        signature = inspect.signature(fn)
-    except (TypeError, ValueError):
-        return None
-    try:
-        signature.bind("", {}, **kwargs)
-    except TypeError as exc:
-        return f"reward function {name!r} does not take these kwargs: {exc}"
-    return None

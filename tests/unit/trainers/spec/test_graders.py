@@ -10,14 +10,7 @@ import time
 import pytest
 
 from trainers.spec import deadlines, graders, reward_functions
-from trainers.spec.graders import (
-    GradeResult,
-    evaluate,
-    evaluate_batch,
-    length_score,
-    normalize_model_score,
-    render,
-)
+from trainers.spec.graders import GradeResult, evaluate, evaluate_batch, render
 from trainers.spec.reward_functions import (
     RewardRegistryError,
     contains_answer,
@@ -26,6 +19,7 @@ from trainers.spec.reward_functions import (
     reward_function,
 )
 from trainers.spec.rewards import ModelReward, reward_spec_adapter
+from trainers.spec.score_rules import length_score, normalize_model_score
 
 ITEM = {"prompt": "2+2?", "answer": "4", "meta": {"lang": "en", "tags": ["math", "easy"]}, "n": 4, "none": None}
 

@@ -10,18 +10,16 @@ from pydantic import ValidationError
 
 from trainers.spec.patterns import expansion
 from trainers.spec.reward_functions import load_registry
+from trainers.spec.reward_validation import error_path, validate_reward_spec
 from trainers.spec.rewards import (
     REGISTRY_CONTEXT,
     FunctionGrader,
     MultiGrader,
     StringCheckGrader,
-    TemplateRef,
-    error_path,
     model_checkpoints,
-    parse_template,
     reward_spec_adapter,
-    validate_reward_spec,
 )
+from trainers.spec.templates import TemplateRef, parse_template
 
 ROOT = Path(__file__).resolve().parents[4]
 REGISTRY = load_registry()
@@ -239,7 +237,11 @@ def test_validation_context_checks_function_names_in_the_model():
 # --- the import boundary -----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("module", ["trainers.spec.rewards", "trainers.spec.reward_functions", "trainers.spec.graders"])
+REWARD_MODULES = ["trainers.spec.rewards", "trainers.spec.reward_validation", "trainers.spec.reward_functions",
+                  "trainers.spec.graders"]  # fmt: skip
+
+
+@pytest.mark.parametrize("module", REWARD_MODULES)
 def test_reward_modules_import_neither_torch_nor_the_service_stack(module):
     # The API imports these to validate specs and dry-run graders.
     code = f"import sys, json\nimport {module}\nprint(json.dumps(sorted({{m.split('.')[0] for m in sys.modules}})))"
