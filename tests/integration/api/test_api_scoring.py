@@ -28,7 +28,7 @@ from core.models import Checkpoint
 from tests.support import embedded_settings, jsonl, new_project_key, preference_rows, upload
 from trainers.data.synthetic import uppercase_preference_rows
 
-pytestmark = pytest.mark.e2e  # starts model processes
+pytestmark = [pytest.mark.e2e, pytest.mark.trains]  # starts model processes; its fixtures train models
 
 ROOT = Path(__file__).resolve().parents[3]
 PAIRS = [{"prompt": "say: hi\n", "response": "HI"}, {"prompt": "say: hi\n", "response": "hi"},
