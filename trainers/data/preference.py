@@ -1,9 +1,7 @@
 """Tokenise canonical preference rows and collate them into one policy forward per micro-batch.
 
-A pair is ``prompt_ids + chosen_ids`` and ``prompt_ids + rejected_ids``. String prompts are
-tokenised as they are (with the tokenizer's own special tokens, e.g. BOS); message-list prompts are
-rendered with the tokenizer's chat template and a generation prompt. A response is its text (for
-message lists: the assistant contents, joined by newlines) followed by EOS.
+A pair is ``prompt_ids + chosen_ids`` and ``prompt_ids + rejected_ids``, each rendered as
+`trainers.data.tokenizing` says (a response ends with EOS).
 
 Truncation keeps what matters for the preference: the prompt keeps its last `max_prompt_length`
 tokens (left truncation), then each response is cut on the right so prompt + response fits in
@@ -21,6 +19,7 @@ from torch import Tensor
 from transformers import PreTrainedTokenizerBase
 
 from trainers.data.batching import length_buckets
+from trainers.data.tokenizing import prompt_token_ids, report_truncated, response_token_ids
 from trainers.spec.callbacks import Callbacks
 from trainers.spec.config import LoopHyperparameters
 from trainers.spec.errors import UserError
@@ -163,9 +162,9 @@ def tokenize_pairs(
         for key in ("prompt", "chosen", "rejected"):
             if key not in row:
                 raise UserError(f"{split} row {i}: missing field {key!r}")
-        prompt_ids = _prompt_ids(row["prompt"], tokenizer, where=f"{split} row {i}")
-        chosen_ids = _response_ids(row["chosen"], tokenizer, where=f"{split} row {i}, field 'chosen'")
-        rejected_ids = _response_ids(row["rejected"], tokenizer, where=f"{split} row {i}, field 'rejected'")
+        prompt_ids = prompt_token_ids(row["prompt"], tokenizer, where=f"{split} row {i}")
+        chosen_ids = response_token_ids(row["chosen"], tokenizer, where=f"{split} row {i}, field 'chosen'")
+        rejected_ids = response_token_ids(row["rejected"], tokenizer, where=f"{split} row {i}, field 'rejected'")
         pairs.append(truncate_pair(prompt_ids, chosen_ids, rejected_ids, max_length, max_prompt_length))
     return pairs
 
@@ -184,24 +183,19 @@ def tokenize_split(
         tokenizer: the model's tokenizer.
         hp: supplies `max_length` and `max_prompt_length`.
         split: ``"train"`` or ``"eval"``, in messages.
-        callbacks: receive the warning when any pair was cut.
+        callbacks: receive the warning when any pair was cut (`report_truncated`).
 
     Returns:
         One `TokenizedPair` per row, in order.
 
     Raises:
-        UserError: a row is malformed; the message names it.
+        UserError: the tokenizer has no EOS token, or a row is malformed; the message names the row.
     """
     pairs = tokenize_pairs(
         rows, tokenizer, max_length=hp.max_length, max_prompt_length=hp.max_prompt_length, split=split
     )
-    truncated = sum(p.truncated for p in pairs)
-    if truncated:
-        callbacks.on_event(
-            "warning",
-            f"{truncated} of {len(pairs)} {split} pairs were truncated "
-            f"(max_prompt_length={hp.max_prompt_length}, max_length={hp.max_length})",
-        )
+    report_truncated(callbacks, pairs, split,
+                     f"pairs were truncated (max_prompt_length={hp.max_prompt_length}, max_length={hp.max_length})")
     return pairs
 
 
@@ -275,36 +269,3 @@ def collate_pairs(
         shared = [shared_prompt_rows(pairs, rows, len(pairs), pad_token_id) for rows in groups]
     return PreferenceBatch(input_ids=input_ids, attention_mask=attention_mask, loss_mask=loss_mask, buckets=buckets,
                            shared=shared)  # fmt: skip
-
-
-def _prompt_ids(prompt: Any, tokenizer: PreTrainedTokenizerBase, *, where: str) -> list[int]:
-    if isinstance(prompt, str):
-        return tokenizer(prompt, add_special_tokens=True)["input_ids"]
-    messages = _messages(prompt, where=f"{where}, field 'prompt'")
-    if not getattr(tokenizer, "chat_template", None):
-        raise UserError(
-            f"{where}: conversational rows need a chat template, and the model's tokenizer has none",
-            param="base_model",
-        )
-    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    return tokenizer(text, add_special_tokens=False)["input_ids"]  # the template adds its own BOS
-
-
-def _response_ids(response: Any, tokenizer: PreTrainedTokenizerBase, *, where: str) -> list[int]:
-    if isinstance(response, str):
-        text = response
-    else:
-        messages = _messages(response, where=where)
-        text = "\n".join(m["content"] for m in messages if m["role"] == "assistant")
-        if not any(m["role"] == "assistant" for m in messages):
-            raise UserError(f"{where}: expected at least one assistant message")
-    return tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-
-
-def _messages(value: Any, *, where: str) -> list[dict[str, str]]:
-    ok = isinstance(value, list) and all(
-        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in value
-    )
-    if not ok or not value:
-        raise UserError(f"{where}: expected a string or a non-empty list of {{'role', 'content'}} messages")
-    return value

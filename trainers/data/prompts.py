@@ -21,7 +21,7 @@ from typing import Any
 from transformers import PreTrainedTokenizerBase
 
 from trainers.data.batching import BatchOrder
-from trainers.data.preference import _prompt_ids as render_prompt_ids
+from trainers.data.tokenizing import prompt_token_ids, report_truncated
 from trainers.spec.callbacks import Callbacks
 from trainers.spec.errors import UserError
 
@@ -62,7 +62,7 @@ def tokenize_prompts(
         where = f"{split} row {i}"
         if not isinstance(row, dict) or "prompt" not in row:
             raise UserError(f"{where}: missing field 'prompt'")
-        ids = render_prompt_ids(row["prompt"], tokenizer, where=where)
+        ids = prompt_token_ids(row["prompt"], tokenizer, where=where)
         if not ids:
             raise UserError(f"{where}: the prompt has no tokens")
         kept = ids[-max_prompt_length:]  # (P,)
@@ -83,24 +83,20 @@ def tokenize_prompt_split(
     Args:
         rows: canonical prompt rows of one split.
         tokenizer: the policy's tokenizer.
-        max_prompt_length: most prompt tokens (the job's ``hyperparameters.max_prompt_length``).
+        max_prompt_length: most prompt tokens (the job's ``hyperparameters.max_prompt_length``); a
+            longer prompt keeps its last ones.
         split: ``"train"`` or ``"eval"``, in messages.
-        callbacks: receive the warning when any prompt was cut.
+        callbacks: receive the warning when any prompt was cut (`report_truncated`).
 
     Returns:
-        One `TokenizedPrompt` per row, in order.
+        The prompts `tokenize_prompts` returns, one per row.
 
     Raises:
-        UserError: a row is malformed; the message names it.
+        UserError: a row has no prompt, or its prompt renders to no token; the message names the row.
     """
     prompts = tokenize_prompts(rows, tokenizer, max_prompt_length=max_prompt_length, split=split)
-    truncated = sum(p.truncated for p in prompts)
-    if truncated:
-        callbacks.on_event(
-            "warning",
-            f"{truncated} of {len(prompts)} {split} prompts were longer than max_prompt_length="
-            f"{max_prompt_length} tokens and keep only their last {max_prompt_length}",
-        )
+    report_truncated(callbacks, prompts, split, f"prompts were longer than max_prompt_length={max_prompt_length} "
+                                                f"tokens and keep only their last {max_prompt_length}")
     return prompts
 
 
