@@ -45,6 +45,22 @@ def _bytes_to_unicode() -> dict[int, str]:
     return {byte: chr(char) for byte, char in zip(printable, chars, strict=True)}
 
 
+def byte_level_backend() -> Tokenizer:
+    """A `tokenizers` byte-level BPE without merges: token id b (0 ≤ b < 256) is byte b.
+
+    The base of `build_tokenizer`, and of tokenizers in other styles built on the same 256 bytes;
+    the caller adds its special tokens (ids from 256 on) and any post-processor.
+
+    Returns:
+        The tokenizer with its ByteLevel pre-tokenizer and decoder, and no special token yet.
+    """
+    byte_chars = _bytes_to_unicode()
+    backend = Tokenizer(models.BPE(vocab={byte_chars[b]: b for b in range(256)}, merges=[]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    backend.decoder = decoders.ByteLevel()
+    return backend
+
+
 def build_tokenizer() -> PreTrainedTokenizerFast:
     """Build the byte-level tokenizer of `builtin:tiny-llama`.
 
@@ -54,11 +70,7 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
     Returns:
         A fast tokenizer with distinct pad, bos and eos tokens and a chat template.
     """
-    byte_chars = _bytes_to_unicode()
-    vocab = {byte_chars[b]: b for b in range(256)}
-    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-    backend.decoder = decoders.ByteLevel()
+    backend = byte_level_backend()
     backend.add_special_tokens(SPECIAL_TOKENS)
     bos_id = backend.token_to_id(BOS)
     backend.post_processor = processors.TemplateProcessing(

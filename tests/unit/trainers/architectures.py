@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+from tokenizers import processors
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
@@ -33,7 +33,7 @@ from transformers import (
     Qwen3Config,
 )
 
-from trainers.models.tiny import CHAT_TEMPLATE, ROLE_TOKENS, _bytes_to_unicode
+from trainers.models.tiny import CHAT_TEMPLATE, ROLE_TOKENS, byte_level_backend
 
 HIDDEN, LAYERS, HEADS, KV_HEADS, HEAD_DIM, MLP, CONTEXT = 64, 2, 4, 2, 16, 128, 256
 WINDOW = 8  # shorter than every test's prompt + completion
@@ -61,10 +61,7 @@ def build_tokenizer(style: str = "pad") -> PreTrainedTokenizerFast:
         specials = [bos, eos, *ROLE_TOKENS, pad]
     else:
         specials += ROLE_TOKENS
-    byte_chars = _bytes_to_unicode()
-    backend = Tokenizer(models.BPE(vocab={byte_chars[b]: b for b in range(256)}, merges=[]))
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-    backend.decoder = decoders.ByteLevel()
+    backend = byte_level_backend()
     backend.add_special_tokens(specials)
     extra = {}
     if style == "gpt2":  # GPT-2 prepends nothing and uses its one special token as unknown too

@@ -10,7 +10,7 @@ import math
 
 import pytest
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+from tokenizers import processors
 from transformers import (
     AutoModelForCausalLM,
     AutoModelForSequenceClassification,
@@ -32,7 +32,7 @@ from trainers.models.export import merge_checkpoint
 from trainers.models.loading import ADDED_PAD_TOKEN, ensure_pad_token, load_policy
 from trainers.models.reward import load_reward_model
 from trainers.models.scoring import score
-from trainers.models.tiny import CHAT_TEMPLATE, _bytes_to_unicode
+from trainers.models.tiny import CHAT_TEMPLATE, byte_level_backend
 from trainers.models.value import CRITIC_DIR
 from trainers.spec.errors import UserError
 
@@ -45,10 +45,7 @@ ONLINE = {"max_steps": 2, "max_new_tokens": 4, "max_prompt_length": 16, "max_len
 
 def byte_level_tokenizer(style: str, extra: tuple[str, ...] = (), pad: str | None = None) -> PreTrainedTokenizerFast:
     """256 byte tokens, then the style's special tokens, then `extra` special tokens; no pad unless `pad`."""
-    chars = _bytes_to_unicode()
-    backend = Tokenizer(models.BPE(vocab={chars[b]: b for b in range(256)}, merges=[]))
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-    backend.decoder = decoders.ByteLevel()
+    backend = byte_level_backend()
     if style == "llama":  # BOS 256 prepended, EOS 257
         backend.add_special_tokens([LLAMA_BOS, LLAMA_EOS, *extra])
         backend.post_processor = processors.TemplateProcessing(single=f"{LLAMA_BOS} $A",

@@ -2,7 +2,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tests.unit.trainers.trainer_fixtures import tiny
-from trainers.models.tiny import build_tiny_llama
+from trainers.models.tiny import build_tiny_llama, byte_level_backend
 
 
 def test_two_builds_have_identical_weights_and_leave_the_global_rng_alone():
@@ -44,3 +44,13 @@ def test_model_round_trips_through_auto_model(tmp_path):
     input_ids = torch.tensor([[257, 1, 2, 3, 200, 258]])
     with torch.no_grad():
         torch.testing.assert_close(loaded(input_ids).logits, model(input_ids).logits, rtol=0, atol=0)
+
+
+def test_the_byte_level_backend_has_one_token_per_byte_and_no_special_token():
+    backend = byte_level_backend()
+    assert backend.get_vocab_size() == 256
+    encoding = backend.encode("hé !")
+    assert encoding.ids == [104, 195, 169, 32, 33]  # the UTF-8 bytes, no BOS
+    assert backend.decode(encoding.ids) == "hé !"
+    _, tokenizer = tiny()
+    assert tokenizer("hé !", add_special_tokens=False)["input_ids"] == encoding.ids  # builtin:tiny-llama's bytes
