@@ -19,6 +19,7 @@ registered function names are server configuration: pass the registry as validat
 checks their size, and `validate_reward_spec` compiles them, since compiling holds the GIL and a
 model is often validated on an event loop.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -315,8 +316,6 @@ def model_checkpoints(spec: RewardSpec) -> list[str]:
         Each checkpoint id once, in the order the spec names them.
     """
     return list(dict.fromkeys(g.checkpoint_id for g in leaf_graders(spec) if isinstance(g, ModelReward)))
-
-
 
 
 def _context_registry(info: ValidationInfo) -> Mapping[str, RewardFunction] | None:
