@@ -16,20 +16,15 @@ from fastapi.testclient import TestClient
 from api.main import create_app
 from core.artifacts import ArtifactStore
 from core.db import session_scope
-from core.lifecycle import Lease, claim_job, transition
+from core.lifecycle import Lease, transition
 from core.models import JobStatus
-from tests.support import jsonl, parse_sse, preference_rows, upload
+from tests.support import parse_sse
 from worker.reporting import JobReporter
 
 
 @pytest.fixture
-def job_id(client, settings) -> str:
-    ds = upload(client, jsonl(preference_rows(4))).json()["id"]
-    job = client.post("/v1/jobs", json={"type": "dpo", "base_model": "builtin:tiny-llama",
-                                        "dataset_id": ds}).json()["id"]
-    with session_scope(settings.database_url) as session:
-        claim_job(session, job, "w1")
-    return job
+def job_id(claimed_job) -> str:
+    return claimed_job.job_id
 
 
 def reporter(settings, job_id) -> JobReporter:

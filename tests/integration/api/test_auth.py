@@ -26,15 +26,13 @@ def app(settings):
 
 
 @pytest.fixture
-def owned(client, settings):
+def owned(client, settings, claimed_job):
     """A dataset, a job and a checkpoint of the client's project."""
     from core.artifacts import ArtifactStore
-    from core.lifecycle import claim_job
 
-    ds = upload(client, jsonl(preference_rows(4))).json()["id"]
-    job = client.post("/v1/jobs", json={"type": "dpo", "base_model": "builtin:tiny-llama", "dataset_id": ds}).json()
-    with session_scope(settings.database_url) as session:
-        lease = claim_job(session, job["id"], "w1")
+    lease = claimed_job
+    job = client.get(f"/v1/jobs/{lease.job_id}").json()
+    ds = job["dataset_id"]
 
     def save(directory):
         (directory / "model").mkdir()

@@ -10,21 +10,16 @@ from api.services import feeds
 from api.services.stream import hub_of, job_stream
 from core.artifacts import ArtifactStore
 from core.db import session_scope
-from core.lifecycle import claim_job, transition
+from core.lifecycle import transition
 from core.models import JobStatus
 from core.notify import publish
-from tests.support import jsonl, parse_sse, preference_rows, upload
+from tests.support import parse_sse
 from worker.reporting import JobReporter
 
 
 @pytest.fixture
-def reporter(client, settings) -> JobReporter:
-    ds = upload(client, jsonl(preference_rows(4))).json()["id"]
-    job_id = client.post("/v1/jobs", json={"type": "dpo", "base_model": "builtin:tiny-llama",
-                                           "dataset_id": ds}).json()["id"]
-    with session_scope(settings.database_url) as session:
-        lease = claim_job(session, job_id, "w1")
-    return JobReporter(url=settings.database_url, lease=lease, broker_url=settings.celery_broker_url,
+def reporter(claimed_job, settings) -> JobReporter:
+    return JobReporter(url=settings.database_url, lease=claimed_job, broker_url=settings.celery_broker_url,
                        store=ArtifactStore(settings.artifacts_dir))
 
 

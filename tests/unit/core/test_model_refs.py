@@ -4,8 +4,8 @@ import pytest
 
 from core.db import session_scope
 from core.model_refs import ModelRefError, resolve_model_ref
-from core.models import Checkpoint, Job, Project
 from tests.support import embedded_settings
+from tests.unit.core.rows import add_checkpoint
 
 
 @pytest.fixture
@@ -28,13 +28,7 @@ def test_builtin_hub_and_local(settings):
 
 def test_checkpoint(settings):
     with session_scope(settings.database_url) as session:
-        session.add(Project(id="proj_1", name="p"))
-        session.flush()
-        session.add(Job(id="job_1", project_id="proj_1", type="dpo", base_model="m", dataset_id="d",
-                        hyperparameters={}))
-        session.flush()
-        session.add(Checkpoint(id="ckpt_1", job_id="job_1", step=3, artifact_key="jobs/job_1/checkpoint-3",
-                               size_bytes=1, sha256="0" * 64, metrics={}))
+        add_checkpoint(session)
     location = resolve("checkpoint:ckpt_1", settings)
     assert location == str(settings.artifacts_dir.resolve() / "jobs/job_1/checkpoint-3/model")
     with pytest.raises(ModelRefError, match="ckpt_2"):
