@@ -1,7 +1,8 @@
 """Direct Preference Optimization (Rafailov et al. 2023, https://arxiv.org/abs/2305.18290).
 
-One loop in numbered sections; the optimisation plumbing (AdamW with linear warmup then a constant
-rate, resume, stop, the update guard, cadence and checkpoints) is `trainers.loop`'s. The
+One loop in numbered sections; the set-up is `trainers.run_setup`'s, the optimisation plumbing (AdamW
+with linear warmup then a constant rate, resume, stop, the update guard, cadence and checkpoints)
+is `trainers.loop`'s. The
 reference policy π_ref is the job's base model. By default its log-probs are computed in one pass
 before training and kept as a table, so no reference model is in memory while training; with
 ``precompute_ref_logprobs=False`` they are computed on the fly, in the same micro-batches as the
@@ -11,24 +12,18 @@ second copy of the weights.
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 import torch
-from peft import PeftModel
 from torch import Tensor, nn
 
 from trainers.data.batching import BatchOrder, bucket_overhead_tokens, split_micro_batches
-from trainers.data.preference import PreferenceBatch, TokenizedPair, collate_pairs, tokenize_split
-from trainers.loop import TrainingLoop, announce_model, seed_everything
-from trainers.models.checkpoint import load_trainer_state
-from trainers.models.loading import default_device, disable_dropout, load_policy
-from trainers.models.lora import load_trainable_model
+from trainers.data.preference import PreferenceBatch, TokenizedPair, collate_pairs
 from trainers.ops.logprobs import reference_sequence_logprobs, scored_token_counts, sequence_logprob_totals
 from trainers.ops.pairwise_losses import dpo_loss
+from trainers.run_setup import micro_batch_size, prepare_run
 from trainers.spec.callbacks import Callbacks
 from trainers.spec.config import DPOHyperparameters, DPOJob
-from trainers.spec.errors import UserError
 from trainers.spec.results import RunResult, TrainingData
 
 # Per-pair statistics, in the order `pair_losses_and_stats` stacks them; eval metrics are the same
@@ -43,91 +38,71 @@ def train_dpo(
 ) -> RunResult:
     """Train a policy with DPO on preference pairs.
 
+    1. Set up the run (`prepare_run`): the policy, the tokenised pairs, π_ref; the pairs' order.
+    2. Reference log-probs: a table computed once, or π_ref run on every batch.
+    3. The training loop (`TrainingLoop`). Then, step after step:
+    4. stop when asked;
+    5. gradients of the step's pairs (`accumulate_gradients`);
+    6. update;
+    7. evaluate when due, and log;
+    8. checkpoint when due.
+
     Args:
         job: the DPO job spec.
         data: canonical preference rows (train, optional eval).
-        callbacks: metrics, checkpoints, events and cooperative stop.
-        resume_from: a checkpoint directory to continue from.
+        callbacks: receive the metrics, checkpoints and events; polled for a stop request.
+        resume_from: a DPO checkpoint to continue from, or None.
 
     Returns:
-        The run's status, the step reached and the last step's metrics.
-
-    Raises:
-        UserError: bad data or spec; ModelNotFoundError for a model that cannot be loaded.
-        NumericalError: a non-finite loss or gradient norm, naming the step.
+        The status, step and metrics the run ended with; `trainers.run` lists the errors it raises.
     """
     hp = job.hyperparameters
-    device = default_device()
-    seed_everything(job.seed)  # before adapters are drawn; a resumed run restores its RNG states later
-    state = load_trainer_state(resume_from) if resume_from is not None else None
 
-    # 1. Policy: the base model (wrapped in fresh adapters for LoRA), or the checkpoint's model.
-    policy, tokenizer = load_trainable_model(load_policy, job, resume_from, task="causal_lm")
-    if hp.disable_dropout:
-        disable_dropout(policy)
-    policy.to(device).train()
-    announce_model(callbacks, job.base_model, [policy], device)
+    # 1. The policy (fresh adapters for LoRA, or the checkpoint's model), the pairs tokenised once,
+    #    and π_ref: the policy itself when it is read only before the first update. The pairs of
+    #    step s are a pure function of (seed, s); pairs of similar length run as one forward.
+    reference = "before_training" if hp.precompute_ref_logprobs else "during_training"
+    run = prepare_run(job, data, callbacks, resume_from=resume_from, reference=reference)
+    policy, pad, device = run.model, run.tokenizer.pad_token_id, run.device
+    order = BatchOrder(num_rows=len(run.train), batch_size=hp.batch_size, seed=job.seed)
+    overhead = bucket_overhead_tokens(device.type)
 
-    # 2. Data: tokenised once; the rows of step s are a pure function of (seed, s).
-    train_pairs = tokenize_split(data.train, tokenizer, hp, "train", callbacks)
-    eval_pairs = tokenize_split(data.eval, tokenizer, hp, "eval", callbacks) if data.eval else []
-    if not train_pairs:
-        raise UserError("the training data has no rows")
-    order = BatchOrder(num_rows=len(train_pairs), batch_size=hp.batch_size, seed=job.seed)
-    overhead = bucket_overhead_tokens(device.type)  # rows of similar length run as one forward
-
-    # 3. Reference log-probs: precomputed in one pass (no reference model kept), or a model that
+    # 2. Reference log-probs: precomputed in one pass (no reference model kept), or a model that
     #    computes them on every batch.
-    reference_model = _reference_model(policy, job, resumed=state is not None, device=device)
     if hp.precompute_ref_logprobs:
-        size = _pass_batch_size(hp)
-        pad = tokenizer.pad_token_id
-        train_reference = Reference.precompute(reference_model, train_pairs, pad, size, device, overhead)
-        eval_reference = Reference.precompute(reference_model, eval_pairs, pad, size, device, overhead)
-        callbacks.on_event("info", f"precomputed reference log-probs of {len(train_pairs) + len(eval_pairs)} pairs")
+        size = run.micro_batch_size
+        train_reference = Reference.precompute(run.reference, run.train, pad, size, device, overhead)
+        eval_reference = Reference.precompute(run.reference, run.eval, pad, size, device, overhead)
+        callbacks.on_event("info", f"precomputed reference log-probs of {len(run.train) + len(run.eval)} pairs")
+        run.reference = None  # a precomputed run keeps no reference model from now on
     else:
-        train_reference = eval_reference = Reference(model=reference_model)
-    del reference_model  # its last name here: a precomputed run keeps no reference model from now on
+        train_reference = eval_reference = Reference(model=run.reference)
 
-    # 4. Optimiser, schedule, step and RNG (restored when resuming), cadence and checkpoints.
-    loop = TrainingLoop(
-        job, callbacks, model=policy, tokenizer=tokenizer, state=state,
-        model_info=lambda: {"kind": "causal_lm", "adapter": job.lora is not None, "base_model": job.base_model},
-        num_rows=len(train_pairs), steps_per_epoch=order.steps_per_epoch,
-    )  # fmt: skip
+    # 3. Optimiser, schedule, step and RNG (restored when resuming), cadence and checkpoints.
+    loop = run.training_loop(order.steps_per_epoch)
     metrics: dict[str, float] = {}
 
     while loop.step < loop.total_steps:
-        # 5. Cooperative stop, polled once per step: keep the progress, then return.
+        # 4. Cooperative stop, polled once per step: keep the progress, then return.
         if loop.stop_requested():
             return loop.stop(metrics)
         step = loop.next_step()
 
-        # 6. Gradients: every micro-batch's summed loss is divided by the pairs in the whole
-        #    step, so the update is the mean over the step's pairs whatever the micro-batching.
-        indices = order.step_indices(step)
-        sums = torch.zeros(len(TRAIN_METRICS), device=device)  # (S,) per-pair statistics, summed
-        for micro in split_micro_batches(indices, hp.gradient_accumulation_steps):
-            batch = collate_pairs(
-                [train_pairs[i] for i in micro], tokenizer.pad_token_id, bucket_overhead_tokens=overhead
-            ).to(device)
-            ref_logps = train_reference.logps(batch, micro)  # (2b,)
-            losses, stats = pair_losses_and_stats(policy, batch, ref_logps, hp)  # (b,), (S, b)
-            (losses.sum() / len(indices)).backward()
-            sums += stats.sum(dim=1)
+        # 5. Gradients of the step's pairs, the mean over them whatever the micro-batching.
+        stats = accumulate_gradients(policy, train_reference, run.train, order.step_indices(step), pad, hp, device,
+                                     overhead)  # fmt: skip
 
-        # 7. Update: clip, refuse non-finite values, step the optimiser and the schedule.
-        metrics = loop.update(sums / len(indices), TRAIN_METRICS)
+        # 6. Update: clip, refuse non-finite values, step the optimiser and the schedule.
+        metrics = loop.update(stats, TRAIN_METRICS)
 
-        # 8. Metrics: per step, averaged over the step's pairs; evaluation every `eval_every`
+        # 7. Metrics: per step, averaged over the step's pairs; evaluation every `eval_every`
         #    steps, at checkpoints and at the end, reported with the train metrics of its step.
-        evaluated = bool(eval_pairs) and loop.eval_due()
+        evaluated = bool(run.eval) and loop.eval_due()
         if evaluated:
-            metrics |= evaluate(policy, eval_reference, eval_pairs, tokenizer.pad_token_id, hp, device, overhead)
-        if evaluated or loop.log_due():
-            callbacks.on_metrics(step, metrics)
+            metrics |= evaluate(policy, eval_reference, run.eval, pad, hp, device, overhead)
+        loop.log(metrics, evaluated=evaluated)
 
-        # 9. Checkpoint every `checkpoint_every` steps and at the end.
+        # 8. Checkpoint every `checkpoint_every` steps and at the end.
         if loop.checkpoint_due():
             loop.checkpoint(metrics)
 
@@ -246,6 +221,45 @@ def pair_losses_and_stats(
     return losses, stats
 
 
+def accumulate_gradients(
+    policy: nn.Module,
+    reference: Reference,
+    pairs: list[TokenizedPair],
+    indices: list[int],
+    pad_token_id: int,
+    hp: DPOHyperparameters,
+    device: torch.device,
+    bucket_overhead: int | None = None,
+) -> Tensor:
+    """Backward the DPO loss of one optimizer step, micro-batch by micro-batch.
+
+    Each micro-batch's summed loss is divided by the number of pairs in the step, so the gradients
+    add up to those of the step's mean loss, whatever `gradient_accumulation_steps` is.
+
+    Args:
+        policy: the model being trained; gradients accumulate into its parameters.
+        reference: the reference log-probs of `pairs`.
+        pairs: the tokenised training pairs.
+        indices: the step's pairs (positions in `pairs`).
+        pad_token_id: padding id.
+        hp: supplies β, the loss type and the number of micro-batches.
+        device: where the policy is.
+        bucket_overhead: `collate_pairs`' ``bucket_overhead_tokens``.
+
+    Returns:
+        (S,) the per-pair statistics in `TRAIN_METRICS` order, averaged over the step, on the device.
+    """
+    sums = torch.zeros(len(TRAIN_METRICS), device=device)  # (S,) per-pair statistics, summed
+    for micro in split_micro_batches(indices, hp.gradient_accumulation_steps):
+        batch = collate_pairs([pairs[i] for i in micro], pad_token_id, bucket_overhead_tokens=bucket_overhead)
+        batch = batch.to(device)
+        ref_logps = reference.logps(batch, micro)  # (2b,)
+        losses, stats = pair_losses_and_stats(policy, batch, ref_logps, hp)  # (b,), (S, b)
+        (losses.sum() / len(indices)).backward()
+        sums += stats.sum(dim=1)
+    return sums / len(indices)
+
+
 @torch.no_grad()
 def evaluate(
     policy: nn.Module,
@@ -272,7 +286,7 @@ def evaluate(
     """
     was_training = policy.training
     policy.eval()
-    size = _pass_batch_size(hp)
+    size = micro_batch_size(hp)
     sums = torch.zeros(len(EVAL_METRICS), device=device)  # (S,)
     for start in range(0, len(pairs), size):
         indices = list(range(start, min(start + size, len(pairs))))
@@ -282,24 +296,6 @@ def evaluate(
         sums += stats.sum(dim=1)
     policy.train(was_training)
     return dict(zip(EVAL_METRICS, (sums / len(pairs)).tolist(), strict=True))
-
-
-def _reference_model(policy: nn.Module, job: DPOJob, *, resumed: bool, device: torch.device) -> nn.Module:
-    """A model whose log-probs are π_ref's, the job's base model, with as few copies as possible."""
-    if isinstance(policy, PeftModel):
-        return policy  # the base under the adapters; `reference_sequence_logprobs` disables them
-    if resumed:
-        model, _ = load_policy(job.base_model)  # the policy has moved away from it
-    elif job.hyperparameters.precompute_ref_logprobs:
-        return policy  # read once, before the first step changes it
-    else:
-        model = copy.deepcopy(policy)
-    return model.to(device).eval().requires_grad_(False)
-
-
-def _pass_batch_size(hp: DPOHyperparameters) -> int:
-    """Pairs per forward in gradient-free passes: the size of a training micro-batch."""
-    return max(1, hp.batch_size // hp.gradient_accumulation_steps)
 
 
 def _pair_length(pair: TokenizedPair) -> int:

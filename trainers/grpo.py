@@ -1,28 +1,28 @@
 """Group Relative Policy Optimization (Shao et al. 2024, DeepSeekMath §4.1, https://arxiv.org/abs/2402.03300).
 
-One loop in numbered sections, one rollout per pass:
+One loop (`train_grpo`, in numbered steps), one rollout per pass:
 
-1. rollout: `rollout_batch_size` prompts (a function of (seed, rollout)), G = `num_generations`
-   completions each, sampled over the KV cache by a generator seeded with (seed, rollout);
-2. rewards and KL: the job's reward for every completion (`trainers.rl.rewards`); log-probs of the
-   rollout policy when the rollout feeds more than one optimizer step, and of the reference;
-3. advantages: each completion's reward against its group's, ``Â = (r − mean_G) / (std_G + eps)``
-   (without the division for Dr. GRPO), the same for every token of the completion;
-4. clipped updates: μ = `num_iterations` passes over the rollout's minibatches, one optimizer step
-   each, minimising ``−min(ρÂ, clip(ρ, 1 − ε_low, 1 + ε_high)Â) + β·k3`` per token, aggregated over
-   the whole step (`trainers.ops.policy_losses`), so micro-batching does not change the gradient.
+- rollout: `rollout_batch_size` prompts (a function of (seed, rollout)), G = `num_generations`
+  completions each, sampled over the KV cache by a generator seeded with (seed, rollout);
+- rewards and KL: the job's reward for every completion (`trainers.rl.rewards`); log-probs of the
+  rollout policy when the rollout feeds more than one optimizer step, and of the reference;
+- advantages: each completion's reward against its group's, ``Â = (r − mean_G) / (std_G + eps)``
+  (without the division for Dr. GRPO), the same for every token of the completion;
+- clipped updates: μ = `num_iterations` passes over the rollout's minibatches, one optimizer step
+  each, minimising ``−min(ρÂ, clip(ρ, 1 − ε_low, 1 + ε_high)Â) + β·k3`` per token, aggregated over
+  the whole step (`trainers.ops.policy_losses`), so micro-batching does not change the gradient.
 
 With μ = 1 and one minibatch per rollout (the defaults) the policy that sampled is the one being
 trained: π_old is the current policy detached, ρ = 1, and no extra forward pass is needed (as TRL).
-The optimisation plumbing is `trainers.loop`'s. Checkpoints happen between rollouts (a rollout is
-never split across a resume). Stops are polled before each rollout, after its sampling, between
-completions while it is graded and after its grading, never during its updates: a cancel during a
-slow sampling or grading phase drops the rollout, nothing of which was trained on.
+The set-up is `trainers.run_setup`'s, the optimisation plumbing `trainers.loop`'s. Checkpoints
+happen between rollouts (a rollout is never split across a resume). Stops are polled before each
+rollout, after its sampling, between completions while it is graded and after its grading, never
+during its updates: a cancel during a slow sampling or grading phase drops the rollout, nothing of
+which was trained on.
 """
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,11 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from trainers.data.batching import split_micro_batches
-from trainers.data.prompts import PromptOrder, tokenize_prompt_split
-from trainers.loop import TrainingLoop, announce_model, seed_everything
-from trainers.models.checkpoint import load_trainer_state
-from trainers.models.loading import default_device, disable_dropout, load_policy
-from trainers.models.lora import load_trainable_model
+from trainers.data.prompts import PromptOrder
 from trainers.ops.advantages import group_advantages
 from trainers.ops.kl import kl_k3
 from trainers.ops.logprobs import selective_log_softmax
@@ -44,15 +40,15 @@ from trainers.rl.online import (
     completion_stats,
     evaluate_policy,
     frozen_logprobs,
-    reference_policy,
-    run_rollout_updates,
+    rollout_prompts,
     sample_rollout,
-    sampling_generator,
+    score_rollout,
     select_rows,
 )
 from trainers.rl.response_logprobs import response_logits
-from trainers.rl.rewards import RewardComputer, RewardScores, decode_completions
+from trainers.rl.rewards import RewardComputer, RewardScores
 from trainers.rl.rollout import Rollout
+from trainers.run_setup import prepare_run
 from trainers.spec.callbacks import Callbacks
 from trainers.spec.config import GRPOHyperparameters, GRPOJob
 from trainers.spec.results import RunResult, TrainingData
@@ -93,91 +89,91 @@ def train_grpo(
 ) -> RunResult:
     """Train a policy with GRPO on prompt rows, rewarded by the job's reward spec.
 
+    1. Set up the run (`prepare_run`): the policy, the tokenised prompts, π_ref when β > 0; then
+       the prompts' order, the reward and the training loop (`TrainingLoop`). Rollout after rollout:
+    2. stop when asked, between rollouts;
+    3. rollout: G completions for each of the rollout's prompts;
+    4. rewards (a stop request while sampling or grading drops the rollout), π_old and π_ref;
+    5. group-relative advantages;
+    6. clipped updates: one optimizer step per minibatch, each step's metrics logged when due, and
+    7. the rollout's last step evaluated when one of its steps fell due;
+    8. a checkpoint after the rollout when one of its steps fell due.
+
     Args:
         job: the GRPO job spec.
         data: canonical prompt rows (train; optional eval, whose mean reward is reported as
             ``eval/reward/mean`` with one completion per prompt).
-        callbacks: metrics, checkpoints, events and cooperative stop.
-        resume_from: a checkpoint directory to continue from.
+        callbacks: the run's callbacks (metrics, checkpoints, events, stop requests).
+        resume_from: a GRPO checkpoint to continue from, or None.
 
     Returns:
-        The run's status, the step reached and the last step's metrics.
-
-    Raises:
-        UserError: bad data or spec; ModelNotFoundError for a model that cannot be loaded.
-        NumericalError: a non-finite loss or gradient norm, naming the step.
+        The run's `RunResult`; it raises what `trainers.run` lists.
     """
     hp = job.hyperparameters
     G = hp.num_generations
-    device = default_device()
-    seed_everything(job.seed)  # before adapters are drawn; a resumed run restores its RNG states later
-    state = load_trainer_state(resume_from) if resume_from is not None else None
 
-    # Policy (fresh adapters for LoRA, or the checkpoint's model), prompts, reward and reference.
-    policy, tokenizer = load_trainable_model(load_policy, job, resume_from, task="causal_lm")
-    if hp.disable_dropout:
-        disable_dropout(policy)
-    policy.to(device).train()
-    announce_model(callbacks, job.base_model, [policy], device)
-    prompts = tokenize_prompt_split(data.train, tokenizer, max_prompt_length=hp.max_prompt_length, split="train",
-                                    callbacks=callbacks)  # fmt: skip
-    eval_prompts = tokenize_prompt_split(data.eval, tokenizer, max_prompt_length=hp.max_prompt_length, split="eval",
-                                         callbacks=callbacks) if data.eval else []  # fmt: skip
-    order = PromptOrder(num_rows=len(prompts), rollout_batch_size=hp.rollout_batch_size, seed=job.seed)
-    micro_size = max(1, hp.batch_size // hp.gradient_accumulation_steps)  # rows per forward
-    rewarder = RewardComputer.from_job(job, policy_tokenizer=tokenizer, device=device, on_event=callbacks.on_event,
+    # 1. The policy (fresh adapters for LoRA, or the checkpoint's model), the prompts tokenised once,
+    #    π_ref for the k3 penalty (none with β = 0); the job's reward; optimiser, schedule, step
+    #    and RNG (restored when resuming), cadence and checkpoints.
+    reference = "during_training" if hp.beta > 0 else None
+    run = prepare_run(job, data, callbacks, resume_from=resume_from, reference=reference)
+    policy, tokenizer, micro_size = run.model, run.tokenizer, run.micro_batch_size
+    order = PromptOrder(num_rows=len(run.train), rollout_batch_size=hp.rollout_batch_size, seed=job.seed)
+    rewarder = RewardComputer.from_job(job, policy_tokenizer=tokenizer, device=run.device, on_event=callbacks.on_event,
                                        batch_size=micro_size)  # fmt: skip
-    reference = reference_policy(policy, job, resumed=state is not None, device=device) if hp.beta > 0 else None
     steps_per_rollout = hp.num_iterations * hp.num_minibatches
-    loop = TrainingLoop(
-        job, callbacks, model=policy, tokenizer=tokenizer, state=state,
-        model_info=lambda: {"kind": "causal_lm", "adapter": job.lora is not None, "base_model": job.base_model},
-        num_rows=len(prompts), steps_per_epoch=order.rollouts_per_epoch * steps_per_rollout,
-    )  # fmt: skip
+    loop = run.training_loop(order.rollouts_per_epoch * steps_per_rollout)
     metrics: dict[str, float] = {}
-    evaluate = functools.partial(evaluate_policy, policy, eval_prompts, tokenizer, rewarder, hp, seed=job.seed)
-    evaluate = evaluate if eval_prompts else None
 
     while loop.step < loop.total_steps:
-        if loop.stop_requested():  # between rollouts: a checkpoint never splits one
+        # 2. Cooperative stop, between rollouts: a checkpoint never splits one.
+        if loop.stop_requested():
             return loop.stop(metrics)
-        rollout_number = -(-loop.step // steps_per_rollout) + 1  # rollouts done, rounded up, plus one
 
-        # 1. Rollout: G completions for each of the rollout's prompts.
-        rows = [prompts[i] for i in order.rollout_indices(rollout_number)]
-        generator = sampling_generator(job.seed, rollout_number, device)
+        # 3. Rollout: G completions for each of the rollout's prompts.
+        rows, generator = rollout_prompts(order, run.train, step=loop.step, steps_per_rollout=steps_per_rollout,
+                                          seed=job.seed, device=run.device)  # fmt: skip
         rollout = sample_rollout(policy, [p.ids for p in rows for _ in range(G)], tokenizer, hp, generator=generator)
-        items = [p.item for p in rows for _ in range(G)]
-        if loop.stop_requested():  # no step of this rollout has run: dropping it splits nothing
-            return loop.stop(metrics)
 
-        # 2. Rewards and KL: the reward of every completion (a stop request ends a slow grading);
-        #    π_old only when the policy will have moved before some minibatch is trained on; π_ref
-        #    for the k3 penalty.
-        scores = rewarder.score(items, decode_completions(tokenizer, rollout), rollout,
-                                should_stop=loop.stop_requested)  # fmt: skip
-        if scores is None or loop.stop_requested():
+        # 4. Rewards and KL: the reward of every completion, unless a stop is requested first (the
+        #    rollout is then dropped); π_old only when the policy will have moved before some
+        #    minibatch is trained on; π_ref for the k3 penalty.
+        items = [p.item for p in rows for _ in range(G)]
+        scores = score_rollout(rewarder, tokenizer, items, rollout, should_stop=loop.stop_requested)
+        if scores is None:
             return loop.stop(metrics)
         old = ref = None
         if steps_per_rollout > 1:
             old = frozen_logprobs(policy, rollout, hp.temperature, batch_size=micro_size)  # (B, A)
-        if reference is not None:
-            ref = frozen_logprobs(reference, rollout, hp.temperature, batch_size=micro_size, reference=True)  # (B, A)
+        if run.reference is not None:
+            ref = frozen_logprobs(run.reference, rollout, hp.temperature, batch_size=micro_size, reference=True)
 
-        # 3. Advantages: each completion against the other completions of its prompt.
+        # 5. Advantages: each completion against the other completions of its prompt.
         advantages, group_std = group_advantages(scores.rewards, G, scale_std=hp.scale_rewards)  # (B,), (B/G,)
         batch = GRPOBatch(rollout=rollout, advantages=advantages, old_logprobs=old, ref_logprobs=ref)
-        rollout_metrics = _rollout_metrics(scores, group_std, rollout)
+        rollout_stats = rollout_statistics(scores, group_std, rollout)
 
-        # 4. Clipped updates: μ passes over the minibatches, one optimizer step each (fewer when
-        #    the run ends first). Evaluation and checkpoints that fall due wait for the rollout's end.
+        # 6. Clipped updates: μ passes over the minibatches, one optimizer step each (fewer when
+        #    the run ends first), each step's metrics with the rollout's.
         completions = list(range(hp.completions_per_rollout))
         minibatches = [completions[i : i + hp.batch_size] for i in range(0, len(completions), hp.batch_size)]
         schedule = (minibatches * hp.num_iterations)[: loop.total_steps - loop.step]
-        metrics = run_rollout_updates(
-            loop, schedule, lambda _, minibatch, batch=batch: accumulate_gradients(policy, batch.select(minibatch), hp),
-            rollout_metrics, evaluate, metrics,
-        )  # fmt: skip
+        first, last = loop.step, loop.step + len(schedule)  # the steps before and at the rollout's end
+        for minibatch in schedule:
+            loop.next_step()
+            stats, names = accumulate_gradients(policy, batch.select(minibatch), hp)  # (S,)
+            metrics = loop.update(stats, names) | rollout_stats
+
+            # 7. Evaluation at the rollout's last step, when one of its steps fell due; metrics
+            #    reported when logging falls due and with every evaluation.
+            evaluated = bool(run.eval) and loop.step == last and loop.eval_due(since=first)
+            if evaluated:
+                metrics |= evaluate_policy(policy, run.eval, tokenizer, rewarder, hp, seed=job.seed)
+            loop.log(metrics, evaluated=evaluated)
+
+        # 8. Checkpoint after the rollout, when one of its steps fell due.
+        if loop.checkpoint_due(since=first):
+            loop.checkpoint(metrics)
 
     return loop.finish(metrics)
 
@@ -238,8 +234,19 @@ def accumulate_gradients(policy: nn.Module, batch: GRPOBatch, hp: GRPOHyperparam
     return sums / counts, names[: len(sums)]
 
 
-def _rollout_metrics(scores: RewardScores, group_std: Tensor, rollout: Rollout) -> dict[str, float]:
-    """The rollout's reward and completion statistics, as host floats, in one synchronisation."""
+def rollout_statistics(scores: RewardScores, group_std: Tensor, rollout: Rollout) -> dict[str, float]:
+    """The rollout's reward and completion statistics, as host floats, in one synchronisation.
+
+    Args:
+        scores: the completions' rewards.
+        group_std: (B/G,) the std of each prompt's rewards.
+        rollout: the completions.
+
+    Returns:
+        ``reward/<grader>``, ``reward/mean``, ``reward/std``, ``reward/error_fraction``,
+        ``frac_reward_zero_std`` (the share of groups whose rewards teach nothing) and
+        `completion_stats`.
+    """
     stats = {f"reward/{name}": values.mean() for name, values in scores.per_grader.items()}
     stats |= {
         "reward/mean": scores.rewards.float().mean(),

@@ -1,21 +1,26 @@
 """The optimisation plumbing every trainer shares, so that each algorithm's file holds only its loop.
 
-A trainer seeds the run (`seed_everything`), builds its model and data, then hands them to a
-`TrainingLoop`, which owns what does not depend on the algorithm: AdamW and the learning-rate
-schedule, resuming from a checkpoint, the step counter, cooperative stopping, the update step with
-its non-finite guard, the logging/evaluation/checkpoint cadence and the checkpoints themselves.
-A trainer's loop then reads::
+A trainer sets up its run (`trainers.run_setup.prepare_run`), then builds a `TrainingLoop`, which
+owns what does not depend on the algorithm: AdamW and the learning-rate schedule, resuming from a
+checkpoint, the step counter, cooperative stopping, the update step with its non-finite guard, the
+logging/evaluation/checkpoint cadence and the checkpoints themselves. A trainer's loop then reads::
 
     while loop.step < loop.total_steps:
-        if loop.stop_requested():            # polled once per step
-            return loop.stop(metrics)        # saves progress since the last checkpoint
+        if loop.stop_requested():            # 1. polled once per step (or per RL rollout)
+            return loop.stop(metrics)        #    saves progress since the last checkpoint
         step = loop.next_step()
-        ...                                  # forward and backward over the step's micro-batches
-        metrics = loop.update(stats, names)  # clip, refuse NaN/inf, optimizer and schedule step
-        ...                                  # evaluate if loop.eval_due(); report if loop.log_due()
-        if loop.checkpoint_due():
+        ...                                  # 2. forward and backward over the step's micro-batches
+        metrics = loop.update(stats, names)  # 3. clip, refuse NaN/inf, optimizer and schedule step
+        evaluated = has_eval and loop.eval_due()
+        if evaluated:                        # 4. evaluate every `eval_every` steps and at checkpoints
+            metrics |= evaluate(...)
+        loop.log(metrics, evaluated=evaluated)  # 5. report every `log_every` steps and evaluated steps
+        if loop.checkpoint_due():            # 6. save every `checkpoint_every` steps and at the end
             loop.checkpoint(metrics)
     return loop.finish(metrics)
+
+An RL trainer runs several steps per rollout and evaluates and saves after its last step, when
+any of them fell due (``loop.eval_due(since=first)``, ``loop.checkpoint_due(since=first)``).
 
 A trainer with a second trained model (PPO's critic) passes it as an `AuxiliaryModel`: it gets
 its own AdamW and schedule, goes through the same clipped, guarded update, and is saved beside
@@ -27,7 +32,6 @@ state go to ``<checkpoint>/extra_state.pt``; `load_run_state` reads them back wi
 from __future__ import annotations
 
 import math
-import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,33 +50,6 @@ from trainers.spec.results import RunResult
 
 LOSS_METRIC = "train/loss"  # the statistic `update` refuses to step on when it is not finite
 EXTRA_STATE_FILE = "extra_state.pt"  # beside trainer_state.pt: the auxiliary optimizer and extra state
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python's and torch's global generators (dropout, adapter initialisation).
-
-    Call it before building anything random (e.g. LoRA adapters), so a run is a function of its
-    seed; a resumed run then restores the checkpoint's RNG states instead (`TrainingLoop`).
-
-    Args:
-        seed: the job's seed.
-    """
-    random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def announce_model(callbacks: Callbacks, name: str, models: Sequence[nn.Module], device: torch.device) -> None:
-    """Report what was loaded: parameters in all, and how many of them train (LoRA trains few).
-
-    Args:
-        callbacks: receives the event.
-        name: what the user asked for (the job's base model).
-        models: the trained models (a policy, and PPO's critic).
-        device: where they run.
-    """
-    params = [p for m in models for p in m.parameters()]
-    total, trained = sum(p.numel() for p in params), sum(p.numel() for p in params if p.requires_grad)
-    callbacks.on_event("info", f"loaded {name} ({total:,} parameters, {trained:,} trained) on {device.type}")
 
 
 def total_steps(hp: LoopHyperparameters, steps_per_epoch: int) -> int:
@@ -323,22 +300,25 @@ class TrainingLoop:
         metrics["train/epoch"] = self.step / self.steps_per_epoch
         return metrics
 
-    def checkpoint_due(self) -> bool:
-        """Whether this step is saved: every `checkpoint_every` steps and at the last step."""
-        return self.step % self.hp.checkpoint_every == 0 or self.step == self.total_steps
+    def checkpoint_due(self, since: int | None = None) -> bool:
+        """Whether this step is saved (every `checkpoint_every` steps and the last), or with `since`, any after it."""
+        steps = range(self.step if since is None else since + 1, self.step + 1)
+        return any(s % self.hp.checkpoint_every == 0 or s == self.total_steps for s in steps)
 
-    def eval_due(self) -> bool:
-        """Whether this step is evaluated: every `eval_every` steps (when set) and at checkpoints."""
+    def eval_due(self, since: int | None = None) -> bool:
+        """Whether this step is evaluated (every `eval_every` steps and at checkpoints), or any after `since`."""
         every = self.hp.eval_every
-        return (every is not None and self.step % every == 0) or self.checkpoint_due()
+        steps = range(self.step if since is None else since + 1, self.step + 1)
+        return any(every is not None and s % every == 0 for s in steps) or self.checkpoint_due(since)
 
     def log_due(self) -> bool:
-        """Whether this step's metrics are reported: every `log_every` steps and at checkpoints.
-
-        A step that was evaluated is reported too, whatever this says, so eval metrics arrive with
-        the train metrics of their step.
-        """
+        """Whether this step's metrics are reported: every `log_every` steps and at checkpoints."""
         return self.step % self.hp.log_every == 0 or self.checkpoint_due()
+
+    def log(self, metrics: dict[str, float], *, evaluated: bool = False) -> None:
+        """Report this step's `metrics` when logging falls due (`log_due`), or when they hold an evaluation."""
+        if evaluated or self.log_due():
+            self.callbacks.on_metrics(self.step, metrics)
 
     def checkpoint(self, metrics: dict[str, float]) -> None:
         """Offer a checkpoint of the current step to the callbacks (`offer_checkpoint`).

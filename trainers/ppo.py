@@ -3,20 +3,21 @@
 Ziegler et al. 2019 (https://arxiv.org/abs/1909.08593) and InstructGPT (Ouyang et al. 2022, §3.5,
 https://arxiv.org/abs/2203.02155), with TRL's and OpenRLHF's choices where the papers are silent
 (Huang et al. 2024, "The N+ implementation details of RLHF with PPO", https://arxiv.org/abs/2403.17031).
-One loop in numbered sections, one rollout per pass:
+One loop (`train_ppo`, in numbered steps), one rollout per pass:
 
-1. rollout: `rollout_batch_size` prompts (a function of (seed, rollout)), one completion each,
-   sampled over the KV cache at the job's temperature and top-p by a generator seeded with
-   (seed, rollout);
-2. rewards and KL: each completion's score (`trainers.rl.rewards`: reward models and graders, the
-   missing-EOS penalty), clipped to ±`reward_clip` when set; log π_old recomputed by the policy
-   in a full forward (as TRL, so the first minibatch's ratio is exactly 1), log π_ref and the
-   critic's V_old; per-token rewards ``r_t = −β·(log π_old − log π_ref)_t`` plus the score at
-   the last token (`kl_penalized_rewards`);
-3. advantages: GAE with (γ, λ), returns ``G = A + V_old``, advantages whitened over the rollout's
-   tokens; the KL controller then sees the rollout's KL;
-4. clipped updates: `ppo_epochs` passes over the rollout in shuffled minibatches of `batch_size`
-   completions, one optimizer step each (`accumulate_gradients`).
+- rollout: `rollout_batch_size` prompts (a function of (seed, rollout)), one completion each,
+  sampled over the KV cache at the job's temperature and top-p by a generator seeded with
+  (seed, rollout);
+- rewards and KL: each completion's score (`trainers.rl.rewards`: reward models and graders, the
+  missing-EOS penalty), clipped to ±`reward_clip` when set; log π_old recomputed by the policy
+  in a full forward (as TRL, so the first minibatch's ratio is exactly 1), log π_ref and the
+  critic's V_old; per-token rewards ``r_t = −β·(log π_old − log π_ref)_t`` plus the score at
+  the last token (`kl_penalized_rewards`);
+- advantages: GAE with (γ, λ), returns ``G = A + V_old``, advantages whitened over the rollout's
+  tokens;
+- clipped updates: `ppo_epochs` passes over the rollout in shuffled minibatches of `batch_size`
+  completions, one optimizer step each (`accumulate_gradients`); the KL controller then sees the
+  rollout's KL.
 
 The critic (`trainers.models.value`) has its own AdamW at `critic_learning_rate`; its gradients come
 from the same backward pass, are clipped on their own, and step with the policy's through the
@@ -46,10 +47,9 @@ from peft import PeftModel
 from torch import Tensor, nn
 
 from trainers.data.batching import split_micro_batches
-from trainers.data.prompts import PromptOrder, tokenize_prompt_split
-from trainers.loop import AuxiliaryModel, TrainingLoop, announce_model, load_run_state, seed_everything
-from trainers.models.loading import default_device, disable_dropout, load_policy
-from trainers.models.lora import load_trainable_model
+from trainers.data.prompts import PromptOrder
+from trainers.loop import AuxiliaryModel
+from trainers.models.loading import disable_dropout, load_policy
 from trainers.models.value import (
     CRITIC_DIR,
     initial_critic,
@@ -73,16 +73,16 @@ from trainers.rl.online import (
     evaluate_policy,
     forward_groups,
     frozen_logprobs,
-    reference_policy,
-    run_rollout_updates,
+    rollout_prompts,
     sample_rollout,
-    sampling_generator,
+    score_rollout,
     select_rows,
 )
 from trainers.rl.ptx import PtxData, backward_ptx_loss
 from trainers.rl.response_logprobs import response_logits
-from trainers.rl.rewards import RewardComputer, RewardScores, decode_completions
+from trainers.rl.rewards import RewardComputer, RewardScores
 from trainers.rl.rollout import Rollout
+from trainers.run_setup import announce_model, prepare_run
 from trainers.spec.callbacks import Callbacks
 from trainers.spec.config import PPOHyperparameters, PPOJob
 from trainers.spec.results import RunResult, TrainingData
@@ -125,35 +125,41 @@ def train_ppo(
 ) -> RunResult:
     """Train a policy with PPO on prompt rows, rewarded by the job's reward spec.
 
+    1. Set up the run (`prepare_run`): the policy, π_ref, the tokenised prompts; then the reward,
+       the critic, the ptx text, the KL controller and the training loop (`TrainingLoop`, with the
+       critic as its auxiliary model). Rollout after rollout:
+    2. stop when asked, between rollouts;
+    3. rollout: one completion for each of the rollout's prompts;
+    4. rewards (a stop request while sampling or grading drops the rollout), π_old, π_ref, V_old,
+       and the KL-penalised per-token rewards;
+    5. GAE advantages and returns;
+    6. clipped updates: one optimizer step per shuffled minibatch (with the ptx loss when asked),
+       each step's metrics logged when due, and
+    7. the rollout's last step evaluated when one of its steps fell due;
+    8. the KL controller's update, then a checkpoint after the rollout when one of its steps fell due.
+
     Args:
         job: the PPO job spec.
         data: canonical prompt rows (train; optional eval, whose mean reward is reported as
             ``eval/reward/mean`` with one completion per prompt, as GRPO does), and with
             ``ptx_coef > 0`` the text rows of the language-modelling loss (`TrainingData.ptx`,
             see `trainers.rl.ptx`).
-        callbacks: metrics, checkpoints, events and cooperative stop.
-        resume_from: a PPO checkpoint directory to continue from.
+        callbacks: where metrics, checkpoints and events go; asked whether to stop.
+        resume_from: a PPO checkpoint directory to continue from (policy, critic, KL coefficient).
 
     Returns:
-        The run's status, the step reached and the last step's metrics.
-
-    Raises:
-        UserError: bad data or spec; ModelNotFoundError for a model that cannot be loaded.
-        NumericalError: a non-finite loss or gradient norm (policy or critic), naming the step.
+        The run's `RunResult`. Errors are `trainers.run`'s, a non-finite critic gradient norm included.
     """
     hp = job.hyperparameters
-    device = default_device()
-    seed_everything(job.seed)  # before adapters are drawn; a resumed run restores its RNG states later
-    state = load_run_state(resume_from) if resume_from is not None else None
 
-    # Models: the policy (fresh adapters for LoRA, or the checkpoint's), the frozen reference, the
-    # reward, and the critic (from the policy's base or the reward model, or the checkpoint's).
-    policy, tokenizer = load_trainable_model(load_policy, job, resume_from, task="causal_lm")
-    if hp.disable_dropout:
-        disable_dropout(policy)
-    policy.to(device).train(not hp.disable_dropout)  # train mode only for dropout; frozen passes switch to eval
-    reference = reference_policy(policy, job, resumed=state is not None, device=device)
-    micro_size = max(1, hp.batch_size // hp.gradient_accumulation_steps)  # rows per forward
+    # 1. The policy (fresh adapters for LoRA, or the checkpoint's), the frozen reference and the
+    #    prompts (`prepare_run`); the reward; the critic (from the policy's base or the reward model,
+    #    or the checkpoint's); the text of the ptx loss; the KL coefficient; optimisers (the
+    #    critic's beside the policy's), step and RNG, restored when resuming.
+    run = prepare_run(job, data, callbacks, resume_from=resume_from, reference="during_training", announce=False)
+    policy, reference, tokenizer, device = run.model, run.reference, run.tokenizer, run.device
+    policy.train(not hp.disable_dropout)  # train mode only for dropout; frozen passes switch to eval
+    micro_size = run.micro_batch_size  # rows per forward
     rewarder = RewardComputer.from_job(job, policy_tokenizer=tokenizer, device=device, on_event=callbacks.on_event,
                                        batch_size=micro_size)  # fmt: skip
     checkpoints = model_checkpoints(job.reward)
@@ -169,55 +175,40 @@ def train_ppo(
         disable_dropout(critic)
     critic.train(not hp.disable_dropout)
     announce_model(callbacks, f"{job.base_model} and its critic", [policy, critic], device)
-
-    # Data: prompts (and the text of the ptx loss), in an order that is a function of the seed.
-    prompts = tokenize_prompt_split(data.train, tokenizer, max_prompt_length=hp.max_prompt_length, split="train",
-                                    callbacks=callbacks)  # fmt: skip
-    eval_prompts = tokenize_prompt_split(data.eval, tokenizer, max_prompt_length=hp.max_prompt_length, split="eval",
-                                         callbacks=callbacks) if data.eval else []  # fmt: skip
-    order = PromptOrder(num_rows=len(prompts), rollout_batch_size=hp.rollout_batch_size, seed=job.seed)
+    order = PromptOrder(num_rows=len(run.train), rollout_batch_size=hp.rollout_batch_size, seed=job.seed)
     ptx = None
     if hp.ptx_coef > 0:
         ptx = PtxData.from_rows(data.ptx or [], tokenizer, max_length=hp.max_length, batch_size=hp.batch_size,
                                 seed=job.seed)  # fmt: skip
-
-    # Optimisers (the critic's beside the policy's), KL coefficient, step and RNG, restored when resuming.
     kl_controller = (
         AdaptiveKLController(hp.kl_coef, hp.target_kl, hp.kl_horizon) if hp.adaptive_kl
         else FixedKLController(hp.kl_coef)
     )  # fmt: skip
     steps_per_rollout = hp.ppo_epochs * hp.num_minibatches
-    loop = TrainingLoop(
-        job, callbacks, model=policy, tokenizer=tokenizer, state=state,
-        model_info=lambda: {"kind": "causal_lm", "adapter": job.lora is not None, "base_model": job.base_model},
-        num_rows=len(prompts), steps_per_epoch=order.rollouts_per_epoch * steps_per_rollout,
+    loop = run.training_loop(
+        order.rollouts_per_epoch * steps_per_rollout,
         auxiliary=AuxiliaryModel(CRITIC_DIR, critic, hp.critic_learning_rate, functools.partial(save_critic, critic)),
         extra_state=lambda: {"kl_controller": kl_controller.state_dict()},
-    )  # fmt: skip
-    if state is not None:  # the loop has checked that this is a PPO checkpoint
-        kl_controller.load_state_dict(state["extra"]["kl_controller"])
+    )
+    if run.resumed:  # the loop has checked that this is a PPO checkpoint
+        kl_controller.load_state_dict(run.state["extra"]["kl_controller"])
     metrics: dict[str, float] = {}
-    evaluate = functools.partial(evaluate_policy, policy, eval_prompts, tokenizer, rewarder, hp, seed=job.seed)
-    evaluate = evaluate if eval_prompts else None
 
     while loop.step < loop.total_steps:
-        if loop.stop_requested():  # between rollouts: a checkpoint never splits one
+        # 2. Cooperative stop, between rollouts: a checkpoint never splits one.
+        if loop.stop_requested():
             return loop.stop(metrics)
-        rollout_number = -(-loop.step // steps_per_rollout) + 1  # rollouts done, rounded up, plus one
 
-        # 1. Rollout: one completion for each of the rollout's prompts.
-        rows = [prompts[i] for i in order.rollout_indices(rollout_number)]
-        generator = sampling_generator(job.seed, rollout_number, device)
+        # 3. Rollout: one completion for each of the rollout's prompts.
+        rows, generator = rollout_prompts(order, run.train, step=loop.step, steps_per_rollout=steps_per_rollout,
+                                          seed=job.seed, device=device)  # fmt: skip
         rollout = sample_rollout(policy, [p.ids for p in rows], tokenizer, hp, generator=generator)
         mask = rollout.response_mask  # (B, A)
-        if loop.stop_requested():  # no step of this rollout has run: dropping it splits nothing
-            return loop.stop(metrics)
 
-        # 2. Rewards and KL: the score at the last token (a stop request ends a slow grading), a KL
-        #    penalty on every token.
-        scores = rewarder.score([p.item for p in rows], decode_completions(tokenizer, rollout), rollout,
-                                should_stop=loop.stop_requested)  # fmt: skip
-        if scores is None or loop.stop_requested():
+        # 4. Rewards and KL: the score at the last token, unless a stop is requested first (the
+        #    rollout is then dropped); a KL penalty on every token.
+        scores = score_rollout(rewarder, tokenizer, [p.item for p in rows], rollout, should_stop=loop.stop_requested)
+        if scores is None:
             return loop.stop(metrics)
         score = scores.rewards if hp.reward_clip is None else scores.rewards.clamp(-hp.reward_clip, hp.reward_clip)
         old_logprobs = frozen_logprobs(policy, rollout, hp.temperature, batch_size=micro_size)  # (B, A)
@@ -227,33 +218,45 @@ def train_ppo(
         beta = kl_controller.value
         rewards, kl = kl_penalized_rewards(score, old_logprobs, ref_logprobs, mask, beta)  # (B, A) each
 
-        # 3. Advantages: GAE over each response, returns as value targets, whitened advantages.
+        # 5. Advantages: GAE over each response, returns as value targets, whitened advantages.
         advantages, returns = gae(rewards, old_values, mask, hp.gamma, hp.lam)  # (B, A) each
         if hp.whiten_advantages and int(mask.sum()) > 1:
             advantages = whiten(advantages, mask)
         batch = PPOBatch(rollout, old_logprobs, old_values, advantages, returns)
-        rollout_metrics = _rollout_metrics(scores, score, kl, beta, old_values, returns, rollout)
-        kl_controller.update(rollout_metrics["objective/kl"], n_steps=len(rows))
+        rollout_stats = rollout_statistics(scores, score, kl, beta, old_values, returns, rollout)
 
-        # 4. Clipped updates: `ppo_epochs` passes over shuffled minibatches, one optimizer step each
-        #    (fewer when the run ends first). Evaluation and checkpoints that fall due wait for the
-        #    rollout's end.
+        # 6. Clipped updates: `ppo_epochs` passes over shuffled minibatches, one optimizer step each
+        #    (fewer when the run ends first); PPO-ptx adds the language-modelling loss to each step's
+        #    gradients and loss.
         schedule = []
         for _ in range(hp.ppo_epochs):  # the rollout's generator, after sampling, draws the order
             permutation = torch.randperm(len(rows), generator=generator, device=generator.device).tolist()
             schedule += [permutation[i : i + hp.batch_size] for i in range(0, len(rows), hp.batch_size)]
         schedule = schedule[: loop.total_steps - loop.step]
-        def step_loss(step: int, minibatch: Sequence[int], batch: PPOBatch = batch) -> tuple[Tensor, Sequence[str]]:
+        first, last = loop.step, loop.step + len(schedule)  # the steps before and at the rollout's end
+        for minibatch in schedule:
+            step = loop.next_step()
             stats, names = accumulate_gradients(policy, critic, batch.select(minibatch), hp), STEP_METRICS  # (S,)
-            if ptx is not None:  # PPO-ptx: the language-modelling loss joins the step's gradients and loss
+            if ptx is not None:
                 ptx_loss = backward_ptx_loss(policy, ptx.step_rows(step), coef=hp.ptx_coef,
                                              pad_token_id=ptx.pad_token_id,
                                              gradient_accumulation_steps=hp.gradient_accumulation_steps)  # fmt: skip
                 stats = torch.cat([stats[:1] + hp.ptx_coef * ptx_loss, stats[1:], ptx_loss.reshape(1)])  # (S+1,)
                 names = (*STEP_METRICS, "ptx/loss")
-            return stats, names
+            metrics = loop.update(stats, names) | rollout_stats
 
-        metrics = run_rollout_updates(loop, schedule, step_loss, rollout_metrics, evaluate, metrics)
+            # 7. Evaluation at the rollout's last step, when one of its steps fell due; metrics
+            #    reported when logging falls due and with every evaluation.
+            evaluated = bool(run.eval) and loop.step == last and loop.eval_due(since=first)
+            if evaluated:
+                metrics |= evaluate_policy(policy, run.eval, tokenizer, rewarder, hp, seed=job.seed)
+            loop.log(metrics, evaluated=evaluated)
+
+        # 8. The KL controller sees the rollout's KL (its coefficient is saved with the checkpoint);
+        #    checkpoint after the rollout, when one of its steps fell due.
+        kl_controller.update(rollout_stats["objective/kl"], n_steps=len(rows))
+        if loop.checkpoint_due(since=first):
+            loop.checkpoint(metrics)
 
     return loop.finish(metrics)
 
@@ -310,7 +313,7 @@ def accumulate_gradients(policy: nn.Module, critic: nn.Module, batch: PPOBatch, 
     return sums
 
 
-def _rollout_metrics(
+def rollout_statistics(
     scores: RewardScores, score: Tensor, kl: Tensor, beta: float, values: Tensor, returns: Tensor, rollout: Rollout
 ) -> dict[str, float]:
     """The rollout's objective, value and completion statistics, as host floats.

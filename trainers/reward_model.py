@@ -1,12 +1,12 @@
 """Bradley–Terry reward models (Ouyang et al. 2022, §3.5, https://arxiv.org/abs/2203.02155).
 
-One loop in numbered sections; the optimisation plumbing (AdamW with linear warmup then a constant
-rate, resume, stop, the update guard, cadence and checkpoints) is `trainers.loop`'s. Chosen and
-rejected responses of a micro-batch go through the same forwards (one row per pair sharing its
-prompt, or 2B rows grouped by length); the reward of a response is the score head's output at its
-last token (`trainers.models.reward.rewards`, `shared_prompt_rewards`). Every checkpoint
-records the mean and std of the rewards over a fixed sample of training pairs, which PPO and GRPO
-use to normalise this model's scores.
+One loop in numbered sections; the set-up is `trainers.run_setup`'s, the optimisation plumbing (AdamW
+with linear warmup then a constant rate, resume, stop, the update guard, cadence and checkpoints)
+is `trainers.loop`'s. Chosen and rejected responses of a micro-batch go through the same forwards
+(one row per pair sharing its prompt, or 2B rows grouped by length); the reward of a response is
+the score head's output at its last token (`trainers.models.reward.rewards`,
+`shared_prompt_rewards`). Every checkpoint records the mean and std of the rewards over a fixed
+sample of training pairs, which PPO and GRPO use to normalise this model's scores.
 """
 
 from __future__ import annotations
@@ -20,13 +20,8 @@ import torch
 from torch import Tensor, nn
 
 from trainers.data.batching import BatchOrder, bucket_overhead_tokens, split_micro_batches
-from trainers.data.preference import PreferenceBatch, TokenizedPair, collate_pairs, tokenize_split
-from trainers.loop import TrainingLoop, announce_model, seed_everything
-from trainers.models.checkpoint import load_trainer_state
-from trainers.models.loading import default_device, disable_dropout
-from trainers.models.lora import load_trainable_model
+from trainers.data.preference import PreferenceBatch, TokenizedPair, collate_pairs
 from trainers.models.reward import (
-    load_reward_model,
     reward_stats,
     rewards,
     shared_prompt_rewards,
@@ -34,6 +29,7 @@ from trainers.models.reward import (
     stats_sample,
 )
 from trainers.ops.pairwise_losses import bradley_terry_loss
+from trainers.run_setup import prepare_run
 from trainers.spec.callbacks import Callbacks
 from trainers.spec.config import RewardModelHyperparameters, RewardModelJob
 from trainers.spec.errors import UserError
@@ -50,58 +46,48 @@ def train_reward_model(
 ) -> RunResult:
     """Train a Bradley–Terry reward model on preference pairs.
 
+    1. Set up the run (`prepare_run`): the reward model, the tokenised pairs.
+    2. The pairs' margins, their order, the sample the reward statistics are taken on.
+    3. The training loop (`TrainingLoop`). Then, step after step:
+    4. stop when asked;
+    5. gradients of the step's pairs (`accumulate_gradients`);
+    6. update;
+    7. evaluate when due, and log;
+    8. checkpoint when due, with the reward statistics.
+
     Args:
         job: the reward-model job spec.
         data: canonical preference rows (train, optional eval); a row's optional numeric
             ``margin`` is the m of its loss term.
-        callbacks: metrics, checkpoints, events and cooperative stop.
-        resume_from: a checkpoint directory to continue from.
+        callbacks: get the metrics, checkpoints and events; say when to stop.
+        resume_from: a reward-model checkpoint to continue from, or None.
 
     Returns:
-        The run's status, the step reached and the last step's metrics.
-
-    Raises:
-        UserError: bad data or spec; ModelNotFoundError for a model that cannot be loaded.
-        NumericalError: a non-finite loss or gradient norm, naming the step.
+        What the run ended with (`RunResult`); errors are those `trainers.run` lists.
     """
     hp = job.hyperparameters
-    device = default_device()
-    seed_everything(job.seed)  # before adapters are drawn; a resumed run restores its RNG states later
-    state = load_trainer_state(resume_from) if resume_from is not None else None
 
-    # 1. Model: the base model under a one-output score head (with fresh adapters for LoRA, which
-    #    keep the head trainable), or the checkpoint's model.
-    model, tokenizer = load_trainable_model(load_reward_model, job, resume_from, task="seq_cls")
-    if hp.disable_dropout:
-        disable_dropout(model)
-    model.to(device).train()
-    announce_model(callbacks, job.base_model, [model], device)
+    # 1. The base model under a one-output score head (with fresh adapters for LoRA, which keep
+    #    the head trainable), or the checkpoint's model; the pairs tokenised once.
+    run = prepare_run(job, data, callbacks, resume_from=resume_from, model="reward_model")
+    model, pad, device, size = run.model, run.tokenizer.pad_token_id, run.device, run.micro_batch_size
 
-    # 2. Data: tokenised once, with each pair's margin; the rows of step s are a pure function of
-    #    (seed, s). The reward statistics are taken on a fixed sample of training pairs.
-    train_pairs = tokenize_split(data.train, tokenizer, hp, "train", callbacks)
-    eval_pairs = tokenize_split(data.eval, tokenizer, hp, "eval", callbacks) if data.eval else []
-    if not train_pairs:
-        raise UserError("the training data has no rows")
+    # 2. Each pair's margin; the pairs of step s, a pure function of (seed, s); the fixed sample of
+    #    training pairs the reward statistics are taken on. Forwards: pairs of similar length
+    #    together, each pair's prompt computed once (`collate_pairs`).
     train_margins = pair_margins(data.train, "train").to(device)  # (N,)
     eval_margins = pair_margins(data.eval or [], "eval").to(device)  # (N_eval,)
-    order = BatchOrder(num_rows=len(train_pairs), batch_size=hp.batch_size, seed=job.seed)
-    stats_pairs = [train_pairs[i] for i in stats_sample(len(train_pairs), hp.reward_stats_rows, job.seed)]
-    pass_size = max(1, hp.batch_size // hp.gradient_accumulation_steps)  # pairs per gradient-free forward
-    # Forwards: pairs of similar length together, each pair's prompt computed once (`collate_pairs`).
+    order = BatchOrder(num_rows=len(run.train), batch_size=hp.batch_size, seed=job.seed)
+    stats_pairs = [run.train[i] for i in stats_sample(len(run.train), hp.reward_stats_rows, job.seed)]
     layout = {"bucket_overhead_tokens": bucket_overhead_tokens(device.type),
-              "shared_prompt": shares_prompts(model, train_pairs + eval_pairs)}  # fmt: skip
+              "shared_prompt": shares_prompts(model, run.train + run.eval)}  # fmt: skip
 
     def model_info() -> dict[str, Any]:
-        mean, std = reward_stats(model, stats_pairs, tokenizer.pad_token_id, batch_size=pass_size, device=device)
-        return {"kind": "reward_model", "adapter": job.lora is not None, "base_model": job.base_model,
-                "reward_mean": mean, "reward_std": std}  # fmt: skip
+        mean, std = reward_stats(model, stats_pairs, pad, batch_size=size, device=device)
+        return run.model_info() | {"reward_mean": mean, "reward_std": std}
 
     # 3. Optimiser, schedule, step and RNG (restored when resuming), cadence and checkpoints.
-    loop = TrainingLoop(
-        job, callbacks, model=model, tokenizer=tokenizer, state=state, model_info=model_info,
-        num_rows=len(train_pairs), steps_per_epoch=order.steps_per_epoch,
-    )  # fmt: skip
+    loop = run.training_loop(order.steps_per_epoch, model_info=model_info)
     metrics: dict[str, float] = {}
 
     while loop.step < loop.total_steps:
@@ -110,32 +96,59 @@ def train_reward_model(
             return loop.stop(metrics)
         step = loop.next_step()
 
-        # 5. Gradients: every micro-batch's summed loss is divided by the pairs in the whole
-        #    step, so the update is the mean over the step's pairs whatever the micro-batching.
-        indices = order.step_indices(step)
-        sums = torch.zeros(len(PAIR_STATS), device=device)  # (S,) per-pair statistics, summed
-        for micro in split_micro_batches(indices, hp.gradient_accumulation_steps):
-            batch = collate_pairs([train_pairs[i] for i in micro], tokenizer.pad_token_id, **layout).to(device)
-            losses, stats = pair_losses_and_stats(model, batch, train_margins[micro], hp)  # (b,), (S, b)
-            (losses.sum() / len(indices)).backward()
-            sums += stats.sum(dim=1)
+        # 5. Gradients of the step's pairs, the mean over them whatever the micro-batching.
+        stats = accumulate_gradients(model, run.train, order.step_indices(step), train_margins, pad, hp, layout)
 
         # 6. Update: clip, refuse non-finite values, step the optimiser and the schedule.
-        metrics = loop.update(summarize(sums, len(indices)), TRAIN_METRICS)
+        metrics = loop.update(stats, TRAIN_METRICS)
 
         # 7. Metrics: per step, over the step's pairs; evaluation every `eval_every` steps, at
         #    checkpoints and at the end, reported with the train metrics of its step.
-        evaluated = bool(eval_pairs) and loop.eval_due()
+        evaluated = bool(run.eval) and loop.eval_due()
         if evaluated:
-            metrics |= evaluate(model, eval_pairs, eval_margins, tokenizer.pad_token_id, hp, pass_size, layout)
-        if evaluated or loop.log_due():
-            callbacks.on_metrics(step, metrics)
+            metrics |= evaluate(model, run.eval, eval_margins, pad, hp, size, layout)
+        loop.log(metrics, evaluated=evaluated)
 
         # 8. Checkpoint every `checkpoint_every` steps and at the end, with the reward statistics.
         if loop.checkpoint_due():
             loop.checkpoint(metrics)
 
     return loop.finish(metrics)
+
+
+def accumulate_gradients(
+    model: nn.Module,
+    pairs: list[TokenizedPair],
+    indices: list[int],
+    margins: Tensor,
+    pad_token_id: int,
+    hp: RewardModelHyperparameters,
+    layout: dict | None = None,
+) -> Tensor:
+    """Backward the Bradley–Terry loss of one optimizer step in `gradient_accumulation_steps` parts.
+
+    A part's summed loss is divided by the step's pair count: the accumulated gradient is the one
+    of the mean loss over the step's pairs, however they are split.
+
+    Args:
+        model: the reward model being trained; gradients accumulate into its parameters.
+        pairs: the tokenised training pairs.
+        indices: positions in `pairs` of the step's pairs.
+        margins: (N,) every training pair's margin, on the model's device.
+        pad_token_id: padding id.
+        hp: supplies the centring coefficient and the number of parts.
+        layout: `collate_pairs`' keyword arguments (length groups, shared prompts).
+
+    Returns:
+        (5,) the step's values in `TRAIN_METRICS` order (`summarize`), on the device.
+    """
+    sums = torch.zeros(len(PAIR_STATS), device=margins.device)  # (S,) per-pair statistics, summed
+    for micro in split_micro_batches(indices, hp.gradient_accumulation_steps):
+        batch = collate_pairs([pairs[i] for i in micro], pad_token_id, **(layout or {})).to(margins.device)
+        losses, stats = pair_losses_and_stats(model, batch, margins[micro], hp)  # (b,), (S, b)
+        (losses.sum() / len(indices)).backward()
+        sums += stats.sum(dim=1)
+    return summarize(sums, len(indices))
 
 
 def pair_losses_and_stats(

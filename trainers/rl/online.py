@@ -1,12 +1,11 @@
-"""Plumbing that PPO and GRPO share: seeded rollouts, the frozen reference, gradient-free passes, row slices.
+"""Plumbing that PPO and GRPO share: seeded rollouts, their rewards, gradient-free passes, row slices, evaluation.
 
 - **Sampling is a function of (seed, rollout).** Rollout i draws its tokens from a generator seeded
   with `sampling_seed(seed, i)`, so a resumed run samples exactly what the uninterrupted run would
   have, with no generator state to carry in a checkpoint (the prompts are a function of the same
   pair, `trainers.data.prompts.PromptOrder`).
-- **The reference policy** π_ref is the job's base model: for LoRA, the policy with its adapters
-  disabled (no second copy of the weights); otherwise a frozen copy, taken before the first update
-  (or loaded again from `base_model` when resuming, as the policy has moved).
+- **The reference policy** π_ref is the job's base model (`trainers.run_setup.reference_policy`):
+  for LoRA, the policy with its adapters disabled (`frozen_logprobs` with ``reference=True``).
 - **Gradient-free passes** (old policy, reference) run in eval mode, in groups of rows that pad
   little (`forward_groups`).
 
@@ -16,9 +15,7 @@ Shapes: B sequences, P prompt tokens, A response tokens.
 from __future__ import annotations
 
 import contextlib
-import copy
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
 
 import torch
 from peft import PeftModel
@@ -26,15 +23,11 @@ from torch import Tensor, nn
 from transformers import PreTrainedTokenizerBase
 
 from trainers.data.batching import bucket_overhead_tokens, length_buckets
-from trainers.data.prompts import TokenizedPrompt
-from trainers.models.loading import load_policy
+from trainers.data.prompts import PromptOrder, TokenizedPrompt
 from trainers.rl.response_logprobs import response_logprobs
-from trainers.rl.rewards import RewardComputer, decode_completions
+from trainers.rl.rewards import RewardComputer, RewardScores, decode_completions
 from trainers.rl.rollout import Rollout, generate
-from trainers.spec.config import GRPOJob, PPOJob, RLHyperparameters
-
-if TYPE_CHECKING:
-    from trainers.loop import TrainingLoop
+from trainers.spec.config import RLHyperparameters
 
 EVAL_ROLLOUT = 0  # the sampling stream of evaluations; training rollouts count from 1
 
@@ -86,6 +79,36 @@ def sampling_generator(seed: int, rollout: int, device: torch.device) -> torch.G
     return torch.Generator(device=device).manual_seed(sampling_seed(seed, rollout))
 
 
+def rollout_prompts(
+    order: PromptOrder,
+    prompts: Sequence[TokenizedPrompt],
+    *,
+    step: int,
+    steps_per_rollout: int,
+    seed: int,
+    device: torch.device,
+) -> tuple[list[TokenizedPrompt], torch.Generator]:
+    """The prompts of the rollout that starts after `step`, and the generator that samples it.
+
+    The rollout's number is the rollouts done, rounded up, plus one; its prompts are
+    ``order.rollout_indices(number)`` and its generator `sampling_generator` (seed, number), so a
+    resumed run samples what the uninterrupted run would have.
+
+    Args:
+        order: the run's prompt order.
+        prompts: the tokenised training prompts.
+        step: optimizer steps done.
+        steps_per_rollout: optimizer steps each rollout feeds.
+        seed: the job's seed.
+        device: where the policy samples.
+
+    Returns:
+        The rollout's prompts and its sampling generator.
+    """
+    number = -(-step // steps_per_rollout) + 1
+    return [prompts[i] for i in order.rollout_indices(number)], sampling_generator(seed, number, device)
+
+
 def sample_rollout(
     policy: nn.Module,
     prompt_ids: Sequence[Sequence[int]],
@@ -117,25 +140,35 @@ def sample_rollout(
         policy.train(was_training)
 
 
-def reference_policy(
-    policy: nn.Module, job: GRPOJob | PPOJob, *, resumed: bool, device: torch.device
-) -> nn.Module:
-    """A model whose log-probs are π_ref's (the job's base model), with as few copies as possible.
+def score_rollout(
+    rewarder: RewardComputer,
+    tokenizer: PreTrainedTokenizerBase,
+    items: Sequence[dict],
+    rollout: Rollout,
+    *,
+    should_stop: Callable[[], bool],
+) -> RewardScores | None:
+    """The rewards of a rollout's completions, or None when a stop is requested before they are all in.
+
+    `should_stop` is polled before grading (a stop during sampling), between completions while
+    grading, and after it: a stopped rollout has not been trained on, so dropping it splits nothing.
 
     Args:
-        policy: the policy, before its first update of this run.
-        job: supplies `base_model` (reloaded when resuming a full fine-tuning run).
-        resumed: whether the policy comes from a checkpoint (and so is no longer the base model).
-        device: where the reference runs.
+        rewarder: the job's reward.
+        tokenizer: the policy's tokenizer, to decode the completions.
+        items: each completion's dataset row (its prompt row).
+        rollout: B sampled completions.
+        should_stop: the run's cooperative stop (`TrainingLoop.stop_requested`).
 
     Returns:
-        For LoRA, `policy` itself (`frozen_logprobs` disables its adapters); otherwise a frozen
-        model in eval mode on `device`.
+        The scores, or None when a stop was requested.
     """
-    if isinstance(policy, PeftModel):
-        return policy
-    model = load_policy(job.base_model)[0] if resumed else copy.deepcopy(policy)
-    return model.to(device).eval().requires_grad_(False)
+    if should_stop():
+        return None
+    scores = rewarder.score(items, decode_completions(tokenizer, rollout), rollout, should_stop=should_stop)
+    if scores is None or should_stop():
+        return None
+    return scores
 
 
 @torch.no_grad()
@@ -299,45 +332,3 @@ def evaluate_policy(
         "eval/reward/mean": torch.cat(rewards).mean().item(),
         "eval/completions/mean_length": torch.cat(lengths).mean().item(),
     }
-
-
-def run_rollout_updates(
-    loop: TrainingLoop,
-    schedule: Sequence[Sequence[int]],
-    step: Callable[[int, Sequence[int]], tuple[Tensor, Sequence[str]]],
-    rollout_metrics: dict[str, float],
-    evaluate: Callable[[], dict[str, float]] | None,
-    metrics: dict[str, float],
-) -> dict[str, float]:
-    """A rollout's optimizer steps, one per minibatch of `schedule`, with the reports they fall due for.
-
-    Each step backwards its loss (`step(step_number, minibatch)` returns the step's statistics and
-    their names), then `loop.update` clips and applies it. Evaluation and checkpoints that fall due
-    during the rollout wait for its last step, so a checkpoint never splits a rollout; metrics are
-    reported when logging falls due or after an evaluation.
-
-    Args:
-        loop: the run's training loop.
-        schedule: the minibatches (row indices of the rollout) of the steps to run, in order.
-        step: backwards one step's loss.
-        rollout_metrics: the rollout's own metrics, reported with every step's.
-        evaluate: computes the evaluation metrics, or None without evaluation data.
-        metrics: the last metrics reported, returned as they are when `schedule` is empty.
-
-    Returns:
-        The last step's metrics.
-    """
-    save = evaluate_now = False
-    for i, minibatch in enumerate(schedule):
-        number = loop.next_step()
-        stats, names = step(number, minibatch)
-        metrics = loop.update(stats, names) | rollout_metrics
-        save, evaluate_now = save or loop.checkpoint_due(), evaluate_now or loop.eval_due()
-        evaluated = evaluate is not None and evaluate_now and i == len(schedule) - 1
-        if evaluated:
-            metrics |= evaluate()
-        if evaluated or loop.log_due():
-            loop.callbacks.on_metrics(number, metrics)
-    if save:
-        loop.checkpoint(metrics)
-    return metrics

@@ -11,6 +11,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import trainers
 import trainers.dpo
+import trainers.run_setup
 from tests.unit.trainers.trainer_fixtures import RecordingCallbacks
 from trainers import DPOJob, ModelNotFoundError, NumericalError, TrainingData
 from trainers.data.synthetic import uppercase_preference_rows
@@ -193,7 +194,7 @@ def test_precomputed_and_on_the_fly_reference_give_the_same_run(monkeypatch, los
         job = dpo_job(max_steps=4, batch_size=6, gradient_accumulation_steps=2, learning_rate=2e-3,
                       eval_every=2, loss_type=loss_type, precompute_ref_logprobs=precompute)  # fmt: skip
         if precompute:  # full fine-tuning: the pass reads the initial policy, no frozen copy is made
-            monkeypatch.setattr(trainers.dpo, "copy", SimpleNamespace(deepcopy=no_copy))
+            monkeypatch.setattr(trainers.run_setup, "copy", SimpleNamespace(deepcopy=no_copy))
         trainers.run(job, TrainingData(train=rows, eval=eval_rows), callbacks)
         monkeypatch.undo()
         runs[precompute] = callbacks.metrics
@@ -215,7 +216,7 @@ def test_resumed_run_with_precomputed_reference_does_not_keep_the_base_model(mon
     trainers.run(job, TrainingData(train=rows), first)
 
     loaded = {}
-    real_load = trainers.dpo.load_policy
+    real_load = trainers.run_setup.load_policy
 
     def recording_load(ref, **kwargs):
         model, tokenizer = real_load(ref, **kwargs)
@@ -228,7 +229,7 @@ def test_resumed_run_with_precomputed_reference_does_not_keep_the_base_model(mon
             self.base_alive = loaded["builtin:tiny-llama"]() is not None
             super().on_metrics(step, metrics)
 
-    monkeypatch.setattr(trainers.dpo, "load_policy", recording_load)
+    monkeypatch.setattr(trainers.run_setup, "load_policy", recording_load)
     resumed = ChecksMemory()
     trainers.run(job, TrainingData(train=rows), resumed, resume_from=first.checkpoints[2][0])
     assert set(loaded) == {"builtin:tiny-llama", str(first.checkpoints[2][0] / MODEL_DIR)}

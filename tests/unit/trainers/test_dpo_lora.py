@@ -11,7 +11,7 @@ from safetensors import safe_open
 from transformers import AutoModelForCausalLM
 
 import trainers
-import trainers.dpo
+import trainers.run_setup
 from tests.unit.trainers.trainer_fixtures import RecordingCallbacks, tiny
 from trainers import DPOJob, TrainingData
 from trainers.data.synthetic import uppercase_preference_rows
@@ -38,19 +38,19 @@ def probe(model, tokenizer):
 def trained(tmp_path_factory):
     """A 30-step LoRA run: its callbacks (checkpoint at 30) and the policy it trained."""
     captured = {}
-    real = trainers.dpo.load_trainable_model
+    real = trainers.run_setup.load_trainable_model
 
     def capture(*args, **kwargs):
         captured["policy"], tokenizer = real(*args, **kwargs)
         return captured["policy"], tokenizer
 
-    trainers.dpo.load_trainable_model = capture
+    trainers.run_setup.load_trainable_model = capture
     try:
         callbacks = RecordingCallbacks(tmp_path_factory.mktemp("lora"))
         job = lora_job(learning_rate=1e-2, max_steps=30, batch_size=8)
         trainers.run(job, TrainingData(train=uppercase_preference_rows(256, seed=1)), callbacks)
     finally:
-        trainers.dpo.load_trainable_model = real
+        trainers.run_setup.load_trainable_model = real
     return callbacks, captured["policy"]
 
 

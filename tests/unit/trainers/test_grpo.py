@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tests.unit.trainers.trainer_fixtures import computer, rollout_of, tiny
-from trainers.grpo import GRPOBatch, _rollout_metrics, accumulate_gradients
+from trainers.grpo import GRPOBatch, accumulate_gradients, rollout_statistics
 from trainers.ops.advantages import group_advantages
 from trainers.rl.online import frozen_logprobs, select_rows
 from trainers.rl.response_logprobs import response_logprobs
@@ -44,7 +44,7 @@ def test_advantages_compare_each_completion_with_its_own_group():
     torch.testing.assert_close(batch.advantages, torch.tensor(expected))
     unscaled, _ = group_advantages(scores.rewards, 4, scale_std=False)  # Dr. GRPO
     assert unscaled.tolist() == [0.75, -0.25, -0.25, -0.25, 0.5, -0.5, -0.5, 0.5]
-    metrics = _rollout_metrics(scores, group_std, batch.rollout)
+    metrics = rollout_statistics(scores, group_std, batch.rollout)
     assert metrics["reward/mean"] == metrics["reward/has_a"] == 0.375 and metrics["frac_reward_zero_std"] == 0
     assert metrics["completions/eos_fraction"] == 0.75
     assert metrics["completions/mean_length"] == 2.25 + 0.75  # EOS counts

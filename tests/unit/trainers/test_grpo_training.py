@@ -86,7 +86,7 @@ def test_beta_zero_loads_no_reference_model(monkeypatch):
     def no_reference(*args, **kwargs):
         raise AssertionError("a reference model was built")
 
-    monkeypatch.setattr("trainers.grpo.reference_policy", no_reference)
+    monkeypatch.setattr("trainers.run_setup.reference_policy", no_reference)
     callbacks = RecordingCallbacks()
     trainers.run(grpo_job(max_steps=1, beta=0.0), TrainingData(train=PROMPTS), callbacks)
     assert "objective/kl" not in callbacks.metrics[1] and "policy/entropy" in callbacks.metrics[1]

@@ -66,6 +66,29 @@ def test_cadence_of_logs_evaluations_and_checkpoints():
     assert [s for s in due if due[s][2]] == [5, 10]  # every 5, and at the end
 
 
+def test_cadence_over_a_round_of_steps_counts_every_step_since_its_start():
+    # Rounds of 3 steps (an RL rollout): a round is evaluated and saved once, at its end, when any of its steps is due.
+    loop, _ = make_loop(RecordingCallbacks(), max_steps=10, eval_every=4, checkpoint_every=5)
+    due = {}
+    for first in (0, 3, 6, 9):
+        loop.step = min(first + 3, 10)
+        due[loop.step] = (loop.eval_due(since=first), loop.checkpoint_due(since=first))
+    assert due == {3: (False, False), 6: (True, True), 9: (True, False), 10: (True, True)}
+    loop.step = 6
+    assert loop.checkpoint_due(since=5) is False and loop.checkpoint_due(since=4) is True
+    assert loop.eval_due(since=6) is False  # no step since the round's start
+
+
+def test_log_reports_when_due_and_every_evaluated_step():
+    callbacks = RecordingCallbacks()
+    loop, _ = make_loop(callbacks, max_steps=10, log_every=3, checkpoint_every=5)
+    for step in range(1, 8):
+        loop.step = step
+        loop.log({"train/loss": float(step)}, evaluated=step == 4)
+    assert sorted(callbacks.metrics) == [3, 4, 5, 6]  # every 3, the checkpoint at 5, and the evaluated step 4
+    assert callbacks.metrics[4] == {"train/loss": 4.0}
+
+
 @pytest.mark.trains
 def test_update_returns_metrics_and_steps_the_optimizer():
     callbacks = RecordingCallbacks()

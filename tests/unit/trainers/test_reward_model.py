@@ -8,6 +8,7 @@ import torch
 
 import trainers
 import trainers.reward_model
+import trainers.run_setup
 from tests.unit.trainers.trainer_fixtures import RecordingCallbacks
 from trainers import ModelNotFoundError, NumericalError, RewardModelJob, TrainingData, UserError
 from trainers.data.preference import collate_pairs, tokenize_pairs
@@ -137,13 +138,13 @@ def test_checkpoint_records_reward_statistics_of_a_fixed_training_sample(tmp_pat
 @pytest.mark.trains
 def test_lora_trains_only_the_adapters_and_the_score_head(monkeypatch):
     trained = {}
-    real_load = trainers.reward_model.load_trainable_model
+    real_load = trainers.run_setup.load_trainable_model
 
     def keep_the_model(*args, **kwargs):
         trained["model"], tokenizer = real_load(*args, **kwargs)
         return trained["model"], tokenizer
 
-    monkeypatch.setattr(trainers.reward_model, "load_trainable_model", keep_the_model)
+    monkeypatch.setattr(trainers.run_setup, "load_trainable_model", keep_the_model)
     lora = LoRAConfig(r=4, dropout=0.0)
     callbacks = RecordingCallbacks()
     trainers.run(reward_job(lora=lora, max_steps=3, batch_size=4, learning_rate=1e-2),

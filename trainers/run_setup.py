@@ -1,0 +1,274 @@
+"""What every trainer does before its loop, written once: `prepare_run`.
+
+A trainer's function starts with it and continues with what only its algorithm needs::
+
+    run = prepare_run(job, data, callbacks, resume_from=resume_from, reference="during_training")
+    ...                                          # a reward, a critic, the data order
+    loop = run.training_loop(steps_per_epoch)    # optimizer, schedule, resume, cadence, checkpoints
+    while loop.step < loop.total_steps:
+        ...                                      # the algorithm's own numbered steps
+
+`prepare_run` seeds the run, reads the checkpoint to resume from, loads the model to train (fresh
+adapters for LoRA, or the checkpoint's model), tokenises the train and eval splits as the job's
+`dataset_kind` says, and builds the reference policy when the algorithm has one. A new algorithm
+chooses its model, its reference and nothing else; a new kind of dataset rows adds a case to
+`tokenize_rows`.
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from peft import PeftModel
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from trainers.data.preference import TokenizedPair, tokenize_split
+from trainers.data.prompts import TokenizedPrompt, tokenize_prompt_split
+from trainers.loop import AuxiliaryModel, TrainingLoop, load_run_state
+from trainers.models.loading import default_device, disable_dropout, load_policy
+from trainers.models.lora import load_trainable_model
+from trainers.models.reward import load_reward_model
+from trainers.spec.callbacks import Callbacks
+from trainers.spec.config import JobSpec, LoopHyperparameters
+from trainers.spec.errors import UserError
+from trainers.spec.results import TrainingData
+
+ModelKind = Literal["policy", "reward_model"]
+# When a run reads the reference policy π_ref: on every step (GRPO's and PPO's KL, DPO computing its
+# log-probs on the fly), or only before the first update (DPO's precomputed log-probs).
+ReferenceUse = Literal["during_training", "before_training"]
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's and torch's global generators (dropout, adapter initialisation).
+
+    Call it before building anything random (e.g. LoRA adapters), so a run is a function of its
+    seed; a resumed run then restores the checkpoint's RNG states instead (`TrainingLoop`).
+
+    Args:
+        seed: the job's seed.
+    """
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def announce_model(callbacks: Callbacks, name: str, models: Sequence[nn.Module], device: torch.device) -> None:
+    """Report what was loaded: parameters in all, and how many of them train (LoRA trains few).
+
+    Args:
+        callbacks: receives the event.
+        name: what the user asked for (the job's base model).
+        models: the trained models (a policy, and PPO's critic).
+        device: where they run.
+    """
+    params = [p for m in models for p in m.parameters()]
+    total, trained = sum(p.numel() for p in params), sum(p.numel() for p in params if p.requires_grad)
+    callbacks.on_event("info", f"loaded {name} ({total:,} parameters, {trained:,} trained) on {device.type}")
+
+
+def micro_batch_size(hp: LoopHyperparameters) -> int:
+    """Rows per forward: a training micro-batch, and every gradient-free pass (reference, evaluation)."""
+    return max(1, hp.batch_size // hp.gradient_accumulation_steps)
+
+
+def tokenize_rows(
+    job: JobSpec, rows: Sequence[dict[str, Any]], tokenizer: PreTrainedTokenizerBase, split: str, callbacks: Callbacks
+) -> list[TokenizedPair] | list[TokenizedPrompt]:
+    """One split's canonical rows as the job's `dataset_kind` tokenises them, truncation reported as a warning.
+
+    Args:
+        job: supplies `dataset_kind` and the length limits of its hyperparameters.
+        rows: canonical rows of the split.
+        tokenizer: the trained model's tokenizer.
+        split: ``"train"`` or ``"eval"``, in messages.
+        callbacks: receive the truncation warning.
+
+    Returns:
+        A `TokenizedPair` per preference row, or a `TokenizedPrompt` per prompt row, in order.
+
+    Raises:
+        UserError: a row is malformed (the message names it).
+    """
+    hp = job.hyperparameters
+    match job.dataset_kind:
+        case "preference":
+            return tokenize_split(rows, tokenizer, hp, split, callbacks)
+        case "prompt":
+            return tokenize_prompt_split(rows, tokenizer, max_prompt_length=hp.max_prompt_length, split=split,
+                                         callbacks=callbacks)  # fmt: skip
+        case kind:
+            raise UserError(f"no trainer reads {kind!r} rows", param="type")
+
+
+def reference_policy(
+    policy: nn.Module, job: JobSpec, *, resumed: bool, device: torch.device, use: ReferenceUse = "during_training"
+) -> nn.Module:
+    """A model whose log-probs are π_ref's (the job's base model), with as few copies as possible.
+
+    Args:
+        policy: the policy, before its first update of this run.
+        job: supplies `base_model` (reloaded when resuming a full fine-tuning run).
+        resumed: whether the policy comes from a checkpoint (and so is no longer the base model).
+        device: where the reference runs.
+        use: when the run reads it; read only ``"before_training"``, a fresh policy is its own
+            reference and no copy is made.
+
+    Returns:
+        For LoRA, `policy` itself (its adapters are disabled when it scores as π_ref); for a fresh
+        run that reads it only before training, `policy` too; otherwise a frozen model (eval mode,
+        no gradients) on `device`.
+    """
+    if isinstance(policy, PeftModel):
+        return policy
+    if resumed:
+        model = load_policy(job.base_model)[0]  # the policy has moved away from it
+    elif use == "before_training":
+        return policy  # read before the first update changes it
+    else:
+        model = copy.deepcopy(policy)
+    return model.to(device).eval().requires_grad_(False)
+
+
+@dataclass
+class PreparedRun:
+    """What `prepare_run` set up: the model to train, its data and reference, the state to resume.
+
+    Attributes:
+        job: the job spec.
+        callbacks: the run's callbacks.
+        device: where the run trains.
+        state: `load_run_state` of the checkpoint to resume from, or None for a fresh run.
+        model: the model being trained (a peft model for LoRA), on `device`, in train mode.
+        tokenizer: its tokenizer.
+        train: the tokenised training rows (never empty).
+        eval: the tokenised evaluation rows (empty without an eval split).
+        reference: the reference policy π_ref, or None when the algorithm has none.
+        model_kind: ``"causal_lm"`` or ``"reward_model"``, what checkpoints say their model is.
+    """
+
+    job: JobSpec
+    callbacks: Callbacks
+    device: torch.device
+    state: dict[str, Any] | None
+    model: nn.Module
+    tokenizer: PreTrainedTokenizerBase
+    train: list[TokenizedPair] | list[TokenizedPrompt]
+    eval: list[TokenizedPair] | list[TokenizedPrompt]
+    reference: nn.Module | None
+    model_kind: str
+
+    @property
+    def resumed(self) -> bool:
+        """Whether the run continues from a checkpoint."""
+        return self.state is not None
+
+    @property
+    def micro_batch_size(self) -> int:
+        """Rows per forward (`micro_batch_size`)."""
+        return micro_batch_size(self.job.hyperparameters)
+
+    def model_info(self) -> dict[str, Any]:
+        """What a checkpoint says about its model: its kind, whether it is an adapter, its base."""
+        return {"kind": self.model_kind, "adapter": self.job.lora is not None, "base_model": self.job.base_model}
+
+    def training_loop(
+        self,
+        steps_per_epoch: int,
+        *,
+        model_info: Callable[[], dict[str, Any]] | None = None,
+        auxiliary: AuxiliaryModel | None = None,
+        extra_state: Callable[[], dict[str, Any]] | None = None,
+    ) -> TrainingLoop:
+        """The run's `TrainingLoop` over the prepared model, resumed from `state` when there is one.
+
+        Args:
+            steps_per_epoch: optimizer steps per pass over the training rows.
+            model_info: what each checkpoint says about its model; defaults to `model_info`.
+            auxiliary: a second model trained beside the first (PPO's critic), or None.
+            extra_state: what else a checkpoint carries for the trainer (PPO's KL coefficient).
+
+        Returns:
+            The loop; it has called ``callbacks.on_start``.
+        """
+        return TrainingLoop(
+            self.job, self.callbacks, model=self.model, tokenizer=self.tokenizer, state=self.state,
+            model_info=model_info or self.model_info, num_rows=len(self.train), steps_per_epoch=steps_per_epoch,
+            auxiliary=auxiliary, extra_state=extra_state,
+        )  # fmt: skip
+
+
+def prepare_run(
+    job: JobSpec,
+    data: TrainingData,
+    callbacks: Callbacks,
+    *,
+    resume_from: str | Path | None,
+    model: ModelKind = "policy",
+    reference: ReferenceUse | None = None,
+    announce: bool = True,
+) -> PreparedRun:
+    """The set-up every trainer shares, in order: seed, state, model, data, reference.
+
+    1. Seed Python's and torch's generators (before adapters are drawn; a resumed run restores
+       its RNG states when its `TrainingLoop` is built).
+    2. Read the checkpoint's trainer state when resuming (`load_run_state`).
+    3. Load the model to train (`load_trainable_model`): the base model, wrapped in fresh adapters
+       for LoRA, or the checkpoint's model; dropout off when the job says so; on the device, in
+       train mode; announced as an event.
+    4. Tokenise the train and eval splits (`tokenize_rows`).
+    5. Build the reference policy (`reference_policy`) when the algorithm has one.
+
+    Args:
+        job: the job spec.
+        data: canonical rows of the job's `dataset_kind` (train, optional eval).
+        callbacks: metrics, checkpoints, events and cooperative stop.
+        resume_from: a checkpoint directory to continue from, or None.
+        model: ``"policy"`` (a causal LM) or ``"reward_model"`` (a one-output score head).
+        reference: when the run reads π_ref, or None without one.
+        announce: report the loaded model; a trainer with a second model (PPO's critic) reports
+            both itself.
+
+    Returns:
+        The prepared run.
+
+    Raises:
+        UserError: the training split has no rows, a row is malformed, or the checkpoint is not
+            complete; ModelNotFoundError for a model that cannot be loaded.
+    """
+    hp = job.hyperparameters
+    device = default_device()
+    seed_everything(job.seed)  # 1.
+    state = load_run_state(resume_from) if resume_from is not None else None  # 2.
+
+    # 3. The model to train.
+    match model:
+        case "policy":
+            load, task, model_kind = load_policy, "causal_lm", "causal_lm"
+        case "reward_model":
+            load, task, model_kind = load_reward_model, "seq_cls", "reward_model"
+    trained, tokenizer = load_trainable_model(load, job, resume_from, task=task)
+    if hp.disable_dropout:
+        disable_dropout(trained)
+    trained.to(device).train()
+    if announce:
+        announce_model(callbacks, job.base_model, [trained], device)
+
+    # 4. The data.
+    train = tokenize_rows(job, data.train, tokenizer, "train", callbacks)
+    evaluation = tokenize_rows(job, data.eval, tokenizer, "eval", callbacks) if data.eval else []
+    if not train:
+        raise UserError("the training data has no rows")
+
+    # 5. The reference policy.
+    frozen = None
+    if reference is not None:
+        frozen = reference_policy(trained, job, resumed=state is not None, device=device, use=reference)
+    return PreparedRun(job=job, callbacks=callbacks, device=device, state=state, model=trained, tokenizer=tokenizer,
+                       train=train, eval=evaluation, reference=frozen, model_kind=model_kind)  # fmt: skip
