@@ -1,6 +1,6 @@
 """Training library of rlhf-service: `run(job, data, callbacks)` trains and reports back.
 
-Importing this package (and `config`, `callbacks`, `errors`) does not import torch; the training
+Importing this package (or any module of `trainers.spec`) does not import torch; the training
 stack is imported when `run` is called.
 """
 
