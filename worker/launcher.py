@@ -29,11 +29,14 @@ from multiprocessing import forkserver
 from multiprocessing.process import AuthenticationString
 from types import TracebackType
 
+from trainers import TRAINERS
+
 PR_SET_PDEATHSIG = 1
 # What a training child imports, loaded once by the server: this module (see `_IMPORTED_BY`),
-# torch, and the trainers with the transformers and peft modules they pull in. The server skips a
-# module that raises ImportError; the child then imports it itself, or reports why it cannot.
-PRELOAD = ["worker.launcher", "torch", "trainers.dpo", "trainers.models.reward", "trainers.grpo", "trainers.ppo",
+# torch, the trainer of every job type with the transformers and peft modules they pull in, and the
+# reward models PPO and GRPO score with. The server skips a module that raises ImportError; the
+# child then imports it itself, or reports why it cannot.
+PRELOAD = ["worker.launcher", "torch", *(module for module, _ in TRAINERS.values()), "trainers.models.reward",
            "worker.runner"]  # fmt: skip
 # Set when the server imports this module (PRELOAD's first entry); a child forked from the server
 # inherits it, so in a child it is the server's pid: the parent it must not outlive.

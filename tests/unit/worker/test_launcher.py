@@ -4,6 +4,9 @@ import json
 import subprocess
 import sys
 
+from trainers import TRAINERS
+from worker.launcher import PRELOAD
+
 PROBE = """
 import importlib, json, threading
 from worker.launcher import PRELOAD
@@ -24,3 +27,8 @@ def test_the_preloaded_training_stack_starts_no_thread_engine_or_cuda():
     assert state["threads"] == 1 and state["engines"] == 0 and state["cuda"] is False
     assert {"torch", "trainers.dpo", "trainers.grpo", "trainers.ppo", "trainers.models.reward",
             "worker.runner"} <= set(state["modules"])
+
+
+def test_every_trainer_of_the_dispatch_table_is_preloaded():
+    # a job of any type starts from a server that has already imported its trainer
+    assert {module for module, _ in TRAINERS.values()} <= set(PRELOAD)
