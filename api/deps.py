@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from api.errors import NotFound, Unauthenticated
 from api.services.modelops import ModelOps
-from core.artifacts import ArtifactStore
+from core.artifacts import Store, open_store
 from core.db import session_factory
 from core.models import ApiKey, Checkpoint, Dataset, Job, Project
 from core.projects import authenticate, is_admin, project_checkpoint, remembered
@@ -67,11 +67,11 @@ async def get_model_ops(request: Request) -> ModelOps:
 ModelOpsDep = Annotated[ModelOps, Depends(get_model_ops)]
 
 
-def get_store(settings: SettingsDep) -> ArtifactStore:
-    return ArtifactStore(settings.artifacts_dir)
+def get_store(settings: SettingsDep) -> Store:
+    return open_store(settings)  # an object store's client is made on first use, then shared
 
 
-StoreDep = Annotated[ArtifactStore, Depends(get_store)]
+StoreDep = Annotated[Store, Depends(get_store)]
 
 
 bearer = HTTPBearer(auto_error=False, description="An API key of your project: `Authorization: Bearer rlhf_...`")

@@ -5,7 +5,7 @@ from pathlib import Path, PurePosixPath
 
 from sqlalchemy.orm import Session
 
-from core.artifacts import ArtifactStore
+from core.artifacts import Store, open_store
 from core.models import Checkpoint
 from core.projects import project_checkpoint
 from core.settings import Settings
@@ -25,15 +25,22 @@ class ResolvedModel:
     location: str  # what the trainer loads: builtin name, directory, or hub id
 
 
-def checkpoint_model_dir(store: ArtifactStore, checkpoint: Checkpoint) -> Path:
-    return store.path(checkpoint.artifact_key) / MODEL_SUBDIR
+def checkpoint_model_key(checkpoint: Checkpoint) -> str:
+    return f"{checkpoint.artifact_key}/{MODEL_SUBDIR}"
 
 
-def resolve_model_ref(ref: str, *, settings: Settings, session: Session, project_id: str) -> ResolvedModel:
+def checkpoint_model_dir(store: Store, checkpoint: Checkpoint) -> Path:
+    """The checkpoint's model directory on local disk (downloaded first from an object store)."""
+    return store.local_dir(checkpoint_model_key(checkpoint))
+
+
+def resolve_model_ref(ref: str, *, settings: Settings, session: Session, project_id: str,
+                      download: bool = False) -> ResolvedModel:
     """Map `ref` to something the trainer can load, or raise ModelRefError.
 
     `builtin:<name>` passes through; `checkpoint:<id>` (of a job of the same project) becomes that
-    checkpoint's model directory; a
+    checkpoint's model directory (with `download`, on local disk: an object store's files are fetched
+    into the local cache; without it, the store's location of them, which checks the reference); a
     relative path that exists under `settings.models_dir` becomes that directory (symlinks may not
     lead outside the root); anything else is taken as a Hugging Face hub id.
     """
@@ -44,8 +51,10 @@ def resolve_model_ref(ref: str, *, settings: Settings, session: Session, project
         ckpt = project_checkpoint(session, project_id, ckpt_id)
         if ckpt is None:
             raise ModelRefError(f"checkpoint {ckpt_id!r} does not exist")
-        store = ArtifactStore(settings.artifacts_dir)
-        return ResolvedModel(ref, str(checkpoint_model_dir(store, ckpt)))
+        store = open_store(settings)
+        if download:
+            return ResolvedModel(ref, str(checkpoint_model_dir(store, ckpt)))
+        return ResolvedModel(ref, store.url(checkpoint_model_key(ckpt)))
     pure = PurePosixPath(ref)
     if ref.startswith(("/", "~", "\\")) or ".." in pure.parts or not ref.strip():
         raise ModelRefError(

@@ -26,7 +26,22 @@ class Settings(BaseSettings):
         "sqla+sqlite:///./var/broker.db",
         description="Celery broker URL: redis://host:6379/0 in production; the default needs no server.",
     )
-    artifacts_dir: Path = Field(Path("./var/artifacts"), description="Where checkpoints are stored.")
+    artifacts_dir: Path = Field(Path("./var/artifacts"), description="Where checkpoints are stored; with "
+                                                                    "ARTIFACTS_URL set, where checkpoints are "
+                                                                    "staged and downloaded copies cached.")
+    artifacts_url: str = Field(
+        "", description="s3://bucket/prefix to keep checkpoints in S3-compatible object storage (AWS S3, MinIO, "
+                        "Ceph), shared by workers on several machines; empty keeps them in ARTIFACTS_DIR.")
+    artifacts_s3_endpoint_url: str | None = Field(
+        None, description="Endpoint of a non-AWS object store, e.g. http://minio:9000; unset means AWS S3.")
+    artifacts_s3_region: str | None = Field(None, description="Region of the bucket (AWS_REGION by default).")
+    artifacts_s3_access_key_id: str | None = Field(
+        None, description="Access key of the object store; unset uses the standard AWS credential chain.")
+    artifacts_s3_secret_access_key: SecretStr | None = Field(
+        None, description="Secret key going with ARTIFACTS_S3_ACCESS_KEY_ID.")
+    artifacts_s3_part_size_bytes: int = Field(
+        64 * 1024**2, ge=5 * 1024**2, le=5 * 1024**3,
+        description="Files above this size are uploaded and downloaded in parallel parts of this size.")
     models_dir: Path = Field(
         Path("./var/models"),
         description="Root of local model directories a job may name as base_model (nothing outside it).",
@@ -77,6 +92,13 @@ class Settings(BaseSettings):
         description='Modules of Python reward functions that "function" graders may call, as a JSON list; '
                     "they run on the server, so only install what you trust.")
     torch_threads: NonNegativeInt = Field(0, description="CPU threads per training process; 0 lets torch decide.")
+
+    @field_validator("artifacts_url")
+    @classmethod
+    def _s3_url(cls, value: str) -> str:
+        if value and (not value.startswith("s3://") or not value.removeprefix("s3://").split("/", 1)[0]):
+            raise ValueError("ARTIFACTS_URL must be s3://bucket or s3://bucket/prefix (or empty for ARTIFACTS_DIR)")
+        return value
 
     @field_validator("admin_api_key")
     @classmethod

@@ -71,3 +71,20 @@ def app_client_factory(settings: Settings):
         return TestClient(create_app(settings), headers={"Authorization": f"Bearer {key}"})
 
     return make
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(tmp_path_factory) -> Iterator[str]:
+    """A real S3-protocol server for the session (moto's, started here unless TEST_S3_URL names one)."""
+    from tests.support import s3_server
+
+    with s3_server(tmp_path_factory.mktemp("s3")) as endpoint:
+        yield endpoint
+
+
+@pytest.fixture
+def s3_overrides(s3_endpoint: str) -> dict:
+    """Settings overrides keeping artifacts in a fresh bucket of the session's S3 server."""
+    from tests.support import s3_settings
+
+    return s3_settings(s3_endpoint)

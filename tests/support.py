@@ -3,12 +3,18 @@
 import json
 import os
 import random
+import socket
+import subprocess
+import sys
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
+import boto3
 import redis
 from sqlalchemy import create_engine, inspect, text
 
@@ -151,3 +157,51 @@ def queued_messages(settings) -> list[dict]:
 def _decode(body: dict) -> str:
     import base64
     return base64.b64decode(body["body"]).decode()
+
+
+S3_TEST_URL = os.environ.get("TEST_S3_URL")  # an S3-compatible server to use instead of starting moto's
+
+
+def s3_reachable(endpoint: str) -> bool:
+    parts = urlsplit(endpoint)
+    with socket.socket() as s:
+        s.settimeout(1)
+        return s.connect_ex((parts.hostname, parts.port or 80)) == 0
+
+
+@contextmanager
+def s3_server(log_dir: Path) -> Iterator[str]:
+    """Yield the endpoint of a real S3-protocol server: TEST_S3_URL, else moto's server on a free port."""
+    if S3_TEST_URL:
+        yield S3_TEST_URL
+        return
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    endpoint = f"http://127.0.0.1:{port}"
+    with open(log_dir / "moto.log", "ab") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                                stdout=log, stderr=subprocess.STDOUT)
+    try:
+        for _ in range(300):
+            if s3_reachable(endpoint):
+                break
+            if proc.poll() is not None:
+                raise RuntimeError(f"the S3 server exited: {(log_dir / 'moto.log').read_text()[-2000:]}")
+            time.sleep(0.1)
+        else:
+            raise RuntimeError("the S3 server did not start")
+        yield endpoint
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def s3_settings(endpoint: str) -> dict[str, Any]:
+    """Settings overrides that keep artifacts in a fresh bucket of the server at `endpoint`."""
+    bucket = f"rlhf-test-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="test",
+                 aws_secret_access_key="test").create_bucket(Bucket=bucket)
+    return {"artifacts_url": f"s3://{bucket}/checkpoints", "artifacts_s3_endpoint_url": endpoint,
+            "artifacts_s3_region": "us-east-1", "artifacts_s3_access_key_id": "test",
+            "artifacts_s3_secret_access_key": "test"}

@@ -14,7 +14,7 @@ from sqlalchemy import select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from core.artifacts import ArtifactStore, tar_digest
+from core.artifacts import Store, tar_digest
 from core.db import retry_on_outage, session_scope
 from core.lifecycle import Lease, LeaseLost, hold, leased_status
 from core.model_refs import MODEL_SUBDIR
@@ -46,7 +46,7 @@ class JobReporter(Callbacks):
     is refused like any other write of a run whose job was handed on.
     """
 
-    def __init__(self, *, url: str, lease: Lease, store: ArtifactStore, broker_url: str = "",
+    def __init__(self, *, url: str, lease: Lease, store: Store, broker_url: str = "",
                  grace_seconds: float = 300.0) -> None:
         self.url, self.lease, self.store, self.broker_url = url, lease, store, broker_url
         self.job_id = lease.job_id

@@ -12,7 +12,7 @@ import sys
 
 from sqlalchemy import select
 
-from core.artifacts import ArtifactStore
+from core.artifacts import open_store
 from core.db import retry_on_outage, session_scope
 from core.job_config import job_config
 from core.lifecycle import InvalidTransition, Lease, LeaseLost, hold, leased_status, transition
@@ -38,7 +38,7 @@ def load_rows(url: str, dataset_id: str | None) -> list[dict] | None:
 
 def reward_model_dirs(settings: Settings, job: Job) -> dict[str, str]:
     """Checkpoint id -> model directory of each reward model the job's reward names."""
-    store = ArtifactStore(settings.artifacts_dir)
+    store = open_store(settings)
     ids = model_checkpoints(reward_spec_adapter.validate_python(job.reward))
     with session_scope(settings.database_url) as session:
         checkpoints = session.scalars(select(Checkpoint).where(Checkpoint.id.in_(ids))).all()
@@ -75,10 +75,10 @@ def train(settings: Settings, lease: Lease) -> None:
         job = session.get(Job, job_id)
         try:
             model = resolve_model_ref(job.base_model, settings=settings, session=session,
-                                      project_id=job.project_id)
+                                      project_id=job.project_id, download=True)
         except ModelRefError as exc:
             return finish(settings, lease, *outcomes.of_exception(exc))
-    store = ArtifactStore(settings.artifacts_dir)
+    store = open_store(settings)
     reporter = JobReporter(url=url, lease=lease, store=store, broker_url=settings.celery_broker_url,
                            grace_seconds=settings.db_outage_grace_seconds)
     data = trainers.TrainingData(train=load_rows(url, job.dataset_id), eval=load_rows(url, job.eval_dataset_id),
@@ -91,7 +91,7 @@ def train(settings: Settings, lease: Lease) -> None:
         reporter.on_event("info", f"resuming from the checkpoint at step {resume.step}")
     try:
         result = trainers.run(config, data, reporter,
-                              resume_from=store.path(resume.artifact_key) if resume else None)
+                              resume_from=store.local_dir(resume.artifact_key) if resume else None)
     except (UserError, NumericalError, torch.OutOfMemoryError) as exc:
         reporter.flush()
         return finish(settings, lease, *outcomes.of_exception(exc, model))

@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session
 from api.errors import InvalidRequest
 from api.services import modelops
 from api.services.paging import ascending_page
-from core.artifacts import ArtifactStore, iter_tar, tar_digest
+from core.artifacts import Store, tar_digest
 from core.model_refs import MODEL_SUBDIR
 from core.models import Checkpoint, Job, JobEvent, Metric
 from core.settings import Settings
@@ -42,31 +42,31 @@ def is_adapter(checkpoint: Checkpoint) -> bool:
     return bool((checkpoint.model_info or {}).get("adapter"))
 
 
-def archive(*, store: ArtifactStore, checkpoint: Checkpoint) -> tuple[Iterator[bytes], int, str]:
+def archive(*, store: Store, checkpoint: Checkpoint) -> tuple[Iterator[bytes], int, str]:
     """The checkpoint's model directory as a tar stream, with its size and sha256."""
-    frames = iter_tar(store.path(checkpoint.artifact_key) / MODEL_SUBDIR, checkpoint.id)
+    frames = store.tar(f"{checkpoint.artifact_key}/{MODEL_SUBDIR}", checkpoint.id)
     return frames, checkpoint.size_bytes, checkpoint.sha256
 
 
-def merged_archive(*, session: Session, settings: Settings, store: ArtifactStore, ops: modelops.ModelOps,
+def merged_archive(*, session: Session, settings: Settings, store: Store, ops: modelops.ModelOps,
                    checkpoint: Checkpoint) -> tuple[Iterator[bytes], int, str]:
     """A LoRA checkpoint's base + adapter as one model: merged on first request, then kept."""
     if not is_adapter(checkpoint):
         return archive(store=store, checkpoint=checkpoint)  # already a full model
     root_name = f"{checkpoint.id}-merged"
-    merged_dir = store.path(checkpoint.artifact_key) / MERGED_SUBDIR
-    if checkpoint.merged_sha256 is None or not merged_dir.is_dir():
+    merged_key = f"{checkpoint.artifact_key}/{MERGED_SUBDIR}"
+    if checkpoint.merged_sha256 is None or not store.exists(merged_key):
         staging = store.staging_dir()
-        modelops.merge(ops, store.path(checkpoint.artifact_key) / MODEL_SUBDIR, staging,
+        modelops.merge(ops, store.local_dir(f"{checkpoint.artifact_key}/{MODEL_SUBDIR}"), staging,
                        timeout=settings.model_ops_timeout_seconds)
         size, sha256 = tar_digest(staging, root_name)
-        store.commit(staging, f"{checkpoint.artifact_key}/{MERGED_SUBDIR}")
+        store.commit(staging, merged_key)
         checkpoint.merged_size_bytes, checkpoint.merged_sha256 = size, sha256
         session.commit()
-    return iter_tar(merged_dir, root_name), checkpoint.merged_size_bytes, checkpoint.merged_sha256
+    return store.tar(merged_key, root_name), checkpoint.merged_size_bytes, checkpoint.merged_sha256
 
 
-def score(*, settings: Settings, store: ArtifactStore, ops: modelops.ModelOps, checkpoint: Checkpoint,
+def score(*, settings: Settings, store: Store, ops: modelops.ModelOps, checkpoint: Checkpoint,
           items: list[dict[str, Any]], field: str) -> list[dict[str, float]]:
     """Score texts or prompt/response pairs (the request's `field`) with a reward-model checkpoint."""
     # Everything that can be refused without the model is refused here, before the model process wakes.
@@ -77,5 +77,5 @@ def score(*, settings: Settings, store: ArtifactStore, ops: modelops.ModelOps, c
     except UserError as exc:
         param = (exc.param or "items").replace("items", field, 1).removesuffix(".text")
         raise InvalidRequest(exc.message.replace(exc.param or "items", param, 1), param=param) from exc
-    return modelops.score(ops, store.path(checkpoint.artifact_key) / MODEL_SUBDIR, items,
+    return modelops.score(ops, store.local_dir(f"{checkpoint.artifact_key}/{MODEL_SUBDIR}"), items,
                           timeout=settings.model_ops_timeout_seconds)
