@@ -18,7 +18,7 @@ APP_SERVICES = ["migrate", "api", "worker"]
 
 
 def test_services_present():
-    assert set(SERVICES) == {"postgres", "redis", "migrate", "api", "worker"}
+    assert set(SERVICES) == {"postgres", "redis", "minio", "minio-init", "migrate", "api", "worker"}
 
 
 @pytest.mark.parametrize("name", APP_SERVICES)
@@ -66,6 +66,22 @@ def test_worker_reserves_a_gpu_and_shares_artifacts_with_the_api():
     artifacts = SERVICES["api"]["environment"]["ARTIFACTS_DIR"]
     for name in ("api", "worker"):
         assert any(v.endswith(f":{artifacts}") for v in SERVICES[name]["volumes"]), name
+
+
+def test_api_and_worker_keep_checkpoints_in_the_minio_bucket():
+    minio = SERVICES["minio"]["environment"]
+    init = SERVICES["minio-init"]
+    assert init["environment"] == minio
+    assert init["depends_on"]["minio"]["condition"] == "service_healthy" and "healthcheck" in SERVICES["minio"]
+    for name in ("api", "worker"):
+        env = SERVICES[name]["environment"]
+        settings = Settings(**{k.lower(): v for k, v in env.items()})
+        bucket = settings.artifacts_url.removeprefix("s3://").split("/")[0]
+        assert f"mc mb --ignore-existing store/{bucket}" in init["entrypoint"][-1]
+        assert settings.artifacts_s3_endpoint_url == "http://minio:9000"
+        assert settings.artifacts_s3_access_key_id == minio["MINIO_ROOT_USER"]
+        assert settings.artifacts_s3_secret_access_key.get_secret_value() == minio["MINIO_ROOT_PASSWORD"]
+        assert SERVICES[name]["depends_on"]["minio-init"]["condition"] == "service_completed_successfully"
 
 
 def test_image_is_built_from_the_repository_dockerfile():
