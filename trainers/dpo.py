@@ -12,6 +12,7 @@ second copy of the weights.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -67,46 +68,47 @@ def train_dpo(
     order = BatchOrder(num_rows=len(run.train), batch_size=hp.batch_size, seed=job.seed)
     overhead = bucket_overhead_tokens(device.type)
 
-    # 2. Reference log-probs: precomputed in one pass (no reference model kept), or a model that
-    #    computes them on every batch.
-    if hp.precompute_ref_logprobs:
-        size = run.micro_batch_size
-        train_reference = Reference.precompute(run.reference, run.train, pad, size, device, overhead)
-        eval_reference = Reference.precompute(run.reference, run.eval, pad, size, device, overhead)
-        callbacks.on_event("info", f"precomputed reference log-probs of {len(run.train) + len(run.eval)} pairs")
-        run.reference = None  # a precomputed run keeps no reference model from now on
-    else:
-        train_reference = eval_reference = Reference(model=run.reference)
+    with run.autocast():  # every forward pass below runs in the job's precision
+        # 2. Reference log-probs: precomputed in one pass (no reference model kept), or a model that
+        #    computes them on every batch.
+        if hp.precompute_ref_logprobs:
+            size = run.micro_batch_size
+            train_reference = Reference.precompute(run.reference, run.train, pad, size, device, overhead)
+            eval_reference = Reference.precompute(run.reference, run.eval, pad, size, device, overhead)
+            callbacks.on_event("info", f"precomputed reference log-probs of {len(run.train) + len(run.eval)} pairs")
+            run.reference = None  # a precomputed run keeps no reference model from now on
+        else:
+            train_reference = eval_reference = Reference(model=run.reference)
 
-    # 3. Optimiser, schedule, step and RNG (restored when resuming), cadence and checkpoints.
-    loop = run.training_loop(order.steps_per_epoch)
-    metrics: dict[str, float] = {}
+        # 3. Optimiser, schedule, step and RNG (restored when resuming), cadence and checkpoints.
+        loop = run.training_loop(order.steps_per_epoch)
+        metrics: dict[str, float] = {}
 
-    while loop.step < loop.total_steps:
-        # 4. Cooperative stop, polled once per step: keep the progress, then return.
-        if loop.stop_requested():
-            return loop.stop(metrics)
-        step = loop.next_step()
+        while loop.step < loop.total_steps:
+            # 4. Cooperative stop, polled once per step: keep the progress, then return.
+            if loop.stop_requested():
+                return loop.stop(metrics)
+            step = loop.next_step()
 
-        # 5. Gradients of the step's pairs, the mean over them whatever the micro-batching.
-        stats = accumulate_gradients(policy, train_reference, run.train, order.step_indices(step), pad, hp, device,
-                                     overhead)  # fmt: skip
+            # 5. Gradients of the step's pairs, the mean over them whatever the micro-batching.
+            stats = accumulate_gradients(policy, train_reference, run.train, order.step_indices(step), pad, hp, device,
+                                         overhead, backward=loop.backward)  # fmt: skip
 
-        # 6. Update: clip, refuse non-finite values, step the optimiser and the schedule.
-        metrics = loop.update(stats, TRAIN_METRICS)
+            # 6. Update: clip, refuse non-finite values, step the optimiser and the schedule.
+            metrics = loop.update(stats, TRAIN_METRICS)
 
-        # 7. Metrics: per step, averaged over the step's pairs; evaluation every `eval_every`
-        #    steps, at checkpoints and at the end, reported with the train metrics of its step.
-        evaluated = bool(run.eval) and loop.eval_due()
-        if evaluated:
-            metrics |= evaluate(policy, eval_reference, run.eval, pad, hp, device, overhead)
-        loop.log(metrics, evaluated=evaluated)
+            # 7. Metrics: per step, averaged over the step's pairs; evaluation every `eval_every`
+            #    steps, at checkpoints and at the end, reported with the train metrics of its step.
+            evaluated = bool(run.eval) and loop.eval_due()
+            if evaluated:
+                metrics |= evaluate(policy, eval_reference, run.eval, pad, hp, device, overhead)
+            loop.log(metrics, evaluated=evaluated)
 
-        # 8. Checkpoint every `checkpoint_every` steps and at the end.
-        if loop.checkpoint_due():
-            loop.checkpoint(metrics)
+            # 8. Checkpoint every `checkpoint_every` steps and at the end.
+            if loop.checkpoint_due():
+                loop.checkpoint(metrics)
 
-    return loop.finish(metrics)
+        return loop.finish(metrics)
 
 
 class Reference:
@@ -230,6 +232,8 @@ def accumulate_gradients(
     hp: DPOHyperparameters,
     device: torch.device,
     bucket_overhead: int | None = None,
+    *,
+    backward: Callable[[Tensor], None] = Tensor.backward,
 ) -> Tensor:
     """Backward the DPO loss of one optimizer step, micro-batch by micro-batch.
 
@@ -245,6 +249,7 @@ def accumulate_gradients(
         hp: supplies β, the loss type and the number of micro-batches.
         device: where the policy is.
         bucket_overhead: `collate_pairs`' ``bucket_overhead_tokens``.
+        backward: runs a loss's backward pass (`TrainingLoop.backward`, which scales it under fp16).
 
     Returns:
         (S,) the per-pair statistics in `TRAIN_METRICS` order, averaged over the step, on the device.
@@ -255,7 +260,7 @@ def accumulate_gradients(
         batch = batch.to(device)
         ref_logps = reference.logps(batch, micro)  # (2b,)
         losses, stats = pair_losses_and_stats(policy, batch, ref_logps, hp)  # (b,), (S, b)
-        (losses.sum() / len(indices)).backward()
+        backward(losses.sum() / len(indices))
         sums += stats.sum(dim=1)
     return sums / len(indices)
 

@@ -23,7 +23,7 @@ which was trained on.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -120,65 +120,73 @@ def train_grpo(
     policy, tokenizer, micro_size = run.model, run.tokenizer, run.micro_batch_size
     order = PromptOrder(num_rows=len(run.train), rollout_batch_size=hp.rollout_batch_size, seed=job.seed)
     rewarder = RewardComputer.from_job(job, policy_tokenizer=tokenizer, device=run.device, on_event=callbacks.on_event,
-                                       batch_size=micro_size)  # fmt: skip
+                                       batch_size=micro_size, compute=run.compute)  # fmt: skip
     steps_per_rollout = hp.num_iterations * hp.num_minibatches
     loop = run.training_loop(order.rollouts_per_epoch * steps_per_rollout)
     metrics: dict[str, float] = {}
 
-    while loop.step < loop.total_steps:
-        # 2. Cooperative stop, between rollouts: a checkpoint never splits one.
-        if loop.stop_requested():
-            return loop.stop(metrics)
+    with run.autocast():  # every forward pass below (sampling too) runs in the job's precision
+        while loop.step < loop.total_steps:
+            # 2. Cooperative stop, between rollouts: a checkpoint never splits one.
+            if loop.stop_requested():
+                return loop.stop(metrics)
 
-        # 3. Rollout: G completions for each of the rollout's prompts.
-        rows, generator = rollout_prompts(order, run.train, step=loop.step, steps_per_rollout=steps_per_rollout,
-                                          seed=job.seed, device=run.device)  # fmt: skip
-        rollout = sample_rollout(policy, [p.ids for p in rows for _ in range(G)], tokenizer, hp, generator=generator)
+            # 3. Rollout: G completions for each of the rollout's prompts.
+            rows, generator = rollout_prompts(order, run.train, step=loop.step, steps_per_rollout=steps_per_rollout,
+                                              seed=job.seed, device=run.device)  # fmt: skip
+            prompts = [p.ids for p in rows for _ in range(G)]
+            rollout = sample_rollout(policy, prompts, tokenizer, hp, generator=generator)
 
-        # 4. Rewards and KL: the reward of every completion, unless a stop is requested first (the
-        #    rollout is then dropped); π_old only when the policy will have moved before some
-        #    minibatch is trained on; π_ref for the k3 penalty.
-        items = [p.item for p in rows for _ in range(G)]
-        scores = score_rollout(rewarder, tokenizer, items, rollout, should_stop=loop.stop_requested)
-        if scores is None:
-            return loop.stop(metrics)
-        old = ref = None
-        if steps_per_rollout > 1:
-            old = frozen_logprobs(policy, rollout, hp.temperature, batch_size=micro_size)  # (B, A)
-        if run.reference is not None:
-            ref = frozen_logprobs(run.reference, rollout, hp.temperature, batch_size=micro_size, reference=True)
+            # 4. Rewards and KL: the reward of every completion, unless a stop is requested first (the
+            #    rollout is then dropped); π_old only when the policy will have moved before some
+            #    minibatch is trained on; π_ref for the k3 penalty.
+            items = [p.item for p in rows for _ in range(G)]
+            scores = score_rollout(rewarder, tokenizer, items, rollout, should_stop=loop.stop_requested)
+            if scores is None:
+                return loop.stop(metrics)
+            old = ref = None
+            if steps_per_rollout > 1:
+                old = frozen_logprobs(policy, rollout, hp.temperature, batch_size=micro_size)  # (B, A)
+            if run.reference is not None:
+                ref = frozen_logprobs(run.reference, rollout, hp.temperature, batch_size=micro_size, reference=True)
 
-        # 5. Advantages: each completion against the other completions of its prompt.
-        advantages, group_std = group_advantages(scores.rewards, G, scale_std=hp.scale_rewards)  # (B,), (B/G,)
-        batch = GRPOBatch(rollout=rollout, advantages=advantages, old_logprobs=old, ref_logprobs=ref)
-        rollout_stats = rollout_statistics(scores, group_std, rollout)
+            # 5. Advantages: each completion against the other completions of its prompt.
+            advantages, group_std = group_advantages(scores.rewards, G, scale_std=hp.scale_rewards)  # (B,), (B/G,)
+            batch = GRPOBatch(rollout=rollout, advantages=advantages, old_logprobs=old, ref_logprobs=ref)
+            rollout_stats = rollout_statistics(scores, group_std, rollout)
 
-        # 6. Clipped updates: μ passes over the minibatches, one optimizer step each (fewer when
-        #    the run ends first), each step's metrics with the rollout's.
-        completions = list(range(hp.completions_per_rollout))
-        minibatches = [completions[i : i + hp.batch_size] for i in range(0, len(completions), hp.batch_size)]
-        schedule = (minibatches * hp.num_iterations)[: loop.total_steps - loop.step]
-        first, last = loop.step, loop.step + len(schedule)  # the steps before and at the rollout's end
-        for minibatch in schedule:
-            loop.next_step()
-            stats, names = accumulate_gradients(policy, batch.select(minibatch), hp)  # (S,)
-            metrics = loop.update(stats, names) | rollout_stats
+            # 6. Clipped updates: μ passes over the minibatches, one optimizer step each (fewer when
+            #    the run ends first), each step's metrics with the rollout's.
+            completions = list(range(hp.completions_per_rollout))
+            minibatches = [completions[i : i + hp.batch_size] for i in range(0, len(completions), hp.batch_size)]
+            schedule = (minibatches * hp.num_iterations)[: loop.total_steps - loop.step]
+            first, last = loop.step, loop.step + len(schedule)  # the steps before and at the rollout's end
+            for minibatch in schedule:
+                loop.next_step()
+                stats, names = accumulate_gradients(policy, batch.select(minibatch), hp, backward=loop.backward)  # (S,)
+                metrics = loop.update(stats, names) | rollout_stats
 
-            # 7. Evaluation at the rollout's last step, when one of its steps fell due; metrics
-            #    reported when logging falls due and with every evaluation.
-            evaluated = bool(run.eval) and loop.step == last and loop.eval_due(since=first)
-            if evaluated:
-                metrics |= evaluate_policy(policy, run.eval, tokenizer, rewarder, hp, seed=job.seed)
-            loop.log(metrics, evaluated=evaluated)
+                # 7. Evaluation at the rollout's last step, when one of its steps fell due; metrics
+                #    reported when logging falls due and with every evaluation.
+                evaluated = bool(run.eval) and loop.step == last and loop.eval_due(since=first)
+                if evaluated:
+                    metrics |= evaluate_policy(policy, run.eval, tokenizer, rewarder, hp, seed=job.seed)
+                loop.log(metrics, evaluated=evaluated)
 
-        # 8. Checkpoint after the rollout, when one of its steps fell due.
-        if loop.checkpoint_due(since=first):
-            loop.checkpoint(metrics)
+            # 8. Checkpoint after the rollout, when one of its steps fell due.
+            if loop.checkpoint_due(since=first):
+                loop.checkpoint(metrics)
 
-    return loop.finish(metrics)
+        return loop.finish(metrics)
 
 
-def accumulate_gradients(policy: nn.Module, batch: GRPOBatch, hp: GRPOHyperparameters) -> tuple[Tensor, list[str]]:
+def accumulate_gradients(
+    policy: nn.Module,
+    batch: GRPOBatch,
+    hp: GRPOHyperparameters,
+    *,
+    backward: Callable[[Tensor], None] = Tensor.backward,
+) -> tuple[Tensor, list[str]]:
     """Backward the GRPO loss of one optimizer step, micro-batch by micro-batch.
 
     Per token: ``ℓ = −min(ρÂ, clip(ρ, 1 − ε_low, 1 + ε_high)Â) + β·k3(log π, log π_ref)`` with
@@ -191,6 +199,7 @@ def accumulate_gradients(policy: nn.Module, batch: GRPOBatch, hp: GRPOHyperparam
         policy: the model being trained (train mode); gradients accumulate into its parameters.
         batch: the step's completions (one minibatch of a rollout).
         hp: supplies the clip range, β, the aggregation, temperature and micro-batch count.
+        backward: runs a loss's backward pass (`TrainingLoop.backward`, which scales it under fp16).
 
     Returns:
         stats: (S,) the step's statistics, on the device: ``train/loss``, ``policy/clipfrac`` (share
@@ -226,7 +235,7 @@ def accumulate_gradients(policy: nn.Module, batch: GRPOBatch, hp: GRPOHyperparam
             kl = kl_k3(logp, micro.ref_logprobs) * m  # (b, a)
             loss = loss + hp.beta * aggregate(kl, m, hp.loss_aggregation, normalizer=normalizer)
             micro_stats.append(kl.detach().sum())
-        loss.backward()
+        backward(loss)
         sums += torch.stack([loss.detach(), *micro_stats])
     one, sequences = num_tokens.new_tensor(1.0), num_tokens.new_tensor(float(mask.shape[0]))
     counts = torch.stack([one, num_tokens, num_tokens, num_tokens, sequences])[: len(sums)]  # (S,)

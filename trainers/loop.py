@@ -42,7 +42,8 @@ from torch import Tensor, nn
 from torch.nn.utils import clip_grad_norm_
 from transformers import PreTrainedTokenizerBase
 
-from trainers.models.checkpoint import load_trainer_state, offer_checkpoint, restore_rng
+from trainers.models.checkpoint import AlsoSaving, load_trainer_state, offer_checkpoint, restore_rng
+from trainers.precision import ComputeSettings
 from trainers.spec.callbacks import Callbacks
 from trainers.spec.config import JobSpec, LoopHyperparameters
 from trainers.spec.errors import NumericalError, UserError
@@ -126,8 +127,8 @@ def load_run_state(directory: str | Path) -> dict[str, Any]:
 
     Returns:
         `load_trainer_state`'s dict, plus ``"auxiliary"`` (the auxiliary model's optimizer and
-        schedule, or None) and ``"extra"`` (the trainer's `extra_state`, or None) when the
-        checkpoint has them.
+        schedule), ``"extra"`` (the trainer's `extra_state`) and ``"scaler"`` (the fp16 loss
+        scaler's state), each None where the run had none, when the checkpoint has them.
 
     Raises:
         UserError: the directory is not a complete checkpoint.
@@ -153,16 +154,15 @@ class TrainingLoop:
         model: the model being trained (a peft model for LoRA; only its trainable parameters
             are optimised, clipped and, for adapters, saved).
         tokenizer: saved beside the model in every checkpoint.
-        model_info: called at each checkpoint; what the checkpoint says about its model (e.g.
-            ``{"kind": "causal_lm", "adapter": False, "base_model": ...}``), see `offer_checkpoint`.
+        model_info: called at each checkpoint; what the checkpoint says about its model (`offer_checkpoint`).
         num_rows: training rows, recorded in the data position.
         steps_per_epoch: optimizer steps per pass over the training rows.
         state: `load_trainer_state` (or, with `auxiliary` or `extra_state`, `load_run_state`) of
             the checkpoint to resume from, or None for a fresh run.
         auxiliary: a second model to train beside `model` (PPO's critic), or None.
-        extra_state: called at each checkpoint; what else the trainer needs to resume (a dict
-            torch can save with ``weights_only`` loading: tensors, numbers, strings, containers).
-            A resumed run finds it in ``state["extra"]``.
+        extra_state: called at each checkpoint; what else the trainer needs to resume (a dict of tensors,
+            numbers, strings, containers, for ``weights_only`` loading), in a resumed ``state["extra"]``.
+        compute: the run's precision (fp16 scales the loss) and checkpoint type; None: fp32, as is.
 
     Attributes:
         step: optimizer steps done (including those before a resume).
@@ -171,6 +171,7 @@ class TrainingLoop:
         scheduler: the warmup-then-constant schedule.
         auxiliary_optimizer: AdamW over the auxiliary model's trainable parameters, or None.
         auxiliary_scheduler: its schedule, or None.
+        scaler: the fp16 loss scaler (disabled, a pass-through, in every other precision).
 
     Raises:
         UserError: resuming with an auxiliary model from a checkpoint that holds no state for it.
@@ -189,6 +190,7 @@ class TrainingLoop:
         state: dict[str, Any] | None = None,
         auxiliary: AuxiliaryModel | None = None,
         extra_state: Callable[[], dict[str, Any]] | None = None,
+        compute: ComputeSettings | None = None,
     ):
         self.job = job
         self.hp: LoopHyperparameters = job.hyperparameters  # every job type's hyperparameters extend these
@@ -205,14 +207,17 @@ class TrainingLoop:
         if auxiliary is not None:
             hp = self.hp.model_copy(update={"learning_rate": auxiliary.learning_rate})
             self.auxiliary_optimizer, self.auxiliary_scheduler = build_optimizer(auxiliary.params, hp)
-        self.extra_state = extra_state
-        self.step = 0
+        self.extra_state, self.step = extra_state, 0
+        self.compute = compute or ComputeSettings("fp32", "sdpa", False, torch.device("cpu"))
+        self.scaler = self.compute.grad_scaler()
         if state is not None:
             self.step = state["step"]
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
             if auxiliary is not None:
                 self._restore_auxiliary(state)
+            if state.get("scaler"):  # an fp16 run's
+                self.scaler.load_state_dict(state["scaler"])
             restore_rng(state["rng"])
             self._check_resume(state)
             callbacks.on_event("info", f"resumed from step {self.step}")
@@ -255,6 +260,10 @@ class TrainingLoop:
         self.step += 1
         return self.step
 
+    def backward(self, loss: Tensor) -> None:
+        """Backward `loss` into the trained models' gradients, scaled first under fp16 (`update` unscales)."""
+        self.scaler.scale(loss).backward()
+
     def update(self, stats: Tensor, names: Sequence[str]) -> dict[str, float]:
         """Apply the accumulated gradients: clip, refuse non-finite values, step, zero the gradients.
 
@@ -262,7 +271,8 @@ class TrainingLoop:
         synchronisation, and a non-finite loss or gradient norm stops the run before the
         optimizer can write NaNs into the weights. With an auxiliary model, its gradients are
         clipped on their own, a non-finite norm of theirs stops the run too, and both optimizers
-        step (or neither does).
+        step (or neither does). Under fp16 the gradients are unscaled first; non-finite ones of a
+        finite loss skip the step (with a warning) and halve the scale, until it is down to 1.
 
         Args:
             stats: (S,) the step's statistics (means over its examples), still on the device.
@@ -271,7 +281,8 @@ class TrainingLoop:
         Returns:
             The step's metrics: `names` mapped to `stats`, plus ``train/learning_rate`` (the rate
             this update used), ``train/grad_norm`` (before clipping) and ``train/epoch``; with an
-            auxiliary model, ``<name>/learning_rate`` and ``<name>/grad_norm`` too.
+            auxiliary model, ``<name>/learning_rate`` and ``<name>/grad_norm`` too; under fp16,
+            ``train/loss_scale`` (a skipped step reports no gradient norms).
 
         Raises:
             NumericalError: the loss or a gradient norm is NaN or infinite; names the step.
@@ -279,6 +290,8 @@ class TrainingLoop:
         trained = {"train": (self.params, self.optimizer, self.scheduler)}  # metric group → what it trains
         if self.auxiliary is not None:
             trained[self.auxiliary.name] = (self.auxiliary.params, self.auxiliary_optimizer, self.auxiliary_scheduler)
+        for _, optimizer, _ in trained.values():
+            self.scaler.unscale_(optimizer)  # a no-op unless fp16
         norms = [clip_grad_norm_(params, self.hp.max_grad_norm) for params, _, _ in trained.values()]
         norms = torch.stack(norms).float().to(stats.device)  # (G,) one norm per trained model, before clipping
         values = torch.cat([stats.detach().float(), norms]).tolist()  # the step's one synchronisation
@@ -287,16 +300,27 @@ class TrainingLoop:
         for (group, (_, _, scheduler)), norm in zip(trained.items(), values[len(names) :], strict=True):
             metrics |= {f"{group}/learning_rate": scheduler.get_last_lr()[0], f"{group}/grad_norm": norm}
             checks["gradient norm" if group == "train" else f"{group} gradient norm"] = norm
+        scale = self.scaler.get_scale() if self.scaler.is_enabled() else 1.0
+        # fp16 only: non-finite gradients of a finite loss mean the loss scale overflowed them.
+        skipped = scale > 1 and math.isfinite(checks["loss"]) and not all(map(math.isfinite, checks.values()))
         for what, value in checks.items():
-            if not math.isfinite(value):
+            if not (math.isfinite(value) or skipped):
                 norms_text = ", ".join(f"{g}/grad_norm={metrics[f'{g}/grad_norm']}" for g in trained)
                 raise NumericalError(
                     f"non-finite {what} at step {self.step} (loss={checks['loss']}, {norms_text})", step=self.step
                 )
         for _, optimizer, scheduler in trained.values():
-            optimizer.step()
-            scheduler.step()
+            if not skipped:
+                self.scaler.step(optimizer)  # optimizer.step() unless fp16
+                scheduler.step()
             optimizer.zero_grad(set_to_none=True)
+        self.scaler.update()
+        torch.clear_autocast_cache()  # autocast's low-precision copies of the weights are stale now
+        if skipped:
+            self.callbacks.on_event("warning", f"step {self.step} skipped: fp16 gradients overflow at scale {scale:g}")
+            metrics = {k: v for k, v in metrics.items() if not k.endswith("/grad_norm")}
+        if self.scaler.is_enabled():
+            metrics["train/loss_scale"] = scale
         metrics["train/epoch"] = self.step / self.steps_per_epoch
         return metrics
 
@@ -330,13 +354,14 @@ class TrainingLoop:
             metrics: the step's metrics, passed on with the checkpoint.
         """
         callbacks = self.callbacks
-        if self.auxiliary is not None or self.extra_state is not None:
-            callbacks = _AlsoSaving(self.callbacks, self._save_extra)
+        if self.auxiliary is not None or self.extra_state is not None or self.scaler.is_enabled():
+            callbacks = AlsoSaving(self.callbacks, self._save_extra)
         offer_checkpoint(
             callbacks, self.step, model=self.model, tokenizer=self.tokenizer, optimizer=self.optimizer,
             scheduler=self.scheduler, metrics=metrics,
             data_position={"steps_done": self.step, "num_rows": self.num_rows},
             job=self.job.model_dump(mode="json"), model_info=self.model_info(),
+            dtype=self.compute.checkpoint_dtype,
         )  # fmt: skip
         self.saved_step = self.step
 
@@ -350,7 +375,8 @@ class TrainingLoop:
                 "scheduler": self.auxiliary_scheduler.state_dict(),
             }
         extra = self.extra_state() if self.extra_state is not None else None
-        torch.save({"auxiliary": auxiliary, "extra": extra}, directory / EXTRA_STATE_FILE)
+        scaler = self.scaler.state_dict() if self.scaler.is_enabled() else None
+        torch.save({"auxiliary": auxiliary, "extra": extra, "scaler": scaler}, directory / EXTRA_STATE_FILE)
 
     def _restore_auxiliary(self, state: dict[str, Any]) -> None:
         saved = state.get("auxiliary")
@@ -372,25 +398,3 @@ class TrainingLoop:
                 "warning",
                 f"resuming on {self.num_rows} training rows where the checkpoint saw {saw}: the data order differs",
             )
-
-
-class _AlsoSaving:
-    """The run's callbacks, except that the `save` of a checkpoint offer also writes the trainer's extras.
-
-    `offer_checkpoint` knows the model and trainer state only; this keeps the auxiliary model and
-    extra state in the same checkpoint directory, written by the same call of `save`.
-    """
-
-    def __init__(self, callbacks: Callbacks, save_extra: Callable[[Path], None]):
-        self._callbacks = callbacks
-        self._save_extra = save_extra
-
-    def on_checkpoint(self, step: int, save: Callable[[Path], None], info: dict[str, Any]) -> None:
-        def save_all(directory: Path) -> None:
-            save(directory)
-            self._save_extra(Path(directory))
-
-        self._callbacks.on_checkpoint(step, save_all, info)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._callbacks, name)  # every other hook goes to the run's callbacks

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -158,23 +158,27 @@ def train_ppo(
     #    critic's beside the policy's), step and RNG, restored when resuming.
     run = prepare_run(job, data, callbacks, resume_from=resume_from, reference="during_training", announce=False)
     policy, reference, tokenizer, device = run.model, run.reference, run.tokenizer, run.device
-    policy.train(not hp.disable_dropout)  # train mode only for dropout; frozen passes switch to eval
+    # Train mode only for dropout, and for gradient checkpointing, which applies in train mode only
+    # (dropout is off either way when disabled); frozen passes switch to eval.
+    train_mode = not hp.disable_dropout or run.compute.gradient_checkpointing
+    policy.train(train_mode)
     micro_size = run.micro_batch_size  # rows per forward
     rewarder = RewardComputer.from_job(job, policy_tokenizer=tokenizer, device=device, on_event=callbacks.on_event,
-                                       batch_size=micro_size)  # fmt: skip
+                                       batch_size=micro_size, compute=run.compute)  # fmt: skip
     checkpoints = model_checkpoints(job.reward)
+    fp32_reference = not isinstance(reference, PeftModel) and reference.dtype == torch.float32
     initial = functools.partial(
         initial_critic, hp.value_model, tokenizer=tokenizer,
-        policy_base=lambda: load_policy(job.base_model)[0] if isinstance(reference, PeftModel) else reference,
+        policy_base=lambda: reference if fp32_reference else load_policy(job.base_model)[0],
         reward_model_dir=job.reward_model_dirs.get(checkpoints[0]) if checkpoints else None,
         policy_rows=policy.get_input_embeddings().weight.shape[0],
     )  # fmt: skip
     critic_dir = Path(resume_from) / CRITIC_DIR if resume_from is not None else None
-    critic = trainable_critic(initial, job.lora, resume_dir=critic_dir).to(device)
+    critic = run.compute.prepare_trained(trainable_critic(initial, job.lora, resume_dir=critic_dir)).to(device)
     if hp.disable_dropout:
         disable_dropout(critic)
-    critic.train(not hp.disable_dropout)
-    announce_model(callbacks, f"{job.base_model} and its critic", [policy, critic], device)
+    critic.train(train_mode)
+    announce_model(callbacks, f"{job.base_model} and its critic", [policy, critic], device, run.compute)
     order = PromptOrder(num_rows=len(run.train), rollout_batch_size=hp.rollout_batch_size, seed=job.seed)
     ptx = None
     if hp.ptx_coef > 0:
@@ -194,74 +198,85 @@ def train_ppo(
         kl_controller.load_state_dict(run.state["extra"]["kl_controller"])
     metrics: dict[str, float] = {}
 
-    while loop.step < loop.total_steps:
-        # 2. Cooperative stop, between rollouts: a checkpoint never splits one.
-        if loop.stop_requested():
-            return loop.stop(metrics)
+    with run.autocast():  # every forward pass below (sampling too) runs in the job's precision
+        while loop.step < loop.total_steps:
+            # 2. Cooperative stop, between rollouts: a checkpoint never splits one.
+            if loop.stop_requested():
+                return loop.stop(metrics)
 
-        # 3. Rollout: one completion for each of the rollout's prompts.
-        rows, generator = rollout_prompts(order, run.train, step=loop.step, steps_per_rollout=steps_per_rollout,
-                                          seed=job.seed, device=device)  # fmt: skip
-        rollout = sample_rollout(policy, [p.ids for p in rows], tokenizer, hp, generator=generator)
-        mask = rollout.response_mask  # (B, A)
+            # 3. Rollout: one completion for each of the rollout's prompts.
+            rows, generator = rollout_prompts(order, run.train, step=loop.step, steps_per_rollout=steps_per_rollout,
+                                              seed=job.seed, device=device)  # fmt: skip
+            rollout = sample_rollout(policy, [p.ids for p in rows], tokenizer, hp, generator=generator)
+            mask = rollout.response_mask  # (B, A)
 
-        # 4. Rewards and KL: the score at the last token, unless a stop is requested first (the
-        #    rollout is then dropped); a KL penalty on every token.
-        scores = score_rollout(rewarder, tokenizer, [p.item for p in rows], rollout, should_stop=loop.stop_requested)
-        if scores is None:
-            return loop.stop(metrics)
-        score = scores.rewards if hp.reward_clip is None else scores.rewards.clamp(-hp.reward_clip, hp.reward_clip)
-        old_logprobs = frozen_logprobs(policy, rollout, hp.temperature, batch_size=micro_size)  # (B, A)
-        ref_logprobs = frozen_logprobs(reference, rollout, hp.temperature, batch_size=micro_size, reference=True)
-        old_values = rollout_values(critic.eval(), rollout, batch_size=micro_size)  # (B, A) without dropout, as π_old
-        critic.train(not hp.disable_dropout)
-        beta = kl_controller.value
-        rewards, kl = kl_penalized_rewards(score, old_logprobs, ref_logprobs, mask, beta)  # (B, A) each
+            # 4. Rewards and KL: the score at the last token, unless a stop is requested first (the
+            #    rollout is then dropped); a KL penalty on every token.
+            items = [p.item for p in rows]
+            scores = score_rollout(rewarder, tokenizer, items, rollout, should_stop=loop.stop_requested)
+            if scores is None:
+                return loop.stop(metrics)
+            score = scores.rewards if hp.reward_clip is None else scores.rewards.clamp(-hp.reward_clip, hp.reward_clip)
+            old_logprobs = frozen_logprobs(policy, rollout, hp.temperature, batch_size=micro_size)  # (B, A)
+            ref_logprobs = frozen_logprobs(reference, rollout, hp.temperature, batch_size=micro_size, reference=True)
+            old_values = rollout_values(critic.eval(), rollout, batch_size=micro_size)  # (B, A) no dropout, as π_old
+            critic.train(train_mode)
+            beta = kl_controller.value
+            rewards, kl = kl_penalized_rewards(score, old_logprobs, ref_logprobs, mask, beta)  # (B, A) each
 
-        # 5. Advantages: GAE over each response, returns as value targets, whitened advantages.
-        advantages, returns = gae(rewards, old_values, mask, hp.gamma, hp.lam)  # (B, A) each
-        if hp.whiten_advantages and int(mask.sum()) > 1:
-            advantages = whiten(advantages, mask)
-        batch = PPOBatch(rollout, old_logprobs, old_values, advantages, returns)
-        rollout_stats = rollout_statistics(scores, score, kl, beta, old_values, returns, rollout)
+            # 5. Advantages: GAE over each response, returns as value targets, whitened advantages.
+            advantages, returns = gae(rewards, old_values, mask, hp.gamma, hp.lam)  # (B, A) each
+            if hp.whiten_advantages and int(mask.sum()) > 1:
+                advantages = whiten(advantages, mask)
+            batch = PPOBatch(rollout, old_logprobs, old_values, advantages, returns)
+            rollout_stats = rollout_statistics(scores, score, kl, beta, old_values, returns, rollout)
 
-        # 6. Clipped updates: `ppo_epochs` passes over shuffled minibatches, one optimizer step each
-        #    (fewer when the run ends first); PPO-ptx adds the language-modelling loss to each step's
-        #    gradients and loss.
-        schedule = []
-        for _ in range(hp.ppo_epochs):  # the rollout's generator, after sampling, draws the order
-            permutation = torch.randperm(len(rows), generator=generator, device=generator.device).tolist()
-            schedule += [permutation[i : i + hp.batch_size] for i in range(0, len(rows), hp.batch_size)]
-        schedule = schedule[: loop.total_steps - loop.step]
-        first, last = loop.step, loop.step + len(schedule)  # the steps before and at the rollout's end
-        for minibatch in schedule:
-            step = loop.next_step()
-            stats, names = accumulate_gradients(policy, critic, batch.select(minibatch), hp), STEP_METRICS  # (S,)
-            if ptx is not None:
-                ptx_loss = backward_ptx_loss(policy, ptx.step_rows(step), coef=hp.ptx_coef,
-                                             pad_token_id=ptx.pad_token_id,
-                                             gradient_accumulation_steps=hp.gradient_accumulation_steps)  # fmt: skip
-                stats = torch.cat([stats[:1] + hp.ptx_coef * ptx_loss, stats[1:], ptx_loss.reshape(1)])  # (S+1,)
-                names = (*STEP_METRICS, "ptx/loss")
-            metrics = loop.update(stats, names) | rollout_stats
+            # 6. Clipped updates: `ppo_epochs` passes over shuffled minibatches, one optimizer step each
+            #    (fewer when the run ends first); PPO-ptx adds the language-modelling loss to each step's
+            #    gradients and loss.
+            schedule = []
+            for _ in range(hp.ppo_epochs):  # the rollout's generator, after sampling, draws the order
+                permutation = torch.randperm(len(rows), generator=generator, device=generator.device).tolist()
+                schedule += [permutation[i : i + hp.batch_size] for i in range(0, len(rows), hp.batch_size)]
+            schedule = schedule[: loop.total_steps - loop.step]
+            first, last = loop.step, loop.step + len(schedule)  # the steps before and at the rollout's end
+            for minibatch in schedule:
+                step = loop.next_step()
+                stats = accumulate_gradients(policy, critic, batch.select(minibatch), hp, backward=loop.backward)
+                names = STEP_METRICS  # of the (S,) stats
+                if ptx is not None:
+                    ptx_loss = backward_ptx_loss(policy, ptx.step_rows(step), coef=hp.ptx_coef,
+                                                 pad_token_id=ptx.pad_token_id,
+                                                 gradient_accumulation_steps=hp.gradient_accumulation_steps,
+                                                 backward=loop.backward)  # fmt: skip
+                    stats = torch.cat([stats[:1] + hp.ptx_coef * ptx_loss, stats[1:], ptx_loss.reshape(1)])  # (S+1,)
+                    names = (*STEP_METRICS, "ptx/loss")
+                metrics = loop.update(stats, names) | rollout_stats
 
-            # 7. Evaluation at the rollout's last step, when one of its steps fell due; metrics
-            #    reported when logging falls due and with every evaluation.
-            evaluated = bool(run.eval) and loop.step == last and loop.eval_due(since=first)
-            if evaluated:
-                metrics |= evaluate_policy(policy, run.eval, tokenizer, rewarder, hp, seed=job.seed)
-            loop.log(metrics, evaluated=evaluated)
+                # 7. Evaluation at the rollout's last step, when one of its steps fell due; metrics
+                #    reported when logging falls due and with every evaluation.
+                evaluated = bool(run.eval) and loop.step == last and loop.eval_due(since=first)
+                if evaluated:
+                    metrics |= evaluate_policy(policy, run.eval, tokenizer, rewarder, hp, seed=job.seed)
+                loop.log(metrics, evaluated=evaluated)
 
-        # 8. The KL controller sees the rollout's KL (its coefficient is saved with the checkpoint);
-        #    checkpoint after the rollout, when one of its steps fell due.
-        kl_controller.update(rollout_stats["objective/kl"], n_steps=len(rows))
-        if loop.checkpoint_due(since=first):
-            loop.checkpoint(metrics)
+            # 8. The KL controller sees the rollout's KL (its coefficient is saved with the checkpoint);
+            #    checkpoint after the rollout, when one of its steps fell due.
+            kl_controller.update(rollout_stats["objective/kl"], n_steps=len(rows))
+            if loop.checkpoint_due(since=first):
+                loop.checkpoint(metrics)
 
-    return loop.finish(metrics)
+        return loop.finish(metrics)
 
 
-def accumulate_gradients(policy: nn.Module, critic: nn.Module, batch: PPOBatch, hp: PPOHyperparameters) -> Tensor:
+def accumulate_gradients(
+    policy: nn.Module,
+    critic: nn.Module,
+    batch: PPOBatch,
+    hp: PPOHyperparameters,
+    *,
+    backward: Callable[[Tensor], None] = Tensor.backward,
+) -> Tensor:
     """Backward the PPO loss of one optimizer step (one minibatch), micro-batch by micro-batch.
 
     Per token, with ``ρ = exp(clamp(log π − log π_old))``:
@@ -276,6 +291,7 @@ def accumulate_gradients(policy: nn.Module, critic: nn.Module, batch: PPOBatch, 
         critic: the critic being trained; gradients accumulate into its parameters.
         batch: the step's completions (one minibatch of a rollout).
         hp: supplies the clip ranges, coefficients, temperature and micro-batch count.
+        backward: runs a loss's backward pass (`TrainingLoop.backward`, which scales it under fp16).
 
     Returns:
         (S,) the step's statistics in `STEP_METRICS` order, on the device: the loss, the policy
@@ -304,7 +320,7 @@ def accumulate_gradients(policy: nn.Module, critic: nn.Module, batch: PPOBatch, 
         entropy = entropy_from_logits(logits if hp.entropy_coef > 0 else logits.detach())  # (b, a)
         entropy_loss = aggregate(entropy, m, "token", normalizer=normalizer)
         loss = policy_loss.loss + hp.vf_coef * value_loss.loss - hp.entropy_coef * entropy_loss
-        loss.backward()
+        backward(loss)
         share = m.sum() / num_tokens  # the micro-batch's share of the step's tokens
         sums += torch.stack([
             loss.detach(), policy_loss.loss.detach(), policy_loss.clip_frac * share, policy_loss.approx_kl * share,

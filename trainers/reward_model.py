@@ -12,7 +12,7 @@ sample of training pairs, which PPO and GRPO use to normalise this model's score
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -86,34 +86,36 @@ def train_reward_model(
         mean, std = reward_stats(model, stats_pairs, pad, batch_size=size, device=device)
         return run.model_info() | {"reward_mean": mean, "reward_std": std}
 
-    # 3. Optimiser, schedule, step and RNG (restored when resuming), cadence and checkpoints.
-    loop = run.training_loop(order.steps_per_epoch, model_info=model_info)
-    metrics: dict[str, float] = {}
+    with run.autocast():  # every forward pass below runs in the job's precision
+        # 3. Optimiser, schedule, step and RNG (restored when resuming), cadence and checkpoints.
+        loop = run.training_loop(order.steps_per_epoch, model_info=model_info)
+        metrics: dict[str, float] = {}
 
-    while loop.step < loop.total_steps:
-        # 4. Cooperative stop, polled once per step: keep the progress, then return.
-        if loop.stop_requested():
-            return loop.stop(metrics)
-        step = loop.next_step()
+        while loop.step < loop.total_steps:
+            # 4. Cooperative stop, polled once per step: keep the progress, then return.
+            if loop.stop_requested():
+                return loop.stop(metrics)
+            step = loop.next_step()
 
-        # 5. Gradients of the step's pairs, the mean over them whatever the micro-batching.
-        stats = accumulate_gradients(model, run.train, order.step_indices(step), train_margins, pad, hp, layout)
+            # 5. Gradients of the step's pairs, the mean over them whatever the micro-batching.
+            stats = accumulate_gradients(model, run.train, order.step_indices(step), train_margins, pad, hp, layout,
+                                         backward=loop.backward)  # fmt: skip
 
-        # 6. Update: clip, refuse non-finite values, step the optimiser and the schedule.
-        metrics = loop.update(stats, TRAIN_METRICS)
+            # 6. Update: clip, refuse non-finite values, step the optimiser and the schedule.
+            metrics = loop.update(stats, TRAIN_METRICS)
 
-        # 7. Metrics: per step, over the step's pairs; evaluation every `eval_every` steps, at
-        #    checkpoints and at the end, reported with the train metrics of its step.
-        evaluated = bool(run.eval) and loop.eval_due()
-        if evaluated:
-            metrics |= evaluate(model, run.eval, eval_margins, pad, hp, size, layout)
-        loop.log(metrics, evaluated=evaluated)
+            # 7. Metrics: per step, over the step's pairs; evaluation every `eval_every` steps, at
+            #    checkpoints and at the end, reported with the train metrics of its step.
+            evaluated = bool(run.eval) and loop.eval_due()
+            if evaluated:
+                metrics |= evaluate(model, run.eval, eval_margins, pad, hp, size, layout)
+            loop.log(metrics, evaluated=evaluated)
 
-        # 8. Checkpoint every `checkpoint_every` steps and at the end, with the reward statistics.
-        if loop.checkpoint_due():
-            loop.checkpoint(metrics)
+            # 8. Checkpoint every `checkpoint_every` steps and at the end, with the reward statistics.
+            if loop.checkpoint_due():
+                loop.checkpoint(metrics)
 
-    return loop.finish(metrics)
+        return loop.finish(metrics)
 
 
 def accumulate_gradients(
@@ -124,6 +126,8 @@ def accumulate_gradients(
     pad_token_id: int,
     hp: RewardModelHyperparameters,
     layout: dict | None = None,
+    *,
+    backward: Callable[[Tensor], None] = Tensor.backward,
 ) -> Tensor:
     """Backward the Bradley–Terry loss of one optimizer step in `gradient_accumulation_steps` parts.
 
@@ -138,6 +142,7 @@ def accumulate_gradients(
         pad_token_id: padding id.
         hp: supplies the centring coefficient and the number of parts.
         layout: `collate_pairs`' keyword arguments (length groups, shared prompts).
+        backward: runs a loss's backward pass (`TrainingLoop.backward`, which scales it under fp16).
 
     Returns:
         (5,) the step's values in `TRAIN_METRICS` order (`summarize`), on the device.
@@ -146,7 +151,7 @@ def accumulate_gradients(
     for micro in split_micro_batches(indices, hp.gradient_accumulation_steps):
         batch = collate_pairs([pairs[i] for i in micro], pad_token_id, **(layout or {})).to(margins.device)
         losses, stats = pair_losses_and_stats(model, batch, margins[micro], hp)  # (b,), (S, b)
-        (losses.sum() / len(indices)).backward()
+        backward(losses.sum() / len(indices))
         sums += stats.sum(dim=1)
     return summarize(sums, len(indices))
 

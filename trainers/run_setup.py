@@ -5,8 +5,9 @@ A trainer's function starts with it and continues with what only its algorithm n
     run = prepare_run(job, data, callbacks, resume_from=resume_from, reference="during_training")
     ...                                          # a reward, a critic, the data order
     loop = run.training_loop(steps_per_epoch)    # optimizer, schedule, resume, cadence, checkpoints
-    while loop.step < loop.total_steps:
-        ...                                      # the algorithm's own numbered steps
+    with run.autocast():                         # every forward pass in the job's precision
+        while loop.step < loop.total_steps:
+            ...                                  # the algorithm's own numbered steps
 
 `prepare_run` seeds the run, reads the checkpoint to resume from, loads the model to train (fresh
 adapters for LoRA, or the checkpoint's model), tokenises the train and eval splits as the job's
@@ -18,8 +19,10 @@ chooses its model, its reference and nothing else; a new kind of dataset rows ad
 from __future__ import annotations
 
 import copy
+import dataclasses
 import random
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -32,9 +35,10 @@ from transformers import PreTrainedTokenizerBase
 from trainers.data.preference import TokenizedPair, tokenize_split
 from trainers.data.prompts import TokenizedPrompt, tokenize_prompt_split
 from trainers.loop import AuxiliaryModel, TrainingLoop, load_run_state
-from trainers.models.loading import default_device, disable_dropout, load_policy
+from trainers.models.loading import default_device, disable_dropout, load_policy, stored_dtype
 from trainers.models.lora import load_trainable_model
 from trainers.models.reward import load_reward_model
+from trainers.precision import ComputeSettings, attention_of, enable_tf32, resolve_compute
 from trainers.spec.callbacks import Callbacks
 from trainers.spec.config import JobSpec, LoopHyperparameters
 from trainers.spec.errors import UserError
@@ -59,7 +63,13 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def announce_model(callbacks: Callbacks, name: str, models: Sequence[nn.Module], device: torch.device) -> None:
+def announce_model(
+    callbacks: Callbacks,
+    name: str,
+    models: Sequence[nn.Module],
+    device: torch.device,
+    compute: ComputeSettings | None = None,
+) -> None:
     """Report what was loaded: parameters in all, and how many of them train (LoRA trains few).
 
     Args:
@@ -67,10 +77,14 @@ def announce_model(callbacks: Callbacks, name: str, models: Sequence[nn.Module],
         name: what the user asked for (the job's base model).
         models: the trained models (a policy, and PPO's critic).
         device: where they run.
+        compute: the run's resolved settings, reported as a second event
+            (`ComputeSettings.describe`), or None.
     """
     params = [p for m in models for p in m.parameters()]
     total, trained = sum(p.numel() for p in params), sum(p.numel() for p in params if p.requires_grad)
     callbacks.on_event("info", f"loaded {name} ({total:,} parameters, {trained:,} trained) on {device.type}")
+    if compute is not None:
+        callbacks.on_event("info", compute.describe())
 
 
 def micro_batch_size(hp: LoopHyperparameters) -> int:
@@ -108,7 +122,13 @@ def tokenize_rows(
 
 
 def reference_policy(
-    policy: nn.Module, job: JobSpec, *, resumed: bool, device: torch.device, use: ReferenceUse = "during_training"
+    policy: nn.Module,
+    job: JobSpec,
+    *,
+    resumed: bool,
+    device: torch.device,
+    use: ReferenceUse = "during_training",
+    compute: ComputeSettings | None = None,
 ) -> nn.Module:
     """A model whose log-probs are π_ref's (the job's base model), with as few copies as possible.
 
@@ -119,11 +139,13 @@ def reference_policy(
         device: where the reference runs.
         use: when the run reads it; read only ``"before_training"``, a fresh policy is its own
             reference and no copy is made.
+        compute: the run's settings: a frozen copy is held in their compute type and attends
+            with their attention kernel; None keeps the policy's type.
 
     Returns:
         For LoRA, `policy` itself (its adapters are disabled when it scores as π_ref); for a fresh
         run that reads it only before training, `policy` too; otherwise a frozen model (eval mode,
-        no gradients) on `device`.
+        no gradients) on `device`, in the compute type (it never steps, so needs no fp32 master copy).
     """
     if isinstance(policy, PeftModel):
         return policy
@@ -133,6 +155,8 @@ def reference_policy(
         return policy  # read before the first update changes it
     else:
         model = copy.deepcopy(policy)
+    if compute is not None:
+        compute.prepare_frozen(model)
     return model.to(device).eval().requires_grad_(False)
 
 
@@ -144,6 +168,7 @@ class PreparedRun:
         job: the job spec.
         callbacks: the run's callbacks.
         device: where the run trains.
+        compute: the resolved precision, attention kernel and gradient checkpointing.
         state: `load_run_state` of the checkpoint to resume from, or None for a fresh run.
         model: the model being trained (a peft model for LoRA), on `device`, in train mode.
         tokenizer: its tokenizer.
@@ -156,6 +181,7 @@ class PreparedRun:
     job: JobSpec
     callbacks: Callbacks
     device: torch.device
+    compute: ComputeSettings
     state: dict[str, Any] | None
     model: nn.Module
     tokenizer: PreTrainedTokenizerBase
@@ -173,6 +199,10 @@ class PreparedRun:
     def micro_batch_size(self) -> int:
         """Rows per forward (`micro_batch_size`)."""
         return micro_batch_size(self.job.hyperparameters)
+
+    def autocast(self) -> AbstractContextManager:
+        """The context every forward pass of the run goes in (`ComputeSettings.autocast`; none under fp32)."""
+        return self.compute.autocast()
 
     def model_info(self) -> dict[str, Any]:
         """What a checkpoint says about its model: its kind, whether it is an adapter, its base."""
@@ -200,7 +230,7 @@ class PreparedRun:
         return TrainingLoop(
             self.job, self.callbacks, model=self.model, tokenizer=self.tokenizer, state=self.state,
             model_info=model_info or self.model_info, num_rows=len(self.train), steps_per_epoch=steps_per_epoch,
-            auxiliary=auxiliary, extra_state=extra_state,
+            auxiliary=auxiliary, extra_state=extra_state, compute=self.compute,
         )  # fmt: skip
 
 
@@ -216,12 +246,15 @@ def prepare_run(
 ) -> PreparedRun:
     """The set-up every trainer shares, in order: seed, state, model, data, reference.
 
+    0. Resolve the job's precision, attention kernel and gradient checkpointing for the device
+       (`resolve_compute`); TF32 matmuls on CUDA.
     1. Seed Python's and torch's generators (before adapters are drawn; a resumed run restores
        its RNG states when its `TrainingLoop` is built).
     2. Read the checkpoint's trainer state when resuming (`load_run_state`).
     3. Load the model to train (`load_trainable_model`): the base model, wrapped in fresh adapters
-       for LoRA, or the checkpoint's model; dropout off when the job says so; on the device, in
-       train mode; announced as an event.
+       for LoRA, or the checkpoint's model; fp32 master weights, the resolved attention kernel,
+       gradient checkpointing when asked; dropout off when the job says so; on the device, in
+       train mode; announced as events, with the resolved settings.
     4. Tokenise the train and eval splits (`tokenize_rows`).
     5. Build the reference policy (`reference_policy`) when the algorithm has one.
 
@@ -239,11 +272,14 @@ def prepare_run(
         The prepared run.
 
     Raises:
-        UserError: the training split has no rows, a row is malformed, or the checkpoint is not
-            complete; ModelNotFoundError for a model that cannot be loaded.
+        UserError: the training split has no rows, a row is malformed, the checkpoint is not
+            complete, or the device cannot run the precision or attention asked for;
+            ModelNotFoundError for a model that cannot be loaded.
     """
     hp = job.hyperparameters
     device = default_device()
+    compute = resolve_compute(hp, device)  # 0.
+    enable_tf32(device)
     seed_everything(job.seed)  # 1.
     state = load_run_state(resume_from) if resume_from is not None else None  # 2.
 
@@ -254,11 +290,14 @@ def prepare_run(
         case "reward_model":
             load, task, model_kind = load_reward_model, "seq_cls", "reward_model"
     trained, tokenizer = load_trainable_model(load, job, resume_from, task=task)
+    compute.prepare_trained(trained)
+    compute = dataclasses.replace(compute, attn_implementation=attention_of(trained),  # what "auto" gave
+                                  checkpoint_dtype=stored_dtype(job.base_model))  # fmt: skip
     if hp.disable_dropout:
         disable_dropout(trained)
     trained.to(device).train()
     if announce:
-        announce_model(callbacks, job.base_model, [trained], device)
+        announce_model(callbacks, job.base_model, [trained], device, compute)
 
     # 4. The data.
     train = tokenize_rows(job, data.train, tokenizer, "train", callbacks)
@@ -269,6 +308,8 @@ def prepare_run(
     # 5. The reference policy.
     frozen = None
     if reference is not None:
-        frozen = reference_policy(trained, job, resumed=state is not None, device=device, use=reference)
-    return PreparedRun(job=job, callbacks=callbacks, device=device, state=state, model=trained, tokenizer=tokenizer,
-                       train=train, eval=evaluation, reference=frozen, model_kind=model_kind)  # fmt: skip
+        frozen = reference_policy(trained, job, resumed=state is not None, device=device, use=reference,
+                                  compute=compute)  # fmt: skip
+    return PreparedRun(job=job, callbacks=callbacks, device=device, compute=compute, state=state, model=trained,
+                       tokenizer=tokenizer, train=train, eval=evaluation, reference=frozen,
+                       model_kind=model_kind)  # fmt: skip

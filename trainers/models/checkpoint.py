@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,7 @@ def save_checkpoint(
     data_position: dict[str, int],
     job: dict[str, Any],
     model_info: dict[str, Any],
+    dtype: torch.dtype | None = None,
 ) -> None:
     """Write model, tokenizer, model info and trainer state into `directory` (created if missing).
 
@@ -57,6 +59,9 @@ def save_checkpoint(
         data_position: where in the data order training stands (e.g. ``{"steps_done": step}``).
         job: the job spec as a plain dict, to detect a resume with a different spec.
         model_info: what the model is, written to ``model/rlhf_service.json`` (see `offer_checkpoint`).
+        dtype: the type a full model's floating-point weights are written in (the base model's:
+            fp32 master weights of a bf16 base are written as bf16); None keeps the model's own.
+            An adapter is written as trained.
     """
     directory = Path(directory)
     model_dir = directory / MODEL_DIR
@@ -69,7 +74,7 @@ def save_checkpoint(
             adapter_config.base_model_name_or_path = model_info["base_model"]
         model.save_pretrained(model_dir, safe_serialization=True, save_embedding_layers=False)
     else:
-        model.save_pretrained(model_dir, safe_serialization=True)
+        save_in_dtype(model, model_dir, dtype)
     tokenizer.save_pretrained(model_dir)
     write_model_info(model_dir, model_info)
     state = {
@@ -84,6 +89,24 @@ def save_checkpoint(
     torch.save(state, directory / STATE_FILE)
 
 
+def save_in_dtype(model: PreTrainedModel, directory: Path, dtype: torch.dtype | None) -> None:
+    """``save_pretrained`` with the floating-point weights cast to `dtype` and the config saying so.
+
+    Args:
+        model: a full model (left unchanged).
+        directory: where to write.
+        dtype: the type on disk; None, or the model's own, writes the model as it is.
+    """
+    if dtype is None or dtype == model.dtype:
+        model.save_pretrained(directory, safe_serialization=True)
+        return
+    weights = {name: t.to(dtype) if t.is_floating_point() else t for name, t in model.state_dict().items()}
+    model.save_pretrained(directory, safe_serialization=True, state_dict=weights)
+    config = Path(directory) / "config.json"  # save_pretrained records the in-memory type; the file holds `dtype`
+    config.write_text(json.dumps(json.loads(config.read_text()) | {"dtype": str(dtype).removeprefix("torch.")},
+                                 indent=2, sort_keys=True) + "\n")  # fmt: skip
+
+
 def offer_checkpoint(
     callbacks: Callbacks,
     step: int,
@@ -96,6 +119,7 @@ def offer_checkpoint(
     data_position: dict[str, int],
     job: dict[str, Any],
     model_info: dict[str, Any],
+    dtype: torch.dtype | None = None,
 ) -> None:
     """Hand a checkpoint of the current state to `callbacks.on_checkpoint`.
 
@@ -116,6 +140,7 @@ def offer_checkpoint(
             ``model/rlhf_service.json`` so a downloaded checkpoint describes itself. JSON-ready;
             at least ``{"kind": "causal_lm" | "reward_model", "adapter": bool, "base_model": str}``
             (reward models add ``reward_mean`` and ``reward_std``).
+        dtype: the type of the model's weights on disk (`save_checkpoint`).
     """
 
     def save(directory: Path) -> None:
@@ -129,6 +154,7 @@ def offer_checkpoint(
             data_position=data_position,
             job=job,
             model_info=model_info,
+            dtype=dtype,
         )
 
     info = {
@@ -225,3 +251,25 @@ def probe_logits(model: nn.Module, tokenizer: PreTrainedTokenizerBase) -> list[f
     model.train(was_training)
     last = logits[0, -1] if logits.dim() == 3 else logits[0]  # (V,) or (num_labels,)
     return last[:PROBE_VOCAB].float().cpu().tolist()
+
+
+class AlsoSaving:
+    """The run's callbacks, except that the `save` of a checkpoint offer also writes the trainer's extras.
+
+    `offer_checkpoint` knows the model and trainer state only; this keeps the auxiliary model and
+    extra state in the same checkpoint directory, written by the same call of `save`.
+    """
+
+    def __init__(self, callbacks: Callbacks, save_extra: Callable[[Path], None]):
+        self._callbacks = callbacks
+        self._save_extra = save_extra
+
+    def on_checkpoint(self, step: int, save: Callable[[Path], None], info: dict[str, Any]) -> None:
+        def save_all(directory: Path) -> None:
+            save(directory)
+            self._save_extra(Path(directory))
+
+        self._callbacks.on_checkpoint(step, save_all, info)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._callbacks, name)  # every other hook goes to the run's callbacks

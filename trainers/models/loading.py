@@ -6,9 +6,9 @@ import functools
 from pathlib import Path
 
 import torch
-from peft import PeftModel
+from peft import PeftConfig, PeftModel
 from torch import Tensor, nn
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from trainers.models.lora import is_adapter_dir, load_merged
 from trainers.models.tiny import TINY_LLAMA, build_tiny_llama
@@ -63,6 +63,31 @@ def load_policy(
         model, tokenizer = _from_hub(ref, dtype=dtype)
     ensure_pad_token(model, tokenizer, ref=ref)
     return model, tokenizer
+
+
+def stored_dtype(ref: str | Path) -> torch.dtype:
+    """The type a model reference's weights are stored in, which its checkpoints keep.
+
+    Args:
+        ref: a model reference `load_policy` or `load_reward_model` has loaded (so a hub id is in
+            the local cache).
+
+    Returns:
+        The ``dtype`` its config records (an adapter's: its base's); float32 for builtin models,
+        and for a reference whose config records none or cannot be read.
+    """
+    ref = str(ref)
+    if ref.startswith(BUILTIN_PREFIX):
+        return torch.float32
+    if is_adapter_dir(ref):
+        return stored_dtype(PeftConfig.from_pretrained(ref).base_model_name_or_path)
+    try:
+        dtype = AutoConfig.from_pretrained(ref, local_files_only=True).dtype
+    except (OSError, ValueError, KeyError):
+        return torch.float32
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype, None)
+    return dtype if isinstance(dtype, torch.dtype) and dtype.is_floating_point else torch.float32
 
 
 def _from_hub(ref: str, *, dtype: torch.dtype) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:

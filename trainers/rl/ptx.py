@@ -16,7 +16,7 @@ Shapes: B rows, T tokens.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -123,7 +123,7 @@ def collate_texts(sequences: Sequence[Sequence[int]], pad_token_id: int, device:
 
 def backward_ptx_loss(
     policy: nn.Module, sequences: Sequence[Sequence[int]], *, coef: float, pad_token_id: int,
-    gradient_accumulation_steps: int,
+    gradient_accumulation_steps: int, backward: Callable[[Tensor], None] = Tensor.backward,
 ) -> Tensor:  # fmt: skip
     """Backward ``coef · (−Σ log π(x_t | x_<t) / N)`` over one optimizer step's text rows, micro-batch by micro-batch.
 
@@ -136,6 +136,7 @@ def backward_ptx_loss(
         coef: γ, the weight of the term.
         pad_token_id: filler of the right padding.
         gradient_accumulation_steps: micro-batches to split the rows into.
+        backward: runs a loss's backward pass (`TrainingLoop.backward`, which scales it under fp16).
 
     Returns:
         () the step's unweighted loss (mean negative log-likelihood per token), detached, on the device.
@@ -147,6 +148,6 @@ def backward_ptx_loss(
         input_ids, attention_mask = collate_texts([sequences[i] for i in rows], pad_token_id, device)  # (b, T)
         _, logp = sequence_logprobs(policy, input_ids, attention_mask, attention_mask)  # (b,) summed
         loss = -logp.sum() / num_tokens
-        (coef * loss).backward()
+        backward(coef * loss)
         total += loss.detach()
     return total

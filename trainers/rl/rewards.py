@@ -49,6 +49,7 @@ from trainers.data.preference import collate_pairs, tokenize_pairs
 from trainers.models.checkpoint import read_model_info
 from trainers.models.reward import load_reward_model, rewards
 from trainers.ops.kl import apply_missing_eos_penalty
+from trainers.precision import ComputeSettings
 from trainers.rl.rollout import Rollout
 from trainers.spec.config import GRPOJob, PPOJob
 from trainers.spec.errors import UserError
@@ -145,6 +146,7 @@ class RewardComputer:
         device: torch.device,
         on_event: Callable[[str, str], None],
         batch_size: int = 16,
+        compute: ComputeSettings | None = None,
     ) -> RewardComputer:
         """Load everything the job's reward needs: its reward models and the function registry.
 
@@ -156,6 +158,8 @@ class RewardComputer:
             device: where the reward models run (the policy's device).
             on_event: receives info and warning events.
             batch_size: completions per reward-model forward.
+            compute: the run's settings; the reward models are held in their compute type and
+                attend with their kernel (`ComputeSettings.prepare_frozen`); None: fp32, as loaded.
 
         Returns:
             A computer ready to score rollouts.
@@ -174,7 +178,7 @@ class RewardComputer:
         for grader in leaf_graders(job.reward):
             if isinstance(grader, ModelReward):
                 models[grader.checkpoint_id] = _load(
-                    grader, job.reward_model_dirs, device, on_event, policy_tokenizer=policy_tokenizer
+                    grader, job.reward_model_dirs, device, on_event, policy_tokenizer=policy_tokenizer, compute=compute
                 )
         return cls(
             job.reward, registry=registry, reward_models=models, on_event=on_event, batch_size=batch_size,
@@ -359,6 +363,7 @@ def _load(
     on_event: Callable[[str, str], None],
     *,
     policy_tokenizer: PreTrainedTokenizerBase,
+    compute: ComputeSettings | None = None,
 ) -> RewardModel:
     """Load one reward-model checkpoint, frozen, with its reward statistics; decide what it reads."""
     checkpoint_id = spec.checkpoint_id
@@ -371,6 +376,8 @@ def _load(
             f"checkpoint {checkpoint_id!r} holds a {info['kind']!r} model, not a reward model", param="reward"
         )
     model, tokenizer = load_reward_model(directory)
+    if compute is not None:
+        compute.prepare_frozen(model)
     model.to(device).eval().requires_grad_(False)
     mean, std = info.get("reward_mean"), info.get("reward_std")
     if spec.normalize and (mean is None or std is None or not std > 0):

@@ -83,6 +83,23 @@ class LoopHyperparameters(BaseModel):
                     "lora.dropout is kept either way. Saved checkpoints keep the architecture's dropout.",
     )
 
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto",
+        description="Number format of the forward passes: 'bf16'/'fp16' run them under autocast in that "
+                    "type while master weights and AdamW state stay fp32 (fp16 with a loss scaler); "
+                    "'auto' is bf16 on a CUDA GPU that supports it and fp32 on the CPU.",
+    )
+    gradient_checkpointing: bool = Field(
+        False,
+        description="Recompute activations in the backward pass instead of keeping them: less memory "
+                    "for about a third more compute (the policy, reward model and critic being trained).",
+    )
+    attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = Field(
+        "auto",
+        description="Attention kernel of the loaded models: 'auto' is flash_attention_2 when the flash_attn "
+                    "package is installed and training runs on CUDA, else sdpa.",
+    )
+
     @field_validator("max_prompt_length")
     @classmethod
     def _prompt_shorter_than_total(cls, value: int, info: ValidationInfo) -> int:
