@@ -32,6 +32,16 @@ def test_create_echoes_resolved_hyperparameters_and_enqueues(client, settings, d
     assert client.get(f"/v1/jobs/{job['id']}").json() == job
 
 
+def test_precision_and_memory_settings_default_to_auto_and_are_echoed(client, dataset_id):
+    hp = client.post("/v1/jobs", json=job_body(dataset_id)).json()["hyperparameters"]
+    assert (hp["precision"], hp["attn_implementation"], hp["gradient_checkpointing"]) == ("auto", "auto", False)
+    chosen = {"precision": "bf16", "attn_implementation": "eager", "gradient_checkpointing": True}
+    for job_type in ("dpo", "reward_model"):
+        r = client.post("/v1/jobs", json=job_body(dataset_id, type=job_type, hyperparameters=chosen))
+        assert r.status_code == 201, r.text
+        assert {k: r.json()["hyperparameters"][k] for k in chosen} == chosen
+
+
 def test_seed_is_chosen_when_absent(client, dataset_id):
     job = client.post("/v1/jobs", json=job_body(dataset_id)).json()
     assert isinstance(job["seed"], int) and 0 <= job["seed"] < 2**31
@@ -44,6 +54,9 @@ def test_seed_is_chosen_when_absent(client, dataset_id):
     ({"max_length": 64, "max_prompt_length": 64}, "hyperparameters.max_prompt_length"),
     ({"loss_type": "nope"}, "hyperparameters.loss_type"),
     ({"unknown": 1}, "hyperparameters.unknown"),
+    ({"precision": "fp8"}, "hyperparameters.precision"),
+    ({"attn_implementation": "flash"}, "hyperparameters.attn_implementation"),
+    ({"gradient_checkpointing": "sometimes"}, "hyperparameters.gradient_checkpointing"),
 ])
 def test_bad_hyperparameter_names_the_field(client, dataset_id, hyperparameters, param):
     r = client.post("/v1/jobs", json=job_body(dataset_id, hyperparameters=hyperparameters))
