@@ -29,6 +29,7 @@ import torch
 from peft import PeftModel
 from torch import nn
 
+from trainers.models.lora import base_of
 from trainers.spec.config import LoopHyperparameters
 from trainers.spec.errors import UserError
 
@@ -166,7 +167,7 @@ def set_attention(model: nn.Module, attn_implementation: str | None) -> None:
     """
     if attn_implementation is None:
         return
-    inner = model.get_base_model() if isinstance(model, PeftModel) else model
+    inner = base_of(model)
     try:
         inner.set_attn_implementation(attn_implementation)
     except (ValueError, ImportError) as exc:
@@ -176,7 +177,7 @@ def set_attention(model: nn.Module, attn_implementation: str | None) -> None:
 
 def attention_of(model: nn.Module) -> str:
     """The attention implementation `model` (possibly peft-wrapped) runs with."""
-    inner = model.get_base_model() if isinstance(model, PeftModel) else model
+    inner = base_of(model)
     return inner.config._attn_implementation
 
 
@@ -191,7 +192,7 @@ def enable_gradient_checkpointing(model: nn.Module) -> None:
     Args:
         model: a trained model, possibly peft-wrapped.
     """
-    inner = model.get_base_model() if isinstance(model, PeftModel) else model
+    inner = base_of(model)
     inner.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     if isinstance(model, PeftModel):
         inner.enable_input_require_grads()

@@ -6,11 +6,11 @@ import functools
 from pathlib import Path
 
 import torch
-from peft import PeftConfig, PeftModel
+from peft import PeftConfig
 from torch import Tensor, nn
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from trainers.models.lora import is_adapter_dir, load_merged
+from trainers.models.lora import base_of, is_adapter_dir, load_merged
 from trainers.models.tiny import TINY_LLAMA, build_tiny_llama
 from trainers.spec.errors import ModelNotFoundError, UserError
 
@@ -221,7 +221,7 @@ def disable_dropout(model: nn.Module) -> None:
 
 def accepts_4d_attention_mask(model: nn.Module) -> bool:
     """Whether `model`'s attention takes a custom 4D mask: SDPA and eager attention do, FlashAttention not."""
-    inner = model.get_base_model() if isinstance(model, PeftModel) else model
+    inner = base_of(model)
     return getattr(getattr(inner, "config", None), "_attn_implementation", None) in ("sdpa", "eager")
 
 
@@ -241,7 +241,7 @@ def packs_exactly(model: nn.Module, longest: int) -> bool:
     """
     if not accepts_4d_attention_mask(model):
         return False
-    inner = model.get_base_model() if isinstance(model, PeftModel) else model
+    inner = base_of(model)
     config = inner.config.get_text_config()
     if any(kind not in ("full_attention", "sliding_attention") for kind in getattr(config, "layer_types", None) or ()):
         return False  # chunked, linear or other patterns a causal mask cannot state
@@ -253,7 +253,7 @@ def packs_exactly(model: nn.Module, longest: int) -> bool:
 
 def attention_mask_for(model: nn.Module, mask: Tensor) -> Tensor:
     """A boolean (b, 1, W, W) mask as `model`'s attention wants it: as is for SDPA, additive for eager."""
-    inner = model.get_base_model() if isinstance(model, PeftModel) else model
+    inner = base_of(model)
     if getattr(inner.config, "_attn_implementation", None) != "eager":
         return mask
     dtype = next(inner.parameters()).dtype

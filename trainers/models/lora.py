@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Literal
 
 from peft import LoraConfig, PeftConfig, PeftModel, TaskType, get_peft_model
+from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from trainers.models.checkpoint import MODEL_DIR
@@ -24,6 +25,11 @@ ADAPTER_CONFIG = "adapter_config.json"  # what marks a directory as a peft adapt
 
 Loader = Callable[[str | Path], tuple[PreTrainedModel, PreTrainedTokenizerBase]]
 """Loads a model reference (e.g. `trainers.models.loading.load_policy`): (model, tokenizer)."""
+
+
+def base_of(model: nn.Module) -> nn.Module:
+    """The model under `model`'s adapters: the transformers model of a peft model, else `model` itself."""
+    return model.get_base_model() if isinstance(model, PeftModel) else model
 
 
 def apply_lora(

@@ -14,7 +14,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from peft import PeftModel
 from torch import Tensor, nn
 from transformers import (
     AutoModelForSequenceClassification,
@@ -33,7 +32,7 @@ from trainers.models.loading import (
     packs_exactly,
     require_hub_model,
 )
-from trainers.models.lora import is_adapter_dir, load_merged
+from trainers.models.lora import base_of, is_adapter_dir, load_merged
 from trainers.spec.errors import ModelNotFoundError, UserError
 
 SCORE_HEAD_SEED = 1  # seed of the private generator that initialises a fresh score head
@@ -220,7 +219,7 @@ def reward_stats(
 
 def backbone_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module]:
     """The transformer body and the `score` head of a (possibly peft-wrapped) reward model."""
-    inner = model.get_base_model() if isinstance(model, PeftModel) else model
+    inner = base_of(model)
     head = getattr(inner, "score", None)
     if not isinstance(head, nn.Module):
         raise UserError(
