@@ -1,4 +1,4 @@
-"""Fixtures of the API's integration tests."""
+"""Fixtures shared by the integration tests."""
 
 import pytest
 
