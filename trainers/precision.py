@@ -113,9 +113,7 @@ def flash_attention_installed() -> bool:
     return importlib.util.find_spec("flash_attn") is not None
 
 
-def resolve_compute(
-    hp: LoopHyperparameters, device: torch.device, *, checkpoint_dtype: torch.dtype | None = None
-) -> ComputeSettings:
+def resolve_compute(hp: LoopHyperparameters, device: torch.device) -> ComputeSettings:
     """The job's precision and memory settings, resolved for `device`.
 
     ``precision="auto"``: bf16 on a CUDA device that supports it, else fp32. ``attn_implementation="auto"``:
@@ -125,10 +123,10 @@ def resolve_compute(
     Args:
         hp: the job's hyperparameters.
         device: where the run computes.
-        checkpoint_dtype: the base model's stored type, which checkpoints keep.
 
     Returns:
-        The resolved settings.
+        The resolved settings; their `checkpoint_dtype` is left unset (the run sets it to the base
+        model's stored type once the model has loaded).
 
     Raises:
         UserError: bf16 on a CUDA device without bf16 support, or flash_attention_2 off CUDA or
@@ -148,12 +146,12 @@ def resolve_compute(
         raise UserError(f"flash_attention_2 is not available: {where}; use sdpa or eager", param=ATTENTION_PARAM)
     return ComputeSettings(
         precision=precision, attn_implementation=attention, device=device,
-        gradient_checkpointing=hp.gradient_checkpointing, checkpoint_dtype=checkpoint_dtype,
+        gradient_checkpointing=hp.gradient_checkpointing,
     )  # fmt: skip
 
 
 def enable_tf32(device: torch.device) -> None:
-    """Let fp32 matmuls on a CUDA device use TF32 tensor cores (no effect elsewhere, and not called there)."""
+    """Let fp32 matmuls on a CUDA device use TF32 tensor cores; on other devices it does nothing."""
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
