@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from trainers.data.batching import BatchOrder, bucket_overhead_tokens, split_micro_batches
 from trainers.data.preference import PreferenceBatch, TokenizedPair, collate_pairs
+from trainers.distributed.ranks import Ranks
 from trainers.ops.logprobs import reference_sequence_logprobs, scored_token_counts, sequence_logprob_totals
 from trainers.ops.pairwise_losses import dpo_loss
 from trainers.run_setup import micro_batch_size, prepare_run
@@ -66,15 +67,18 @@ def train_dpo(
     run = prepare_run(job, data, callbacks, resume_from=resume_from, reference=reference)
     policy, pad, device = run.model, run.tokenizer.pad_token_id, run.device
     order = BatchOrder(num_rows=len(run.train), batch_size=hp.batch_size, seed=job.seed)
-    overhead = bucket_overhead_tokens(device.type)
+    ranks = run.ranks  # each rank takes its share of every micro-batch; statistics are summed over ranks
+    # One forward per micro-batch on several ranks: every forward of a parallel model is a collective,
+    # and length buckets would give ranks different numbers of them.
+    overhead = None if ranks.distributed else bucket_overhead_tokens(device.type)
 
     with run.autocast():  # every forward pass below runs in the job's precision
         # 2. Reference log-probs: precomputed in one pass (no reference model kept), or a model that
         #    computes them on every batch.
         if hp.precompute_ref_logprobs:
             size = run.micro_batch_size
-            train_reference = Reference.precompute(run.reference, run.train, pad, size, device, overhead)
-            eval_reference = Reference.precompute(run.reference, run.eval, pad, size, device, overhead)
+            train_reference = Reference.precompute(run.reference, run.train, pad, size, device, overhead, ranks)
+            eval_reference = Reference.precompute(run.reference, run.eval, pad, size, device, overhead, ranks)
             callbacks.on_event("info", f"precomputed reference log-probs of {len(run.train) + len(run.eval)} pairs")
             run.reference = None  # a precomputed run keeps no reference model from now on
         else:
@@ -92,7 +96,7 @@ def train_dpo(
 
             # 5. Gradients of the step's pairs, the mean over them whatever the micro-batching.
             stats = accumulate_gradients(policy, train_reference, run.train, order.step_indices(step), pad, hp, device,
-                                         overhead, backward=loop.backward)  # fmt: skip
+                                         overhead, backward=loop.backward, ranks=ranks)  # fmt: skip
 
             # 6. Update: clip, refuse non-finite values, step the optimiser and the schedule.
             metrics = loop.update(stats, TRAIN_METRICS)
@@ -101,7 +105,7 @@ def train_dpo(
             #    steps, at checkpoints and at the end, reported with the train metrics of its step.
             evaluated = bool(run.eval) and loop.eval_due()
             if evaluated:
-                metrics |= evaluate(policy, eval_reference, run.eval, pad, hp, device, overhead)
+                metrics |= evaluate(policy, eval_reference, run.eval, pad, hp, device, overhead, ranks)
             loop.log(metrics, evaluated=evaluated)
 
             # 8. Checkpoint every `checkpoint_every` steps and at the end.
@@ -136,11 +140,14 @@ class Reference:
         batch_size: int,
         device: torch.device,
         bucket_overhead: int | None = None,
+        ranks: Ranks | None = None,
     ) -> Reference:
         """One pass of `model` over `pairs`, kept as a table indexed by pair.
 
         The pairs are visited longest first, so each forward holds pairs of similar length and
-        pads little (a pair's log-probs do not depend on the pairs beside it).
+        pads little (a pair's log-probs do not depend on the pairs beside it). On several ranks
+        each computes its share of every batch and the table is summed over ranks: every rank
+        ends with the whole table.
 
         Args:
             model: the reference model (or a peft model whose base is the reference).
@@ -149,18 +156,21 @@ class Reference:
             batch_size: pairs per forward.
             device: where `model` is; the table stays there.
             bucket_overhead: `collate_pairs`' ``bucket_overhead_tokens``.
+            ranks: the job's processes (default: one).
 
         Returns:
             A table-backed `Reference`.
         """
+        ranks = ranks or Ranks()
         on_the_fly = cls(model=model)
         table = torch.zeros(len(pairs), 2, device=device)  # (N, 2)
         by_length = sorted(range(len(pairs)), key=lambda i: -_pair_length(pairs[i]))
-        for start in range(0, len(pairs), batch_size):
-            indices = by_length[start : start + batch_size]
+        for start in range(0, len(pairs), batch_size * ranks.world_size):
+            indices, weight = ranks.batch_share(by_length[start : start + batch_size * ranks.world_size])
             batch = collate_pairs([pairs[i] for i in indices], pad_token_id, bucket_overhead_tokens=bucket_overhead)
-            table[torch.tensor(indices, device=device)] = on_the_fly.logps(batch.to(device)).reshape(2, -1).T
-        return cls(table=table)
+            logps = on_the_fly.logps(batch.to(device)).reshape(2, -1).T  # (b, 2)
+            table[torch.tensor(indices, device=device)] += weight * logps
+        return cls(table=ranks.sum(table))
 
     def logps(self, batch: PreferenceBatch, indices: list[int] | None = None) -> Tensor:
         """(2B,) reference log-probs of a batch's rows, chosen rows first.
@@ -234,11 +244,14 @@ def accumulate_gradients(
     bucket_overhead: int | None = None,
     *,
     backward: Callable[[Tensor], None] = Tensor.backward,
+    ranks: Ranks | None = None,
 ) -> Tensor:
     """Backward the DPO loss of one optimizer step, micro-batch by micro-batch.
 
     Each micro-batch's summed loss is divided by the number of pairs in the step, so the gradients
-    add up to those of the step's mean loss, whatever `gradient_accumulation_steps` is.
+    add up to those of the step's mean loss, whatever `gradient_accumulation_steps` is. On several
+    ranks each takes its share of every micro-batch (`Ranks.batch_share`) and still divides by
+    the whole step's count: the ranks' gradients and statistics add up to one process's.
 
     Args:
         policy: the model being trained; gradients accumulate into its parameters.
@@ -249,19 +262,24 @@ def accumulate_gradients(
         hp: supplies β, the loss type and the number of micro-batches.
         device: where the policy is.
         bucket_overhead: `collate_pairs`' ``bucket_overhead_tokens``.
-        backward: runs a loss's backward pass (`TrainingLoop.backward`, which scales it under fp16).
+        backward: runs a loss's backward pass (`TrainingLoop.backward`, which scales it under fp16,
+            and by the world size on several ranks).
+        ranks: the job's processes (default: one).
 
     Returns:
-        (S,) the per-pair statistics in `TRAIN_METRICS` order, averaged over the step, on the device.
+        (S,) the per-pair statistics in `TRAIN_METRICS` order, averaged over the step, on the device;
+        on several ranks, this rank's share of those averages (`TrainingLoop.update` sums them).
     """
+    ranks = ranks or Ranks()
     sums = torch.zeros(len(TRAIN_METRICS), device=device)  # (S,) per-pair statistics, summed
     for micro in split_micro_batches(indices, hp.gradient_accumulation_steps):
-        batch = collate_pairs([pairs[i] for i in micro], pad_token_id, bucket_overhead_tokens=bucket_overhead)
+        mine, weight = ranks.batch_share(micro)
+        batch = collate_pairs([pairs[i] for i in mine], pad_token_id, bucket_overhead_tokens=bucket_overhead)
         batch = batch.to(device)
-        ref_logps = reference.logps(batch, micro)  # (2b,)
+        ref_logps = reference.logps(batch, mine)  # (2b,)
         losses, stats = pair_losses_and_stats(policy, batch, ref_logps, hp)  # (b,), (S, b)
-        backward(losses.sum() / len(indices))
-        sums += stats.sum(dim=1)
+        backward(weight * losses.sum() / len(indices))
+        sums += weight * stats.sum(dim=1)
     return sums / len(indices)
 
 
@@ -274,8 +292,9 @@ def evaluate(
     hp: DPOHyperparameters,
     device: torch.device,
     bucket_overhead: int | None = None,
+    ranks: Ranks | None = None,
 ) -> dict[str, float]:
-    """Mean DPO statistics over evaluation pairs, as ``eval/<name>`` metrics.
+    """Mean DPO statistics over evaluation pairs, as ``eval/<name>`` metrics (each rank scores its share).
 
     Args:
         policy: the model being trained (put in eval mode for the duration).
@@ -285,22 +304,24 @@ def evaluate(
         hp: supplies β, the loss type and the batch size.
         device: where the models are.
         bucket_overhead: `collate_pairs`' ``bucket_overhead_tokens``.
+        ranks: the job's processes (default: one).
 
     Returns:
-        ``{"eval/loss": ..., "eval/rewards/accuracies": ..., ...}``.
+        ``{"eval/loss": ..., "eval/rewards/accuracies": ..., ...}``, over all the pairs on every rank.
     """
+    ranks = ranks or Ranks()
     was_training = policy.training
     policy.eval()
-    size = micro_batch_size(hp)
+    size = micro_batch_size(hp) * ranks.world_size
     sums = torch.zeros(len(EVAL_METRICS), device=device)  # (S,)
     for start in range(0, len(pairs), size):
-        indices = list(range(start, min(start + size, len(pairs))))
+        indices, weight = ranks.batch_share(range(start, min(start + size, len(pairs))))
         batch = collate_pairs([pairs[i] for i in indices], pad_token_id, bucket_overhead_tokens=bucket_overhead)
         batch = batch.to(device)
         _, stats = pair_losses_and_stats(policy, batch, reference.logps(batch, indices), hp)  # (S, b)
-        sums += stats.sum(dim=1)
+        sums += weight * stats.sum(dim=1)
     policy.train(was_training)
-    return dict(zip(EVAL_METRICS, (sums / len(pairs)).tolist(), strict=True))
+    return dict(zip(EVAL_METRICS, (ranks.sum(sums) / len(pairs)).tolist(), strict=True))
 
 
 def _pair_length(pair: TokenizedPair) -> int:

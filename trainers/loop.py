@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +41,17 @@ from torch import Tensor, nn
 from torch.nn.utils import clip_grad_norm_
 from transformers import PreTrainedTokenizerBase
 
+from trainers.distributed.ranks import Ranks
+from trainers.distributed.sharding import (
+    full_model_state,
+    is_parallel,
+    load_optimizer_state,
+    local_norm,
+    optimizer_state,
+    reshard,
+)
 from trainers.models.checkpoint import AlsoSaving, load_trainer_state, offer_checkpoint, restore_rng
+from trainers.optimization import AuxiliaryModel, build_optimizer, total_steps
 from trainers.precision import ComputeSettings
 from trainers.spec.callbacks import Callbacks
 from trainers.spec.config import JobSpec, LoopHyperparameters
@@ -51,72 +60,6 @@ from trainers.spec.results import RunResult
 
 LOSS_METRIC = "train/loss"  # the statistic `update` refuses to step on when it is not finite
 EXTRA_STATE_FILE = "extra_state.pt"  # beside trainer_state.pt: the auxiliary optimizer and extra state
-
-
-def total_steps(hp: LoopHyperparameters, steps_per_epoch: int) -> int:
-    """Optimizer steps of a whole run: `max_steps` when set, else `n_epochs` passes over the data.
-
-    Args:
-        hp: the loop hyperparameters.
-        steps_per_epoch: optimizer steps in one pass over the training rows.
-
-    Returns:
-        The step the run ends at if it is not stopped.
-    """
-    return hp.max_steps if hp.max_steps is not None else hp.n_epochs * steps_per_epoch
-
-
-def build_optimizer(
-    params: Sequence[nn.Parameter], hp: LoopHyperparameters
-) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
-    """AdamW and its schedule: linear warmup over `warmup_steps` steps, then constant.
-
-    ``lr(s) = learning_rate · min(1, (s + 1) / (warmup_steps + 1))`` for the update of step s + 1,
-    so the first update already moves (the DPO paper's setup: 150 warmup steps, then constant).
-
-    Args:
-        params: the parameters to train (only those that require gradients).
-        hp: supplies the learning rate, weight decay and warmup.
-
-    Returns:
-        The optimizer and the scheduler driving its learning rate.
-    """
-    params = list(params)
-    # The fused kernel (one pass over all tensors; what transformers' Trainer uses by default) where
-    # every parameter is a float tensor on a device that has it; the per-tensor loop elsewhere.
-    fused = bool(params) and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
-    optimizer = torch.optim.AdamW(params, lr=hp.learning_rate, weight_decay=hp.weight_decay, fused=fused or None)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / (hp.warmup_steps + 1))  # s counts steps from 0
-    )
-    return optimizer, scheduler
-
-
-@dataclass
-class AuxiliaryModel:
-    """A second model trained beside the main one, with an AdamW and schedule of its own (PPO's critic).
-
-    Its gradients come from the same backward pass as the main model's; `TrainingLoop.update`
-    clips them to the same `max_grad_norm` on their own, refuses a non-finite norm, and steps
-    both optimizers together. Warmup and weight decay are the job's.
-
-    Attributes:
-        name: its directory in a checkpoint (``<checkpoint>/<name>/``) and the group of its
-            metrics (``<name>/grad_norm``, ``<name>/learning_rate``).
-        model: the model; its parameters that require gradients are trained.
-        learning_rate: its peak learning rate.
-        save: writes the model into a directory (e.g. ``save_pretrained``); the trainer loads it
-            back itself when resuming.
-    """
-
-    name: str
-    model: nn.Module
-    learning_rate: float
-    save: Callable[[Path], None]
-    params: list[nn.Parameter] = field(init=False)
-
-    def __post_init__(self):
-        self.params = [p for p in self.model.parameters() if p.requires_grad]
 
 
 def load_run_state(directory: str | Path) -> dict[str, Any]:
@@ -163,6 +106,9 @@ class TrainingLoop:
         extra_state: called at each checkpoint; what else the trainer needs to resume (a dict of tensors,
             numbers, strings, containers, for ``weights_only`` loading), in a resumed ``state["extra"]``.
         compute: the run's precision (fp16 scales the loss) and checkpoint type; None: fp32, as is.
+        ranks: the job's processes; with several, each rank passes its share of every step
+            (`trainers.distributed.ranks`), statistics are summed over ranks, and checkpoints
+            gather the full state to rank 0, which alone saves (through `RankCallbacks`).
 
     Attributes:
         step: optimizer steps done (including those before a resume).
@@ -191,8 +137,10 @@ class TrainingLoop:
         auxiliary: AuxiliaryModel | None = None,
         extra_state: Callable[[], dict[str, Any]] | None = None,
         compute: ComputeSettings | None = None,
+        ranks: Ranks | None = None,
     ):
         self.job = job
+        self.ranks = ranks or Ranks()
         self.hp: LoopHyperparameters = job.hyperparameters  # every job type's hyperparameters extend these
         self.callbacks = callbacks
         self.model = model
@@ -200,11 +148,16 @@ class TrainingLoop:
         self.model_info = model_info
         self.num_rows = num_rows
         self.steps_per_epoch = steps_per_epoch
+        if is_parallel(model):
+            reshard(model)  # the optimizer steps the sharded parameters
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer, self.scheduler = build_optimizer(self.params, self.hp)
         self.auxiliary = auxiliary
         self.auxiliary_optimizer = self.auxiliary_scheduler = None
         if auxiliary is not None:
+            if is_parallel(auxiliary.model):
+                reshard(auxiliary.model)
+                auxiliary.params = [p for p in auxiliary.model.parameters() if p.requires_grad]
             hp = self.hp.model_copy(update={"learning_rate": auxiliary.learning_rate})
             self.auxiliary_optimizer, self.auxiliary_scheduler = build_optimizer(auxiliary.params, hp)
         self.extra_state, self.step = extra_state, 0
@@ -212,7 +165,7 @@ class TrainingLoop:
         self.scaler = self.compute.grad_scaler()
         if state is not None:
             self.step = state["step"]
-            self.optimizer.load_state_dict(state["optimizer"])
+            self._load_optimizer(model, self.optimizer, state, state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
             if auxiliary is not None:
                 self._restore_auxiliary(state)
@@ -261,7 +214,14 @@ class TrainingLoop:
         return self.step
 
     def backward(self, loss: Tensor) -> None:
-        """Backward `loss` into the trained models' gradients, scaled first under fp16 (`update` unscales)."""
+        """Backward `loss` into the trained models' gradients, scaled first under fp16 (`update` unscales).
+
+        On several ranks, `loss` is this rank's share of the step's loss (its rows' summed loss over
+        the step's global count); it is multiplied by the world size, since gradient reduction
+        averages over ranks (`Ranks.loss_scale`).
+        """
+        if self.ranks.distributed:
+            loss = loss * self.ranks.loss_scale
         self.scaler.scale(loss).backward()
 
     def update(self, stats: Tensor, names: Sequence[str]) -> dict[str, float]:
@@ -275,7 +235,9 @@ class TrainingLoop:
         finite loss skip the step (with a warning) and halve the scale, until it is down to 1.
 
         Args:
-            stats: (S,) the step's statistics (means over its examples), still on the device.
+            stats: (S,) the step's statistics (means over its examples), still on the device; on
+                several ranks, this rank's share of each mean (its rows' sum over the step's global
+                count), summed over ranks here.
             names: S metric names for `stats`; must include ``"train/loss"``.
 
         Returns:
@@ -292,9 +254,10 @@ class TrainingLoop:
             trained[self.auxiliary.name] = (self.auxiliary.params, self.auxiliary_optimizer, self.auxiliary_scheduler)
         for _, optimizer, _ in trained.values():
             self.scaler.unscale_(optimizer)  # a no-op unless fp16
-        norms = [clip_grad_norm_(params, self.hp.max_grad_norm) for params, _, _ in trained.values()]
+        norms = [local_norm(clip_grad_norm_(params, self.hp.max_grad_norm)) for params, _, _ in trained.values()]
         norms = torch.stack(norms).float().to(stats.device)  # (G,) one norm per trained model, before clipping
-        values = torch.cat([stats.detach().float(), norms]).tolist()  # the step's one synchronisation
+        stats = self.ranks.sum(stats.detach().float())  # the global means (a no-op on one process)
+        values = torch.cat([stats, norms]).tolist()  # the step's one synchronisation
         metrics = dict(zip(names, values[: len(names)], strict=True))
         checks = {"loss": metrics[LOSS_METRIC]}
         for (group, (_, _, scheduler)), norm in zip(trained.items(), values[len(names) :], strict=True):
@@ -348,35 +311,60 @@ class TrainingLoop:
         """Offer a checkpoint of the current step to the callbacks (`offer_checkpoint`).
 
         With an auxiliary model or extra state, the `save` the callbacks get also writes
-        ``<name>/`` and ``extra_state.pt`` (`load_run_state` reads them back).
+        ``<name>/`` and ``extra_state.pt`` (`load_run_state` reads them back). On several ranks
+        every rank calls it: the full weights and optimizer state are gathered to rank 0 first,
+        whose callbacks alone save.
 
         Args:
             metrics: the step's metrics, passed on with the checkpoint.
         """
+        weights = full_model_state(self.model) if is_parallel(self.model) else None
+        extra = self._gather_extra()
         callbacks = self.callbacks
-        if self.auxiliary is not None or self.extra_state is not None or self.scaler.is_enabled():
-            callbacks = AlsoSaving(self.callbacks, self._save_extra)
+        if extra is not None:
+            callbacks = AlsoSaving(self.callbacks, lambda directory: self._save_extra(directory, extra))
         offer_checkpoint(
-            callbacks, self.step, model=self.model, tokenizer=self.tokenizer, optimizer=self.optimizer,
-            scheduler=self.scheduler, metrics=metrics,
-            data_position={"steps_done": self.step, "num_rows": self.num_rows},
+            callbacks, self.step, model=self.model, tokenizer=self.tokenizer,
+            optimizer_state=optimizer_state(self.model, self.optimizer, self.ranks), scheduler=self.scheduler,
+            metrics=metrics, data_position={"steps_done": self.step, "num_rows": self.num_rows},
             job=self.job.model_dump(mode="json"), model_info=self.model_info(),
-            dtype=self.compute.checkpoint_dtype,
+            dtype=self.compute.checkpoint_dtype, weights=weights,
         )  # fmt: skip
         self.saved_step = self.step
 
-    def _save_extra(self, directory: Path) -> None:
-        """Write the auxiliary model and ``extra_state.pt`` into a checkpoint directory."""
+    def _gather_extra(self) -> dict[str, Any] | None:
+        """What ``extra_state.pt`` and the auxiliary model's directory hold, gathered on every rank (None: none)."""
+        if self.auxiliary is None and self.extra_state is None and not self.scaler.is_enabled():
+            return None
         auxiliary = None
         if self.auxiliary is not None:
-            self.auxiliary.save(directory / self.auxiliary.name)
+            model = self.auxiliary.model
             auxiliary = {
-                "optimizer": self.auxiliary_optimizer.state_dict(),
+                "weights": full_model_state(model) if is_parallel(model) else None,
+                "optimizer": optimizer_state(model, self.auxiliary_optimizer, self.ranks),
                 "scheduler": self.auxiliary_scheduler.state_dict(),
             }
-        extra = self.extra_state() if self.extra_state is not None else None
-        scaler = self.scaler.state_dict() if self.scaler.is_enabled() else None
-        torch.save({"auxiliary": auxiliary, "extra": extra, "scaler": scaler}, directory / EXTRA_STATE_FILE)
+        return {
+            "auxiliary": auxiliary,
+            "extra": self.extra_state() if self.extra_state is not None else None,
+            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
+        }
+
+    def _save_extra(self, directory: Path, gathered: dict[str, Any]) -> None:
+        """Write the auxiliary model and ``extra_state.pt`` (`_gather_extra`) into a checkpoint directory."""
+        auxiliary = gathered["auxiliary"]
+        if auxiliary is not None:
+            self.auxiliary.save(directory / self.auxiliary.name, auxiliary.pop("weights"))
+        torch.save(gathered, directory / EXTRA_STATE_FILE)
+
+    def _load_optimizer(
+        self, model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any], saved: dict[str, Any]
+    ) -> None:
+        """Restore an optimizer: by parameter name (any process count), or by position from a version-1 checkpoint."""
+        if state.get("version", 2) >= 2:
+            load_optimizer_state(model, optimizer, saved, self.ranks)
+        else:
+            optimizer.load_state_dict(saved)
 
     def _restore_auxiliary(self, state: dict[str, Any]) -> None:
         saved = state.get("auxiliary")
@@ -385,7 +373,7 @@ class TrainingLoop:
                 f"the checkpoint holds no {self.auxiliary.name} state: it was not written by this kind of job",
                 param="resume_from",
             )
-        self.auxiliary_optimizer.load_state_dict(saved["optimizer"])
+        self._load_optimizer(self.auxiliary.model, self.auxiliary_optimizer, state, saved["optimizer"])
         self.auxiliary_scheduler.load_state_dict(saved["scheduler"])
 
     def _check_resume(self, state: dict[str, Any]) -> None:

@@ -34,6 +34,9 @@ from transformers import PreTrainedTokenizerBase
 
 from trainers.data.preference import TokenizedPair, tokenize_split
 from trainers.data.prompts import TokenizedPrompt, tokenize_prompt_split
+from trainers.distributed.callbacks import RankCallbacks
+from trainers.distributed.ranks import Ranks, device_of, init_ranks
+from trainers.distributed.sharding import Strategy, parallelize, resolve_strategy
 from trainers.loop import AuxiliaryModel, TrainingLoop, load_run_state
 from trainers.models.loading import default_device, disable_dropout, load_policy, stored_dtype
 from trainers.models.lora import load_trainable_model
@@ -176,6 +179,9 @@ class PreparedRun:
         eval: the tokenised evaluation rows (empty without an eval split).
         reference: the reference policy π_ref, or None when the algorithm has none.
         model_kind: ``"causal_lm"`` or ``"reward_model"``, what checkpoints say their model is.
+        ranks: the job's processes (``Ranks()`` for one); `callbacks` are then rank 0's
+            (`RankCallbacks`), and `model` is spread over the ranks (`strategy`).
+        strategy: ``"ddp"`` or ``"fsdp"`` on several processes, None on one.
     """
 
     job: JobSpec
@@ -189,6 +195,8 @@ class PreparedRun:
     eval: list[TokenizedPair] | list[TokenizedPrompt]
     reference: nn.Module | None
     model_kind: str
+    ranks: Ranks = dataclasses.field(default_factory=Ranks)
+    strategy: Strategy | None = None
 
     @property
     def resumed(self) -> bool:
@@ -230,8 +238,12 @@ class PreparedRun:
         return TrainingLoop(
             self.job, self.callbacks, model=self.model, tokenizer=self.tokenizer, state=self.state,
             model_info=model_info or self.model_info, num_rows=len(self.train), steps_per_epoch=steps_per_epoch,
-            auxiliary=auxiliary, extra_state=extra_state, compute=self.compute,
+            auxiliary=auxiliary, extra_state=extra_state, compute=self.compute, ranks=self.ranks,
         )  # fmt: skip
+
+    def parallelize(self, model: nn.Module) -> nn.Module:
+        """Spread a second trained model (PPO's critic) over the ranks as the main one is; as is on one process."""
+        return model if self.strategy is None else parallelize(model, self.ranks, self.strategy, self.device)
 
 
 def prepare_run(
@@ -246,8 +258,9 @@ def prepare_run(
 ) -> PreparedRun:
     """The set-up every trainer shares, in order: seed, state, model, data, reference.
 
-    0. Resolve the job's precision, attention kernel and gradient checkpointing for the device
-       (`resolve_compute`); TF32 matmuls on CUDA.
+    0. Join the job's other processes when torchrun started it (`init_ranks`); rank 0 alone
+       reports (`RankCallbacks`). Resolve the job's precision, attention kernel and gradient
+       checkpointing for the device (`resolve_compute`); TF32 matmuls on CUDA.
     1. Seed Python's and torch's generators (before adapters are drawn; a resumed run restores
        its RNG states when its `TrainingLoop` is built).
     2. Read the checkpoint's trainer state when resuming (`load_run_state`).
@@ -257,6 +270,8 @@ def prepare_run(
        train mode; announced as events, with the resolved settings.
     4. Tokenise the train and eval splits (`tokenize_rows`).
     5. Build the reference policy (`reference_policy`) when the algorithm has one.
+    6. On several processes, spread the trained model over them (`parallelize`: the job's
+       ``strategy``, ``auto`` resolved by `resolve_strategy`); frozen models stay whole on each rank.
 
     Args:
         job: the job spec.
@@ -277,8 +292,11 @@ def prepare_run(
             ModelNotFoundError for a model that cannot be loaded.
     """
     hp = job.hyperparameters
-    device = default_device()
-    compute = resolve_compute(hp, device)  # 0.
+    ranks = init_ranks()  # 0.
+    if ranks.distributed:
+        callbacks = RankCallbacks(callbacks, ranks)
+    device = device_of(ranks) if ranks.distributed else default_device()
+    compute = resolve_compute(hp, device)
     enable_tf32(device)
     seed_everything(job.seed)  # 1.
     state = load_run_state(resume_from) if resume_from is not None else None  # 2.
@@ -296,8 +314,11 @@ def prepare_run(
     if hp.disable_dropout:
         disable_dropout(trained)
     trained.to(device).train()
+    strategy = resolve_strategy(job.strategy, trained, ranks, device)
     if announce:
         announce_model(callbacks, job.base_model, [trained], device, compute)
+    if strategy is not None:
+        callbacks.on_event("info", f"{ranks.world_size} processes, strategy {strategy}")
 
     # 4. The data.
     train = tokenize_rows(job, data.train, tokenizer, "train", callbacks)
@@ -310,6 +331,10 @@ def prepare_run(
     if reference is not None:
         frozen = reference_policy(trained, job, resumed=state is not None, device=device, use=reference,
                                   compute=compute)  # fmt: skip
+
+    # 6. The trained model over the ranks, after any copy of it was taken (a sharded model is not copied).
+    if strategy is not None:
+        parallelize(trained, ranks, strategy, device)
     return PreparedRun(job=job, callbacks=callbacks, device=device, compute=compute, state=state, model=trained,
                        tokenizer=tokenizer, train=train, eval=evaluation, reference=frozen,
-                       model_kind=model_kind)  # fmt: skip
+                       model_kind=model_kind, ranks=ranks, strategy=strategy)  # fmt: skip

@@ -27,7 +27,8 @@ from trainers.spec.errors import UserError
 MODEL_DIR = "model"
 STATE_FILE = "trainer_state.pt"
 MODEL_INFO_FILE = "rlhf_service.json"
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: the optimizer state is keyed by parameter name; 1: by position (still read)
+READABLE_VERSIONS = (1, 2)
 
 PROBE_TEXT = "rlhf-service checkpoint probe"
 PROBE_VOCAB = 32  # logits of the first PROBE_VOCAB vocabulary entries are reported
@@ -38,13 +39,14 @@ def save_checkpoint(
     *,
     model: PreTrainedModel | PeftModel,
     tokenizer: PreTrainedTokenizerBase,
-    optimizer: torch.optim.Optimizer,
+    optimizer_state: dict[str, Any],
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     step: int,
     data_position: dict[str, int],
     job: dict[str, Any],
     model_info: dict[str, Any],
     dtype: torch.dtype | None = None,
+    weights: dict[str, torch.Tensor] | None = None,
 ) -> None:
     """Write model, tokenizer, model info and trainer state into `directory` (created if missing).
 
@@ -53,7 +55,8 @@ def save_checkpoint(
         model: the model being trained; a peft model writes only its adapter, whose config then
             names ``model_info["base_model"]`` as its base.
         tokenizer: its tokenizer.
-        optimizer: the optimizer, whose moments resuming needs.
+        optimizer_state: the optimizer's state, keyed by parameter name
+            (`trainers.distributed.sharding.optimizer_state`), whose moments resuming needs.
         scheduler: the learning-rate schedule.
         step: optimizer steps done.
         data_position: where in the data order training stands (e.g. ``{"steps_done": step}``).
@@ -62,6 +65,8 @@ def save_checkpoint(
         dtype: the type a full model's floating-point weights are written in (the base model's:
             fp32 master weights of a bf16 base are written as bf16); None keeps the model's own.
             An adapter is written as trained.
+        weights: the model's full state dict, when the model itself does not hold it (gathered
+            from the ranks of a sharded run); None writes the model's own.
     """
     directory = Path(directory)
     model_dir = directory / MODEL_DIR
@@ -72,15 +77,15 @@ def save_checkpoint(
         # all, and peft's "auto" check would otherwise ask the hub about the base's config.
         for adapter_config in model.peft_config.values():
             adapter_config.base_model_name_or_path = model_info["base_model"]
-        model.save_pretrained(model_dir, safe_serialization=True, save_embedding_layers=False)
+        model.save_pretrained(model_dir, safe_serialization=True, save_embedding_layers=False, state_dict=weights)
     else:
-        save_in_dtype(model, model_dir, dtype)
+        save_in_dtype(model, model_dir, dtype, weights)
     tokenizer.save_pretrained(model_dir)
     write_model_info(model_dir, model_info)
     state = {
         "version": STATE_VERSION,
         "step": step,
-        "optimizer": optimizer.state_dict(),
+        "optimizer": optimizer_state,
         "scheduler": scheduler.state_dict(),
         "rng": capture_rng(),
         "data_position": data_position,
@@ -89,18 +94,23 @@ def save_checkpoint(
     torch.save(state, directory / STATE_FILE)
 
 
-def save_in_dtype(model: PreTrainedModel, directory: Path, dtype: torch.dtype | None) -> None:
+def save_in_dtype(
+    model: PreTrainedModel, directory: Path, dtype: torch.dtype | None, weights: dict[str, torch.Tensor] | None = None
+) -> None:
     """``save_pretrained`` with the floating-point weights cast to `dtype` and the config saying so.
 
     Args:
         model: a full model (left unchanged).
         directory: where to write.
         dtype: the type on disk; None, or the model's own, writes the model as it is.
+        weights: the model's full state dict when the model does not hold it (a sharded run's);
+            None: the model's own.
     """
     if dtype is None or dtype == model.dtype:
-        model.save_pretrained(directory, safe_serialization=True)
+        model.save_pretrained(directory, safe_serialization=True, state_dict=weights)
         return
-    weights = {name: t.to(dtype) if t.is_floating_point() else t for name, t in model.state_dict().items()}
+    weights = model.state_dict() if weights is None else weights
+    weights = {name: t.to(dtype) if t.is_floating_point() else t for name, t in weights.items()}
     model.save_pretrained(directory, safe_serialization=True, state_dict=weights)
     config = Path(directory) / "config.json"  # save_pretrained records the in-memory type; the file holds `dtype`
     config.write_text(json.dumps(json.loads(config.read_text()) | {"dtype": str(dtype).removeprefix("torch.")},
@@ -113,13 +123,14 @@ def offer_checkpoint(
     *,
     model: PreTrainedModel | PeftModel,
     tokenizer: PreTrainedTokenizerBase,
-    optimizer: torch.optim.Optimizer,
+    optimizer_state: dict[str, Any],
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     metrics: dict[str, float],
     data_position: dict[str, int],
     job: dict[str, Any],
     model_info: dict[str, Any],
     dtype: torch.dtype | None = None,
+    weights: dict[str, torch.Tensor] | None = None,
 ) -> None:
     """Hand a checkpoint of the current state to `callbacks.on_checkpoint`.
 
@@ -131,7 +142,7 @@ def offer_checkpoint(
         step: optimizer steps done.
         model: the model being trained (a peft model for LoRA).
         tokenizer: its tokenizer.
-        optimizer: the optimizer.
+        optimizer_state: the optimizer's state, keyed by parameter name.
         scheduler: the learning-rate schedule.
         metrics: the latest metrics, passed on in ``info["metrics"]``.
         data_position: where in the data order training stands.
@@ -141,6 +152,10 @@ def offer_checkpoint(
             at least ``{"kind": "causal_lm" | "reward_model", "adapter": bool, "base_model": str}``
             (reward models add ``reward_mean`` and ``reward_std``).
         dtype: the type of the model's weights on disk (`save_checkpoint`).
+        weights: the model's full state dict when it does not hold it (`save_checkpoint`).
+
+    On a sharded run every rank calls this (the probe is a forward pass of the model); only the
+    callbacks of rank 0 save (`trainers.distributed.callbacks.RankCallbacks`).
     """
 
     def save(directory: Path) -> None:
@@ -148,13 +163,14 @@ def offer_checkpoint(
             directory,
             model=model,
             tokenizer=tokenizer,
-            optimizer=optimizer,
+            optimizer_state=optimizer_state,
             scheduler=scheduler,
             step=step,
             data_position=data_position,
             job=job,
             model_info=model_info,
             dtype=dtype,
+            weights=weights,
         )
 
     info = {
@@ -205,7 +221,7 @@ def load_trainer_state(directory: str | Path) -> dict[str, Any]:
     if not path.is_file() or not (directory / MODEL_DIR).is_dir():
         raise UserError(f"{directory} is not a checkpoint: expected {MODEL_DIR}/ and {STATE_FILE}", param="resume_from")
     state = torch.load(path, map_location="cpu", weights_only=True)
-    if state.get("version") != STATE_VERSION:
+    if state.get("version") not in READABLE_VERSIONS:
         raise UserError(f"{path} has unsupported version {state.get('version')!r}", param="resume_from")
     return state
 

@@ -143,18 +143,22 @@ def trainable_critic(
         raise ModelNotFoundError(f"could not load the critic in {resume_dir}: {exc}", param="resume_from") from exc
 
 
-def save_critic(critic: PreTrainedModel | PeftModel, directory: str | Path) -> None:
+def save_critic(
+    critic: PreTrainedModel | PeftModel, directory: str | Path, weights: dict[str, torch.Tensor] | None = None
+) -> None:
     """Write the critic as a ``save_pretrained`` directory (for LoRA: its adapter and head).
 
     Args:
         critic: the critic being trained.
         directory: where to write (created if missing); `trainable_critic` reads it back.
+        weights: its full state dict when the critic does not hold it (a sharded run's); None:
+            the critic's own.
     """
     if isinstance(critic, PeftModel):
         # The base is rebuilt by `initial_critic` on resume, embeddings included.
-        critic.save_pretrained(directory, safe_serialization=True, save_embedding_layers=False)
+        critic.save_pretrained(directory, safe_serialization=True, save_embedding_layers=False, state_dict=weights)
     else:
-        critic.save_pretrained(directory, safe_serialization=True)
+        critic.save_pretrained(directory, safe_serialization=True, state_dict=weights)
 
 
 def token_values(

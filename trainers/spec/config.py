@@ -42,10 +42,12 @@ __all__ = [
     "RewardModelHyperparameters",
     "RewardModelJob",
     "Seed",
+    "Strategy",
 ]
 
 # A 32-bit unsigned seed (the range numpy's legacy generator takes too).
 Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
+Strategy = Literal["auto", "ddp", "fsdp"]
 
 
 class LoRAConfig(BaseModel):
@@ -82,6 +84,17 @@ class JobSpec(BaseModel):
     )
     seed: Seed = Field(0, description="Seed for data order, initialisation and dropout.")
     lora: LoRAConfig | None = Field(None, description="Train low-rank adapters instead of all weights.")
+    processes: int = Field(
+        1, ge=1, le=1024,
+        description="Processes the job trains on, one per GPU (or CPU share), started by torchrun; "
+                    "hyperparameters.batch_size stays the global batch, split over them.",
+    )
+    strategy: Strategy = Field(
+        "auto",
+        description="How several processes share the model: 'ddp' (each holds it all, gradients all-reduced), "
+                    "'fsdp' (FSDP2: weights, gradients and optimizer state sharded), or 'auto' (fsdp when the "
+                    "weights and optimizer state would not fit one device). Ignored with one process.",
+    )
 
 
 class DPOJob(JobSpec):

@@ -158,7 +158,7 @@ def make_loop_with_critic(callbacks, state=None, extra=None, **hyperparameters):
     critic = torch.nn.Linear(2, 1, bias=False)
     torch.nn.init.ones_(critic.weight)
 
-    def save(directory):
+    def save(directory, weights=None):
         directory.mkdir()
         torch.save(critic.state_dict(), directory / "weights.pt")
 

@@ -25,7 +25,8 @@ def test_offered_checkpoint_carries_and_writes_the_model_info(tmp_path):
     optimizer, scheduler = build_optimizer([torch.nn.Parameter(torch.zeros(1))], LoopHyperparameters())
     callbacks = RecordingCallbacks(tmp_path)
 
-    offer_checkpoint(callbacks, 7, model=model, tokenizer=tokenizer, optimizer=optimizer, scheduler=scheduler,
+    offer_checkpoint(callbacks, 7, model=model, tokenizer=tokenizer, optimizer_state=optimizer.state_dict(),
+                     scheduler=scheduler,
                      metrics={"train/loss": 0.5}, data_position={"steps_done": 7}, job={}, model_info=INFO)  # fmt: skip
 
     directory, info = callbacks.checkpoints[7]

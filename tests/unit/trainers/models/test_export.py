@@ -17,7 +17,8 @@ from trainers.spec.errors import ModelNotFoundError, UserError
 
 def save(directory, model, tokenizer, model_info):
     optimizer, scheduler = build_optimizer([torch.nn.Parameter(torch.zeros(1))], LoopHyperparameters())
-    save_checkpoint(directory, model=model, tokenizer=tokenizer, optimizer=optimizer, scheduler=scheduler, step=1,
+    save_checkpoint(directory, model=model, tokenizer=tokenizer, optimizer_state=optimizer.state_dict(),
+                    scheduler=scheduler, step=1,
                     data_position={}, job={}, model_info=model_info)  # fmt: skip
     return directory / MODEL_DIR
 
