@@ -129,6 +129,8 @@ class JobPublic(PublicModel):
     reward: dict[str, Any] | None = Field(description="PPO/GRPO: the reward spec, as resolved.")
     ptx_dataset_id: str | None = Field(description="PPO-ptx: the text dataset of the language-modelling loss.")
     seed: int
+    processes: int = Field(description="Processes the job trains on (torchrun ranks).")
+    strategy: str = Field(description="How its processes share the model: auto, ddp or fsdp.")
     metadata: dict[str, str] | None = Field(validation_alias="metadata_")
     error: JobError | None
     current_step: int

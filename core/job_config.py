@@ -32,7 +32,8 @@ def job_config(job: Job, *, base_model: str | None = None, reward_model_dirs: Ma
         pydantic.ValidationError: the job breaks a rule of its job model; locations start with its type.
     """
     spec = {"type": job.type, "base_model": base_model if base_model is not None else job.base_model,
-            "seed": job.seed, "hyperparameters": job.hyperparameters, "lora": job.lora}
+            "seed": job.seed, "hyperparameters": job.hyperparameters, "lora": job.lora,
+            "processes": job.processes or 1, "strategy": job.strategy or "auto"}
     if job.reward is not None:
         spec |= {"reward": job.reward, "reward_model_dirs": dict(reward_model_dirs or {}),
                  "reward_function_modules": list(reward_function_modules)}

@@ -150,6 +150,8 @@ class Job(Base):
     lora: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
     reward: Mapped[dict[str, Any] | None] = mapped_column(JSONType)  # PPO/GRPO: what a completion earns
     seed: Mapped[int] = mapped_column(BigInteger, default=0)
+    processes: Mapped[int] = mapped_column(Integer, default=1, server_default="1")  # ranks under torchrun
+    strategy: Mapped[str] = mapped_column(String(8), default="auto", server_default="auto")  # ddp, fsdp or auto
     metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSONType)
     idempotency_key: Mapped[str | None] = mapped_column(String(256))
     request_hash: Mapped[str | None] = mapped_column(String(64))

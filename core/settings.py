@@ -1,5 +1,6 @@
 """One typed settings object, read from the environment (and `.env`), shared by api and worker."""
 
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated
@@ -92,6 +93,11 @@ class Settings(BaseSettings):
         description='Modules of Python reward functions that "function" graders may call, as a JSON list; '
                     "they run on the server, so only install what you trust.")
     torch_threads: NonNegativeInt = Field(0, description="CPU threads per training process; 0 lets torch decide.")
+    worker_devices: PositiveInt = Field(
+        default_factory=lambda: os.cpu_count() or 1,
+        description="Devices each worker trains on: its GPUs (docker-compose sets it with the GPU reservation), "
+                    "or on a CPU-only worker its CPU cores, which unset is the default. A job may ask for at most "
+                    "this many processes (a 422 naming `processes` above it); one job runs on one worker's node.")
 
     @field_validator("artifacts_url")
     @classmethod

@@ -70,6 +70,11 @@ def create(*, session: Session, celery: Celery, settings: Settings, project_id: 
     request_hash = _request_hash(body)
     if idempotency_key and (job := _replay(session, project_id, idempotency_key, request_hash)):
         return job, False
+    if body.processes > settings.worker_devices:
+        raise InvalidRequest(
+            f"processes: this job asks for {body.processes} processes, but each worker has "
+            f"{settings.worker_devices} devices (WORKER_DEVICES); one job runs on one worker's node",
+            param="processes")
     kind = JOB_MODELS_BY_TYPE[body.type].dataset_kind
     _check_dataset(session, project_id, body.dataset_id, kind, "dataset_id")
     if body.eval_dataset_id:
@@ -100,6 +105,7 @@ def create(*, session: Session, celery: Celery, settings: Settings, project_id: 
         lora=body.lora.model_dump(mode="json") if body.lora else None,
         reward=reward_spec_adapter.dump_python(reward, mode="json") if reward is not None else None,
         seed=body.seed if body.seed is not None else secrets.randbelow(2**31),
+        processes=body.processes, strategy=body.strategy,
         metadata_=body.metadata, idempotency_key=idempotency_key, request_hash=request_hash,
         status=JobStatus.queued,
     )

@@ -205,3 +205,33 @@ def test_fields_the_service_fills_in_are_not_taken_from_a_request(client, datase
     for field, value in (("reward_model_dirs", {"ckpt_x": "/tmp"}), ("reward_function_modules", ["os"])):
         r = client.post("/v1/jobs", json=job_body(prompts, type="grpo", reward=reward) | {field: value})
         assert r.status_code == 422 and r.json()["error"]["param"] == field
+
+
+def test_processes_and_strategy_are_stored_echoed_and_reach_the_trainers(client, settings, dataset_id):
+    default = client.post("/v1/jobs", json=job_body(dataset_id)).json()
+    assert (default["processes"], default["strategy"]) == (1, "auto")
+    r = client.post("/v1/jobs", json=job_body(dataset_id, processes=2, strategy="fsdp"))
+    assert r.status_code == 201, r.text
+    assert (r.json()["processes"], r.json()["strategy"]) == (2, "fsdp")
+    assert client.get(f"/v1/jobs/{r.json()['id']}").json() == r.json()
+    with session_scope(settings.database_url) as session:
+        config = job_config(session.get(Job, r.json()["id"]))
+    assert (config.processes, config.strategy) == (2, "fsdp")
+
+
+def test_a_job_asking_more_processes_than_a_worker_has_is_refused_naming_processes(settings, dataset_id,
+                                                                                     project_key):
+    from fastapi.testclient import TestClient
+
+    from api.main import create_app
+
+    two = settings.model_copy(update={"worker_devices": 2})
+    with TestClient(create_app(two), headers={"Authorization": f"Bearer {project_key}"}) as client:
+        assert client.post("/v1/jobs", json=job_body(dataset_id, processes=2)).status_code == 201
+        r = client.post("/v1/jobs", json=job_body(dataset_id, processes=3))
+        assert r.status_code == 422 and r.json()["error"]["param"] == "processes"
+        assert "3 processes" in r.json()["error"]["message"] and "WORKER_DEVICES" in r.json()["error"]["message"]
+        for body, param in [({"processes": 0}, "processes"), ({"strategy": "zero"}, "strategy")]:
+            r = client.post("/v1/jobs", json=job_body(dataset_id, **body))
+            assert r.status_code == 422 and r.json()["error"]["param"] == param, r.text
+        assert len(client.get("/v1/jobs").json()["data"]) == 1
