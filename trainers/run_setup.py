@@ -38,6 +38,7 @@ from trainers.distributed.callbacks import RankCallbacks
 from trainers.distributed.ranks import Ranks, device_of, init_ranks
 from trainers.distributed.sharding import Strategy, parallelize, resolve_strategy
 from trainers.loop import AuxiliaryModel, TrainingLoop, load_run_state
+from trainers.models.checkpoint import restore_master_weights
 from trainers.models.loading import default_device, disable_dropout, load_policy, stored_dtype
 from trainers.models.lora import load_trainable_model
 from trainers.models.reward import load_reward_model
@@ -309,6 +310,8 @@ def prepare_run(
             load, task, model_kind = load_reward_model, "seq_cls", "reward_model"
     trained, tokenizer = load_trainable_model(load, job, resume_from, task=task)
     compute.prepare_trained(trained)
+    if resume_from is not None and not isinstance(trained, PeftModel):
+        restore_master_weights(trained, resume_from)  # unrounded, where the checkpoint's model is bf16
     compute = dataclasses.replace(compute, attn_implementation=attention_of(trained),  # what "auto" gave
                                   checkpoint_dtype=stored_dtype(job.base_model))  # fmt: skip
     if hp.disable_dropout:

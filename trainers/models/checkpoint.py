@@ -6,6 +6,8 @@ Layout written by `save_checkpoint(directory, ...)`:
                                         adapter_model.safetensors instead of the full weights
     directory/model/rlhf_service.json   what the model is (`model_info`): kind, adapter, base model, ...
     directory/trainer_state.pt          optimizer, scheduler, step, RNG states, data position, job spec
+    directory/master_weights.pt         the fp32 weights a resumed run continues from, when model/ holds
+                                        them rounded to a lower-precision base type (full models only)
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from trainers.spec.errors import UserError
 
 MODEL_DIR = "model"
 STATE_FILE = "trainer_state.pt"
+MASTER_WEIGHTS_FILE = "master_weights.pt"
 MODEL_INFO_FILE = "rlhf_service.json"
 STATE_VERSION = 2  # 2: the optimizer state is keyed by parameter name; 1: by position (still read)
 READABLE_VERSIONS = (1, 2)
@@ -80,6 +83,10 @@ def save_checkpoint(
         model.save_pretrained(model_dir, safe_serialization=True, save_embedding_layers=False, state_dict=weights)
     else:
         save_in_dtype(model, model_dir, dtype, weights)
+        if dtype is not None and dtype != torch.float32:  # model/ is rounded: keep what training continues from
+            full = model.state_dict() if weights is None else weights
+            master = {name: t for name, t in full.items() if t.dtype == torch.float32}
+            torch.save(master, directory / MASTER_WEIGHTS_FILE)
     tokenizer.save_pretrained(model_dir)
     write_model_info(model_dir, model_info)
     state = {
@@ -224,6 +231,32 @@ def load_trainer_state(directory: str | Path) -> dict[str, Any]:
     if state.get("version") not in READABLE_VERSIONS:
         raise UserError(f"{path} has unsupported version {state.get('version')!r}", param="resume_from")
     return state
+
+
+def restore_master_weights(model: nn.Module, directory: str | Path) -> bool:
+    """Load a checkpoint's fp32 master weights (`MASTER_WEIGHTS_FILE`) into a full model, when it has them.
+
+    A checkpoint of a bf16 or fp16 base holds its model rounded to that type, for downloads; a
+    resumed run continues from the unrounded weights instead, as if it had never stopped.
+
+    Args:
+        model: the model loaded from the checkpoint (a full model; adapters are saved as trained).
+        directory: the checkpoint directory.
+
+    Returns:
+        Whether master weights were loaded.
+
+    Raises:
+        UserError: the file holds weights the model does not have.
+    """
+    path = Path(directory) / MASTER_WEIGHTS_FILE
+    if not path.is_file():
+        return False
+    master = torch.load(path, map_location="cpu", weights_only=True)
+    unexpected = model.load_state_dict(master, strict=False).unexpected_keys
+    if unexpected:
+        raise UserError(f"{path} holds weights this model does not have: {unexpected[:3]}", param="resume_from")
+    return True
 
 
 def capture_rng() -> dict[str, Any]:

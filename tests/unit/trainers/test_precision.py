@@ -148,6 +148,21 @@ def test_an_fp16_run_resumes_with_its_loss_scale_as_if_never_interrupted(tmp_pat
         assert resumed.metrics[step] == pytest.approx(straight.metrics[step], rel=1e-6, abs=1e-7)
 
 
+@pytest.mark.trains
+def test_a_bf16_base_resumes_from_its_fp32_master_weights_as_if_never_interrupted(bf16_base, tmp_path):
+    job = dpo_job(bf16_base, precision="bf16", checkpoint_every=2, precompute_ref_logprobs=False)
+    straight = RecordingCallbacks()
+    trainers.run(job, TrainingData(train=ROWS), straight)
+    first = RecordingCallbacks(tmp_path, stop_after=2)
+    assert trainers.run(job, TrainingData(train=ROWS), first).status == "stopped"
+    saved = first.checkpoints[2][0]
+    assert AutoModelForCausalLM.from_pretrained(saved / MODEL_DIR).dtype == torch.bfloat16  # downloads stay bf16
+    resumed = RecordingCallbacks()
+    trainers.run(job, TrainingData(train=ROWS), resumed, resume_from=saved)
+    for step in (3, 4, 5, 6):
+        assert resumed.metrics[step] == pytest.approx(straight.metrics[step], rel=1e-6, abs=1e-7)
+
+
 def fp16_loop(callbacks):
     job = DPOJob(base_model="builtin:tiny-llama", hyperparameters={"learning_rate": 0.1, "precision": "fp16"})
     model, tokenizer = tiny()
