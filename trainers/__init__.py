@@ -69,7 +69,8 @@ def run(
         data: canonical training (and optional evaluation) rows: preference rows for ``dpo`` and
             ``reward_model``, prompt rows for ``ppo`` and ``grpo``.
         callbacks: receives metrics, checkpoints and events, and is polled for cancellation;
-            defaults to no-op callbacks.
+            defaults to no-op callbacks. Under torchrun (several processes) only rank 0's are
+            called, and its answer to the stop poll is every rank's.
         resume_from: a checkpoint directory written by a previous run's `save`; training
             continues from the step after it with the same optimizer, schedule, RNG and data order.
 
@@ -85,4 +86,10 @@ def run(
         raise UserError(f"unknown job type {job.type!r}", param="type")
     module, function = TRAINERS[job.type]
     train = getattr(importlib.import_module(module), function)  # heavy: torch and transformers
+    from trainers.distributed.callbacks import RankCallbacks
+    from trainers.distributed.ranks import init_ranks
+
+    ranks = init_ranks()  # under torchrun: join the job's other processes, and report from rank 0 only
+    if ranks.distributed:
+        callbacks = RankCallbacks(callbacks, ranks)
     return train(job, data, callbacks, resume_from=resume_from)

@@ -294,7 +294,7 @@ def prepare_run(
     """
     hp = job.hyperparameters
     ranks = init_ranks()  # 0.
-    if ranks.distributed:
+    if ranks.distributed and not isinstance(callbacks, RankCallbacks):  # `trainers.run` has wrapped them
         callbacks = RankCallbacks(callbacks, ranks)
     device = device_of(ranks) if ranks.distributed else default_device()
     compute = resolve_compute(hp, device)
