@@ -7,6 +7,10 @@ is `trainers.loop`'s. Chosen and rejected responses of a micro-batch go through 
 the score head's output at its last token (`trainers.models.reward.rewards`,
 `shared_prompt_rewards`). Every checkpoint records the mean and std of the rewards over a fixed
 sample of training pairs, which PPO and GRPO use to normalise this model's scores.
+
+On several processes (`trainers.distributed`) each rank takes its share of every micro-batch,
+evaluation batch and statistics batch, and every statistic is summed over ranks before it is
+averaged: the metrics, the checkpoints and their reward statistics are those of one process.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from torch import Tensor, nn
 
 from trainers.data.batching import BatchOrder, bucket_overhead_tokens, split_micro_batches
 from trainers.data.preference import PreferenceBatch, TokenizedPair, collate_pairs
+from trainers.distributed.ranks import Ranks
 from trainers.models.reward import (
     reward_stats,
     rewards,
@@ -71,19 +76,22 @@ def train_reward_model(
     #    the head trainable), or the checkpoint's model; the pairs tokenised once.
     run = prepare_run(job, data, callbacks, resume_from=resume_from, model="reward_model")
     model, pad, device, size = run.model, run.tokenizer.pad_token_id, run.device, run.micro_batch_size
+    ranks = run.ranks  # each rank takes its share of every batch; statistics are summed over ranks
 
     # 2. Each pair's margin; the pairs of step s, a pure function of (seed, s); the fixed sample of
     #    training pairs the reward statistics are taken on. Forwards: pairs of similar length
-    #    together, each pair's prompt computed once (`collate_pairs`).
+    #    together, each pair's prompt computed once (`collate_pairs`). On several ranks one forward
+    #    per micro-batch: every forward of a parallel model is a collective, and length buckets
+    #    would give ranks different numbers of them.
     train_margins = pair_margins(data.train, "train").to(device)  # (N,)
     eval_margins = pair_margins(data.eval or [], "eval").to(device)  # (N_eval,)
     order = BatchOrder(num_rows=len(run.train), batch_size=hp.batch_size, seed=job.seed)
     stats_pairs = [run.train[i] for i in stats_sample(len(run.train), hp.reward_stats_rows, job.seed)]
-    layout = {"bucket_overhead_tokens": bucket_overhead_tokens(device.type),
+    layout = {"bucket_overhead_tokens": None if ranks.distributed else bucket_overhead_tokens(device.type),
               "shared_prompt": shares_prompts(model, run.train + run.eval)}  # fmt: skip
 
-    def model_info() -> dict[str, Any]:
-        mean, std = reward_stats(model, stats_pairs, pad, batch_size=size, device=device)
+    def model_info() -> dict[str, Any]:  # called on every rank at each checkpoint
+        mean, std = reward_stats(model, stats_pairs, pad, batch_size=size, device=device, ranks=ranks)
         return run.model_info() | {"reward_mean": mean, "reward_std": std}
 
     with run.autocast():  # every forward pass below runs in the job's precision
@@ -99,7 +107,7 @@ def train_reward_model(
 
             # 5. Gradients of the step's pairs, the mean over them whatever the micro-batching.
             stats = accumulate_gradients(model, run.train, order.step_indices(step), train_margins, pad, hp, layout,
-                                         backward=loop.backward)  # fmt: skip
+                                         backward=loop.backward, ranks=ranks)  # fmt: skip
 
             # 6. Update: clip, refuse non-finite values, step the optimiser and the schedule.
             metrics = loop.update(stats, TRAIN_METRICS)
@@ -108,7 +116,7 @@ def train_reward_model(
             #    checkpoints and at the end, reported with the train metrics of its step.
             evaluated = bool(run.eval) and loop.eval_due()
             if evaluated:
-                metrics |= evaluate(model, run.eval, eval_margins, pad, hp, size, layout)
+                metrics |= evaluate(model, run.eval, eval_margins, pad, hp, size, layout, ranks)
             loop.log(metrics, evaluated=evaluated)
 
             # 8. Checkpoint every `checkpoint_every` steps and at the end, with the reward statistics.
@@ -128,11 +136,15 @@ def accumulate_gradients(
     layout: dict | None = None,
     *,
     backward: Callable[[Tensor], None] = Tensor.backward,
+    ranks: Ranks | None = None,
 ) -> Tensor:
     """Backward the Bradley–Terry loss of one optimizer step in `gradient_accumulation_steps` parts.
 
     A part's summed loss is divided by the step's pair count: the accumulated gradient is the one
-    of the mean loss over the step's pairs, however they are split.
+    of the mean loss over the step's pairs, however they are split. On several ranks each takes
+    its share of every part (`Ranks.batch_share`) and still divides by the whole step's count, so
+    the ranks' gradients add up to one process's; the statistics are summed over ranks before the
+    reward std (not a mean, so not a sum of shares) is taken from them.
 
     Args:
         model: the reward model being trained; gradients accumulate into its parameters.
@@ -142,18 +154,25 @@ def accumulate_gradients(
         pad_token_id: padding id.
         hp: supplies the centring coefficient and the number of parts.
         layout: `collate_pairs`' keyword arguments (length groups, shared prompts).
-        backward: runs a loss's backward pass (`TrainingLoop.backward`, which scales it under fp16).
+        backward: runs a loss's backward pass (`TrainingLoop.backward`, which scales it under fp16,
+            and by the world size on several ranks).
+        ranks: the job's processes (default: one).
 
     Returns:
-        (5,) the step's values in `TRAIN_METRICS` order (`summarize`), on the device.
+        (5,) the step's values in `TRAIN_METRICS` order (`summarize`), on the device; on several
+        ranks, 1/world_size of them on every rank (`TrainingLoop.update` sums them over ranks).
     """
+    ranks = ranks or Ranks()
     sums = torch.zeros(len(PAIR_STATS), device=margins.device)  # (S,) per-pair statistics, summed
     for micro in split_micro_batches(indices, hp.gradient_accumulation_steps):
-        batch = collate_pairs([pairs[i] for i in micro], pad_token_id, **(layout or {})).to(margins.device)
-        losses, stats = pair_losses_and_stats(model, batch, margins[micro], hp)  # (b,), (S, b)
-        backward(losses.sum() / len(indices))
-        sums += stats.sum(dim=1)
-    return summarize(sums, len(indices))
+        mine, weight = ranks.batch_share(micro)
+        batch = collate_pairs([pairs[i] for i in mine], pad_token_id, **(layout or {})).to(margins.device)
+        losses, stats = pair_losses_and_stats(model, batch, margins[mine], hp)  # (b,), (S, b)
+        backward(weight * losses.sum() / len(indices))
+        sums += weight * stats.sum(dim=1)
+    if not ranks.distributed:
+        return summarize(sums, len(indices))
+    return summarize(ranks.sum(sums), len(indices)) / ranks.world_size
 
 
 def pair_losses_and_stats(
@@ -223,8 +242,9 @@ def evaluate(
     hp: RewardModelHyperparameters,
     batch_size: int,
     layout: dict | None = None,
+    ranks: Ranks | None = None,
 ) -> dict[str, float]:
-    """Bradley–Terry statistics over evaluation pairs, as ``eval/<name>`` metrics.
+    """Bradley–Terry statistics over evaluation pairs, as ``eval/<name>`` metrics (each rank scores its share).
 
     Args:
         model: the reward model (put in eval mode for the duration).
@@ -232,21 +252,26 @@ def evaluate(
         margins: (N,) their margins, on the model's device.
         pad_token_id: padding id.
         hp: supplies the centring coefficient.
-        batch_size: pairs per forward.
+        batch_size: pairs per forward (per rank).
         layout: `collate_pairs`' keyword arguments (length groups, shared prompts).
+        ranks: the job's processes (default: one).
 
     Returns:
-        ``{"eval/loss", "eval/accuracy", "eval/margin", "eval/reward_mean", "eval/reward_std"}``.
+        ``{"eval/loss", "eval/accuracy", "eval/margin", "eval/reward_mean", "eval/reward_std"}``, over
+        all the pairs on every rank.
     """
+    ranks = ranks or Ranks()
     was_training = model.training
     model.eval()
+    size = batch_size * ranks.world_size
     sums = torch.zeros(len(PAIR_STATS), device=margins.device)  # (S,)
-    for start in range(0, len(pairs), batch_size):
-        batch = collate_pairs(pairs[start : start + batch_size], pad_token_id, **(layout or {})).to(margins.device)
-        _, stats = pair_losses_and_stats(model, batch, margins[start : start + batch_size], hp)  # (S, b)
-        sums += stats.sum(dim=1)
+    for start in range(0, len(pairs), size):
+        indices, weight = ranks.batch_share(range(start, min(start + size, len(pairs))))
+        batch = collate_pairs([pairs[i] for i in indices], pad_token_id, **(layout or {})).to(margins.device)
+        _, stats = pair_losses_and_stats(model, batch, margins[indices], hp)  # (S, b)
+        sums += weight * stats.sum(dim=1)
     model.train(was_training)
-    return dict(zip(EVAL_METRICS, summarize(sums, len(pairs)).tolist(), strict=True))
+    return dict(zip(EVAL_METRICS, summarize(ranks.sum(sums), len(pairs)).tolist(), strict=True))
 
 
 def pair_margins(rows: Sequence[dict[str, Any]], split: str) -> Tensor:

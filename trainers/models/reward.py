@@ -4,17 +4,22 @@ The score head maps every position's final hidden state to a scalar; a sequence'
 score at its last attended position (for preference rows: the EOS after the response). The index
 comes from the attention mask, never from the pad token id, so a pad id that also occurs in the
 text (or any padding width) cannot move it.
+
+A model spread over a job's ranks (`trainers.distributed.sharding`) reads its rewards the same way:
+the backbone and the head run inside one forward of the model's root FSDP unit (`as_root_forward`),
+and `reward_stats` scores each rank's share of the pairs and combines the ranks' sums.
 """
 
 from __future__ import annotations
 
 import copy
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
+from torch.distributed.fsdp import register_fsdp_forward_method
 from transformers import (
     AutoModelForSequenceClassification,
     AutoTokenizer,
@@ -24,6 +29,8 @@ from transformers import (
 
 from trainers.data.batching import bucket_overhead_tokens, map_buckets
 from trainers.data.preference import SharedPromptRows, TokenizedPair, collate_pairs
+from trainers.distributed.ranks import Ranks
+from trainers.distributed.sharding import is_parallel
 from trainers.models.loading import (
     BUILTIN_PREFIX,
     attention_mask_for,
@@ -36,6 +43,8 @@ from trainers.models.lora import base_of, is_adapter_dir, load_merged
 from trainers.spec.errors import ModelNotFoundError, UserError
 
 SCORE_HEAD_SEED = 1  # seed of the private generator that initialises a fresh score head
+# The name under which `as_root_forward` briefly registers a computation as a forward of the root FSDP unit.
+ROOT_FORWARD_METHOD = "rlhf_reward_forward"
 
 
 def load_reward_model(
@@ -112,7 +121,7 @@ def rewards(
         hidden = hidden.gather(1, last[:, None, None].expand(-1, 1, hidden.shape[-1])).squeeze(1)  # (n, H)
         return head(hidden).squeeze(-1).float()  # (n,) the head only where it is read
 
-    return map_buckets(scores_at_last_token, buckets, input_ids, attention_mask)
+    return as_root_forward(model, map_buckets, scores_at_last_token, buckets, input_ids, attention_mask)
 
 
 def shared_prompt_rewards(model: nn.Module, groups: Sequence[SharedPromptRows], num_rows: int) -> Tensor:
@@ -131,15 +140,48 @@ def shared_prompt_rewards(model: nn.Module, groups: Sequence[SharedPromptRows], 
         (2B,) float32 rewards, chosen rows first, differentiable.
     """
     backbone, head = backbone_and_head(model)
-    out = None
-    for group in groups:
-        mask = attention_mask_for(model, group.attention_mask)
-        hidden = backbone(input_ids=group.input_ids, attention_mask=mask, position_ids=group.position_ids,
-                          use_cache=False).last_hidden_state  # (b, W, H)  # fmt: skip
-        scores = head(hidden.reshape(-1, hidden.shape[-1])[group.ends]).squeeze(-1).float()  # (2b,)
-        part = torch.zeros(num_rows, dtype=scores.dtype, device=scores.device).index_add(0, group.end_rows, scores)
-        out = part if out is None else out + part
-    return out
+
+    def scores_of_groups() -> Tensor:
+        out = None
+        for group in groups:
+            mask = attention_mask_for(model, group.attention_mask)
+            hidden = backbone(input_ids=group.input_ids, attention_mask=mask, position_ids=group.position_ids,
+                              use_cache=False).last_hidden_state  # (b, W, H)  # fmt: skip
+            scores = head(hidden.reshape(-1, hidden.shape[-1])[group.ends]).squeeze(-1).float()  # (2b,)
+            part = torch.zeros(num_rows, dtype=scores.dtype, device=scores.device).index_add(0, group.end_rows, scores)
+            out = part if out is None else out + part
+        return out
+
+    return as_root_forward(model, scores_of_groups)
+
+
+def as_root_forward(model: nn.Module, compute: Callable[..., Tensor], *args: object) -> Tensor:
+    """``compute(*args)``, run as a forward of the transformers model under `model`'s adapters.
+
+    A model spread over ranks gathers the parameters of its root FSDP unit (embeddings, final
+    norm, score head) only in hooks around that unit's forward (and, for the backward, on that
+    forward's output): the backbone and the head called one after the other, outside the model's
+    own ``forward``, would meet sharded parameters. `compute` is therefore registered as a forward
+    method of the root for the call (`register_fsdp_forward_method`). On one process it is just
+    called.
+
+    Args:
+        model: a reward model, possibly wrapped by peft, possibly spread over ranks.
+        compute: reads rewards through `backbone_and_head`.
+        args: its arguments.
+
+    Returns:
+        What `compute` returns.
+    """
+    if not is_parallel(model):
+        return compute(*args)
+    inner = base_of(model)
+    setattr(inner, ROOT_FORWARD_METHOD, compute)
+    try:
+        register_fsdp_forward_method(inner, ROOT_FORWARD_METHOD)
+        return getattr(inner, ROOT_FORWARD_METHOD)(*args)
+    finally:
+        delattr(inner, ROOT_FORWARD_METHOD)
 
 
 def shares_prompts(model: nn.Module, pairs: Sequence[TokenizedPair]) -> bool:
@@ -187,34 +229,51 @@ def stats_sample(num_pairs: int, size: int, seed: int) -> list[int]:
 
 @torch.no_grad()
 def reward_stats(
-    model: nn.Module, pairs: Sequence[TokenizedPair], pad_token_id: int, *, batch_size: int, device: torch.device
+    model: nn.Module,
+    pairs: Sequence[TokenizedPair],
+    pad_token_id: int,
+    *,
+    batch_size: int,
+    device: torch.device,
+    ranks: Ranks | None = None,
 ) -> tuple[float, float]:
     """Mean and standard deviation of the rewards of both responses of every pair, in eval mode.
 
-    ``mean = (1/2n)·Σ (r_c + r_r)``, ``std = sqrt((1/2n)·Σ (r_c² + r_r²) − mean²)`` (population
-    std over the 2n rewards). PPO and GRPO normalise this model's rewards with them.
+    ``mean = (1/2n)·Σ (r_c + r_r)``, ``std = sqrt((1/2n)·Σ (r − mean)²)`` over the 2n rewards
+    (population std). PPO and GRPO normalise this model's rewards with them. On several ranks each
+    scores its share of every batch of ``batch_size · world_size`` pairs, in one forward (the
+    same number of forwards on every rank), and both sums are taken over ranks: every rank gets
+    the statistics of all the pairs.
 
     Args:
         model: the reward model (restored to its previous train/eval mode afterwards).
         pairs: the tokenised pairs to score.
         pad_token_id: padding id.
-        batch_size: pairs per forward.
+        batch_size: pairs per forward (per rank).
         device: where the model is.
+        ranks: the job's processes (default: one).
 
     Returns:
         ``(mean, std)`` as Python floats.
     """
+    ranks = ranks or Ranks()
     was_training = model.training
     model.eval()
-    overhead = bucket_overhead_tokens(device.type)
-    scored = []
-    for start in range(0, len(pairs), batch_size):
-        batch = collate_pairs(pairs[start : start + batch_size], pad_token_id, bucket_overhead_tokens=overhead)
-        batch = batch.to(device)
-        scored.append(rewards(model, batch.input_ids, batch.attention_mask, batch.buckets))  # (2b,)
+    overhead = None if ranks.distributed else bucket_overhead_tokens(device.type)
+    size = batch_size * ranks.world_size
+    scored = [torch.zeros(0, dtype=torch.float64, device=device)]
+    for start in range(0, len(pairs), size):
+        mine, weight = ranks.batch_share(pairs[start : start + size])
+        batch = collate_pairs(mine, pad_token_id, bucket_overhead_tokens=overhead).to(device)
+        r = rewards(model, batch.input_ids, batch.attention_mask, batch.buckets)  # (2b,)
+        if weight:
+            scored.append(r.double())
     model.train(was_training)
-    all_rewards = torch.cat(scored).double()  # (2n,)
-    return all_rewards.mean().item(), all_rewards.std(correction=0).item()
+    mine_rewards = torch.cat(scored)  # (2m,) this rank's share of the 2n rewards
+    count = 2 * len(pairs)
+    mean = ranks.sum(mine_rewards.sum()) / count
+    variance = ranks.sum(((mine_rewards - mean) ** 2).sum()) / count
+    return mean.item(), variance.sqrt().item()
 
 
 def backbone_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module]:
