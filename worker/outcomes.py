@@ -7,6 +7,7 @@ that died, a lease that expired. Whose fault a failure is goes into `error.type`
 record what these functions return and never build an error themselves.
 """
 
+import re
 import sys
 from typing import Any, NamedTuple
 
@@ -16,6 +17,9 @@ from trainers.spec.errors import ModelNotFoundError, NumericalError, UserError
 from trainers.spec.results import RunResult
 
 ERROR_MESSAGE_LIMIT = 2000  # characters of an unforeseen exception's message kept in the job
+# torchrun's summary when a rank fails: the first rank that did, and how (a negative code is a signal).
+TORCHRUN_ROOT_CAUSE = re.compile(r"Root Cause \(first observed failure\):.*?rank\s*:\s*(\d+).*?"
+                                 r"exitcode\s*:\s*(-?\d+)\s*\(pid: \d+\)[ \t]*(\(\w+\))?", re.DOTALL)
 
 
 class Outcome(NamedTuple):
@@ -78,7 +82,15 @@ def is_out_of_memory(exc: BaseException) -> bool:
 
 
 def exit_message(code: int, stderr_tail: str) -> str:
-    """How a training process that exited with `code` without recording an outcome is reported."""
+    """How a training process that exited with `code` without recording an outcome is reported.
+
+    The last line of its standard error says why; for the ranks of a job of several processes,
+    torchrun's summary ends it instead, and the rank that failed first, with its exit code, does.
+    """
+    if root_cause := TORCHRUN_ROOT_CAUSE.search(stderr_tail):
+        rank, rank_code, signal_name = root_cause.groups()
+        return (f"the training process exited with code {code}: rank {rank} exited with code {rank_code}"
+                + (f" {signal_name}" if signal_name else ""))
     last_line = stderr_tail.strip().splitlines()[-1] if stderr_tail.strip() else ""
     return f"the training process exited with code {code}" + (f": {last_line}" if last_line else "")
 

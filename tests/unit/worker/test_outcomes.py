@@ -67,6 +67,11 @@ def test_a_dead_training_process_is_reported_with_its_last_line():
     assert outcomes.exit_message(-9, "") == "the training process exited with code -9"
     assert outcomes.exit_message(1, "Traceback\n  ...\nSegfault here\n\n") == (
         "the training process exited with code 1: Segfault here")
+    torchrun_summary = ("Root Cause (first observed failure):\n[0]:\n  time      : 2026-11-30_02:51:49\n"
+                        "  host      : node-1\n  rank      : 3 (local_rank: 3)\n  exitcode  : 1 (pid: 77)\n"
+                        "  error_file: <N/A>\n  traceback : To enable traceback see: ...\n" + "=" * 60 + "\n")
+    assert outcomes.exit_message(1, "ValueError: boom\n" + torchrun_summary) == (
+        "the training process exited with code 1: rank 3 exited with code 1")
     assert outcomes.internal_failure("the training process exited with code 1") == (
         JobStatus.failed, "the training process exited with code 1",
         {"type": "internal_error", "message": "the training process exited with code 1"})
