@@ -3,10 +3,10 @@
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
+from tests.unit.trainers.distributed import rank_program
 from trainers.distributed.launch import torchrun_command
 
 PROGRAM = Path(__file__).with_name("rank_program.py")
@@ -30,18 +30,17 @@ def train_in_ranks(job: dict[str, Any], data: dict[str, Any], out: Path, *, proc
                    resume_from: Path | None = None, timeout: float = 300) -> dict[str, Any]:
     """Train and return rank 0's record: ``{"metrics": {step: {...}}, "result": {...}, "events": [...]}``.
 
-    One process runs the program alone (no torchrun); several run under torchrun. A failure
-    raises with the ranks' output.
+    One process runs the program in this process (no torchrun); several run under torchrun. A
+    failure raises with the ranks' output.
     """
-    if processes == 1:
+    if processes == 1:  # in this process: the same program, without paying for the imports again
         out.mkdir(parents=True, exist_ok=True)
         (out / "job.json").write_text(json.dumps(job | {"processes": 1}))
         (out / "data.json").write_text(json.dumps(data))
-        argv = [sys.executable, str(PROGRAM), str(out / "job.json"), str(out / "data.json"), str(out)]
-        argv += [str(resume_from)] if resume_from is not None else []
-        env = os.environ | {"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    else:
-        argv, env = rank_command(job, data, out, processes=processes, resume_from=resume_from)
+        argv = [str(PROGRAM), str(out / "job.json"), str(out / "data.json"), str(out)]
+        rank_program.main(argv + ([str(resume_from)] if resume_from is not None else []))
+        return read_record(out)
+    argv, env = rank_command(job, data, out, processes=processes, resume_from=resume_from)
     done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout)
     if done.returncode != 0:
         raise AssertionError(f"training on {processes} processes failed ({done.returncode}):\n{done.stderr[-6000:]}")
