@@ -3,6 +3,7 @@
 No Docker engine runs in CI, so the file is checked as data.
 """
 
+import re
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,10 @@ from core.cli import main as cli_main
 from core.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[3]
-COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+TEXT = (ROOT / "docker-compose.yml").read_text()
+# As `docker compose` reads it with no variable set: ${NAME:-default} becomes its default.
+COMPOSE = yaml.safe_load(re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", TEXT))
+RAW = yaml.safe_load(TEXT)
 SERVICES = COMPOSE["services"]
 APP_SERVICES = ["migrate", "api", "worker"]
 
@@ -66,6 +70,14 @@ def test_worker_reserves_a_gpu_and_shares_artifacts_with_the_api():
     artifacts = SERVICES["api"]["environment"]["ARTIFACTS_DIR"]
     for name in ("api", "worker"):
         assert any(v.endswith(f":{artifacts}") for v in SERVICES[name]["volumes"]), name
+
+
+def test_the_worker_reserves_as_many_gpus_as_jobs_may_ask_processes():
+    # one variable sets both, so the API never accepts a job the worker's GPUs cannot run
+    reserved = RAW["services"]["worker"]["deploy"]["resources"]["reservations"]["devices"][0]["count"]
+    for name in ("api", "worker"):
+        assert RAW["services"][name]["environment"]["WORKER_DEVICES"] == reserved == "${GPUS_PER_WORKER:-1}"
+    assert Settings(**{k.lower(): v for k, v in SERVICES["api"]["environment"].items()}).worker_devices == 1
 
 
 def test_api_and_worker_keep_checkpoints_in_the_minio_bucket():
