@@ -3,7 +3,8 @@
 One loop (`train_grpo`, in numbered steps), one rollout per pass:
 
 - rollout: `rollout_batch_size` prompts (a function of (seed, rollout)), G = `num_generations`
-  completions each, sampled over the KV cache by a generator seeded with (seed, rollout);
+  completions each, sampled over the KV cache, each completion from a seed of (seed, rollout,
+  prompt, completion);
 - rewards and KL: the job's reward for every completion (`trainers.rl.rewards`); log-probs of the
   rollout policy when the rollout feeds more than one optimizer step, and of the reference;
 - advantages: each completion's reward against its group's, ``Â = (r − mean_G) / (std_G + eps)``
@@ -19,6 +20,11 @@ happen between rollouts (a rollout is never split across a resume). Stops are po
 rollout, after its sampling, between completions while it is graded and after its grading, never
 during its updates: a cancel during a slow sampling or grading phase drops the rollout, nothing of
 which was trained on.
+
+Over several processes (`trainers.rl.shares`): each rank samples and grades its share of the
+rollout's prompts, whole groups, then every rank holds the whole rollout, so advantages and the
+reward statistics are global; each rank runs its share of every micro-batch, its loss divided by the
+step's global normaliser, and the loop all-reduces the gradients.
 """
 
 from __future__ import annotations
@@ -32,22 +38,21 @@ from torch import Tensor, nn
 
 from trainers.data.batching import split_micro_batches
 from trainers.data.prompts import PromptOrder
+from trainers.distributed.ranks import Ranks
 from trainers.ops.advantages import group_advantages
 from trainers.ops.kl import kl_k3
 from trainers.ops.logprobs import selective_log_softmax
 from trainers.ops.policy_losses import aggregate, clipped_policy_loss, entropy_from_logits, loss_normalizer
 from trainers.rl.online import (
     completion_stats,
-    evaluate_policy,
     frozen_logprobs,
     rollout_prompts,
-    sample_rollout,
-    score_rollout,
     select_rows,
 )
 from trainers.rl.response_logprobs import response_logits
 from trainers.rl.rewards import RewardComputer, RewardScores
 from trainers.rl.rollout import Rollout
+from trainers.rl.shares import evaluate_policy, sample_and_score
 from trainers.run_setup import prepare_run
 from trainers.spec.callbacks import Callbacks
 from trainers.spec.config import GRPOHyperparameters, GRPOJob
@@ -117,7 +122,7 @@ def train_grpo(
     #    and RNG (restored when resuming), cadence and checkpoints.
     reference = "during_training" if hp.beta > 0 else None
     run = prepare_run(job, data, callbacks, resume_from=resume_from, reference=reference)
-    policy, tokenizer, micro_size = run.model, run.tokenizer, run.micro_batch_size
+    policy, tokenizer, micro_size, ranks = run.model, run.tokenizer, run.micro_batch_size, run.ranks
     order = PromptOrder(num_rows=len(run.train), rollout_batch_size=hp.rollout_batch_size, seed=job.seed)
     rewarder = RewardComputer.from_job(job, policy_tokenizer=tokenizer, device=run.device, on_event=callbacks.on_event,
                                        batch_size=micro_size, compute=run.compute)  # fmt: skip
@@ -131,24 +136,25 @@ def train_grpo(
             if loop.stop_requested():
                 return loop.stop(metrics)
 
-            # 3. Rollout: G completions for each of the rollout's prompts.
-            rows, generator = rollout_prompts(order, run.train, step=loop.step, steps_per_rollout=steps_per_rollout,
-                                              seed=job.seed, device=run.device)  # fmt: skip
-            prompts = [p.ids for p in rows for _ in range(G)]
-            rollout = sample_rollout(policy, prompts, tokenizer, hp, generator=generator)
-
-            # 4. Rewards and KL: the reward of every completion, unless a stop is requested first (the
-            #    rollout is then dropped); π_old only when the policy will have moved before some
-            #    minibatch is trained on; π_ref for the k3 penalty.
-            items = [p.item for p in rows for _ in range(G)]
-            scores = score_rollout(rewarder, tokenizer, items, rollout, should_stop=loop.stop_requested)
-            if scores is None:
+            # 3-4. Rollout and rewards: G completions for each of the rollout's prompts (each rank
+            #    samples and grades its share of the prompts, then all hold the whole rollout), unless
+            #    a stop is requested first (the rollout is then dropped).
+            number, rows = rollout_prompts(order, run.train, step=loop.step, steps_per_rollout=steps_per_rollout)
+            sampled = sample_and_score(policy, rows, tokenizer, rewarder, hp, seed=job.seed, rollout_number=number,
+                                       group_size=G, ranks=ranks, callbacks=run.callbacks,
+                                       should_stop=loop.stop_requested)  # fmt: skip
+            if sampled is None:
                 return loop.stop(metrics)
+            rollout, scores = sampled
+
+            # 4. KL: π_old only when the policy will have moved before some minibatch is trained on;
+            #    π_ref for the k3 penalty (each rank computes its share of the rows).
             old = ref = None
             if steps_per_rollout > 1:
-                old = frozen_logprobs(policy, rollout, hp.temperature, batch_size=micro_size)  # (B, A)
+                old = frozen_logprobs(policy, rollout, hp.temperature, batch_size=micro_size, ranks=ranks)  # (B, A)
             if run.reference is not None:
-                ref = frozen_logprobs(run.reference, rollout, hp.temperature, batch_size=micro_size, reference=True)
+                ref = frozen_logprobs(run.reference, rollout, hp.temperature, batch_size=micro_size, reference=True,
+                                      ranks=ranks)  # fmt: skip
 
             # 5. Advantages: each completion against the other completions of its prompt.
             advantages, group_std = group_advantages(scores.rewards, G, scale_std=hp.scale_rewards)  # (B,), (B/G,)
@@ -163,14 +169,16 @@ def train_grpo(
             first, last = loop.step, loop.step + len(schedule)  # the steps before and at the rollout's end
             for minibatch in schedule:
                 loop.next_step()
-                stats, names = accumulate_gradients(policy, batch.select(minibatch), hp, backward=loop.backward)  # (S,)
+                stats, names = accumulate_gradients(
+                    policy, batch.select(minibatch), hp, backward=loop.backward, ranks=ranks
+                )  # (S,) fmt: skip
                 metrics = loop.update(stats, names) | rollout_stats
 
                 # 7. Evaluation at the rollout's last step, when one of its steps fell due; metrics
                 #    reported when logging falls due and with every evaluation.
                 evaluated = bool(run.eval) and loop.step == last and loop.eval_due(since=first)
                 if evaluated:
-                    metrics |= evaluate_policy(policy, run.eval, tokenizer, rewarder, hp, seed=job.seed)
+                    metrics |= evaluate_policy(policy, run.eval, tokenizer, rewarder, hp, seed=job.seed, ranks=ranks)
                 loop.log(metrics, evaluated=evaluated)
 
             # 8. Checkpoint after the rollout, when one of its steps fell due.
@@ -186,6 +194,7 @@ def accumulate_gradients(
     hp: GRPOHyperparameters,
     *,
     backward: Callable[[Tensor], None] = Tensor.backward,
+    ranks: Ranks | None = None,
 ) -> tuple[Tensor, list[str]]:
     """Backward the GRPO loss of one optimizer step, micro-batch by micro-batch.
 
@@ -193,16 +202,21 @@ def accumulate_gradients(
     ``ρ = exp(log π − log π_old)``, aggregated as `hp.loss_aggregation` says and divided by the
     normaliser of the whole step (its token count, sequence count, or sequences × constant), so the
     micro-batch losses add up to the step's loss and the accumulated gradient does not depend on
-    `gradient_accumulation_steps`.
+    `gradient_accumulation_steps`. On several ranks each runs its share of every micro-batch
+    (`Ranks.batch_share`) and still divides by the whole step's normaliser: the ranks' gradients
+    and statistics add up to one process's.
 
     Args:
         policy: the model being trained (train mode); gradients accumulate into its parameters.
         batch: the step's completions (one minibatch of a rollout).
         hp: supplies the clip range, β, the aggregation, temperature and micro-batch count.
-        backward: runs a loss's backward pass (`TrainingLoop.backward`, which scales it under fp16).
+        backward: runs a loss's backward pass (`TrainingLoop.backward`, which scales it under fp16,
+            and by the world size on several ranks).
+        ranks: the job's processes (default: one).
 
     Returns:
-        stats: (S,) the step's statistics, on the device: ``train/loss``, ``policy/clipfrac`` (share
+        stats: (S,) the step's statistics, on the device (on several ranks, this rank's share of
+            each, which `TrainingLoop.update` sums): ``train/loss``, ``policy/clipfrac`` (share
             of tokens whose clipped term was chosen), ``policy/approx_kl`` (k3 of the ratio),
             ``policy/entropy`` (mean per token), and with β > 0 ``objective/kl`` (mean over
             completions of the summed k3 against the reference, nats).
@@ -214,10 +228,12 @@ def accumulate_gradients(
         hp.loss_aggregation, num_tokens=num_tokens, num_sequences=mask.shape[0],
         max_tokens=hp.max_completion_tokens_constant or hp.max_new_tokens,
     )  # fmt: skip
+    ranks = ranks or Ranks()
     with_kl = batch.ref_logprobs is not None
     sums = torch.zeros(5 if with_kl else 4, device=mask.device)  # (S,)
     for rows in split_micro_batches(list(range(mask.shape[0])), hp.gradient_accumulation_steps):
-        micro = batch.select(rows)
+        mine, weight = ranks.batch_share(rows)
+        micro = batch.select(mine)
         m = micro.rollout.response_mask  # (b, a)
         logits = response_logits(policy, micro.rollout, hp.temperature)  # (b, a, V)
         logp = selective_log_softmax(logits, micro.rollout.response_ids) * m  # (b, a)
@@ -235,8 +251,8 @@ def accumulate_gradients(
             kl = kl_k3(logp, micro.ref_logprobs) * m  # (b, a)
             loss = loss + hp.beta * aggregate(kl, m, hp.loss_aggregation, normalizer=normalizer)
             micro_stats.append(kl.detach().sum())
-        backward(loss)
-        sums += torch.stack([loss.detach(), *micro_stats])
+        backward(weight * loss)
+        sums += weight * torch.stack([loss.detach(), *micro_stats])
     one, sequences = num_tokens.new_tensor(1.0), num_tokens.new_tensor(float(mask.shape[0]))
     counts = torch.stack([one, num_tokens, num_tokens, num_tokens, sequences])[: len(sums)]  # (S,)
     names = ["train/loss", "policy/clipfrac", "policy/approx_kl", "policy/entropy", "objective/kl"]

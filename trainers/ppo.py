@@ -6,8 +6,8 @@ https://arxiv.org/abs/2203.02155), with TRL's and OpenRLHF's choices where the p
 One loop (`train_ppo`, in numbered steps), one rollout per pass:
 
 - rollout: `rollout_batch_size` prompts (a function of (seed, rollout)), one completion each,
-  sampled over the KV cache at the job's temperature and top-p by a generator seeded with
-  (seed, rollout);
+  sampled over the KV cache at the job's temperature and top-p, each from a seed of (seed,
+  rollout, prompt);
 - rewards and KL: each completion's score (`trainers.rl.rewards`: reward models and graders, the
   missing-EOS penalty), clipped to ±`reward_clip` when set; log π_old recomputed by the policy
   in a full forward (as TRL, so the first minibatch's ratio is exactly 1), log π_ref and the
@@ -31,6 +31,13 @@ are polled before each rollout, after its sampling, between completions while it
 after its grading, never during its updates, so a cancel during a slow sampling or grading phase
 drops the rollout, nothing of which was trained on. The critic, its optimizer and the KL coefficient
 are saved beside the policy.
+
+Over several processes (DPPO, `trainers.rl.shares`): each rank samples and grades its share of the
+rollout's prompts, then every rank holds the whole rollout, so the whitening statistics and the KL
+the adaptive controller sees are those of the whole rollout; π_old, π_ref and V_old are computed
+share by share; each rank runs its share of every micro-batch of every minibatch, its loss divided by
+the minibatch's global token count, and the loop all-reduces the gradients of policy and critic
+(spread over the ranks as the policy is).
 Shapes: B completions, P prompt tokens, A response tokens, V vocabulary.
 """
 
@@ -48,6 +55,7 @@ from torch import Tensor, nn
 
 from trainers.data.batching import split_micro_batches
 from trainers.data.prompts import PromptOrder
+from trainers.distributed.ranks import Ranks
 from trainers.loop import AuxiliaryModel
 from trainers.models.loading import disable_dropout, load_policy
 from trainers.models.value import (
@@ -70,18 +78,17 @@ from trainers.ops.policy_losses import (
 )
 from trainers.rl.online import (
     completion_stats,
-    evaluate_policy,
     forward_groups,
     frozen_logprobs,
     rollout_prompts,
-    sample_rollout,
-    score_rollout,
+    sampling_generator,
     select_rows,
 )
 from trainers.rl.ptx import PtxData, backward_ptx_loss
 from trainers.rl.response_logprobs import response_logits
 from trainers.rl.rewards import RewardComputer, RewardScores
 from trainers.rl.rollout import Rollout
+from trainers.rl.shares import evaluate_policy, sample_and_score
 from trainers.run_setup import announce_model, prepare_run
 from trainers.spec.callbacks import Callbacks
 from trainers.spec.config import PPOHyperparameters, PPOJob
@@ -157,7 +164,7 @@ def train_ppo(
     #    or the checkpoint's); the text of the ptx loss; the KL coefficient; optimisers (the
     #    critic's beside the policy's), step and RNG, restored when resuming.
     run = prepare_run(job, data, callbacks, resume_from=resume_from, reference="during_training", announce=False)
-    policy, reference, tokenizer, device = run.model, run.reference, run.tokenizer, run.device
+    policy, reference, tokenizer, device, ranks = run.model, run.reference, run.tokenizer, run.device, run.ranks
     # Train mode only for dropout, and for gradient checkpointing, which applies in train mode only
     # (dropout is off either way when disabled); frozen passes switch to eval.
     train_mode = not hp.disable_dropout or run.compute.gradient_checkpointing
@@ -177,6 +184,7 @@ def train_ppo(
     critic = run.compute.prepare_trained(trainable_critic(initial, job.lora, resume_dir=critic_dir)).to(device)
     if hp.disable_dropout:
         disable_dropout(critic)
+    critic = run.parallelize(critic)  # before the loop's optimizer takes its parameters
     critic.train(train_mode)
     announce_model(callbacks, f"{job.base_model} and its critic", [policy, critic], device, run.compute)
     order = PromptOrder(num_rows=len(run.train), rollout_batch_size=hp.rollout_batch_size, seed=job.seed)
@@ -204,22 +212,25 @@ def train_ppo(
             if loop.stop_requested():
                 return loop.stop(metrics)
 
-            # 3. Rollout: one completion for each of the rollout's prompts.
-            rows, generator = rollout_prompts(order, run.train, step=loop.step, steps_per_rollout=steps_per_rollout,
-                                              seed=job.seed, device=device)  # fmt: skip
-            rollout = sample_rollout(policy, [p.ids for p in rows], tokenizer, hp, generator=generator)
-            mask = rollout.response_mask  # (B, A)
+            # 3. Rollout: one completion for each of the rollout's prompts (each rank samples its share,
+            #    then all hold the whole rollout).
+            number, rows = rollout_prompts(order, run.train, step=loop.step, steps_per_rollout=steps_per_rollout)
+            sampled = sample_and_score(policy, rows, tokenizer, rewarder, hp, seed=job.seed, rollout_number=number,
+                                       group_size=1, ranks=ranks, callbacks=run.callbacks,
+                                       should_stop=loop.stop_requested)  # fmt: skip
 
             # 4. Rewards and KL: the score at the last token, unless a stop is requested first (the
             #    rollout is then dropped); a KL penalty on every token.
-            items = [p.item for p in rows]
-            scores = score_rollout(rewarder, tokenizer, items, rollout, should_stop=loop.stop_requested)
-            if scores is None:
+            if sampled is None:
                 return loop.stop(metrics)
+            rollout, scores = sampled
+            mask = rollout.response_mask  # (B, A)
             score = scores.rewards if hp.reward_clip is None else scores.rewards.clamp(-hp.reward_clip, hp.reward_clip)
-            old_logprobs = frozen_logprobs(policy, rollout, hp.temperature, batch_size=micro_size)  # (B, A)
-            ref_logprobs = frozen_logprobs(reference, rollout, hp.temperature, batch_size=micro_size, reference=True)
-            old_values = rollout_values(critic.eval(), rollout, batch_size=micro_size)  # (B, A) no dropout, as π_old
+            old_logprobs = frozen_logprobs(policy, rollout, hp.temperature, batch_size=micro_size, ranks=ranks)
+            ref_logprobs = frozen_logprobs(
+                reference, rollout, hp.temperature, batch_size=micro_size, reference=True, ranks=ranks
+            )  # (B, A) fmt: skip
+            old_values = rollout_values(critic.eval(), rollout, batch_size=micro_size, ranks=ranks)  # (B, A) as π_old
             critic.train(train_mode)
             beta = kl_controller.value
             rewards, kl = kl_penalized_rewards(score, old_logprobs, ref_logprobs, mask, beta)  # (B, A) each
@@ -234,21 +245,22 @@ def train_ppo(
             # 6. Clipped updates: `ppo_epochs` passes over shuffled minibatches, one optimizer step each
             #    (fewer when the run ends first); PPO-ptx adds the language-modelling loss to each step's
             #    gradients and loss.
-            schedule = []
-            for _ in range(hp.ppo_epochs):  # the rollout's generator, after sampling, draws the order
+            schedule, generator = [], sampling_generator(job.seed, number, device)  # the same order on every rank
+            for _ in range(hp.ppo_epochs):
                 permutation = torch.randperm(len(rows), generator=generator, device=generator.device).tolist()
                 schedule += [permutation[i : i + hp.batch_size] for i in range(0, len(rows), hp.batch_size)]
             schedule = schedule[: loop.total_steps - loop.step]
             first, last = loop.step, loop.step + len(schedule)  # the steps before and at the rollout's end
             for minibatch in schedule:
                 step = loop.next_step()
-                stats = accumulate_gradients(policy, critic, batch.select(minibatch), hp, backward=loop.backward)
+                stats = accumulate_gradients(policy, critic, batch.select(minibatch), hp, backward=loop.backward,
+                                             ranks=ranks)  # fmt: skip
                 names = STEP_METRICS  # of the (S,) stats
                 if ptx is not None:
                     ptx_loss = backward_ptx_loss(policy, ptx.step_rows(step), coef=hp.ptx_coef,
                                                  pad_token_id=ptx.pad_token_id,
                                                  gradient_accumulation_steps=hp.gradient_accumulation_steps,
-                                                 backward=loop.backward)  # fmt: skip
+                                                 backward=loop.backward, ranks=ranks)  # fmt: skip
                     stats = torch.cat([stats[:1] + hp.ptx_coef * ptx_loss, stats[1:], ptx_loss.reshape(1)])  # (S+1,)
                     names = (*STEP_METRICS, "ptx/loss")
                 metrics = loop.update(stats, names) | rollout_stats
@@ -257,7 +269,7 @@ def train_ppo(
                 #    reported when logging falls due and with every evaluation.
                 evaluated = bool(run.eval) and loop.step == last and loop.eval_due(since=first)
                 if evaluated:
-                    metrics |= evaluate_policy(policy, run.eval, tokenizer, rewarder, hp, seed=job.seed)
+                    metrics |= evaluate_policy(policy, run.eval, tokenizer, rewarder, hp, seed=job.seed, ranks=ranks)
                 loop.log(metrics, evaluated=evaluated)
 
             # 8. The KL controller sees the rollout's KL (its coefficient is saved with the checkpoint);
@@ -276,6 +288,7 @@ def accumulate_gradients(
     hp: PPOHyperparameters,
     *,
     backward: Callable[[Tensor], None] = Tensor.backward,
+    ranks: Ranks | None = None,
 ) -> Tensor:
     """Backward the PPO loss of one optimizer step (one minibatch), micro-batch by micro-batch.
 
@@ -284,17 +297,21 @@ def accumulate_gradients(
     − entropy_coef·H(π)``, summed over the step's response tokens and divided by their number
     (`trainers.ops.policy_losses`, "token" aggregation), so the micro-batch losses add up to the step's
     loss and the accumulated gradients of policy and critic do not depend on
-    `gradient_accumulation_steps`.
+    `gradient_accumulation_steps`. On several ranks each runs its share of every pass
+    (`Ranks.batch_share`), still divided by the step's global token count.
 
     Args:
         policy: the policy being trained; gradients accumulate into its parameters.
         critic: the critic being trained; gradients accumulate into its parameters.
         batch: the step's completions (one minibatch of a rollout).
         hp: supplies the clip ranges, coefficients, temperature and micro-batch count.
-        backward: runs a loss's backward pass (`TrainingLoop.backward`, which scales it under fp16).
+        backward: runs a loss's backward pass (`TrainingLoop.backward`, which scales it under fp16,
+            and by the world size on several ranks).
+        ranks: the job's processes (default: one).
 
     Returns:
-        (S,) the step's statistics in `STEP_METRICS` order, on the device: the loss, the policy
+        (S,) the step's statistics in `STEP_METRICS` order, on the device (on several ranks, this
+        rank's share of each, which `TrainingLoop.update` sums): the loss, the policy
         loss, the share of tokens whose clipped term was chosen, the k3 estimate of KL(π_old ‖ π),
         the mean entropy per token, the value loss and the share of tokens whose clipped value
         error was the larger; per-token means over the whole step.
@@ -304,8 +321,10 @@ def accumulate_gradients(
     normalizer = loss_normalizer("token", num_tokens=num_tokens, num_sequences=mask.shape[0])
     sums = torch.zeros(len(STEP_METRICS), device=mask.device)  # (S,)
     micro_batches = split_micro_batches(list(range(mask.shape[0])), hp.gradient_accumulation_steps)
+    ranks = ranks or Ranks()
     for rows in [part for micro in micro_batches for part in forward_groups(batch.rollout, micro, len(micro))]:
-        micro = batch.select(rows)
+        mine, weight = ranks.batch_share(rows)  # every rank holds the whole minibatch: the same passes on each
+        micro = batch.select(mine)
         m = micro.rollout.response_mask  # (b, a)
         logits = response_logits(policy, micro.rollout, hp.temperature)  # (b, a, V)
         logp = selective_log_softmax(logits, micro.rollout.response_ids) * m  # (b, a)
@@ -320,9 +339,9 @@ def accumulate_gradients(
         entropy = entropy_from_logits(logits if hp.entropy_coef > 0 else logits.detach())  # (b, a)
         entropy_loss = aggregate(entropy, m, "token", normalizer=normalizer)
         loss = policy_loss.loss + hp.vf_coef * value_loss.loss - hp.entropy_coef * entropy_loss
-        backward(loss)
+        backward(weight * loss)
         share = m.sum() / num_tokens  # the micro-batch's share of the step's tokens
-        sums += torch.stack([
+        sums += weight * torch.stack([
             loss.detach(), policy_loss.loss.detach(), policy_loss.clip_frac * share, policy_loss.approx_kl * share,
             entropy_loss.detach(), value_loss.loss.detach(), value_loss.clip_frac * share,
         ])  # fmt: skip

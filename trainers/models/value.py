@@ -28,7 +28,9 @@ from peft import PeftModel
 from torch import Tensor, nn
 from transformers import AutoModelForSequenceClassification, PreTrainedModel, PreTrainedTokenizerBase
 
-from trainers.models.lora import apply_lora
+from trainers.distributed.ranks import Ranks
+from trainers.distributed.sharding import is_parallel
+from trainers.models.lora import apply_lora, base_of
 from trainers.models.reward import backbone_and_head, load_reward_model
 from trainers.rl.online import map_forward_groups
 from trainers.rl.rollout import Rollout
@@ -177,10 +179,23 @@ def token_values(
         (B, T − first) float32 values, differentiable w.r.t. the critic's parameters.
     """
     backbone, head = backbone_and_head(critic)
-    hidden = backbone(
-        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
-    ).last_hidden_state  # (B, T, H)
-    return head(hidden[:, first:]).squeeze(-1).float()  # (B, T - first)
+
+    def values() -> Tensor:
+        hidden = backbone(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+        ).last_hidden_state  # (B, T, H)
+        return head(hidden[:, first:]).squeeze(-1).float()  # (B, T - first)
+
+    if not is_parallel(critic):
+        return values()
+    # FSDP gathers the model's own parameters (embeddings, head) in hooks around a call of the
+    # model; a call of its backbone alone would skip them. Call the model, with `values` as its forward.
+    root = base_of(critic)
+    root.forward = lambda: values()
+    try:
+        return root()
+    finally:
+        del root.forward
 
 
 def response_values(critic: nn.Module, rollout: Rollout) -> Tensor:
@@ -204,15 +219,16 @@ def response_values(critic: nn.Module, rollout: Rollout) -> Tensor:
 
 
 @torch.no_grad()
-def rollout_values(critic: nn.Module, rollout: Rollout, *, batch_size: int) -> Tensor:
+def rollout_values(critic: nn.Module, rollout: Rollout, *, batch_size: int, ranks: Ranks | None = None) -> Tensor:
     """`response_values` without gradients, in passes of at most `batch_size` rows: the rollout's V_old.
 
     Args:
         critic: the critic (run in whatever mode it is in; PPO keeps it in eval mode).
         rollout: B sampled responses.
         batch_size: rows per forward.
+        ranks: the job's processes, which share the passes (`map_forward_groups`; default: one).
 
     Returns:
         (B, A) float32 values, 0 on padding.
     """
-    return map_forward_groups(lambda part: response_values(critic, part), rollout, batch_size)  # (B, A)
+    return map_forward_groups(lambda part: response_values(critic, part), rollout, batch_size, ranks)  # (B, A)

@@ -1,9 +1,12 @@
-"""Plumbing that PPO and GRPO share: seeded rollouts, their rewards, gradient-free passes, row slices, evaluation.
+"""Plumbing that PPO and GRPO share: seeded rollouts, their rewards, gradient-free passes, row slices.
 
-- **Sampling is a function of (seed, rollout).** Rollout i draws its tokens from a generator seeded
-  with `sampling_seed(seed, i)`, so a resumed run samples exactly what the uninterrupted run would
-  have, with no generator state to carry in a checkpoint (the prompts are a function of the same
-  pair, `trainers.data.prompts.PromptOrder`).
+- **Sampling is a function of (seed, rollout, prompt, completion).** Completion g of the prompt at
+  position p of rollout i draws its tokens from uniforms seeded with `completion_seed(seed, i, p, g)`
+  (`trainers.rl.rollout.row_uniforms`), so a resumed run samples exactly what the uninterrupted run
+  would have, with no generator state to carry in a checkpoint (the prompts are a function of
+  (seed, rollout), `trainers.data.prompts.PromptOrder`), and a rank that samples some of a
+  rollout's prompts draws exactly what one process draws for them. PPO's minibatch order comes
+  from `sampling_generator` (seed, rollout), the same on every rank.
 - **The reference policy** π_ref is the job's base model (`trainers.run_setup.reference_policy`):
   for LoRA, the policy with its adapters disabled (`frozen_logprobs` with ``reference=True``).
 - **Gradient-free passes** (old policy, reference) run in eval mode, in groups of rows that pad
@@ -15,6 +18,7 @@ Shapes: B sequences, P prompt tokens, A response tokens.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 from collections.abc import Callable, Sequence
 
 import torch
@@ -24,6 +28,7 @@ from transformers import PreTrainedTokenizerBase
 
 from trainers.data.batching import bucket_overhead_tokens, length_buckets
 from trainers.data.prompts import PromptOrder, TokenizedPrompt
+from trainers.distributed.ranks import Ranks
 from trainers.rl.response_logprobs import response_logprobs
 from trainers.rl.rewards import RewardComputer, RewardScores, decode_completions
 from trainers.rl.rollout import Rollout, generate
@@ -33,7 +38,7 @@ EVAL_ROLLOUT = 0  # the sampling stream of evaluations; training rollouts count 
 
 
 def sampling_seed(seed: int, rollout: int) -> int:
-    """Seed of the generator that samples rollout `rollout` of a job seeded with `seed`.
+    """Seed of the generator that draws rollout `rollout`'s minibatch order in a job seeded with `seed`.
 
     ``(2·seed + 1)·2²⁰ + rollout``: distinct for every (seed, rollout < 2²⁰) pair, and never equal to
     a seed of `trainers.data.batching.BatchOrder` (``seed·2²⁰ + epoch``) of the same job.
@@ -46,6 +51,30 @@ def sampling_seed(seed: int, rollout: int) -> int:
         A non-negative integer below 2⁶⁴.
     """
     return (2 * seed + 1) * 2**20 + rollout
+
+
+def completion_seed(seed: int, rollout: int, position: int, index: int) -> int:
+    """Seed of the uniforms that sample completion `index` of the prompt at `position` of a rollout.
+
+    A hash of the four numbers (BLAKE2b, 8 bytes): distinct pairs of completions get unrelated
+    streams, whatever the batch or the rank that samples them.
+
+    Args:
+        seed: the job's seed.
+        rollout: the rollout number (1-based; `EVAL_ROLLOUT` for evaluation).
+        position: the prompt's position in the rollout (or in the evaluation split).
+        index: the completion's index in its prompt's group (0 to G − 1; PPO: 0).
+
+    Returns:
+        A non-negative integer below 2⁶⁴.
+    """
+    digest = hashlib.blake2b(f"{seed}/{rollout}/{position}/{index}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little")
+
+
+def completion_seeds(seed: int, rollout: int, positions: Sequence[int], group_size: int) -> list[int]:
+    """`completion_seed` of every completion of the prompts at `positions`, G consecutive per prompt."""
+    return [completion_seed(seed, rollout, p, g) for p in positions for g in range(group_size)]
 
 
 def stop_token_ids(model: nn.Module, tokenizer: PreTrainedTokenizerBase) -> list[int]:
@@ -66,7 +95,7 @@ def stop_token_ids(model: nn.Module, tokenizer: PreTrainedTokenizerBase) -> list
 
 
 def sampling_generator(seed: int, rollout: int, device: torch.device) -> torch.Generator:
-    """The generator that samples rollout `rollout` of a job seeded with `seed`.
+    """The generator of rollout `rollout` of a job seeded with `seed` (PPO's minibatch order).
 
     Args:
         seed: the job's seed.
@@ -85,28 +114,24 @@ def rollout_prompts(
     *,
     step: int,
     steps_per_rollout: int,
-    seed: int,
-    device: torch.device,
-) -> tuple[list[TokenizedPrompt], torch.Generator]:
-    """The prompts of the rollout that starts after `step`, and the generator that samples it.
+) -> tuple[int, list[TokenizedPrompt]]:
+    """The number and the prompts of the rollout that starts after `step`.
 
     The rollout's number is the rollouts done, rounded up, plus one; its prompts are
-    ``order.rollout_indices(number)`` and its generator `sampling_generator` (seed, number), so a
-    resumed run samples what the uninterrupted run would have.
+    ``order.rollout_indices(number)``, and its completions are seeded by `completion_seeds` of
+    that number, so a resumed run samples what the uninterrupted run would have.
 
     Args:
         order: the run's prompt order.
         prompts: the tokenised training prompts.
         step: optimizer steps done.
         steps_per_rollout: optimizer steps each rollout feeds.
-        seed: the job's seed.
-        device: where the policy samples.
 
     Returns:
-        The rollout's prompts and its sampling generator.
+        The rollout's number and its prompts.
     """
     number = -(-step // steps_per_rollout) + 1
-    return [prompts[i] for i in order.rollout_indices(number)], sampling_generator(seed, number, device)
+    return number, [prompts[i] for i in order.rollout_indices(number)]
 
 
 def sample_rollout(
@@ -115,7 +140,8 @@ def sample_rollout(
     tokenizer: PreTrainedTokenizerBase,
     hp: RLHyperparameters,
     *,
-    generator: torch.Generator,
+    row_seeds: Sequence[int],
+    ranks: Ranks | None = None,
 ) -> Rollout:
     """Sample one completion per prompt with the job's sampling settings, in eval mode.
 
@@ -124,7 +150,8 @@ def sample_rollout(
         prompt_ids: B prompts as token ids (GRPO repeats each prompt G times).
         tokenizer: supplies the pad and EOS ids.
         hp: supplies `max_new_tokens`, `temperature` and `top_p`.
-        generator: the only source of randomness (`sampling_generator`), on the policy's device.
+        row_seeds: each completion's seed (`completion_seeds`), its only source of randomness.
+        ranks: the job's processes; every rank calls this together (default: one).
 
     Returns:
         The rollout, on the policy's device.
@@ -134,7 +161,8 @@ def sample_rollout(
     try:
         return generate(
             policy, prompt_ids, pad_token_id=tokenizer.pad_token_id, eos_token_id=stop_token_ids(policy, tokenizer),
-            max_new_tokens=hp.max_new_tokens, temperature=hp.temperature, top_p=hp.top_p, generator=generator,
+            max_new_tokens=hp.max_new_tokens, temperature=hp.temperature, top_p=hp.top_p, row_seeds=row_seeds,
+            ranks=ranks,
         )  # fmt: skip
     finally:
         policy.train(was_training)
@@ -147,33 +175,48 @@ def score_rollout(
     rollout: Rollout,
     *,
     should_stop: Callable[[], bool],
+    local_stop: Callable[[], bool] | None = None,
+    ranks: Ranks | None = None,
 ) -> RewardScores | None:
     """The rewards of a rollout's completions, or None when a stop is requested before they are all in.
 
-    `should_stop` is polled before grading (a stop during sampling), between completions while
-    grading, and after it: a stopped rollout has not been trained on, so dropping it splits nothing.
+    `should_stop` is polled before grading (a stop during sampling), `local_stop` between
+    completions while grading, and after it: a stopped rollout has not been trained on, so dropping
+    it splits nothing. On several ranks each grades its own completions, polling rank 0's callbacks
+    without the others (`RankCallbacks.local_stop`), and all then take rank 0's verdict: every rank
+    stops, or none does.
 
     Args:
         rewarder: the job's reward.
         tokenizer: the policy's tokenizer, to decode the completions.
         items: each completion's dataset row (its prompt row).
         rollout: B sampled completions.
-        should_stop: the run's cooperative stop (`TrainingLoop.stop_requested`).
+        should_stop: the run's cooperative stop (`TrainingLoop.stop_requested`; a collective on
+            several ranks).
+        local_stop: the poll while grading, which tells no other rank (default: `should_stop`).
+        ranks: the job's processes (default: one).
 
     Returns:
         The scores, or None when a stop was requested.
     """
+    local_stop = local_stop or should_stop
     if should_stop():
         return None
-    scores = rewarder.score(items, decode_completions(tokenizer, rollout), rollout, should_stop=should_stop)
-    if scores is None or should_stop():
+    scores = rewarder.score(items, decode_completions(tokenizer, rollout), rollout, should_stop=local_stop)
+    if (ranks or Ranks()).broadcast(scores is None or local_stop()):
         return None
     return scores
 
 
 @torch.no_grad()
 def frozen_logprobs(
-    model: nn.Module, rollout: Rollout, temperature: float, *, batch_size: int, reference: bool = False
+    model: nn.Module,
+    rollout: Rollout,
+    temperature: float,
+    *,
+    batch_size: int,
+    reference: bool = False,
+    ranks: Ranks | None = None,
 ) -> Tensor:
     """`response_logprobs` without gradients, in eval mode, `batch_size` rows at a time.
 
@@ -183,6 +226,7 @@ def frozen_logprobs(
         temperature: τ of the rollout.
         batch_size: rows per forward.
         reference: run a peft model with its adapters disabled, as π_ref.
+        ranks: the job's processes, which share the passes (`map_forward_groups`; default: one).
 
     Returns:
         (B, A) float32 log-probs, 0 on padding.
@@ -191,7 +235,7 @@ def frozen_logprobs(
     model.eval()
     adapters_off = model.disable_adapter() if reference and isinstance(model, PeftModel) else contextlib.nullcontext()
     with adapters_off:
-        out = map_forward_groups(lambda part: response_logprobs(model, part, temperature), rollout, batch_size)
+        out = map_forward_groups(lambda part: response_logprobs(model, part, temperature), rollout, batch_size, ranks)
     model.train(was_training)
     return out  # (B, A)
 
@@ -224,25 +268,35 @@ def forward_groups(rollout: Rollout, rows: Sequence[int], max_rows: int) -> list
     return [[rows[i] for i in group] for group, _ in groups]
 
 
-def map_forward_groups(fn: Callable[[Rollout], Tensor], rollout: Rollout, batch_size: int) -> Tensor:
+def map_forward_groups(
+    fn: Callable[[Rollout], Tensor], rollout: Rollout, batch_size: int, ranks: Ranks | None = None
+) -> Tensor:
     """A per-row pass over every row of a rollout, in `forward_groups` of at most `batch_size` rows.
+
+    On several ranks (each holding the whole rollout) the groups are `batch_size` rows per rank;
+    each rank runs its share of every group (`Ranks.batch_share`: the same number of passes on
+    every rank, as a parallel model needs) and the values are summed over ranks.
 
     Args:
         fn: maps a rollout of b rows (its response columns trimmed to its longest) to (b, a) values.
         rollout: B sampled responses.
         batch_size: the most rows per pass.
+        ranks: the job's processes (default: one).
 
     Returns:
-        (B, A) the values in row order, 0 past each pass's width.
+        (B, A) the values in row order, 0 past each pass's width, on every rank.
     """
+    ranks = ranks or Ranks()
     B, A = rollout.response_ids.shape
     out = None
-    for rows in forward_groups(rollout, range(B), batch_size):
+    for group in forward_groups(rollout, range(B), batch_size * ranks.world_size):
+        rows, weight = ranks.batch_share(group)
         values = fn(select_rows(rollout, rows))  # (b, a) a <= A
         if out is None:
             out = values.new_zeros((B, A))
-        out[torch.as_tensor(rows, device=values.device), : values.shape[1]] = values
-    return out  # (B, A)
+        if weight:
+            out[torch.as_tensor(rows, device=values.device), : values.shape[1]] = values
+    return ranks.sum(out)  # (B, A)
 
 
 def select_rows(rollout: Rollout, rows: Sequence[int]) -> Rollout:
@@ -290,45 +344,4 @@ def completion_stats(rollout: Rollout) -> dict[str, Tensor]:
         "completions/mean_length": lengths.mean(),
         "completions/max_length": lengths.max(),
         "completions/eos_fraction": rollout.ended_with_eos.float().mean(),
-    }
-
-
-@torch.no_grad()
-def evaluate_policy(
-    policy: nn.Module,
-    prompts: list[TokenizedPrompt],
-    tokenizer: PreTrainedTokenizerBase,
-    rewarder: RewardComputer,
-    hp: RLHyperparameters,
-    *,
-    seed: int,
-) -> dict[str, float]:
-    """Mean reward of one completion per evaluation prompt, sampled by the same seeded generator every time.
-
-    Args:
-        policy: the policy (sampled in eval mode).
-        prompts: the evaluation prompts.
-        tokenizer: the policy's tokenizer.
-        rewarder: the job's reward.
-        hp: sampling settings; prompts are sampled ``rollout_batch_size × num_generations`` at a time.
-        seed: the job's seed.
-
-    Returns:
-        ``eval/reward/mean``, ``eval/reward/<grader>`` and ``eval/completions/mean_length``.
-    """
-    size = hp.completions_per_rollout
-    generator = sampling_generator(seed, EVAL_ROLLOUT, next(policy.parameters()).device)
-    rewards, lengths, per_grader = [], [], {}
-    for start in range(0, len(prompts), size):
-        chunk = prompts[start : start + size]
-        rollout = sample_rollout(policy, [p.ids for p in chunk], tokenizer, hp, generator=generator)
-        scores = rewarder.score([p.item for p in chunk], decode_completions(tokenizer, rollout), rollout)
-        rewards.append(scores.rewards.float().cpu())
-        lengths.append(rollout.response_lengths.float().cpu())
-        for name, values in scores.per_grader.items():
-            per_grader.setdefault(name, []).append(values)
-    metrics = {f"eval/reward/{name}": torch.cat(v).mean().item() for name, v in per_grader.items()}
-    return metrics | {
-        "eval/reward/mean": torch.cat(rewards).mean().item(),
-        "eval/completions/mean_length": torch.cat(lengths).mean().item(),
     }

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from transformers import PreTrainedTokenizerBase
 
 from trainers.data.batching import BatchOrder, split_micro_batches
+from trainers.distributed.ranks import Ranks
 from trainers.ops.logprobs import sequence_logprobs
 from trainers.spec.errors import UserError
 
@@ -123,12 +124,13 @@ def collate_texts(sequences: Sequence[Sequence[int]], pad_token_id: int, device:
 
 def backward_ptx_loss(
     policy: nn.Module, sequences: Sequence[Sequence[int]], *, coef: float, pad_token_id: int,
-    gradient_accumulation_steps: int, backward: Callable[[Tensor], None] = Tensor.backward,
+    gradient_accumulation_steps: int, backward: Callable[[Tensor], None] = Tensor.backward, ranks: Ranks | None = None,
 ) -> Tensor:  # fmt: skip
     """Backward ``coef · (−Σ log π(x_t | x_<t) / N)`` over one optimizer step's text rows, micro-batch by micro-batch.
 
     N counts the predicted tokens of all the step's rows (every token but each row's first), so the
-    micro-batch losses add up to the step's mean and the gradient does not depend on the split.
+    micro-batch losses add up to the step's mean and the gradient does not depend on the split. On
+    several ranks each runs its share of every micro-batch (`Ranks.batch_share`), still divided by N.
 
     Args:
         policy: the policy being trained; gradients accumulate into it.
@@ -137,17 +139,21 @@ def backward_ptx_loss(
         pad_token_id: filler of the right padding.
         gradient_accumulation_steps: micro-batches to split the rows into.
         backward: runs a loss's backward pass (`TrainingLoop.backward`, which scales it under fp16).
+        ranks: the job's processes (default: one).
 
     Returns:
-        () the step's unweighted loss (mean negative log-likelihood per token), detached, on the device.
+        () the step's unweighted loss (mean negative log-likelihood per token), detached, on the device;
+        on several ranks, this rank's share of it.
     """
+    ranks = ranks or Ranks()
     device = next(policy.parameters()).device
     num_tokens = sum(len(s) - 1 for s in sequences)
     total = torch.zeros((), device=device)
     for rows in split_micro_batches(list(range(len(sequences))), gradient_accumulation_steps):
-        input_ids, attention_mask = collate_texts([sequences[i] for i in rows], pad_token_id, device)  # (b, T)
+        mine, weight = ranks.batch_share(rows)
+        input_ids, attention_mask = collate_texts([sequences[i] for i in mine], pad_token_id, device)  # (b, T)
         _, logp = sequence_logprobs(policy, input_ids, attention_mask, attention_mask)  # (b,) summed
-        loss = -logp.sum() / num_tokens
+        loss = weight * -logp.sum() / num_tokens
         backward(coef * loss)
         total += loss.detach()
     return total

@@ -6,6 +6,12 @@ HF's `generate` draws from the global RNG and cannot take a `torch.Generator`, s
 would not be a function of the job's seed; and owning the loop guarantees that the log-probs it
 records are computed exactly as every later pass computes them.
 
+**Each row's randomness is its own.** Every row gets `max_new_tokens` uniforms up front (from its
+own seed, `row_uniforms`, or from one generator for the batch) and step t picks the token whose
+cumulative probability first exceeds ``u_t`` (inverse-CDF sampling, `inverse_cdf_sample`): a row's
+tokens depend on its seed and its logits only, not on the rows sampled beside it, so a rank that
+samples its share of a rollout draws exactly the tokens one process draws for those rows.
+
 **One temperature for every pass.** The sampling log-probs are ``log softmax(logits / τ)`` of the
 chosen tokens, before top-p filtering: the distribution the policy defines at temperature τ, which
 is what `trainers.rl.response_logprobs` recomputes. The old-policy, reference and training passes must all use
@@ -29,6 +35,8 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+from trainers.distributed.ranks import Ranks
 
 
 @dataclass
@@ -112,6 +120,42 @@ def left_pad(prompt_ids: Sequence[Sequence[int]], pad_token_id: int) -> tuple[Te
     return ids, mask
 
 
+def row_uniforms(row_seeds: Sequence[int], steps: int, device: torch.device) -> Tensor:
+    """Each row's uniforms, from a CPU generator of its own seed (the same draws on any device).
+
+    Args:
+        row_seeds: B seeds, one per row.
+        steps: uniforms per row (one per sampled token).
+        device: where the result goes.
+
+    Returns:
+        (B, steps) float64 in [0, 1).
+    """
+    rows = [torch.rand(steps, generator=torch.Generator().manual_seed(s), dtype=torch.float64) for s in row_seeds]
+    return torch.stack(rows).to(device)  # (B, steps)
+
+
+def inverse_cdf_sample(probs: Tensor, uniforms: Tensor) -> Tensor:
+    """Draw one token per row by inverting its CDF: the first token whose cumulative probability exceeds ``u·Σp``.
+
+    With u uniform in [0, 1) the token is drawn with probability p; a token of probability 0 (cut
+    by top-p) is never drawn.
+
+    Args:
+        probs: (B, V) non-negative probabilities (rows need not sum to exactly 1).
+        uniforms: (B,) uniforms in [0, 1).
+
+    Returns:
+        (B,) long token ids.
+    """
+    cdf = probs.double().cumsum(dim=-1)  # (B, V)
+    target = (uniforms.double() * cdf[:, -1]).unsqueeze(1)  # (B, 1)
+    token = torch.searchsorted(cdf, target, right=True).squeeze(1)  # (B,) first index with cdf > target
+    # u·Σp can round up to Σp itself: fall back on the last token that has mass.
+    last = probs.shape[-1] - 1 - (probs > 0).flip(-1).long().argmax(dim=-1)  # (B,)
+    return torch.minimum(token, last)
+
+
 def top_p_filter(logits: Tensor, top_p: float) -> Tensor:
     """Nucleus filtering (Holtzman et al. 2020, https://arxiv.org/abs/1904.09751): keep the fewest
     most probable tokens whose probability adds up to at least `top_p`, set the others to −inf.
@@ -149,17 +193,24 @@ def generate(
     max_new_tokens: int,
     temperature: float = 1.0,
     top_p: float = 1.0,
-    generator: torch.Generator,
+    generator: torch.Generator | None = None,
+    row_seeds: Sequence[int] | None = None,
     stop_check_interval: int = 16,
+    ranks: Ranks | None = None,
 ) -> Rollout:
     """Sample a response for each prompt, one token per step over the KV cache.
 
-    Each step draws ``y ~ top_p(softmax(logits / τ))`` with `generator`, and records
-    ``log softmax(logits / τ)[y]``. A row stops at its first EOS: later steps write pad ids that
-    the response mask leaves out. To avoid one host synchronisation per token, whether every row
-    has finished is read only every `stop_check_interval` steps; the result does not depend on it,
-    since a finished row's extra steps are masked and trimmed. The model runs in whatever mode it
-    is in (turn dropout off, as PPO's ratio assumes the rollout and training passes agree).
+    Each step draws ``y ~ top_p(softmax(logits / τ))`` by inverse-CDF sampling with the row's next
+    uniform (`row_uniforms` of `row_seeds`, or drawn from `generator` for the whole batch), and
+    records ``log softmax(logits / τ)[y]``. A row stops at its first EOS: later steps write pad ids
+    that the response mask leaves out. To avoid one host synchronisation per token, whether every
+    row has finished is read only every `stop_check_interval` steps; the result does not depend on
+    it, since a finished row's extra steps are masked and trimmed. The model runs in whatever mode
+    it is in (turn dropout off, as PPO's ratio assumes the rollout and training passes agree).
+
+    On several ranks each samples its own rows and the ranks agree at every check (and on the
+    prefill's form), so each runs the same forwards: every forward of a parallel model is a
+    collective. Sampling goes on until every rank's rows have finished.
 
     Args:
         model: a causal LM taking ``input_ids, attention_mask, position_ids, cache, use_cache,
@@ -171,10 +222,13 @@ def generate(
         max_new_tokens: most tokens per response (EOS included).
         temperature: τ > 0; logits are divided by it. Later passes must use the same τ.
         top_p: nucleus sampling threshold in (0, 1]; a tiny value decodes greedily.
-        generator: the only source of randomness, on the model's device; the same generator
-            state, model and prompts give the same rollout.
+        generator: draws (B, `max_new_tokens`) uniforms up front, when `row_seeds` is not given;
+            the same generator state, model and prompts give the same rollout.
+        row_seeds: one seed per row, each row's only source of randomness (`row_uniforms`): a
+            row's tokens then do not depend on the other rows of the batch.
         stop_check_interval: steps between checks that every row has finished; 0 never checks
             (always `max_new_tokens` steps).
+        ranks: the job's processes, when the model is spread over them (default: one).
 
     Returns:
         The rollout, its responses trimmed to the longest one.
@@ -183,6 +237,9 @@ def generate(
         raise ValueError(f"temperature must be positive, got {temperature}; use a tiny top_p to decode greedily")
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+    if (generator is None) == (row_seeds is None):
+        raise ValueError("generate needs exactly one of generator and row_seeds")
+    ranks = ranks or Ranks()
     device = next(model.parameters()).device
     eos_ids = torch.tensor([eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id), device=device)
     prompt, prompt_mask = left_pad(prompt_ids, pad_token_id)
@@ -190,8 +247,13 @@ def generate(
     B, P = prompt.shape
     attention_mask = torch.cat([prompt_mask, prompt_mask.new_ones(B, max_new_tokens)], dim=1)  # (B, P+N)
     positions = positions_from_mask(prompt_mask)  # (B, P)
+    if row_seeds is not None:
+        uniforms = row_uniforms(row_seeds, max_new_tokens, device)  # (B, N)
+    else:
+        uniforms = torch.rand((B, max_new_tokens), generator=generator, dtype=torch.float64,
+                              device=generator.device).to(device)  # fmt: skip
 
-    out = _prefill(model, prompt_ids, prompt, prompt_mask, positions, pad_token_id)
+    out = _prefill(model, prompt_ids, prompt, prompt_mask, positions, pad_token_id, ranks)
     next_position = positions[:, -1:] + 1  # (B, 1)
     responses = torch.full((B, max_new_tokens), pad_token_id, dtype=torch.long, device=device)  # (B, N)
     logprobs = torch.zeros((B, max_new_tokens), dtype=torch.float32, device=device)  # (B, N)
@@ -203,7 +265,7 @@ def generate(
         scaled = (out.logits[:, -1] / temperature).float()  # (B, V)
         step_logprobs = torch.log_softmax(scaled, dim=-1)  # (B, V) recorded before top-p
         probs = torch.softmax(top_p_filter(scaled, top_p), dim=-1)  # (B, V)
-        token = torch.multinomial(probs, 1, generator=generator).squeeze(1)  # (B,)
+        token = inverse_cdf_sample(probs, uniforms[:, step])  # (B,)
         token = token.masked_fill(finished, pad_token_id)  # (B,)
         alive = ~finished  # (B,)
         responses[:, step] = token
@@ -212,7 +274,7 @@ def generate(
         finished = finished | (alive & torch.isin(token, eos_ids))
         if step + 1 == max_new_tokens:
             break
-        if stop_check_interval and (step + 1) % stop_check_interval == 0 and bool(finished.all()):
+        if stop_check_interval and (step + 1) % stop_check_interval == 0 and all_finished(finished, ranks):
             steps = step + 1
             break
         out = model(
@@ -238,6 +300,12 @@ def generate(
     )
 
 
+def all_finished(finished: Tensor, ranks: Ranks) -> bool:
+    """Whether every row of every rank has finished (one host synchronisation, a collective on several ranks)."""
+    running = (~finished).any().long().reshape(1)  # (1,)
+    return int(ranks.max(running)) == 0
+
+
 def _prefill(
     model: nn.Module,
     prompt_ids: Sequence[Sequence[int]],
@@ -245,19 +313,23 @@ def _prefill(
     prompt_mask: Tensor,
     positions: Tensor,
     pad_token_id: int,
+    ranks: Ranks,
 ) -> Any:
     """The prompts' forward pass over a fresh KV cache, each distinct prompt computed once.
 
     GRPO samples G completions of every prompt: the distinct prompts run once and their cache rows
     and last logits are copied to every row that repeats them (a cache without row selection runs
-    every row).
+    every row). On several ranks all take the same path (one forward each), repeated rows or not.
 
     Returns:
         The model output for all B rows: ``logits`` (B, 1, V) and ``cache``.
     """
     distinct: dict[tuple[int, ...], int] = {}
     source = [distinct.setdefault(tuple(p), len(distinct)) for p in prompt_ids]  # (B,) row → distinct prompt
-    if len(distinct) < len(source):
+    repeated = len(distinct) < len(source)
+    if ranks.distributed:  # one rank's repeats must not give it a different number of forwards
+        repeated = bool(ranks.max(torch.tensor([int(repeated)], device=prompt.device)))
+    if repeated:
         ids, mask = left_pad(list(distinct), pad_token_id)  # (U, P): the same P, the longest prompt is among them
         ids, mask = ids.to(prompt.device), mask.to(prompt.device)
         out = model(input_ids=ids, attention_mask=mask, position_ids=positions_from_mask(mask), use_cache=True,

@@ -5,9 +5,9 @@ import torch
 from torch import nn
 
 from tests.unit.trainers.trainer_fixtures import tiny
-from trainers.rl.online import select_rows
+from trainers.rl.online import completion_seed, completion_seeds, select_rows
 from trainers.rl.response_logprobs import SharedPromptLayout, response_logits, response_logprobs
-from trainers.rl.rollout import generate, left_pad, positions_from_mask, top_p_filter
+from trainers.rl.rollout import generate, inverse_cdf_sample, left_pad, positions_from_mask, top_p_filter
 
 PAD, BOS, EOS = 256, 257, 258
 PROMPTS = [[BOS, 104, 105], [BOS, 97, 98, 99, 65, 66, 67], [BOS], [BOS, 120, 121, 122, 10]]
@@ -44,7 +44,8 @@ def naive_top_p(logits, top_p):
 def sample(model, prompts=PROMPTS, seed=0, **kwargs):
     options = {"pad_token_id": PAD, "eos_token_id": EOS, "max_new_tokens": 10, "temperature": 1.0, "top_p": 1.0}
     options.update(kwargs)
-    return generate(model, prompts, generator=torch.Generator().manual_seed(seed), **options)
+    options.setdefault("generator", torch.Generator().manual_seed(seed))
+    return generate(model, prompts, **options)
 
 
 @pytest.mark.parametrize("top_p", [0.05, 0.3, 0.5, 0.9, 0.999])
@@ -182,6 +183,40 @@ def test_generate_rejects_bad_settings():
         sample(model, temperature=0.0)
     with pytest.raises(ValueError, match="max_new_tokens"):
         sample(model, max_new_tokens=0)
+    with pytest.raises(ValueError, match="exactly one"):
+        sample(model, row_seeds=[0, 1, 2, 3])
+
+
+def test_inverse_cdf_picks_the_token_whose_interval_holds_u_and_never_one_without_mass():
+    probs = torch.tensor([[0.2, 0.0, 0.5, 0.3, 0.0]] * 6)
+    uniforms = torch.tensor([0.0, 0.19, 0.2, 0.69, 0.71, 1 - 2**-53], dtype=torch.float64)
+    assert inverse_cdf_sample(probs, uniforms).tolist() == [0, 0, 2, 2, 3, 3]
+    unnormalised = torch.tensor([[0.0, 2.0, 0.0, 2.0, 0.0]])  # Σp = 4: u scales to the total
+    assert inverse_cdf_sample(unnormalised.expand(2, -1), torch.tensor([0.49, 0.51])).tolist() == [1, 3]
+
+
+@pytest.mark.parametrize("top_p", [1.0, 0.8])
+def test_rows_with_their_own_seeds_sample_the_same_tokens_in_any_batch(top_p):
+    # A rank sampling some rows of a rollout draws what one process draws for them, whatever
+    # rows sit beside them (other prompts, other lengths of padding).
+    model, _ = tiny()
+    prompts = GROUPED
+    seeds = completion_seeds(7, 3, range(len(prompts)), 1)
+    whole = sample(model, prompts=prompts, row_seeds=seeds, generator=None, top_p=top_p)
+    for rows in ([0, 3, 6], [1, 2, 4, 5, 7], [5]):
+        part = sample(model, prompts=[prompts[r] for r in rows], row_seeds=[seeds[r] for r in rows], generator=None,
+                      top_p=top_p)  # fmt: skip
+        width = part.response_ids.shape[1]
+        assert part.response_ids.tolist() == whole.response_ids[rows, :width].tolist()
+        assert part.response_lengths.tolist() == whole.response_lengths[rows].tolist()
+        torch.testing.assert_close(part.logprobs, whole.logprobs[rows, :width], rtol=0, atol=1e-5)
+    assert whole.response_ids[0].tolist() != whole.response_ids[1].tolist()  # a group's rows differ
+
+
+def test_completion_seeds_differ_for_every_prompt_completion_rollout_and_job_seed():
+    seeds = {completion_seed(s, r, p, g) for s in range(3) for r in range(3) for p in range(4) for g in range(4)}
+    assert len(seeds) == 3 * 3 * 4 * 4 and all(0 <= s < 2**64 for s in seeds)
+    assert completion_seeds(1, 2, [3, 5], 2) == [completion_seed(1, 2, p, g) for p in (3, 5) for g in (0, 1)]
 
 
 GROUPED = [PROMPTS[1]] * 3 + [PROMPTS[0]] * 2 + [PROMPTS[3]] * 3  # GRPO's layout: each prompt's rows adjacent

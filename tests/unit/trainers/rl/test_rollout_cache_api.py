@@ -3,7 +3,7 @@
 `past_key_values` is deprecated (a FutureWarning for the argument, a logged warning for the output
 attribute) and goes away in transformers 5.40. The cached loop must also sample exactly what a
 loop without any cache samples: one full forward pass over prompt and response so far per token,
-the same generator draws.
+the same uniforms (drawn up front, one per row and token) and the same inverse-CDF rule.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from tests.unit.trainers.architectures import ARCHITECTURES, CONFIGS, SLIDING, W
 from tests.unit.trainers.trainer_fixtures import tiny
 from trainers.models.lora import apply_lora
 from trainers.models.tiny import build_tiny_llama
-from trainers.rl.rollout import generate, left_pad, positions_from_mask, top_p_filter
+from trainers.rl.rollout import generate, inverse_cdf_sample, left_pad, positions_from_mask, top_p_filter
 from trainers.spec.config import LoRAConfig
 
 PAD, BOS, EOS = 256, 257, 258
@@ -64,14 +64,15 @@ def sample(model, prompts, *, seed=0, temperature=1.0, top_p=1.0):
 def sample_without_cache(model, prompts, *, seed=0, temperature=1.0, top_p=1.0):
     """`generate`'s sampling rule, recomputing the whole batch from scratch for every token."""
     generator = torch.Generator().manual_seed(seed)
+    uniforms = torch.rand((len(prompts), NEW_TOKENS), generator=generator, dtype=torch.float64)  # (B, N) up front
     ids, mask = left_pad(prompts, PAD)  # (B, P)
     finished = torch.zeros(len(prompts), dtype=torch.bool)
     tokens, logprobs = [], []
-    for _ in range(NEW_TOKENS):
+    for step in range(NEW_TOKENS):
         logits = model(input_ids=ids, attention_mask=mask, position_ids=positions_from_mask(mask), use_cache=False)
         scaled = (logits.logits[:, -1] / temperature).float()  # (B, V)
         probs = torch.softmax(top_p_filter(scaled, top_p), dim=-1)
-        token = torch.multinomial(probs, 1, generator=generator).squeeze(1).masked_fill(finished, PAD)
+        token = inverse_cdf_sample(probs, uniforms[:, step]).masked_fill(finished, PAD)
         logprobs.append(torch.log_softmax(scaled, -1).gather(1, token.unsqueeze(1)).squeeze(1) * ~finished)
         tokens.append(token)
         finished = finished | (token == EOS)
