@@ -8,6 +8,16 @@ for each reward-model checkpoint it names. Metrics go to stdout as JSON lines
 (``{"step": ..., "train/loss": ...}``), events to stderr, checkpoints to ``DIR/checkpoint-<step>/``.
 The first Ctrl-C stops cooperatively after the current step, saving a checkpoint.
 
+``--processes N`` trains one job on N processes of this node (one per GPU): the command starts
+torchrun itself (`trainers.distributed.launch.torchrun_command`), which runs the same subcommand in
+each rank; ``--strategy`` is ``ddp`` or ``fsdp`` (``auto``: fsdp when the model and its optimizer
+state would not fit one device). Several nodes run the same command on every node, with
+``--nodes M --node-rank R --rdzv-endpoint HOST:PORT`` (node 0's address, any free port). Rank 0
+alone prints metrics and events and writes checkpoints; the exit status is torchrun's. torchrun
+keeps the ranks away from the terminal's Ctrl-C, so this process catches it and creates a stop file
+named in the ranks' environment (`STOP_FILE_ENV`), which rank 0 polls before each step; a second
+Ctrl-C ends the ranks at once.
+
 ``python -m trainers merge --model-dir CHECKPOINT/model --output DIR`` writes a LoRA checkpoint's
 base and adapter as one full model (`trainers.models.export.merge_checkpoint`).
 
@@ -26,8 +36,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
+import subprocess
 import sys
+import tempfile
 import types
 import typing
 from collections.abc import Callable
@@ -37,7 +50,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from trainers.spec.callbacks import Callbacks
-from trainers.spec.config import JOB_MODELS_BY_TYPE, JobSpec
+from trainers.spec.config import JOB_MODELS_BY_TYPE, JobSpec, Strategy
 from trainers.spec.errors import NumericalError, UserError
 from trainers.spec.formats import DatasetKind, RowError, normalize_row
 from trainers.spec.results import TrainingData
@@ -46,6 +59,11 @@ from trainers.spec.results import TrainingData
 def hyperparameters_model(job_model: type[JobSpec]) -> type[BaseModel]:
     """The hyperparameters model a job model takes (``DPOJob`` → ``DPOHyperparameters``)."""
     return job_model.model_fields["hyperparameters"].annotation
+
+
+# The file whose existence asks a job's ranks to stop after their current step: set by the command
+# that launched them (a path in a folder of its own), polled by rank 0.
+STOP_FILE_ENV = "RLHF_STOP_FILE"
 
 
 # Subcommand → (job model, hyperparameters model, kind of its dataset rows): one per job type.
@@ -58,9 +76,10 @@ ALGORITHMS: dict[str, tuple[type[JobSpec], type[BaseModel], DatasetKind]] = {
 class ConsoleCallbacks(Callbacks):
     """Print metrics as JSON lines, events to stderr, and save checkpoints under an output folder."""
 
-    def __init__(self, output: Path):
+    def __init__(self, output: Path, stop_file: Path | None = None):
         self.output = output
         self.stop_requested = False
+        self.stop_file = stop_file  # a stop asked by the launching command (several processes)
 
     def on_metrics(self, step: int, metrics: dict[str, float]) -> None:
         print(json.dumps({"step": step, **metrics}), flush=True)
@@ -72,7 +91,7 @@ class ConsoleCallbacks(Callbacks):
         print(f"[info] saved checkpoint {directory}", file=sys.stderr, flush=True)
 
     def should_stop(self) -> bool:
-        return self.stop_requested
+        return self.stop_requested or (self.stop_file is not None and self.stop_file.exists())
 
     def on_event(self, level: str, message: str) -> None:
         print(f"[{level}] {message}", file=sys.stderr, flush=True)
@@ -131,6 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
                              metavar="CHECKPOINT_ID=DIR", help="where a reward-model checkpoint the reward names is")
             cmd.add_argument("--reward-function-module", action="append", default=[], metavar="MODULE",
                              help="module whose registered reward functions 'function' graders may call")
+        add_rank_flags(cmd)
         for field_name, field in hyper.model_fields.items():
             flag = "--" + field_name.replace("_", "-")
             kind, choices = _flag_type(field.annotation)
@@ -150,9 +170,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def add_rank_flags(cmd: argparse.ArgumentParser) -> None:
+    """The flags that spread one training command over several processes and nodes."""
+    ranks = cmd.add_argument_group("several processes (torchrun)")
+    ranks.add_argument("--processes", type=_positive, default=1,
+                       help="processes on this node, one per GPU (default 1: this process trains alone)")
+    ranks.add_argument("--strategy", choices=typing.get_args(Strategy), default="auto",
+                       help="ddp: each process holds the whole model; fsdp: weights, gradients and optimizer "
+                            "state sharded; auto: fsdp when they would not fit one device (default auto)")
+    ranks.add_argument("--nodes", type=_positive, default=1, help="nodes in the job, each running this command")
+    ranks.add_argument("--node-rank", type=int, default=0, help="this node's index, 0 to nodes - 1")
+    ranks.add_argument("--rdzv-endpoint", metavar="HOST:PORT",
+                       help="rendezvous every node reaches (node 0's address and a free port); needed with --nodes")
+
+
+def launches_ranks(args: argparse.Namespace) -> bool:
+    """Whether this command starts torchrun: several processes or nodes, and not itself one of the ranks."""
+    return (args.processes > 1 or args.nodes > 1) and "RANK" not in os.environ
+
+
+def is_main_rank() -> bool:
+    """Whether this process prints: rank 0 of a job under torchrun, or any process outside one."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments, run the command, and return the process exit status."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command in ALGORITHMS and args.nodes > 1 and not args.rdzv_endpoint:
+        parser.error("--nodes above 1 needs --rdzv-endpoint HOST:PORT")
+    if args.command in ALGORITHMS and not 0 <= args.node_rank < args.nodes:
+        parser.error(f"--node-rank must be 0 to {args.nodes - 1}")
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # keep stderr to our own event lines
@@ -168,32 +217,93 @@ def main(argv: list[str] | None = None) -> int:
             from trainers.models.ops_server import serve
 
             return serve(cache_bytes=args.cache_bytes, idle_seconds=args.idle_seconds, parent_pid=args.parent_pid)
+        if launches_ranks(args):
+            return launch(args, list(argv) if argv is not None else sys.argv[1:])
         return train(args)
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        _error(exc)
         return 2
     except NumericalError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        _error(exc)
         return 1
 
 
-def train(args: argparse.Namespace) -> int:
-    """Run the training subcommand `args.command` and return the exit status."""
-    job_model, hyper, kind = ALGORITHMS[args.command]
+def job_from_args(args: argparse.Namespace) -> JobSpec:
+    """The job spec the training subcommand's flags describe.
+
+    Raises:
+        ValidationError: invalid hyperparameters or settings.
+    """
+    job_model, hyper, _ = ALGORITHMS[args.command]
     overrides = {k: getattr(args, k) for k in hyper.model_fields if getattr(args, k) is not None}
     reward = {}
     if "reward" in job_model.model_fields:
         reward = {"reward": args.reward, "reward_model_dirs": dict(args.reward_model_dir),
                   "reward_function_modules": args.reward_function_module}  # fmt: skip
+    return job_model(
+        type=args.command, base_model=args.base_model, seed=args.seed, lora=args.lora, hyperparameters=overrides,
+        processes=args.processes * args.nodes, strategy=args.strategy, **reward,
+    )  # fmt: skip
+
+
+def launch(args: argparse.Namespace, argv: list[str]) -> int:
+    """Run this training command as ``args.processes`` ranks of this node under torchrun; torchrun's exit status.
+
+    The job's settings and rows are checked here first, so bad input exits 2 before any rank starts.
+    torchrun starts in a session of its own, away from the terminal's Ctrl-C: the first Ctrl-C here
+    creates the stop file rank 0 polls (the run stops after its current step, with a checkpoint),
+    a second one sends torchrun SIGTERM, which ends the ranks. If this process dies, torchrun and
+    its ranks die with it (`trainers.distributed.launch`).
+    """
+    from trainers.distributed.launch import torchrun_command
+
     try:
-        job = job_model(
-            type=args.command, base_model=args.base_model, seed=args.seed, lora=args.lora, hyperparameters=overrides,
-            **reward,
-        )
+        job_from_args(args)
     except ValidationError as exc:
         print(f"error: invalid job settings:\n{exc}", file=sys.stderr)
         return 2
-    callbacks = ConsoleCallbacks(args.output)
+    kind = ALGORITHMS[args.command][2]
+    read_rows(args.data, kind)
+    if args.eval_data:
+        read_rows(args.eval_data, kind)
+    command, env = torchrun_command(["-m", "trainers", *argv], processes=args.processes, nodes=args.nodes,
+                                    node_rank=args.node_rank, rendezvous=args.rdzv_endpoint)  # fmt: skip
+    package_root = str(Path(__file__).resolve().parents[1])  # the ranks import this copy of `trainers`
+    path = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
+    with tempfile.TemporaryDirectory(prefix="rlhf-stop-") as folder:
+        stop_file = Path(folder) / "stop"
+        agent = subprocess.Popen(command, env=os.environ | env | {STOP_FILE_ENV: str(stop_file), "PYTHONPATH": path},
+                                 start_new_session=True)  # fmt: skip
+
+        def request_stop(signum: int, frame: Any) -> None:
+            if stop_file.exists():
+                agent.send_signal(signal.SIGTERM)  # the second Ctrl-C: torchrun ends its ranks
+                return
+            stop_file.touch()
+            print("[info] stopping after the current step (Ctrl-C again to end now)", file=sys.stderr, flush=True)
+
+        previous = signal.signal(signal.SIGINT, request_stop)
+        try:
+            status = agent.wait()
+        finally:
+            signal.signal(signal.SIGINT, previous)
+    return status if status >= 0 else 128 - status  # killed by a signal: the shell's convention
+
+
+def train(args: argparse.Namespace) -> int:
+    """Run the training subcommand `args.command` in this process (alone, or as one rank) and return the exit status.
+
+    Under torchrun only rank 0 prints: its callbacks alone are called (`RankCallbacks`).
+    """
+    kind = ALGORITHMS[args.command][2]
+    try:
+        job = job_from_args(args)
+    except ValidationError as exc:
+        if is_main_rank():
+            print(f"error: invalid job settings:\n{exc}", file=sys.stderr)
+        return 2
+    stop_file = os.environ.get(STOP_FILE_ENV)
+    callbacks = ConsoleCallbacks(args.output, Path(stop_file) if stop_file else None)
 
     def request_stop(signum: int, frame: Any) -> None:
         callbacks.stop_requested = True
@@ -206,7 +316,8 @@ def train(args: argparse.Namespace) -> int:
         train=read_rows(args.data, kind), eval=read_rows(args.eval_data, kind) if args.eval_data else None
     )
     result = run(job, data, callbacks, resume_from=args.resume_from)
-    print(f"[info] {result.status} at step {result.step}", file=sys.stderr)
+    if is_main_rank():
+        print(f"[info] {result.status} at step {result.step}", file=sys.stderr)
     return 0
 
 
@@ -222,6 +333,20 @@ def score(model_dir: Path) -> int:
         raise UserError("stdin: expected a JSON list of items", param="items")
     print(json.dumps(score_items(model_dir, items)), flush=True)
     return 0
+
+
+def _error(exc: Exception) -> None:
+    """Print an error once per job: every rank meets the same bad input, so only rank 0 says so."""
+    if is_main_rank():
+        print(f"error: {exc}", file=sys.stderr)
+
+
+def _positive(text: str) -> int:
+    """A count of at least 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a count of at least 1, got {text!r}")
+    return value
 
 
 def _flag_type(annotation: Any) -> tuple[Callable[[str], Any], list[Any] | None]:
