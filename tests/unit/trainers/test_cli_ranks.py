@@ -190,3 +190,18 @@ def test_ctrl_c_stops_after_the_current_step_with_a_checkpoint(straight, tmp_pat
     assert f"[info] stopped at step {last}" in run["stderr"]
     assert [p.name for p in out.iterdir()] == [f"checkpoint-{last}"]
     assert (out / f"checkpoint-{last}" / "trainer_state.pt").is_file()
+
+
+def test_bad_input_exits_2_before_any_rank_starts(tmp_path):
+    data = write_jsonl(tmp_path / "rows.jsonl", [{"prompt": "p", "chosen": "c", "rejected": "r"}, {"prompt": "p"}])
+    bad_rows = finish(*start(tmp_path, "rows", "--data", data, "--output", tmp_path / "run", *JOB, "--processes", 2))
+    assert bad_rows["status"] == 2 and "line 2" in bad_rows["stderr"] and "torch" not in bad_rows["stderr"]
+
+    good = write_jsonl(tmp_path / "good.jsonl", uppercase_preference_rows(4))
+    bad_setting = finish(*start(tmp_path, "setting", "--data", good, "--output", tmp_path / "run", *JOB,
+                                "--processes", 2, "--max-prompt-length", 4096))  # fmt: skip
+    assert bad_setting["status"] == 2 and "max_prompt_length" in bad_setting["stderr"]
+
+    no_endpoint = finish(*start(tmp_path, "nodes", "--data", good, "--output", tmp_path / "run", *JOB, "--nodes", 2))
+    assert no_endpoint["status"] == 2 and "--rdzv-endpoint" in no_endpoint["stderr"]
+    assert not (tmp_path / "run").exists()
