@@ -1,12 +1,15 @@
 """One DPO job on two processes against one, on the CPU: throughput at the same global batch, and FSDP2's memory.
 
-    .venv/bin/python bench/scaling.py [--reps 2] [--steps 30] [--warmup 5] [--out bench/scaling.json]
+    .venv/bin/python bench/scaling.py [--reps 3] [--steps 30] [--warmup 5] [--out bench/scaling.json]
 
 Throughput: the benchmark model of `bench/trainers_vs_trl.py` (`bench.common.build_models`: tiny-llama
 scaled to 4 layers, hidden 256, 3.0M parameters) trains DPO through `trainers.run` on the same rows with
 the same global batch of 8 pairs, fp32, as
 
 - ``1 process``: one process, one torch thread;
+- ``1 process, padded``: the same, with one padded forward per micro-batch as each rank of several runs
+  (no length groups: `trainers.dpo.bucket_overhead_tokens` answers None), which separates the cost of
+  padding from that of communication;
 - ``2 processes ddp`` and ``2 processes fsdp``: torchrun (`trainers.distributed.launch.torchrun_command`),
   gloo, one thread each, each rank taking half of every micro-batch.
 
@@ -51,11 +54,12 @@ from bench.trainers_vs_trl import BATCH_SIZE, BETA, LEARNING_RATE  # noqa: E402
 BENCH_DIR = Path(__file__).resolve().parent
 ROOT = BENCH_DIR.parent
 DEFAULT_OUT = BENCH_DIR / "scaling.json"
-# name → (processes, strategy, torch threads per process)
+# name → (processes, strategy, rows grouped by length on one process); one torch thread per process
 VARIANTS = {
-    "1 process": (1, "auto", 1),
-    "2 processes ddp": (2, "ddp", 1),
-    "2 processes fsdp": (2, "fsdp", 1),
+    "1 process": (1, "auto", True),
+    "1 process, padded": (1, "auto", False),
+    "2 processes ddp": (2, "ddp", True),
+    "2 processes fsdp": (2, "fsdp", True),
 }
 BASELINE = "1 process"
 
@@ -67,13 +71,21 @@ def rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
-def child_throughput(work: Path, out: Path, processes: int, strategy: str, steps: int, warmup: int) -> None:
-    """Train DPO through `trainers.run`; rank 0 writes pairs/s and tokens/s after `warmup` steps to `out`."""
+def child_throughput(work: Path, out: Path, processes: int, strategy: str, steps: int, warmup: int,
+                     padded: bool = False) -> None:  # fmt: skip
+    """Train DPO through `trainers.run`; rank 0 writes pairs/s and tokens/s after `warmup` steps to `out`.
+
+    `padded`: one padded forward per micro-batch, as on several ranks, instead of forwards by length group.
+    """
     import torch
     from transformers import AutoTokenizer
 
     import trainers
+    import trainers.dpo
     from trainers.data.batching import BatchOrder
+
+    if padded:
+        trainers.dpo.bucket_overhead_tokens = lambda device_type: None  # what `train_dpo` uses on several ranks
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     rows = json.loads((work / "train.json").read_text())[: steps * BATCH_SIZE]
@@ -167,11 +179,11 @@ def throughput(work: Path, reps: int, steps: int, warmup: int) -> dict[str, list
     names = list(VARIANTS)
     for rep in range(reps):
         for name in names[rep % len(names) :] + names[: rep % len(names)]:
-            processes, strategy, threads = VARIANTS[name]
-            out = work / f"throughput-{rep}-{processes}-{strategy}-{threads}.json"
+            processes, strategy, grouped = VARIANTS[name]
+            out = work / f"throughput-{rep}-{processes}-{strategy}-{grouped}.json"
             child = ["--child", "throughput", "--work", str(work), "--result", str(out), "--processes", str(processes),
                      "--strategy", strategy, "--steps", str(steps), "--warmup", str(warmup)]  # fmt: skip
-            launch(child, processes, threads)
+            launch(child + ([] if grouped else ["--padded"]), processes, 1)
             result = json.loads(out.read_text())
             runs[name].append(result)
             print(f"  rep {rep} {name:>22}: {result['pairs_per_s']:.2f} pairs/s, {result['tokens_per_s']:.0f} "
@@ -234,7 +246,7 @@ def print_table(rows: list[dict[str, Any]]) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--reps", type=int, default=2, help="repetitions of each variant")
+    parser.add_argument("--reps", type=int, default=3, help="repetitions of each variant")
     parser.add_argument("--steps", type=int, default=30, help="optimizer steps of 8 pairs per run")
     parser.add_argument("--warmup", type=int, default=5, help="first steps left out of the rates")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where the figures are written as JSON")
@@ -243,9 +255,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--processes", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--strategy", default="auto", help=argparse.SUPPRESS)
+    parser.add_argument("--padded", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child == "throughput":
-        child_throughput(args.work, args.result, args.processes, args.strategy, args.steps, args.warmup)
+        child_throughput(args.work, args.result, args.processes, args.strategy, args.steps, args.warmup, args.padded)
         return
     if args.child == "memory":
         child_memory(args.work, args.result, args.strategy)
