@@ -13,7 +13,9 @@ torchrun itself (`trainers.distributed.launch.torchrun_command`), which runs the
 each rank; ``--strategy`` is ``ddp`` or ``fsdp`` (``auto``: fsdp when the model and its optimizer
 state would not fit one device). Several nodes run the same command on every node, with
 ``--nodes M --node-rank R --rdzv-endpoint HOST:PORT`` (node 0's address, any free port). Rank 0
-alone prints metrics and events and writes checkpoints; the exit status is torchrun's. torchrun
+alone prints metrics and events and writes checkpoints (on several nodes: on the node torchrun's
+rendezvous gives rank 0, so give every node the same --output on shared storage, and press Ctrl-C
+there); the exit status is torchrun's. torchrun
 keeps the ranks away from the terminal's Ctrl-C, so this process catches it and creates a stop file
 named in the ranks' environment (`STOP_FILE_ENV`), which rank 0 polls before each step; a second
 Ctrl-C ends the ranks at once.
