@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from api.admission import Admission, request_slots
+from api.docs import install_docs
 from api.errors import install_error_handlers
 from api.limits import BodyLimits
 from api.routes import admin, checkpoints, datasets, graders, health, jobs
@@ -48,6 +49,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="Self-hosted RLHF training: upload preference data, train reward models and "
                     "align language models with DPO, PPO or GRPO, stream metrics, download checkpoints.",
         lifespan=lifespan,
+        docs_url=None,  # install_docs serves /docs and /redoc from shipped assets instead of a CDN
+        redoc_url=None,
     )
     app.state.settings = settings
     configure_pool(settings.database_url, settings.db_pool)
@@ -58,6 +61,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # A configured module that cannot be imported stops the start: a server misconfiguration.
     app.state.reward_registry = load_registry(settings.reward_function_modules)
     install_error_handlers(app)
+    install_docs(app)
     app.add_middleware(BodyLimits, settings=settings)
     app.add_middleware(Admission, slots=request_slots(settings), wait_seconds=settings.db_pool_timeout_seconds)
     for module in (datasets, jobs, checkpoints, graders, admin, health):

@@ -1,0 +1,116 @@
+"""/docs and /redoc render in a real headless Chromium with every host but the API server blocked.
+
+The browser is Debian's `chromium` (scripts/setup.sh installs it), driven by Playwright pointed at that
+executable: Playwright's own browser download would need the internet this test proves the docs do without.
+"""
+
+import shutil
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+from playwright.sync_api import Route, sync_playwright
+
+from tests.e2e.e2e_support import Deployment
+from tests.support import embedded_settings
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+VIEWPORT = {"width": 1280, "height": 900}  # the size of docs/swagger-offline.png
+# The server is reached by a name, as on a real deployment: Swagger UI never asks its online validator about a
+# spec on localhost, so a test on 127.0.0.1 could miss that request.
+HOST = "docs.test"
+WAIT_MS = 60_000  # a 2-core machine shared with a whole test suite
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory):
+    """The API process alone on the embedded backend: the docs need no worker."""
+    root = tmp_path_factory.mktemp("docs-offline")
+    dep = Deployment(embedded_settings(root), root)
+    try:
+        dep.start_api()
+        yield dep
+    finally:
+        dep.stop()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's headless Chromium; its absence fails the test, since the docs would then go unchecked."""
+    if not Path(CHROMIUM).is_file():
+        pytest.fail(f"no Chromium at {CHROMIUM}: scripts/setup.sh installs Debian's (apt-get install chromium)")
+    args = ["--disable-gpu", "--disable-quic", f"--host-resolver-rules=MAP {HOST} 127.0.0.1"]
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=args)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def offline_page(api, browser):
+    """A page whose requests to any origin but the API server's are aborted; yields (page, origin, requests)."""
+    origin = f"http://{HOST}:{api.port}"
+    context = browser.new_context(viewport=VIEWPORT, service_workers="block")
+
+    def only_the_server(route: Route) -> None:
+        if same_origin(route.request.url, origin):
+            route.continue_()
+        else:
+            route.abort("internetdisconnected")
+
+    context.route("**/*", only_the_server)
+    page = context.new_page()
+    requests: list[str] = []
+    page.on("request", lambda request: requests.append(request.url))
+    yield page, origin, requests
+    context.close()
+
+
+def same_origin(url: str, origin: str) -> bool:
+    parts = urlsplit(url)
+    # data: and blob: URLs are made inside the page and never reach the network.
+    return parts.scheme in ("data", "blob") or f"{parts.scheme}://{parts.netloc}" == origin
+
+
+def test_swagger_ui_renders_the_operations_and_authorizes_with_the_network_blocked(api, offline_page, tmp_path):
+    page, origin, requests = offline_page
+    page.goto(f"{origin}/docs")
+    create_job = page.locator("#operations-jobs-create_job_v1_jobs_post")
+    create_job.wait_for(timeout=WAIT_MS)
+    assert create_job.locator(".opblock-summary-method").inner_text() == "POST"
+    assert create_job.locator(".opblock-summary-path").get_attribute("data-path") == "/v1/jobs"
+    assert page.locator(".opblock").count() >= 20
+    assert "rlhf-service" in page.locator(".information-container .title").inner_text()
+    screenshot = tmp_path / "swagger-offline.png"
+    page.screenshot(path=screenshot)
+    assert screenshot.stat().st_size > 10_000
+
+    # The Authorize button takes a project key, and "Try it out" then sends it as a bearer token.
+    key = api.client.headers["Authorization"].removeprefix("Bearer ")
+    page.locator(".auth-wrapper button.authorize").click()
+    page.locator(".modal-ux input[type=text], .modal-ux input[type=password]").first.fill(key)
+    page.locator(".modal-ux .auth-btn-wrapper button.authorize").click()
+    page.locator(".modal-ux .auth-btn-wrapper button.btn-done").click()
+    list_jobs = page.locator("#operations-jobs-list_jobs_v1_jobs_get")
+    list_jobs.locator(".opblock-summary").click()
+    list_jobs.locator("button.try-out__btn").click()
+    with page.expect_response(lambda r: urlsplit(r.url).path == "/v1/jobs", timeout=WAIT_MS) as sent:
+        list_jobs.locator("button.execute").click()
+    assert sent.value.request.headers["authorization"] == f"Bearer {key}"
+    assert sent.value.status == 200
+    shown_status = list_jobs.locator(".live-responses-table tr.response td.response-col_status").first
+    shown_status.wait_for(timeout=WAIT_MS)
+    assert shown_status.inner_text().strip() == "200"
+
+    assert [url for url in requests if not same_origin(url, origin)] == []
+    assert f"{origin}/docs-assets/swagger-ui-bundle.js" in requests and f"{origin}/openapi.json" in requests
+
+
+def test_redoc_renders_the_operations_with_the_network_blocked(offline_page):
+    page, origin, requests = offline_page
+    page.goto(f"{origin}/redoc")
+    create_job = page.locator("[data-section-id='tag/jobs/operation/create_job_v1_jobs_post']")
+    create_job.wait_for(timeout=WAIT_MS)
+    assert "Create Job" in create_job.locator("h2").first.inner_text()
+    assert [url for url in requests if not same_origin(url, origin)] == []
+    assert f"{origin}/docs-assets/redoc.standalone.js" in requests
