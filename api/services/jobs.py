@@ -97,6 +97,9 @@ def create(*, session: Session, celery: Celery, settings: Settings, project_id: 
     if reward is not None:
         rewards.check_spec(reward, registry)
         rewards.check_reward_models(session, project_id, reward)
+        rewards.check_rows(session, reward, body.dataset_id, "dataset_id")
+        if body.eval_dataset_id:
+            rewards.check_rows(session, reward, body.eval_dataset_id, "eval_dataset_id")
 
     job = Job(
         project_id=project_id, type=body.type, name=body.name, base_model=body.base_model, dataset_id=body.dataset_id,

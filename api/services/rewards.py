@@ -4,17 +4,29 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from api.errors import InvalidRequest
+from core.models import DatasetRow
 from core.projects import project_checkpoint
 from trainers.spec.graders import evaluate
-from trainers.spec.reward_validation import validate_reward_spec
+from trainers.spec.reward_validation import row_problem, row_templates, validate_reward_spec
 from trainers.spec.rewards import RewardSpec
 
 DRY_RUN_TIMEOUT_S = 30.0
 """Longest a dry run may grade: graders not done by then are reported as not graded. Each call within
 it is also bounded by `trainers.spec.graders.GRADER_TIMEOUT_S`, as in training."""
+
+MAX_CHECKED_ROWS = 100_000
+"""Most prompt rows a job's templates are checked against at creation, the first in file order.
+
+Checking a row is a few dict lookups (and an RE2 compile for a templated regex), and the rows stream
+from the database by their primary key, only the `data` column: 100,000 rows take a second or two,
+which a job-creation request can afford, and cover every dataset of typical size (GSM8K's train split
+is 7,473 rows). Millions of rows would hold the request for minutes, so past this bound the remaining
+rows are left to training, where a grader failing on every completion for several rollouts fails the
+job (`trainers.rl.learning_signal`) and rarer failures are warning events."""
 
 
 def check_spec(reward: RewardSpec, registry: Mapping[str, Any]) -> None:
@@ -39,6 +51,25 @@ def check_reward_models(session: Session, project_id: str, reward: RewardSpec) -
         if (ckpt.model_info or {}).get("kind") != "reward_model":
             raise InvalidRequest(f"{field}: checkpoint {ckpt.id} is not a reward model (train one with a "
                                  "reward_model job)", param=field)
+
+
+def check_rows(session: Session, reward: RewardSpec, dataset_id: str, param: str) -> None:
+    """422 naming the grader path, the field and the row when a template cannot be rendered for a row of
+    the dataset (a field it lacks or holds null), or renders a regex RE2 refuses; `MAX_CHECKED_ROWS` at most."""
+    templates = row_templates(reward)
+    if not templates:
+        return
+    rows = session.execute(
+        select(DatasetRow.idx, DatasetRow.line, DatasetRow.data)
+        .where(DatasetRow.dataset_id == dataset_id)
+        .order_by(DatasetRow.idx)
+        .limit(MAX_CHECKED_ROWS)
+        .execution_options(yield_per=1000)
+    )
+    problem = row_problem(templates, ((r.idx, r.line, r.data) for r in rows), dataset=param)
+    if problem is not None:
+        field, message = problem
+        raise InvalidRequest(message, param=field, details=[{"field": field, "message": message}])
 
 
 def dry_run(*, reward: RewardSpec, completion: str, item: Mapping[str, Any], registry: Mapping[str, Any],

@@ -2,17 +2,19 @@
 
 `trainers.spec.rewards` checks what a spec can check alone. `validate_reward_spec` adds what needs
 the server: the registered reward functions (their names and the kwargs their signatures take) and
-RE2, which compiles each literal pattern. `error_path` turns a pydantic error's location inside a
+RE2, which compiles each literal pattern. `row_templates` and `row_problem` check the templates
+that read the prompt row against a dataset's rows. `error_path` turns a pydantic error's location inside a
 spec into the field path the service reports (``reward.graders[1].reference``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from pydantic import ValidationError
 
+from trainers.spec.graders import GraderError, render
 from trainers.spec.patterns import PatternError, compile_pattern
 from trainers.spec.reward_functions import RewardFunction, kwargs_problem, unknown_function_problem
 from trainers.spec.rewards import (
@@ -26,7 +28,7 @@ from trainers.spec.rewards import (
     leaf_graders,
     reward_spec_adapter,
 )
-from trainers.spec.templates import is_literal, parse_template
+from trainers.spec.templates import excerpt, is_literal, parse_template
 
 _TYPES = frozenset({"model", "string_check", "length", "format", "function", "multi"})
 
@@ -105,3 +107,57 @@ def error_path(loc: tuple[int | str, ...], error_type: str = "", *, prefix: str 
     if error_type in ("union_tag_invalid", "union_tag_not_found"):
         path += ".type"
     return path
+
+
+def row_templates(spec: RewardSpec, *, prefix: str = "reward") -> list[tuple[str, str, bool]]:
+    """The templates of a spec that read the prompt row: ``(field path, template, compiled as a regex)``.
+
+    Only these can fail on a row; a spec with none needs no look at the data.
+
+    Args:
+        spec: a validated spec.
+        prefix: the path of the spec in the request.
+
+    Returns:
+        E.g. ``[("reward.graders[0].reference", "{{item.answer}}", False)]``. A templated regex whose
+        reference also reads the completion is not compiled here (its pattern depends on the completion).
+    """
+    found = []
+    for i, grader in enumerate(leaf_graders(spec)):
+        if not isinstance(grader, StringCheckGrader):
+            continue
+        path = f"{prefix}.graders[{i}]" if isinstance(spec, MultiGrader) else prefix
+        for field in ("input", "reference"):
+            parts = [p for p in parse_template(getattr(grader, field)) if not isinstance(p, str)]
+            if any(p.source == "item" for p in parts):
+                regex = field == "reference" and grader.operation == "regex" and all(p.source == "item" for p in parts)
+                found.append((f"{path}.{field}", getattr(grader, field), regex))
+    return found
+
+
+def row_problem(
+    templates: Sequence[tuple[str, str, bool]], rows: Iterable[tuple[int, int, Mapping[str, Any]]], *, dataset: str
+) -> tuple[str, str] | None:
+    """The first row that a spec's `row_templates` cannot be rendered for, or whose templated regex RE2 refuses.
+
+    Args:
+        templates: `row_templates` of the spec.
+        rows: ``(index, line, row)`` of the prompt rows, as stored (the row is what graders read as ``item``).
+        dataset: the request field naming the dataset, for the message (``dataset_id``).
+
+    Returns:
+        ``(field path, message)`` naming the template, the field and the row; None when every row works.
+    """
+    for index, line, row in rows:
+        for path, template, regex in templates:
+            try:
+                rendered = render(template, completion="", item=row)
+            except GraderError as exc:
+                return path, f"{path}: {dataset} row {index} (line {line}): {exc}"
+            if regex:
+                try:
+                    compile_pattern(rendered)
+                except PatternError as exc:
+                    return path, (f"{path}: {dataset} row {index} (line {line}): {excerpt(template)} renders "
+                                  f"the regex {excerpt(rendered)}: {exc}")
+    return None
