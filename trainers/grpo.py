@@ -43,6 +43,7 @@ from trainers.ops.advantages import group_advantages
 from trainers.ops.kl import kl_k3
 from trainers.ops.logprobs import selective_log_softmax
 from trainers.ops.policy_losses import aggregate, clipped_policy_loss, entropy_from_logits, loss_normalizer
+from trainers.rl.learning_signal import LearningSignal
 from trainers.rl.online import (
     completion_stats,
     frozen_logprobs,
@@ -128,6 +129,7 @@ def train_grpo(
                                        batch_size=micro_size, compute=run.compute)  # fmt: skip
     steps_per_rollout = hp.num_iterations * hp.num_minibatches
     loop = run.training_loop(order.rollouts_per_epoch * steps_per_rollout)
+    signal = LearningSignal(job.reward, callbacks.on_event)
     metrics: dict[str, float] = {}
 
     with run.autocast():  # every forward pass below (sampling too) runs in the job's precision
@@ -160,6 +162,9 @@ def train_grpo(
             advantages, group_std = group_advantages(scores.rewards, G, scale_std=hp.scale_rewards)  # (B,), (B/G,)
             batch = GRPOBatch(rollout=rollout, advantages=advantages, old_logprobs=old, ref_logprobs=ref)
             rollout_stats = rollout_statistics(scores, group_std, rollout)
+            # A grader erring on every completion for 3 rollouts fails the run; 5 rollouts without a
+            # group whose rewards differ warn (the statistics are global: every rank decides alike).
+            signal.observe(scores, rollout_stats["frac_reward_zero_std"])
 
             # 6. Clipped updates: μ passes over the minibatches, one optimizer step each (fewer when
             #    the run ends first), each step's metrics with the rollout's.

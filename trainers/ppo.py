@@ -76,6 +76,7 @@ from trainers.ops.policy_losses import (
     entropy_from_logits,
     loss_normalizer,
 )
+from trainers.rl.learning_signal import LearningSignal
 from trainers.rl.online import (
     completion_stats,
     forward_groups,
@@ -204,6 +205,7 @@ def train_ppo(
     )
     if run.resumed:  # the loop has checked that this is a PPO checkpoint
         kl_controller.load_state_dict(run.state["extra"]["kl_controller"])
+    signal = LearningSignal(job.reward, callbacks.on_event)
     metrics: dict[str, float] = {}
 
     with run.autocast():  # every forward pass below (sampling too) runs in the job's precision
@@ -224,6 +226,7 @@ def train_ppo(
             if sampled is None:
                 return loop.stop(metrics)
             rollout, scores = sampled
+            signal.observe(scores)  # a grader erring on every completion for 3 rollouts fails the run
             mask = rollout.response_mask  # (B, A)
             score = scores.rewards if hp.reward_clip is None else scores.rewards.clamp(-hp.reward_clip, hp.reward_clip)
             old_logprobs = frozen_logprobs(policy, rollout, hp.temperature, batch_size=micro_size, ranks=ranks)

@@ -29,10 +29,10 @@ server's registry of reward functions. `RewardComputer.score` then rates a rollo
 3. a completion cut at the length limit loses `missing_eos_penalty`.
 
 A grader that cannot grade a completion scores 0 for it; the rollout's errors are summarised in a
-warning event (the first `MAX_ERROR_EVENTS` rollouts that have any) and counted in the result, never
-raised, so one bad row cannot stop a run. A grader call that overruns `GRADER_TIMEOUT_S` is such an
-error (`trainers.spec.graders`), and grading polls the run's stop request between completions, so a
-cancel ends a slow rollout's grading instead of waiting for it.
+warning event (the first `MAX_ERROR_EVENTS` rollouts that have any) and counted in the result, not raised:
+one bad row cannot stop a run (a grader failing on every row does, `trainers.rl.learning_signal`). A grader
+call that overruns `GRADER_TIMEOUT_S` is such an error (`trainers.spec.graders`), and grading polls the
+run's stop request between completions, so a cancel ends a slow rollout's grading instead of waiting for it.
 """
 
 from __future__ import annotations
