@@ -5,6 +5,9 @@ so both sides agree on one shape per dataset kind:
 
 - preference: ``{"prompt": P, "chosen": R, "rejected": R, **extra}`` where either P and R are all
   strings, or P is a list of messages and R is a list of messages with at least one assistant turn.
+  Rows are accepted as common exports write them: explicit prompts, the OpenAI format, whole
+  dialogues without a prompt (hh-rlhf, plain or as messages) and a string prompt with message-list
+  responses (UltraFeedback).
 - prompt: ``{"prompt": P, **extra}`` with P a non-empty string or a non-empty list of messages;
   the extra keys (e.g. ``answer``) are passed to graders.
 
@@ -13,10 +16,17 @@ A message is ``{"role": "system" | "user" | "assistant", "content": str, **extra
 Decisions:
 - A plain preference prompt may be ``""``: the text being compared lives in chosen and rejected, so
   an unconditional pair still carries its full signal. A conversational prompt needs at least one
-  message: the chat template renders it, and the trainers read only the assistant turns of chosen
-  and rejected, so the "implicit prompt" layout (whole conversations in chosen and rejected) would
-  silently lose its user turns. A prompt-dataset prompt may not be empty in either form, since it
-  is the only input the policy generates from.
+  message, since the chat template renders it. A prompt-dataset prompt may not be empty in either
+  form, since it is the only input the policy generates from.
+- A row without ``prompt`` (the "implicit prompt" layout) takes as its prompt what chosen and
+  rejected share at the start, as TRL's ``extract_prompt`` does (`trainers.spec.implicit_prompts`;
+  plain dialogues are cut after the last turn marker ``Assistant:`` both share). The trainers read
+  only the assistant turns of a response, so a response taken out of a whole conversation (or given beside a
+  string prompt) may hold only assistant messages: a user turn there would be silently lost, so it
+  is an error instead.
+- A string prompt with message-list responses becomes one user message; a response's leading user
+  turn equal to it repeats the prompt (UltraFeedback) and is dropped. When both responses repeat it,
+  the messages they go on to share join the prompt too.
 - An empty or whitespace-only response (a plain ``chosen``/``rejected``, or a message list whose
   assistant turns are all blank) is an error: it is almost always a broken export.
 - ``chosen`` identical to ``rejected`` is accepted. Such a pair gives no gradient signal (the margin is
@@ -31,6 +41,8 @@ Decisions:
 from __future__ import annotations
 
 from typing import Literal
+
+from trainers.spec.implicit_prompts import shared_message_count, shared_text_length
 
 DatasetKind = Literal["preference", "prompt", "text"]
 
@@ -148,11 +160,15 @@ def normalize_text(obj: object) -> dict:
 
 
 def _normalize_pair(row: dict) -> dict:
-    """Validate a plain or conversational ``prompt``/``chosen``/``rejected`` row."""
-    for key in _PAIR_KEYS:
+    """Validate a plain or conversational row with chosen/rejected, its prompt explicit or implicit."""
+    for key in ("chosen", "rejected"):
         if key not in row:
             raise RowError(f"missing required key {key!r}", field=key)
+    if "prompt" not in row:
+        return _normalize_implicit(row)
     form = _form(row["prompt"], "prompt")
+    if form == "text" and isinstance(row["chosen"], list) and isinstance(row["rejected"], list):
+        return _normalize_text_prompt_conversations(row)
     for key in ("chosen", "rejected"):
         other = _form(row[key], key)
         if other != form:
@@ -172,6 +188,78 @@ def _normalize_pair(row: dict) -> dict:
         "chosen": _response(row["chosen"], "chosen"),
         "rejected": _response(row["rejected"], "rejected"),
     }
+
+
+def _normalize_implicit(row: dict) -> dict:
+    """Take the prompt of a row without one from what its chosen and rejected share at the start."""
+    form = _form(row["chosen"], "chosen")
+    other = _form(row["rejected"], "rejected")
+    if other != form:
+        raise RowError(
+            f"is {_FORM_NAMES[other]} but chosen is {_FORM_NAMES[form]}; use one form for chosen and rejected",
+            field="rejected",
+        )
+    if form == "text":
+        chosen, rejected = row["chosen"], row["rejected"]
+        k = shared_text_length(chosen, rejected)
+        for key, response in (("chosen", chosen[k:]), ("rejected", rejected[k:])):
+            if not response.strip():
+                raise RowError(
+                    "has no response after the prompt it shares with the other side (the last turn has no reply)",
+                    field=key,
+                )
+        return {"prompt": chosen[:k], **row, "chosen": chosen[k:], "rejected": rejected[k:]}
+    chosen, rejected = _messages(row["chosen"], "chosen"), _messages(row["rejected"], "rejected")
+    n = shared_message_count(chosen, rejected)
+    if n == 0:
+        raise RowError("missing, and chosen and rejected share no leading message to take it from", field="prompt")
+    return {
+        "prompt": chosen[:n],
+        **row,
+        "chosen": _extracted_response(chosen, n, "chosen"),
+        "rejected": _extracted_response(rejected, n, "rejected"),
+    }
+
+
+def _normalize_text_prompt_conversations(row: dict) -> dict:
+    """Make a string prompt a user turn, dropping the copy of it that opens whole conversations."""
+    text = row["prompt"]
+    if not text.strip():
+        raise RowError("must not be empty when chosen and rejected are lists of messages", field="prompt")
+    chosen, rejected = _messages(row["chosen"], "chosen"), _messages(row["rejected"], "rejected")
+    skip = {key: int(_opens_with(messages, text)) for key, messages in (("chosen", chosen), ("rejected", rejected))}
+    prompt = [{"role": "user", "content": text}]
+    if skip["chosen"] and skip["rejected"]:
+        # Both sides are the whole conversation: later turns they share belong to the prompt as well.
+        prompt = [chosen[0], *chosen[1 : 1 + shared_message_count(chosen[1:], rejected[1:])]]
+        skip = {"chosen": len(prompt), "rejected": len(prompt)}
+    return {
+        **row,
+        "prompt": prompt,
+        "chosen": _extracted_response(chosen, skip["chosen"], "chosen"),
+        "rejected": _extracted_response(rejected, skip["rejected"], "rejected"),
+    }
+
+
+def _opens_with(messages: list[dict], text: str) -> bool:
+    """Whether a conversation starts with a user turn saying ``text`` (leading/trailing blanks aside)."""
+    return bool(messages) and messages[0]["role"] == "user" and messages[0]["content"].strip() == text.strip()
+
+
+def _extracted_response(messages: list[dict], start: int, field: str) -> list[dict]:
+    """The validated messages after the prompt, which may only be assistant turns, one of them non-empty."""
+    response = messages[start:]
+    for i, message in enumerate(response, start):
+        if message["role"] != "assistant":
+            raise RowError(
+                f"is {message['role']!r} after the prompt: where the prompt is implicit or a string, a response "
+                "may hold only assistant messages, since the trainers read only those (whole conversations "
+                "should first differ at an assistant turn)",
+                field=f"{field}[{i}].role",
+            )
+    if not any(m["content"].strip() for m in response):
+        raise RowError("must contain at least one assistant message with non-empty content", field=field)
+    return response
 
 
 def _normalize_openai(row: dict) -> dict:
