@@ -4,6 +4,7 @@ the field and the row."""
 
 import pytest
 
+from api.services import rewards
 from tests.support import jsonl, upload
 
 ROWS = [{"prompt": "2+2=", "answer": "4", "pattern": r"\b4\b", "meta": {"lang": "en"}},
@@ -58,4 +59,10 @@ def test_a_spec_every_row_can_fill_is_created(client, prompts, job_type):
         # The completion in the pattern: it cannot be compiled before sampling, only its fields are checked.
         check("{{sample.output_text}}", "{{item.answer}}|{{sample.output_text}}", operation="regex", name="b")]}
     r = client.post("/v1/jobs", json=job(prompts, reward, type=job_type))
+    assert r.status_code == 201, r.text
+
+
+def test_rows_past_the_checked_bound_are_left_to_training(client, prompts, monkeypatch):
+    monkeypatch.setattr(rewards, "MAX_CHECKED_ROWS", 1)  # ROWS[1], the bad pattern, is past the bound
+    r = client.post("/v1/jobs", json=job(prompts, check("{{sample.output_text}}", "{{item.pattern}}", "regex")))
     assert r.status_code == 201, r.text
