@@ -8,7 +8,8 @@ unpaired surrogates in strings) are row issues too, named by their field path.
 
 Bad bytes or a bad value spoil only their own record. Damage to the file's structure part-way
 (a .json array that breaks or is truncated, CSV quoting the reader rejects, an unreadable Parquet
-page) ends the stream with one final RowIssue, because the record boundaries after it cannot be trusted.
+page) ends the stream with one final, ``fatal`` RowIssue: the record boundaries after it cannot be trusted.
+A ``column_map`` (canonical key -> the file's column) renames columns of each record before validation.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ import csv
 import io
 import json
 import re
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, replace
 from typing import BinaryIO
 
 import pyarrow as pa
@@ -39,6 +40,12 @@ _REQUIRED_COLUMNS: dict[str, tuple[tuple[str, ...], ...]] = {
     "prompt": (("prompt",),),
     "text": (("text",),),
 }
+# The keys a column_map may fill, per kind: the canonical keys trainers read (a reward model's optional margin).
+CANONICAL_KEYS: dict[str, tuple[str, ...]] = {
+    "preference": ("prompt", "chosen", "rejected", "margin"),
+    "prompt": ("prompt",),
+    "text": ("text",),
+}
 _WHITESPACE = re.compile(r"[ \t\n\r]*")
 _INVALID_UTF8 = re.compile("[\udc80-\udcff]")  # bytes decoded with errors="surrogateescape"
 
@@ -48,12 +55,14 @@ class RowIssue:
     """A problem with one record of an uploaded file.
 
     ``line`` is 1-based: the physical line for .jsonl, the record's first line for .csv (the header
-    is line 1), the element's index for a .json array, the row's index for .parquet.
+    is line 1), the element's index for a .json array, the row's index for .parquet. ``fatal``: the
+    file's structure breaks here, so nothing after it was read.
     """
 
     line: int
     field: str | None
     message: str
+    fatal: bool = False
 
 
 class UnsupportedFormat(ValueError):
@@ -65,6 +74,7 @@ def iter_rows(
     filename: str,
     kind: DatasetKind,
     *,
+    column_map: Mapping[str, str] | None = None,
     max_line_bytes: int = MAX_LINE_BYTES,
     chunk_size: int = CHUNK_SIZE,
 ) -> Iterator[tuple[int, dict | RowIssue]]:
@@ -77,6 +87,8 @@ def iter_rows(
         file: the uploaded file, opened in binary mode (seekable for .parquet).
         filename: the client's file name; its suffix (case-insensitive) picks the format.
         kind: the dataset kind every row must match.
+        column_map: canonical key -> the file's column holding it (checked by the caller: keys of
+            ``CANONICAL_KEYS[kind]``, distinct columns); a record lacking a mapped column is a RowIssue.
         max_line_bytes: longest accepted .jsonl line in bytes, or .json array element in characters;
             a longer record becomes a RowIssue, so memory stays bounded by about this size.
         chunk_size: bytes read at a time from .json files.
@@ -87,8 +99,8 @@ def iter_rows(
 
     Raises:
         UnsupportedFormat: unknown suffix; a .json file that is not a top-level array; a .csv file
-            without a header or missing a required column; an unreadable .parquet file or one
-            missing a required column.
+            without a header or missing a required (or mapped) column; an unreadable .parquet file
+            or one missing a required (or mapped) column.
     """
     suffix = "." + filename.rsplit(".", 1)[-1].lower() if "." in filename else ""
     if suffix == ".jsonl":
@@ -96,18 +108,18 @@ def iter_rows(
     elif suffix == ".json":
         records = _JsonArray(file, chunk_size, max_line_bytes).records()
     elif suffix == ".csv":
-        records = _csv_records(file, kind)
+        records = _csv_records(file, kind, column_map or {})
     elif suffix == ".parquet":
-        records = _parquet_records(file, kind)
+        records = _parquet_records(file, kind, column_map or {})
     else:
         shown = repr(suffix) if suffix else "(no suffix)"
         expected = ", ".join(SUPPORTED_SUFFIXES)
         raise UnsupportedFormat(f"unsupported file type {shown}; expected one of {expected}")
-    return _normalized(records, kind)
+    return _normalized(records, kind, column_map or {})
 
 
 def _normalized(
-    records: Iterable[tuple[int, object]], kind: DatasetKind
+    records: Iterable[tuple[int, object]], kind: DatasetKind, column_map: Mapping[str, str]
 ) -> Iterator[tuple[int, dict | RowIssue]]:
     """Turn decoded records into canonical rows, and row errors into RowIssues."""
     for line, obj in records:
@@ -119,7 +131,7 @@ def _normalized(
             yield line, RowIssue(line, *problem)
             continue
         try:
-            yield line, normalize_row(kind, obj)
+            yield line, normalize_row(kind, _mapped(obj, column_map) if column_map else obj)
         except RowError as err:
             yield line, RowIssue(line, err.field, err.message)
 
@@ -187,7 +199,7 @@ class _JsonArray:
         while True:
             index += 1
             value, resumable = self._element(index)
-            yield index, value
+            yield index, value if resumable else replace(value, fatal=True)
             if not resumable:
                 return
             separator = self._next_char()
@@ -200,7 +212,7 @@ class _JsonArray:
             else:
                 found = "end of file" if separator is None else repr(separator)
                 message = f"invalid JSON: expected ',' or ']' after element {index}, found {found}"
-                yield index + 1, RowIssue(index + 1, None, message)
+                yield index + 1, RowIssue(index + 1, None, message, fatal=True)
                 return
 
     def _element(self, index: int) -> tuple[object, bool]:
@@ -251,7 +263,7 @@ class _JsonArray:
     def _trailing(self, line: int) -> Iterator[tuple[int, object]]:
         """Report anything but whitespace after the closing bracket."""
         if self._next_char() is not None:
-            yield line, RowIssue(line, None, "invalid JSON: unexpected data after the closing ']'")
+            yield line, RowIssue(line, None, "invalid JSON: unexpected data after the closing ']'", fatal=True)
 
     def _fill(self, size: int) -> None:
         """Drop consumed text and append up to ``size`` more bytes of decoded input."""
@@ -262,16 +274,16 @@ class _JsonArray:
         self._pos = 0
 
 
-def _csv_records(file: BinaryIO, kind: DatasetKind) -> Iterator[tuple[int, object]]:
+def _csv_records(file: BinaryIO, kind: DatasetKind, column_map: Mapping[str, str]) -> Iterator[tuple[int, object]]:
     """Check the header of a CSV file, then return an iterator of its decoded records."""
-    records = _csv_stream(file, kind)
+    records = _csv_stream(file, kind, column_map)
     # Run the generator up to its header check now, so a bad header raises from iter_rows and the
     # generator's cleanup (which detaches the text wrapper) is armed before anything else happens.
     next(records)
     return records
 
 
-def _csv_stream(file: BinaryIO, kind: DatasetKind) -> Iterator[tuple[int, object]]:
+def _csv_stream(file: BinaryIO, kind: DatasetKind, column_map: Mapping[str, str]) -> Iterator[tuple[int, object]]:
     """Yield a placeholder once the header is accepted, then each CSV record as a dict."""
     # surrogateescape: an invalid byte spoils its own record (found by _INVALID_UTF8), not the file.
     text = io.TextIOWrapper(file, encoding="utf-8-sig", errors="surrogateescape", newline="")
@@ -292,7 +304,7 @@ def _csv_stream(file: BinaryIO, kind: DatasetKind) -> Iterator[tuple[int, object
         duplicates = sorted({name for name in named if named.count(name) > 1})
         if duplicates:
             raise UnsupportedFormat(f"duplicate CSV column {duplicates[0]!r}")
-        _check_columns(named, kind, "CSV header")
+        _check_columns(named, kind, column_map, "CSV header")
         yield 0, None
         while True:
             start = reader.line_num + 1
@@ -301,7 +313,7 @@ def _csv_stream(file: BinaryIO, kind: DatasetKind) -> Iterator[tuple[int, object
             except StopIteration:
                 return
             except csv.Error as err:
-                yield start, RowIssue(start, None, f"unreadable CSV: {err}")
+                yield start, RowIssue(start, None, f"unreadable CSV: {err}", fatal=True)
                 return
             if not cells:
                 continue
@@ -330,13 +342,13 @@ def _decode_cell(cell: str) -> object:
         return cell
 
 
-def _parquet_records(file: BinaryIO, kind: DatasetKind) -> Iterator[tuple[int, object]]:
+def _parquet_records(file: BinaryIO, kind: DatasetKind, column_map: Mapping[str, str]) -> Iterator[tuple[int, object]]:
     """Open a Parquet file and check its columns, then return a generator of its rows."""
     try:
         parquet = pq.ParquetFile(file)
     except (pa.ArrowException, OSError) as err:
         raise UnsupportedFormat(f"unreadable Parquet file: {err}") from err
-    _check_columns(parquet.schema_arrow.names, kind, "Parquet file")
+    _check_columns(parquet.schema_arrow.names, kind, column_map, "Parquet file")
     return _parquet_rows(parquet)
 
 
@@ -349,11 +361,16 @@ def _parquet_rows(parquet: pq.ParquetFile) -> Iterator[tuple[int, object]]:
                 index += 1
                 yield index, row
     except (pa.ArrowException, OSError) as err:
-        yield index + 1, RowIssue(index + 1, None, f"unreadable Parquet data: {err}")
+        yield index + 1, RowIssue(index + 1, None, f"unreadable Parquet data: {err}", fatal=True)
 
 
-def _check_columns(names: list[str], kind: DatasetKind, where: str) -> None:
-    """Require one of the kind's column sets, naming what is missing from the closest one."""
+def _check_columns(names: list[str], kind: DatasetKind, column_map: Mapping[str, str], where: str) -> None:
+    """Require one of the kind's column sets (after the column map), naming what is missing from the closest one."""
+    if column_map:
+        try:
+            names = list(_mapped(dict.fromkeys(names), column_map))
+        except RowError as err:
+            raise UnsupportedFormat(f"{where}: {err.message}") from None
     present = set(names)
     options = _REQUIRED_COLUMNS[kind]
     if any(present.issuperset(option) for option in options):
@@ -362,3 +379,18 @@ def _check_columns(names: list[str], kind: DatasetKind, where: str) -> None:
     missing = [name for name in closest if name not in present]
     needs = ", ".join(closest)
     raise UnsupportedFormat(f"{where} is missing required column {missing[0]!r} (needs {needs})")
+
+
+def _mapped(record: object, column_map: Mapping[str, str]) -> object:
+    """The record with its mapped columns renamed (in file order); RowError if one is missing or would clash."""
+    if not isinstance(record, dict):
+        return record  # normalisation names the problem
+    for key, column in column_map.items():
+        if column not in record:
+            raise RowError(f"missing column {column!r}, which column_map maps to {key!r}", field=column)
+    canonical = {column: key for key, column in column_map.items()}
+    for key, column in column_map.items():
+        # Renaming onto a column that stays would silently drop one of the two values.
+        if key in record and key not in canonical:
+            raise RowError(f"has both {key!r} and {column!r}, which column_map maps to {key!r}; drop one", field=key)
+    return {canonical.get(name, name): value for name, value in record.items()}

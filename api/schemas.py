@@ -33,6 +33,17 @@ class PublicModel(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
 
+class RowProblem(BaseModel):
+    line: int = Field(description="Line (or record) of the uploaded file, 1-based; a CSV header is line 1.")
+    field: str | None = Field(description="The field at fault (a dotted path), or null for the record as a whole.")
+    message: str
+
+
+class SkippedRows(BaseModel):
+    count: int = Field(description="How many records of the file were invalid and left out.")
+    rows: list[RowProblem] = Field(description="The first 50 of them, in file order, with their reasons.")
+
+
 class DatasetPublic(PublicModel):
     id: str
     object: Literal["dataset"] = "dataset"
@@ -43,6 +54,11 @@ class DatasetPublic(PublicModel):
     row_count: int
     size_bytes: int
     sha256: str
+    column_map: dict[str, str] | None = Field(
+        None, description="The upload's column_map (canonical key -> the file's column), or null.")
+    skipped: SkippedRows | None = Field(
+        None, description="Uploads with skip_invalid=true: the invalid records left out (count 0 if none); "
+                          "null otherwise.")
     created_at: datetime
 
 

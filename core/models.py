@@ -119,6 +119,10 @@ class Dataset(Base):
     # Renewed by each committed batch of an upload, so a stale `uploading` dataset can be told apart.
     updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
+    # The upload's `column_map` (canonical key -> the file's column), applied to every row before validation.
+    column_map: Mapped[dict[str, str] | None] = mapped_column(JSONType)
+    # Uploads with skip_invalid=true: {"count": N, "rows": [{line, field, message}, ...]} (the first 50).
+    skipped: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
 
 
 class DatasetRow(Base):

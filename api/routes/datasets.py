@@ -62,6 +62,12 @@ def upload_dataset(
     file: UploadFile,
     kind: Annotated[DatasetKind, Form(description="preference (for reward models and DPO) or prompt (PPO/GRPO).")],
     name: Annotated[StorableStr | None, Form(max_length=256)] = None,
+    column_map: Annotated[str | None, Form(
+        description='JSON object: canonical key -> the column of the file holding it, e.g. {"prompt": "question"}. '
+                    "Applied to every row before validation; other columns are kept as they are.")] = None,
+    skip_invalid: Annotated[bool, Form(
+        description="Store the valid rows and report the invalid ones in `skipped` (the default stores all or "
+                    "none). A file with no valid row, or whose structure breaks, is still refused.")] = False,
     idempotency_key: Annotated[str | None, Header(max_length=256)] = None,
 ):
     """Upload a .jsonl, .json, .parquet or .csv file; every row is validated and all or none are stored."""
@@ -69,8 +75,10 @@ def upload_dataset(
     problem = text_problem(filename) or ("is longer than 512 characters" if len(filename) > 512 else None)
     if problem:
         raise InvalidRequest(f"file: the file name {problem}", param="file")
+    mapping = service.parse_column_map(text=column_map, kind=kind)
     dataset, created = service.create(session=session, project_id=project.id, file=file.file,
-                                      filename=filename, name=name, kind=kind,
+                                      filename=filename, name=name, kind=kind, column_map=mapping,
+                                      skip_invalid=skip_invalid,
                                       idempotency_key=idempotency_key, max_rows=settings.max_dataset_rows,
                                       max_row_bytes=settings.max_row_bytes,
                                       stale_upload_seconds=settings.stale_upload_seconds)

@@ -4,7 +4,8 @@ An upload never holds the database's write lock for long (SQLite has one for the
 dataset row is committed first as `uploading`, which every reader treats as absent, rows follow in
 short transactions of INSERT_BATCH rows, and the last one turns it `ready`. Any failure deletes what
 was written, again in short transactions; what a stopped API process leaves behind is deleted by
-`purge_stale_uploads` before the next upload.
+`purge_stale_uploads` before the next upload. With `skip_invalid`, bad rows are left out and counted
+instead (a file whose structure breaks, or with no valid row, is still refused whole).
 """
 
 import hashlib
@@ -20,8 +21,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from api.errors import Conflict, InvalidRequest, ServiceUnavailable, TooLarge
-from api.ingest import RowIssue, UnsupportedFormat, iter_rows
+from api.ingest import CANONICAL_KEYS, RowIssue, UnsupportedFormat, iter_rows
 from api.services.paging import ascending_page, newest_first_page
+from api.storable import text_problem
 from core.models import ACTIVE_STATUSES, Dataset, DatasetRow, Job, utcnow
 
 log = logging.getLogger(__name__)
@@ -31,6 +33,47 @@ INSERT_BATCH = 500  # rows per INSERT and per committed transaction of an upload
 DISCARD_BATCH = 5000  # rows per transaction when a dataset's rows are deleted
 MAX_REPORTED_ISSUES = 50
 MAX_NAME_CHARS = 256  # the width of datasets.name: a name taken from a longer file name is cut to it
+MAX_COLUMN_CHARS = 512
+
+
+def parse_column_map(*, text: str | None, kind: str) -> dict[str, str] | None:
+    """The `column_map` form field as canonical key -> column, or None; 422 naming `column_map` if unusable."""
+    if text is None or not text.strip():
+        return None
+    try:
+        value = json.loads(text, object_pairs_hook=_unique_keys)
+    except (ValueError, RecursionError) as exc:  # ValueError: also an integer past Python's digit limit
+        raise _column_map_error(f"is not valid JSON ({exc})") from None
+    example = '{"prompt": "question"}'
+    if not isinstance(value, dict):
+        raise _column_map_error(f"must be a JSON object of canonical key -> the file's column, e.g. {example}")
+    keys = CANONICAL_KEYS[kind]
+    for key, column in value.items():
+        if key not in keys:
+            shown = "a key" if text_problem(key) else repr(key)
+            raise _column_map_error(f"{shown} is not a canonical key of a {kind} dataset (expected "
+                                    f"{', '.join(keys)}); columns not in the map are kept as they are")
+        if not isinstance(column, str) or not column or len(column) > MAX_COLUMN_CHARS or text_problem(column):
+            raise _column_map_error(f"{key!r} must map to a column name: a non-empty string of at most "
+                                    f"{MAX_COLUMN_CHARS} characters, e.g. {example}")
+    columns = list(value.values())
+    if dupes := sorted({column for column in columns if columns.count(column) > 1}):
+        mapped = [key for key, column in value.items() if column == dupes[0]]
+        raise _column_map_error(f"{' and '.join(map(repr, mapped))} both map from column {dupes[0]!r}")
+    return value or None
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    """A JSON object's dict; a key given twice (which json.loads would silently resolve) is refused."""
+    keys = [key for key, _ in pairs]
+    if dupes := sorted({key for key in keys if keys.count(key) > 1}):
+        shown = "a key" if text_problem(dupes[0]) else repr(dupes[0])
+        raise _column_map_error(f"{shown} is given more than once")
+    return dict(pairs)
+
+
+def _column_map_error(problem: str) -> InvalidRequest:
+    return InvalidRequest(f"column_map: {problem}", param="column_map")
 
 
 def _digest(file: BinaryIO) -> tuple[int, str]:
@@ -58,37 +101,42 @@ def _replay(session: Session, project_id: str, key: str, request_hash: str) -> D
 
 
 def create(*, session: Session, project_id: str, file: BinaryIO, filename: str, name: str | None, kind: str,
+           column_map: dict[str, str] | None = None, skip_invalid: bool = False,
            idempotency_key: str | None = None, max_rows: int = 5_000_000,
            max_row_bytes: int = 8 * 1024**2, stale_upload_seconds: float = 600.0) -> tuple[Dataset, bool]:
-    """Validate an uploaded file and store all of its rows or none, in short transactions.
+    """Validate an uploaded file and store all of its rows or none (or, with `skip_invalid`, its valid rows).
 
-    `filename` and `name` are checked by the caller (length, characters no backend stores).
+    `filename` and `name` are checked by the caller (length, characters no backend stores), and
+    `column_map` by `parse_column_map`.
 
     Returns the dataset and whether it is new (a repeated Idempotency-Key returns the first one).
     """
     purge_stale_uploads(session=session, older_than=timedelta(seconds=stale_upload_seconds))
     size, sha256 = _digest(file)
-    request_hash = hashlib.sha256(json.dumps([sha256, filename, name, kind]).encode()).hexdigest()
+    request = [sha256, filename, name, kind] + ([column_map, skip_invalid] if column_map or skip_invalid else [])
+    request_hash = hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()
     if idempotency_key and (existing := _replay(session, project_id, idempotency_key, request_hash)):
         return existing, False
     suffix = PurePath(filename).suffix.lower().lstrip(".")
     dataset = Dataset(project_id=project_id, name=name or filename[:MAX_NAME_CHARS], kind=kind, filename=filename,
                       format=suffix, size_bytes=size, sha256=sha256, idempotency_key=idempotency_key,
                       request_hash=request_hash, status=UPLOADING, updated_at=utcnow())
+    if column_map:  # left unset otherwise, so the column holds SQL NULL rather than JSON null
+        dataset.column_map = column_map
     session.add(dataset)
     try:
         session.commit()
     except IntegrityError:  # the same Idempotency-Key committed by a concurrent request
         session.rollback()
         return create(session=session, project_id=project_id, file=file, filename=filename, name=name,
-                      kind=kind, idempotency_key=idempotency_key, max_rows=max_rows, max_row_bytes=max_row_bytes,
-                      stale_upload_seconds=stale_upload_seconds)
+                      kind=kind, column_map=column_map, skip_invalid=skip_invalid, idempotency_key=idempotency_key,
+                      max_rows=max_rows, max_row_bytes=max_row_bytes, stale_upload_seconds=stale_upload_seconds)
     try:
         try:
-            rows = iter_rows(file, filename, kind, max_line_bytes=max_row_bytes)
+            rows = iter_rows(file, filename, kind, column_map=column_map, max_line_bytes=max_row_bytes)
         except UnsupportedFormat as exc:
             raise InvalidRequest(str(exc), param="file") from exc
-        _write_rows(session, dataset, rows, max_rows)
+        _write_rows(session, dataset, rows, max_rows, skip_invalid)
     except BaseException:  # bad rows, too many, an unreadable file, a lost connection: nothing stays
         session.rollback()
         try:
@@ -101,18 +149,26 @@ def create(*, session: Session, project_id: str, file: BinaryIO, filename: str, 
 
 
 def _write_rows(session: Session, dataset: Dataset, rows: Iterable[tuple[int, dict | RowIssue]],
-                max_rows: int) -> None:
-    """Commit the rows batch by batch; the last commit makes the dataset `ready`."""
+                max_rows: int, skip_invalid: bool = False) -> None:
+    """Commit the rows batch by batch; the last commit makes the dataset `ready`.
+
+    Bad rows refuse the whole file, unless `skip_invalid`: then they are counted, the first
+    MAX_REPORTED_ISSUES kept for the dataset's `skipped`, and the good rows stored.
+    """
     issues: list[RowIssue] = []
     batch: list[dict] = []
-    count = 0
+    count = skipped = 0
     for line, row in rows:
         if isinstance(row, RowIssue):
-            issues.append(row)
-            if len(issues) >= MAX_REPORTED_ISSUES:
+            if row.fatal and skip_invalid:  # the rest of the file is unread: not a row to skip
+                raise _invalid([row], f"the file is damaged at line {row.line}; nothing was stored")
+            skipped += 1
+            if len(issues) < MAX_REPORTED_ISSUES:
+                issues.append(row)
+            elif not skip_invalid:
                 break
             continue
-        if issues:
+        if issues and not skip_invalid:
             continue  # keep scanning for more problems, but nothing will be stored
         batch.append({"dataset_id": dataset.id, "idx": count, "line": line, "data": row})
         count += 1
@@ -121,19 +177,28 @@ def _write_rows(session: Session, dataset: Dataset, rows: Iterable[tuple[int, di
         if len(batch) >= INSERT_BATCH:
             _commit_batch(session, dataset.id, batch)
             batch.clear()
-    if issues:
-        first = issues[0]
-        where = f"line {first.line}" + (f", field {first.field!r}" if first.field else "")
-        raise InvalidRequest(
-            f"{len(issues)}{'+' if len(issues) >= MAX_REPORTED_ISSUES else ''} invalid row(s); "
-            f"nothing was stored. First: {where}: {first.message}",
-            param="file",
-            details=[{"line": i.line, "field": i.field, "message": i.message} for i in issues],
-        )
+    if issues and not skip_invalid:
+        more = "+" if skipped > MAX_REPORTED_ISSUES else ""
+        raise _invalid(issues, f"{len(issues)}{more} invalid row(s); nothing was stored (skip_invalid=true "
+                               "stores the valid ones)")
     if count == 0:
+        if issues:
+            raise _invalid(issues, f"all {skipped} rows are invalid; nothing was stored")
         raise InvalidRequest("the file holds no rows", param="file")
+    summary = {"skipped": {"count": skipped, "rows": _details(issues)}} if skip_invalid else {}
     # Created when it became visible, so it lists above everything that was there before it.
-    _commit_batch(session, dataset.id, batch, status=READY, row_count=count, created_at=utcnow())
+    _commit_batch(session, dataset.id, batch, status=READY, row_count=count, created_at=utcnow(), **summary)
+
+
+def _details(issues: list[RowIssue]) -> list[dict]:
+    return [{"line": i.line, "field": i.field, "message": i.message} for i in issues]
+
+
+def _invalid(issues: list[RowIssue], summary: str) -> InvalidRequest:
+    """The 422 for bad rows: the summary, the first problem's place, and up to 50 `{line, field, message}`."""
+    first = issues[0]
+    where = f"line {first.line}" + (f", field {first.field!r}" if first.field else "")
+    return InvalidRequest(f"{summary}. First: {where}: {first.message}", param="file", details=_details(issues))
 
 
 def _commit_batch(session: Session, dataset_id: str, batch: list[dict], **values: object) -> None:
