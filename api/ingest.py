@@ -35,8 +35,8 @@ CHUNK_SIZE = 64 * 1024
 PARQUET_BATCH_ROWS = 1024
 
 _REQUIRED_COLUMNS: dict[str, tuple[tuple[str, ...], ...]] = {
-    # Preference files may use either the prompt/chosen/rejected or the OpenAI column set.
-    "preference": (("prompt", "chosen", "rejected"), ("input", "preferred_output", "non_preferred_output")),
+    # Preference files may use either the chosen/rejected (with or without prompt) or the OpenAI column set.
+    "preference": (("chosen", "rejected"), ("input", "preferred_output", "non_preferred_output")),
     "prompt": (("prompt",),),
     "text": (("text",),),
 }
