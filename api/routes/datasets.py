@@ -70,7 +70,8 @@ def upload_dataset(
                     "none). A file with no valid row, or whose structure breaks, is still refused.")] = False,
     idempotency_key: Annotated[str | None, Header(max_length=256)] = None,
 ):
-    """Upload a .jsonl, .json, .parquet or .csv file; every row is validated and all or none are stored."""
+    """Upload a .jsonl, .json, .parquet or .csv file; every row is validated and all or none are stored
+    (with skip_invalid=true, the valid ones)."""
     filename = file.filename or "upload.jsonl"
     problem = text_problem(filename) or ("is longer than 512 characters" if len(filename) > 512 else None)
     if problem:

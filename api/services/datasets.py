@@ -34,6 +34,7 @@ DISCARD_BATCH = 5000  # rows per transaction when a dataset's rows are deleted
 MAX_REPORTED_ISSUES = 50
 MAX_NAME_CHARS = 256  # the width of datasets.name: a name taken from a longer file name is cut to it
 MAX_COLUMN_CHARS = 512
+MAX_ISSUE_CHARS = 1000  # of a reported row issue's field and message
 
 
 def parse_column_map(*, text: str | None, kind: str) -> dict[str, str] | None:
@@ -191,14 +192,20 @@ def _write_rows(session: Session, dataset: Dataset, rows: Iterable[tuple[int, di
 
 
 def _details(issues: list[RowIssue]) -> list[dict]:
-    return [{"line": i.line, "field": i.field, "message": i.message} for i in issues]
+    """Issues as `{line, field, message}`, each text cut short: a message may quote a row's keys, of any length."""
+    return [{"line": i.line, "field": _cut(i.field), "message": _cut(i.message)} for i in issues]
+
+
+def _cut(text: str | None) -> str | None:
+    return text if text is None or len(text) <= MAX_ISSUE_CHARS else text[:MAX_ISSUE_CHARS] + "..."
 
 
 def _invalid(issues: list[RowIssue], summary: str) -> InvalidRequest:
     """The 422 for bad rows: the summary, the first problem's place, and up to 50 `{line, field, message}`."""
-    first = issues[0]
-    where = f"line {first.line}" + (f", field {first.field!r}" if first.field else "")
-    return InvalidRequest(f"{summary}. First: {where}: {first.message}", param="file", details=_details(issues))
+    details = _details(issues)
+    first = details[0]
+    where = f"line {first['line']}" + (f", field {first['field']!r}" if first["field"] else "")
+    return InvalidRequest(f"{summary}. First: {where}: {first['message']}", param="file", details=details)
 
 
 def _commit_batch(session: Session, dataset_id: str, batch: list[dict], **values: object) -> None:

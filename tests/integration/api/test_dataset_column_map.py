@@ -167,9 +167,13 @@ def test_skip_invalid_counts_every_skipped_row_and_reports_the_first_50(client):
 
 
 def test_skip_invalid_still_refuses_a_file_without_valid_rows_or_with_a_broken_structure(client):
-    r = _upload(client, jsonl([{"prompt": ""}, {"prompt": " "}]), skip_invalid="true")
+    r = _upload(client, jsonl([{"prompt": ""}, {"k" * 5000: 1}]), skip_invalid="true")
     assert r.status_code == 422, r.text
-    assert "all 2 rows are invalid" in r.json()["error"]["message"] and len(r.json()["error"]["details"]) == 2
+    error = r.json()["error"]
+    assert "all 2 rows are invalid" in error["message"] and len(error["details"]) == 2
+    # A message quoting a row's keys is cut short.
+    assert error["details"][1]["message"].startswith("missing required key 'prompt' (got kkk")
+    assert len(error["details"][1]["message"]) == 1003
     # A .json array cut short: the rows after the break were never read, so none is stored.
     truncated = json.dumps([{"prompt": "a"}, {"prompt": "b"}]).encode()[:-10]
     r = _upload(client, truncated, filename="cut.json", skip_invalid="true")
