@@ -9,13 +9,14 @@ Functions come from what the server operator installed or configured, never from
 - modules named in the server settings, imported here, whose functions carry
   ``@reward_function("name")``.
 
-Two built-in functions, ``exact_match`` and ``contains_answer``, are always registered. A
-function should be pure and fast (it runs once per sampled completion) and must not change
-``item``; whatever it raises becomes a grader error for that completion, not a failed job. Each
-call runs in a thread of its own and may take at most `trainers.spec.graders.GRADER_TIMEOUT_S`
-seconds: past that it is a grader error too, and its thread is left to finish (see
-`trainers.spec.deadlines`). A function must not hold the GIL for long, as no deadline can end that:
-for instance, never run Python's ``re`` on a pattern that comes from the prompt row.
+Three built-in functions, ``exact_match``, ``contains_answer`` and ``math_answer`` (final answers of
+math problems, see `trainers.spec.math_answers`), are always registered. A function should be pure
+and fast (it runs once per sampled completion) and must not change ``item``; whatever it raises
+becomes a grader error for that completion, not a failed job. Each call runs in a thread of its own
+and may take at most `trainers.spec.graders.GRADER_TIMEOUT_S` seconds: past that it is a grader
+error too, and its thread is left to finish (see `trainers.spec.deadlines`); only the linear-time
+built-ins in `BUILTIN_FUNCTIONS` run inline. A function must not hold the GIL for long, as no
+deadline can end that: for instance, never run Python's ``re`` on a pattern that comes from the prompt row.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from collections.abc import Callable, Mapping, Sequence
 from importlib.metadata import entry_points
 from typing import Any, TypeVar
 
+from trainers.spec import math_answers
 from trainers.spec.errors import TrainerError
 
 ENTRY_POINT_GROUP = "rlhf_service.reward_functions"
@@ -120,7 +122,38 @@ def contains_answer(
     return float(answer in text)
 
 
+@reward_function("math_answer")
+def math_answer(completion: str, item: Mapping[str, Any], *, field: str = "answer") -> float:
+    """1.0 when the completion's final answer equals ``item[field]`` numerically or symbolically, else 0.0.
+
+    The reference is what follows the last ``####`` of the field (GSM8K), else its last ``\\boxed{...}``
+    (MATH), else the whole field: a number (``1,000``, ``0.5``, ``1/2``) or a LaTeX expression
+    (``\\frac{1}{2}``, ``2\\sqrt{2}``). The completion's answer is the first line after its last
+    ``####``, else its last ``\\boxed{...}``, else what math-verify finds at its end ("the answer is
+    ...", the last number or expression).
+    See `trainers.spec.math_answers`.
+
+    Args:
+        completion: the sampled completion.
+        item: the prompt row.
+        field: the column holding the reference answer.
+
+    Returns:
+        1.0 or 0.0 (also 0.0 when the completion holds no answer, or one too large to compare).
+
+    Raises:
+        KeyError: the row has no such field (or it is null).
+        ValueError: the field holds no number or expression, or one too large to compare.
+    """
+    return float(math_answers.answers_match(_field(item, field), completion))
+
+
 BUILTIN_FUNCTIONS: tuple[RewardFunction, ...] = (exact_match, contains_answer)
+"""Built-ins linear in their input, which the graders call inline (no thread, no deadline)."""
+
+BOUNDED_BUILTIN_FUNCTIONS: tuple[RewardFunction, ...] = (math_answer,)
+"""Built-ins that may be slow on some input (SymPy), called like registered functions: each in a thread
+under the graders' deadline."""
 
 
 def load_registry(modules: Sequence[str] = ()) -> dict[str, RewardFunction]:
@@ -139,7 +172,7 @@ def load_registry(modules: Sequence[str] = ()) -> dict[str, RewardFunction]:
             callable or has an invalid name, or two different functions claim one name.
     """
     registry: dict[str, RewardFunction] = {}
-    for fn in BUILTIN_FUNCTIONS:
+    for fn in (*BUILTIN_FUNCTIONS, *BOUNDED_BUILTIN_FUNCTIONS):
         _add(registry, getattr(fn, _NAME_ATTR), fn, source="built-in")
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         source = f"entry point {ep.name} = {ep.value}"
