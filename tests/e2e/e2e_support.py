@@ -1,11 +1,13 @@
 """Helpers of the end-to-end tests: deployments as real processes, datasets, following a job, waiting."""
 
+import io
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from contextlib import ExitStack, contextmanager, suppress
@@ -212,3 +214,34 @@ class PrivateRedis:
     def stop(self) -> None:
         self.proc.terminate()
         self.proc.wait(timeout=30)
+
+
+def assert_download_reproduces_probe(archive: bytes, checkpoint: dict, root: Path) -> None:
+    """Unpack a checkpoint's download under `root`, load it with transformers, and check it gives the probe
+    logits the trainer recorded (the download is the model that trained)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tarfile.open(fileobj=io.BytesIO(archive)).extractall(root, filter="data")
+    model = AutoModelForCausalLM.from_pretrained(root / checkpoint["id"]).eval()
+    tokenizer = AutoTokenizer.from_pretrained(root / checkpoint["id"])
+    with torch.no_grad():
+        ids = tokenizer(checkpoint["probe"]["text"], return_tensors="pt")["input_ids"]
+        logits = model(input_ids=ids).logits[0, -1, : len(checkpoint["probe"]["logits"])]
+    torch.testing.assert_close(logits, torch.tensor(checkpoint["probe"]["logits"]), rtol=0, atol=1e-5)
+
+
+def poisoned_base_model(models_dir: Path) -> str:
+    """Write builtin:tiny-llama with one NaN weight under the models root, so a job's first loss is NaN;
+    returns its reference."""
+    import torch
+
+    from trainers.models.tiny import build_tiny_llama
+
+    model, tokenizer = build_tiny_llama()
+    with torch.no_grad():
+        model.model.layers[0].mlp.down_proj.weight[0, 0] = float("nan")
+    target = models_dir / "poisoned" / "tiny"
+    model.save_pretrained(target)
+    tokenizer.save_pretrained(target)
+    return "poisoned/tiny"

@@ -5,16 +5,20 @@ checkpoint loads with transformers; a cancelled one ends with every rank; a SIGK
 takes torchrun's agent and the ranks with it; two such jobs run side by side on one machine.
 """
 
-import io
 import os
 import signal
-import tarfile
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.e2e_support import create_dataset, deployment, wait_for
+from tests.e2e.e2e_support import (
+    assert_download_reproduces_probe,
+    create_dataset,
+    deployment,
+    poisoned_base_model,
+    wait_for,
+)
 
 pytestmark = pytest.mark.e2e
 HYPERPARAMETERS = {"learning_rate": 3e-3, "max_steps": 10, "batch_size": 8, "checkpoint_every": 5}
@@ -87,17 +91,7 @@ def test_a_two_process_dpo_job_trains_as_one_process_does_and_its_checkpoint_loa
     assert [(c["step"], c["is_final"]) for c in ckpts] == [(5, False), (10, True)]
 
     final = ckpts[-1]
-    archive = service.get(f"/v1/checkpoints/{final['id']}/download").content
-    tarfile.open(fileobj=io.BytesIO(archive)).extractall(tmp_path, filter="data")
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    model = AutoModelForCausalLM.from_pretrained(tmp_path / final["id"]).eval()
-    tokenizer = AutoTokenizer.from_pretrained(tmp_path / final["id"])
-    with torch.no_grad():
-        ids = tokenizer(final["probe"]["text"], return_tensors="pt")["input_ids"]
-        logits = model(input_ids=ids).logits[0, -1, : len(final["probe"]["logits"])]
-    torch.testing.assert_close(logits, torch.tensor(final["probe"]["logits"]), rtol=0, atol=1e-5)
+    assert_download_reproduces_probe(service.get(f"/v1/checkpoints/{final['id']}/download").content, final, tmp_path)
 
 
 @pytest.fixture
@@ -162,19 +156,10 @@ def test_two_two_process_jobs_run_side_by_side_on_one_machine(embedded):
 
 def test_a_two_process_job_whose_loss_turns_nan_fails_naming_the_step(embedded):
     """Every rank raises at step 1: the first rank's error is the job's, as on one process."""
-    import torch
-
-    from trainers.models.tiny import build_tiny_llama
-
-    model, tokenizer = build_tiny_llama()
-    with torch.no_grad():
-        model.model.layers[0].mlp.down_proj.weight[0, 0] = float("nan")
-    target = embedded.settings.models_dir / "poisoned" / "tiny"
-    model.save_pretrained(target)
-    tokenizer.save_pretrained(target)
+    base = poisoned_base_model(embedded.settings.models_dir)
 
     client = embedded.client
-    r = client.post("/v1/jobs", json={"type": "dpo", "base_model": "poisoned/tiny", "processes": 2,
+    r = client.post("/v1/jobs", json={"type": "dpo", "base_model": base, "processes": 2,
                                       "dataset_id": create_dataset(client)})
     assert r.status_code == 201, r.text
     job = wait_for(client, r.json()["id"], lambda j: j["status"] in ENDED, "its end")

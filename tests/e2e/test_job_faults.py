@@ -3,7 +3,7 @@ on a new worker), and a loss that turns NaN (the job fails naming the step)."""
 
 import pytest
 
-from tests.e2e.e2e_support import create_dataset, deployment, wait_for
+from tests.e2e.e2e_support import create_dataset, deployment, poisoned_base_model, wait_for
 
 pytestmark = pytest.mark.e2e
 STEPS, EVERY = 400, 100
@@ -46,19 +46,10 @@ def embedded_dep(request, tmp_path):
 
 def test_a_nan_loss_fails_the_job_naming_the_step(embedded_dep):
     """A poisoned base model (one NaN weight) under the models root makes the first loss NaN."""
-    import torch
-
-    from trainers.models.tiny import build_tiny_llama
-
-    model, tokenizer = build_tiny_llama()
-    with torch.no_grad():
-        model.model.layers[0].mlp.down_proj.weight[0, 0] = float("nan")
-    target = embedded_dep.settings.models_dir / "poisoned" / "tiny"
-    model.save_pretrained(target)
-    tokenizer.save_pretrained(target)
+    base = poisoned_base_model(embedded_dep.settings.models_dir)
 
     client = embedded_dep.client
-    job_id = client.post("/v1/jobs", json={"type": "dpo", "base_model": "poisoned/tiny",
+    job_id = client.post("/v1/jobs", json={"type": "dpo", "base_model": base,
                                            "dataset_id": create_dataset(client)}).json()["id"]
     job = wait_for(client, job_id, lambda j: j["status"] not in ("queued", "running"), "its end")
     assert job["status"] == "failed"

@@ -2,12 +2,10 @@
 goes to the bucket, downloads through the API and loads with transformers."""
 
 import hashlib
-import io
-import tarfile
 
 import pytest
 
-from tests.e2e.e2e_support import create_dataset, deployment, stream_until_done
+from tests.e2e.e2e_support import assert_download_reproduces_probe, create_dataset, deployment, stream_until_done
 
 pytestmark = pytest.mark.e2e
 
@@ -34,14 +32,4 @@ def test_dpo_checkpoint_in_object_storage_downloads_loads_and_trains_on(request,
         assert [p.name.endswith("%2Fmodel") for p in (artifacts / "cache").iterdir()] == [True]
 
     assert hashlib.sha256(archive).hexdigest() == final["sha256"] and len(archive) == final["size_bytes"]
-    tarfile.open(fileobj=io.BytesIO(archive)).extractall(tmp_path, filter="data")
-
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    model = AutoModelForCausalLM.from_pretrained(tmp_path / final["id"]).eval()
-    tokenizer = AutoTokenizer.from_pretrained(tmp_path / final["id"])
-    with torch.no_grad():
-        ids = tokenizer(final["probe"]["text"], return_tensors="pt")["input_ids"]
-        logits = model(input_ids=ids).logits[0, -1, : len(final["probe"]["logits"])]
-    torch.testing.assert_close(logits, torch.tensor(final["probe"]["logits"]), rtol=0, atol=1e-5)
+    assert_download_reproduces_probe(archive, final, tmp_path)
