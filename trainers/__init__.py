@@ -92,4 +92,8 @@ def run(
     ranks = init_ranks()  # under torchrun: join the job's other processes, and report from rank 0 only
     if ranks.distributed:
         callbacks = RankCallbacks(callbacks, ranks)
-    return train(job, data, callbacks, resume_from=resume_from)
+    result = train(job, data, callbacks, resume_from=resume_from)
+    # Every rank waits for rank 0 to have saved the last checkpoint: a rank that went on and tore down
+    # its process group while its last transfers to rank 0 were still in flight would abort the job.
+    ranks.barrier()
+    return result
