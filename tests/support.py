@@ -112,6 +112,30 @@ def jsonl(rows: list[Any]) -> bytes:
     return "".join(json.dumps(r) + "\n" for r in rows).encode()
 
 
+def csv_file(rows: list[dict]) -> bytes:
+    """Rows as a CSV file: a header of the first row's keys, then one record per row."""
+    import csv
+    import io
+
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue().encode()
+
+
+def parquet_file(rows: list[dict]) -> bytes:
+    """Rows as a Parquet file, one column per key."""
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    buf = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(rows), buf)
+    return buf.getvalue()
+
+
 def upload(client, content: bytes, *, filename: str = "data.jsonl", kind: str = "preference",
            name: str | None = None):
     data = {"kind": kind} | ({"name": name} if name else {})

@@ -1,23 +1,15 @@
 """Dataset endpoints on both backends: upload in every format, validation, listing, deletion."""
 
-import io
 import json
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 from sqlalchemy import func, select
 
 from core.db import session_scope
 from core.models import DatasetRow, Job
-from tests.support import jsonl, preference_rows, project_of, upload
+from tests.support import jsonl, parquet_file, preference_rows, project_of, upload
 
 ROWS = preference_rows(3)
 
-
-def _parquet(rows) -> bytes:
-    buf = io.BytesIO()
-    pq.write_table(pa.Table.from_pylist(rows), buf)
-    return buf.getvalue()
 
 
 def _csv(rows) -> bytes:
@@ -32,7 +24,7 @@ def _stored_rows(settings) -> int:
 
 def test_upload_each_format_stores_the_same_rows(client):
     files = {"d.jsonl": jsonl(ROWS), "d.json": json.dumps(ROWS).encode(), "d.csv": _csv(ROWS),
-             "d.parquet": _parquet(ROWS)}
+             "d.parquet": parquet_file(ROWS)}
     for filename, content in files.items():
         r = upload(client, content, filename=filename, name=f"set {filename}")
         assert r.status_code == 201, r.text
@@ -142,7 +134,7 @@ def test_values_json_cannot_hold_are_row_errors(client, settings):
     rows = [dict(ROWS[0], when=None, score=1.0),
             dict(ROWS[1], when=datetime.datetime(2024, 1, 1), score=1.0),
             dict(ROWS[2], when=None, score=float("nan"))]
-    r = upload(client, _parquet(rows), filename="d.parquet")
+    r = upload(client, parquet_file(rows), filename="d.parquet")
     assert r.status_code == 422
     assert [d["line"] for d in r.json()["error"]["details"]] == [2, 3]
     assert _stored_rows(settings) == 0

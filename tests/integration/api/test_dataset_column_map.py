@@ -1,16 +1,12 @@
 """Dataset uploads with a column map (exports as they come) and with skip_invalid, on both backends."""
 
-import csv
-import io
 import json
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 from fastapi.testclient import TestClient
 
 from api.main import create_app
 from core.settings import Settings
-from tests.support import jsonl
+from tests.support import csv_file, jsonl, parquet_file
 
 GSM8K = [
     {"question": "Tom has 3 boxes of 6 eggs. How many eggs does he have?",
@@ -23,18 +19,6 @@ GSM8K = [
 QUESTION_TO_PROMPT = json.dumps({"prompt": "question"})
 
 
-def _csv(rows: list[dict]) -> bytes:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
-    return buf.getvalue().encode()
-
-
-def _parquet(rows: list[dict]) -> bytes:
-    buf = io.BytesIO()
-    pq.write_table(pa.Table.from_pylist(rows), buf)
-    return buf.getvalue()
 
 
 def _upload(client, content: bytes, *, filename: str = "data.jsonl", kind: str = "prompt", headers=None, **form):
@@ -59,7 +43,7 @@ def _hh_rows(n: int, empty: dict[int, str]) -> list[dict]:
 
 
 def test_gsm8k_rows_upload_as_prompts_in_every_format(client):
-    files = {"gsm8k.jsonl": jsonl(GSM8K), "gsm8k.csv": _csv(GSM8K), "gsm8k.parquet": _parquet(GSM8K)}
+    files = {"gsm8k.jsonl": jsonl(GSM8K), "gsm8k.csv": csv_file(GSM8K), "gsm8k.parquet": parquet_file(GSM8K)}
     for filename, content in files.items():
         r = _upload(client, content, filename=filename, column_map=QUESTION_TO_PROMPT)
         assert r.status_code == 201, (filename, r.text)
@@ -127,7 +111,7 @@ def test_a_row_lacking_the_mapped_column_is_named(client):
     assert error["details"] == [{"line": 2, "field": "question",
                                  "message": "missing column 'question', which column_map maps to 'prompt'"}]
     # A CSV or Parquet file lacks it in its header, for every row at once.
-    for filename, content in {"g.csv": _csv(rows[1:2]), "g.parquet": _parquet(rows[1:2])}.items():
+    for filename, content in {"g.csv": csv_file(rows[1:2]), "g.parquet": parquet_file(rows[1:2])}.items():
         r = _upload(client, content, filename=filename, column_map=QUESTION_TO_PROMPT)
         assert r.status_code == 422, (filename, r.text)
         assert "missing column 'question', which column_map maps to 'prompt'" in r.json()["error"]["message"]

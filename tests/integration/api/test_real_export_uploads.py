@@ -1,12 +1,8 @@
 """Preference exports uploaded as they come (hh-rlhf, UltraFeedback, OpenAI) are stored as canonical rows."""
 
-import csv
-import io
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 
-from tests.support import jsonl, upload
+from tests.support import csv_file, jsonl, parquet_file, upload
 
 
 def user(text: str) -> dict:
@@ -50,18 +46,6 @@ CANONICAL = {
 }
 
 
-def _parquet(rows: list[dict]) -> bytes:
-    buf = io.BytesIO()
-    pq.write_table(pa.Table.from_pylist(rows), buf)
-    return buf.getvalue()
-
-
-def _csv(rows: list[dict]) -> bytes:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
-    return buf.getvalue().encode()
 
 
 def _stored(client, content: bytes, filename: str, name: str) -> list[dict]:
@@ -82,9 +66,9 @@ def test_real_exports_upload_as_they_come(client):
     }
     for name, rows in uploads.items():
         assert _stored(client, jsonl(rows), "data.jsonl", name) == CANONICAL[name], name
-    parquet = _stored(client, _parquet(HH_CONVERSATIONS), "data.parquet", "hh-conversations parquet")
+    parquet = _stored(client, parquet_file(HH_CONVERSATIONS), "data.parquet", "hh-conversations parquet")
     assert parquet == CANONICAL["hh-conversations"]
-    assert _stored(client, _csv([HH_PLAIN]), "data.csv", "hh-plain csv") == CANONICAL["hh-plain"]
+    assert _stored(client, csv_file([HH_PLAIN]), "data.csv", "hh-plain csv") == CANONICAL["hh-plain"]
 
     # hh-rlhf holds dialogues whose last turn has no reply: the line and the empty side are named.
     bad = upload(client, jsonl([HH_PLAIN, {"chosen": HH_PROMPT + " Knead.", "rejected": HH_PROMPT + " "}]))
