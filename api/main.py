@@ -10,7 +10,7 @@ from api.admission import Admission, request_slots
 from api.docs import install_docs
 from api.errors import install_error_handlers
 from api.limits import BodyLimits
-from api.routes import admin, checkpoints, datasets, graders, health, jobs
+from api.routes import admin, chat, checkpoints, datasets, files, fine_tuning, graders, health, jobs, models
 from api.services.modelops import ModelOps
 from core.db import configure_pool
 from core.queue import make_celery
@@ -64,7 +64,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_docs(app)
     app.add_middleware(BodyLimits, settings=settings)
     app.add_middleware(Admission, slots=request_slots(settings), wait_seconds=settings.db_pool_timeout_seconds)
-    for module in (datasets, jobs, checkpoints, graders, admin, health):
+    # The OpenAI-compatible layer (files, fine_tuning, models, chat) is an adapter over the same services.
+    for module in (datasets, jobs, checkpoints, graders, files, fine_tuning, models, chat, admin, health):
         app.include_router(module.router)
     return app
 

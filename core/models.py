@@ -170,6 +170,10 @@ class Job(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # OpenAI's `suffix`: a part of the fine-tuned model's name (`ft:<base>:<project>:<suffix>:<job id>`).
+    suffix: Mapped[str | None] = mapped_column(String(64))
+    # When the fine-tuned model was deleted (DELETE /v1/models/{model}); it is no longer listed or served.
+    model_deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
 class JobEvent(Base):
