@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 from core.models import Job
 
+# Jobs created through the native API are `job_…`, fine-tuning jobs created the OpenAI way `ftjob-…`.
+JOB_ID_PREFIXES = ("job_", "ftjob-")
 _CHECKPOINT_PART = re.compile(r"ckpt-step-(\d+)")
 _SLUG_DROP = re.compile(r"[^a-z0-9-]+")
 
@@ -48,6 +50,6 @@ def parse(name: str) -> ParsedName | None:
     step = None
     if (match := _CHECKPOINT_PART.fullmatch(parts[-1])) is not None:
         step, parts = int(match.group(1)), parts[:-1]
-    if len(parts) < 5 or not parts[-1].startswith("job_"):
+    if len(parts) < 5 or not parts[-1].startswith(JOB_ID_PREFIXES):
         return None
     return ParsedName(job_id=parts[-1], step=step)
