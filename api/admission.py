@@ -17,7 +17,7 @@ import weakref
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.errors import error_body
+from api.errors import error_content
 from core.settings import Settings
 
 THREADS = 40  # anyio's default worker threads, which run synchronous routes and dependencies
@@ -52,7 +52,7 @@ class Admission:
         try:
             await asyncio.wait_for(semaphore.acquire(), self.wait_seconds)
         except TimeoutError:
-            await _busy(send)
+            await _busy(scope, send)
             return
         held = True
 
@@ -73,9 +73,10 @@ class Admission:
             release()
 
 
-async def _busy(send: Send) -> None:
-    body = json.dumps(error_body("service_unavailable", "the service is busy; retry later")).encode()
-    await send({"type": "http.response.start", "status": 503,
+async def _busy(scope: Scope, send: Send) -> None:
+    status, content = error_content(scope["path"], 503, "service_unavailable", "the service is busy; retry later")
+    body = json.dumps(content).encode()
+    await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                             (b"retry-after", b"1")]})
     await send({"type": "http.response.body", "body": body})

@@ -1,6 +1,9 @@
 """Domain errors and their one mapping to HTTP responses with the error envelope.
 
-Every error body is `{"error": {"type", "message", "param", "details": [...]}}`.
+The native API answers `{"error": {"type", "message", "param", "details": [...]}}`. The
+OpenAI-compatible routes (OPENAI_PREFIXES) answer as OpenAI does, `{"error": {"message", "type",
+"param", "code"}}`, with OpenAI's statuses (a refused value is a 400 there, not a 422), so the
+`openai` SDK raises its matching exception. `error_content` decides, from the request's path alone.
 """
 
 from collections.abc import Iterable
@@ -30,9 +33,10 @@ class ApiError(Exception):
 
     def __init__(self, message: str, *, param: str | None = None,
                  details: list[dict[str, Any]] | None = None,
-                 headers: dict[str, str] | None = None) -> None:
+                 headers: dict[str, str] | None = None, code: str | None = None) -> None:
         super().__init__(message)
         self.message, self.param, self.details, self.headers = message, param, details or [], headers
+        self.code = code  # OpenAI's machine-readable `code`; the OpenAI shape derives one when None
 
 
 class Unauthenticated(ApiError, status_code=401, type="authentication_error"):
@@ -63,6 +67,55 @@ class ServiceUnavailable(ApiError, status_code=503, type="service_unavailable"):
 def error_body(type_: str, message: str, param: str | None = None,
                details: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     return {"error": {"type": type_, "message": message, "param": param, "details": details or []}}
+
+
+OPENAI_PREFIXES = ("/v1/files", "/v1/fine_tuning", "/v1/models", "/v1/chat")
+
+# The `code` OpenAI gives each status when the error names none of its own.
+_OPENAI_CODES = {401: "invalid_api_key", 403: "permission_denied", 404: "not_found", 405: "method_not_allowed",
+                 409: "conflict", 413: "request_too_large", 429: "rate_limit_exceeded", 500: "server_error",
+                 503: "service_unavailable", 504: "timeout"}
+
+
+def speaks_openai(path: str) -> bool:
+    """Whether the route at `path` is one of the OpenAI-compatible ones."""
+    return any(path == prefix or path.startswith(prefix + "/") for prefix in OPENAI_PREFIXES)
+
+
+def validation_code(error_type: str) -> str:
+    """OpenAI's `code` for a pydantic error type."""
+    if error_type == "missing":
+        return "missing_required_parameter"
+    if error_type == "extra_forbidden":
+        return "unknown_parameter"
+    if error_type.endswith(("_type", "_parsing")):
+        return "invalid_type"
+    return "invalid_value"
+
+
+def error_content(path: str, status: int, type_: str, message: str, param: str | None = None,
+                  details: list[dict[str, Any]] | None = None, code: str | None = None) -> tuple[int, dict[str, Any]]:
+    """The status and body of an error answered at `path`: the native envelope, or OpenAI's on its routes."""
+    if not speaks_openai(path):
+        return status, error_body(type_, message, param, details)
+    if status == 422:  # OpenAI refuses every unusable value with a 400
+        status = 400
+    if status >= 500:
+        openai_type = "server_error"
+    elif status == 429:
+        openai_type = "rate_limit_error"
+    else:  # OpenAI's type for 400, 401, 404 and 409 alike
+        openai_type = "invalid_request_error"
+    if code is None:
+        code = _OPENAI_CODES.get(status, "invalid_value" if status == 400 else None)
+    return status, {"error": {"message": message, "type": openai_type, "param": param, "code": code}}
+
+
+def error_response(request: Request, status: int, type_: str, message: str, param: str | None = None,
+                   details: list[dict[str, Any]] | None = None, code: str | None = None,
+                   headers: dict[str, str] | None = None) -> JSONResponse:
+    status, body = error_content(request.url.path, status, type_, message, param, details, code)
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 def param_of(loc: tuple[Any, ...], error_type: str) -> str:
@@ -98,37 +151,38 @@ def install_error_handlers(app: FastAPI) -> None:
     """Map domain errors, validation errors, HTTP errors and database outages to the envelope."""
 
     @app.exception_handler(ApiError)
-    async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse(error_body(exc.type, exc.message, exc.param, exc.details),
-                            status_code=exc.status_code, headers=exc.headers)
+    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return error_response(request, exc.status_code, exc.type, exc.message, exc.param, exc.details,
+                              exc.code, exc.headers)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(_request: Request, exc: RequestValidationError) -> JSONResponse:
-        details = [{"field": _param(e), "message": e["msg"]} for e in exc.errors()]
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = exc.errors()
+        details = [{"field": _param(e), "message": e["msg"]} for e in errors]
         first = details[0] if details else {"field": None, "message": "invalid request"}
         message = f"{first['field']}: {first['message']}" if first["field"] else first["message"]
-        return JSONResponse(error_body("invalid_request_error", message, first["field"] or None, details),
-                            status_code=422)
+        code = validation_code(errors[0]["type"]) if errors else None
+        return error_response(request, 422, "invalid_request_error", message, first["field"] or None, details, code)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         type_ = {400: "invalid_request_error", 404: "not_found_error",
                  405: "invalid_request_error"}.get(exc.status_code, "http_error")
-        return JSONResponse(error_body(type_, str(exc.detail)), status_code=exc.status_code,
-                            headers=getattr(exc, "headers", None))
+        return error_response(request, exc.status_code, type_, str(exc.detail),
+                              headers=getattr(exc, "headers", None))
 
     @app.exception_handler(OperationalError)
-    async def _db_down(_request: Request, exc: OperationalError) -> JSONResponse:
+    async def _db_down(request: Request, exc: OperationalError) -> JSONResponse:
         # A lock wait that timed out (SQLite's one writer, a Postgres lock_timeout) is a busy database, not a lost one.
         orig = exc.orig
         busy = "locked" in str(orig) or getattr(orig, "sqlstate", None) == "55P03"
         message = ("the database is busy (a lock was not granted in time); retry later" if busy
                    else "the database is unreachable; retry later")
-        return JSONResponse(error_body("service_unavailable", message),
-                            status_code=503, headers={"Retry-After": "1" if busy else "5"})
+        return error_response(request, 503, "service_unavailable", message,
+                              headers={"Retry-After": "1" if busy else "5"})
 
     @app.exception_handler(PoolTimeout)
-    async def _db_busy(_request: Request, _exc: PoolTimeout) -> JSONResponse:
+    async def _db_busy(request: Request, _exc: PoolTimeout) -> JSONResponse:
         # Every pooled connection stayed in use for DB_POOL_TIMEOUT_SECONDS: overload, not a bug.
-        return JSONResponse(error_body("service_unavailable", "the database is busy; retry later"),
-                            status_code=503, headers={"Retry-After": "1"})
+        return error_response(request, 503, "service_unavailable", "the database is busy; retry later",
+                              headers={"Retry-After": "1"})

@@ -11,11 +11,11 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.errors import error_body
+from api.errors import error_content
 from api.storable import header_problem, json_problem, query_problem
 from core.settings import Settings
 
-UPLOAD_PATHS = ("/v1/datasets",)
+UPLOAD_PATHS = ("/v1/datasets", "/v1/files")
 
 
 def human_bytes(n: int) -> str:
@@ -58,7 +58,7 @@ class BodyLimits:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and (found := query_problem(scope["query_string"])
                                         or header_problem(scope["headers"])):
-            await self._refuse(send, 422, found[1], found[0])
+            await self._refuse(scope, send, 422, found[1], found[0])
             return
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "DELETE", "OPTIONS"):
             await self.app(scope, receive, send)
@@ -69,7 +69,7 @@ class BodyLimits:
                           else (self.settings.max_json_body_bytes, "MAX_JSON_BODY_BYTES"))
         declared = headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > limit:
-            await self._refuse(send, 413, f"the request body ({human_bytes(int(declared))}) is larger than "
+            await self._refuse(scope, send, 413, f"the request body ({human_bytes(int(declared))}) is larger than "
                                f"the limit of {human_bytes(limit)} ({setting})", "file" if is_upload else None)
             return
         if is_upload:
@@ -77,16 +77,16 @@ class BodyLimits:
             return
         body = await self._read(receive, limit)
         if body is None:
-            await self._refuse(send, 413, f"the request body is larger than the limit of {human_bytes(limit)} "
+            await self._refuse(scope, send, 413, f"the request body is larger than the limit of {human_bytes(limit)} "
                                f"({setting})", None)
             return
         if "json" in headers.get("content-type", ""):
             if json_depth(body) > self.settings.max_json_depth:
-                await self._refuse(send, 422, f"the JSON body is nested more than {self.settings.max_json_depth} "
-                                   "levels deep", None)
+                depth = self.settings.max_json_depth
+                await self._refuse(scope, send, 422, f"the JSON body is nested more than {depth} levels deep", None)
                 return
             if found := json_problem(body):
-                await self._refuse(send, 422, found[1], found[0])
+                await self._refuse(scope, send, 422, found[1], found[0])
                 return
         await self.app(scope, _replay(body), send)
 
@@ -126,13 +126,14 @@ class BodyLimits:
             if not too_large:
                 raise
         if too_large:
-            await self._refuse(send, 413, f"the upload is larger than the limit of {human_bytes(limit)} "
+            await self._refuse(scope, send, 413, f"the upload is larger than the limit of {human_bytes(limit)} "
                                f"({setting})", "file")
 
     @staticmethod
-    async def _refuse(send: Send, status: int, message: str, param: str | None) -> None:
+    async def _refuse(scope: Scope, send: Send, status: int, message: str, param: str | None) -> None:
         kind = "request_too_large" if status == 413 else "invalid_request_error"
-        payload = json.dumps(error_body(kind, message, param)).encode()
+        status, body = error_content(scope["path"], status, kind, message, param)
+        payload = json.dumps(body).encode()
         await send({"type": "http.response.start", "status": status,
                     "headers": [(b"content-type", b"application/json"),
                                 (b"content-length", str(len(payload)).encode())]})
