@@ -20,7 +20,7 @@ from api.services.paging import newest_first_page
 from core.job_config import job_config
 from core.lifecycle import InvalidTransition, transition
 from core.model_refs import ModelRefError, resolve_model_ref
-from core.models import TERMINAL_STATUSES, Dataset, Job, JobStatus
+from core.models import TERMINAL_STATUSES, Dataset, Job, JobStatus, new_id
 from core.notify import publish
 from core.queue import enqueue_job, mark_enqueued, withdraw_job
 from core.settings import Settings
@@ -65,8 +65,10 @@ def _replay(session: Session, project_id: str, key: str, request_hash: str) -> J
 
 
 def create(*, session: Session, celery: Celery, settings: Settings, project_id: str, body: JobCreate,
-           idempotency_key: str | None, registry: Mapping[str, Any]) -> tuple[Job, bool]:
-    """Validate and store a job, then enqueue it. Returns the job and whether it is new."""
+           idempotency_key: str | None, registry: Mapping[str, Any], job_id: str | None = None,
+           suffix: str | None = None) -> tuple[Job, bool]:
+    """Validate and store a job (with `job_id` and model-name `suffix` when given), then enqueue it. Returns
+    the job and whether it is new."""
     request_hash = _request_hash(body)
     if idempotency_key and (job := _replay(session, project_id, idempotency_key, request_hash)):
         return job, False
@@ -102,6 +104,7 @@ def create(*, session: Session, celery: Celery, settings: Settings, project_id: 
             rewards.check_rows(session, reward, body.eval_dataset_id, "eval_dataset_id")
 
     job = Job(
+        id=job_id or new_id("job"), suffix=suffix,
         project_id=project_id, type=body.type, name=body.name, base_model=body.base_model, dataset_id=body.dataset_id,
         eval_dataset_id=body.eval_dataset_id, ptx_dataset_id=ptx_dataset_id,
         hyperparameters=body.hyperparameters.model_dump(mode="json"),
