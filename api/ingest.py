@@ -37,14 +37,16 @@ PARQUET_BATCH_ROWS = 1024
 _REQUIRED_COLUMNS: dict[str, tuple[tuple[str, ...], ...]] = {
     # Preference files may use either the chosen/rejected (with or without prompt) or the OpenAI column set.
     "preference": (("chosen", "rejected"), ("input", "preferred_output", "non_preferred_output")),
-    "prompt": (("prompt",),),
+    "prompt": (("prompt",), ("messages",)),
     "text": (("text",),),
+    "chat": (("messages",), ("prompt", "completion")),
 }
 # The keys a column_map may fill, per kind: the canonical keys trainers read (a reward model's optional margin).
 CANONICAL_KEYS: dict[str, tuple[str, ...]] = {
     "preference": ("prompt", "chosen", "rejected", "margin"),
-    "prompt": ("prompt",),
+    "prompt": ("prompt", "messages"),
     "text": ("text",),
+    "chat": ("messages", "prompt", "completion"),
 }
 _WHITESPACE = re.compile(r"[ \t\n\r]*")
 _INVALID_UTF8 = re.compile("[\udc80-\udcff]")  # bytes decoded with errors="surrogateescape"

@@ -12,9 +12,8 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstra
 from api.storable import text_problem
 from trainers.spec.config import JOB_MODELS, JobSpec, Seed
 from trainers.spec.config import JOB_TYPES as JOB_TYPES  # the job types, for reading validation errors
+from trainers.spec.formats import DatasetKind
 from trainers.spec.rewards import RewardSpec
-
-DatasetKind = Literal["preference", "prompt", "text"]
 
 
 def _storable(value: str) -> str:
@@ -135,7 +134,9 @@ class JobPublic(PublicModel):
     id: str
     object: Literal["job"] = "job"
     type: str
-    status: Literal["queued", "running", "cancelling", "succeeded", "failed", "cancelled"]
+    status: Literal["queued", "running", "cancelling", "pausing", "paused", "succeeded", "failed", "cancelled"] = Field(
+        description="queued -> running -> succeeded | failed | cancelled; `cancelling` and `pausing` until the run "
+                    "stops at its next step; `paused` holds no worker until a resume queues it again.")
     name: str | None
     base_model: str
     dataset_id: str

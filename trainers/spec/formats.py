@@ -1,4 +1,4 @@
-"""Canonical dataset rows: validation and normalisation of preference and prompt records.
+"""Canonical dataset rows: validation and normalisation of preference, prompt, text and chat records.
 
 The API validates every uploaded row with these functions and the trainers consume what they return,
 so both sides agree on one shape per dataset kind:
@@ -9,9 +9,15 @@ so both sides agree on one shape per dataset kind:
   dialogues without a prompt (hh-rlhf, plain or as messages) and a string prompt with message-list
   responses (UltraFeedback).
 - prompt: ``{"prompt": P, **extra}`` with P a non-empty string or a non-empty list of messages;
-  the extra keys (e.g. ``answer``) are passed to graders.
+  the extra keys (e.g. ``answer``) are passed to graders. OpenAI's reinforcement rows,
+  ``{"messages": [...], **extra}`` with the conversation to complete ending in a user message,
+  become ``{"prompt": messages, **extra}``.
+- text: ``{"text": T, **extra}``, PPO-ptx's pretraining text.
+- chat: supervised fine-tuning rows, messages or prompt and completion (`trainers.spec.chat_rows`).
 
-A message is ``{"role": "system" | "user" | "assistant", "content": str, **extra}``.
+A message is ``{"role": "system" | "user" | "assistant", "content": str, **extra}`` (chat rows also
+take ``"tool"``; ``"developer"`` is read as ``"system"``, `trainers.spec.rows`). `detect_kind` tells
+a row's kind from the row.
 
 Decisions:
 - A plain preference prompt may be ``""``: the text being compared lives in chosen and rejected, so
@@ -34,39 +40,36 @@ Decisions:
   fail the whole upload for legal data.
 - In the OpenAI format, keys of ``input`` other than ``messages`` (``tools``, ``parallel_tool_calls``)
   are dropped: the trainers render conversations with the model's chat template, without tools.
-- Extra message keys whose value is ``None`` are dropped: columnar files (Parquet) fill absent struct
-  fields with null, and a ``"name": None`` would otherwise reach the chat template.
+- A prompt row with both ``prompt`` and ``messages`` is read by its ``prompt``; ``messages`` is then an
+  extra key like any other.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
+from trainers.spec.chat_rows import detect_kind, normalize_chat
 from trainers.spec.implicit_prompts import shared_message_count, shared_text_length
+from trainers.spec.rows import ROLES, DatasetKind, RowError, messages
+from trainers.spec.rows import json_type as _json_type
+from trainers.spec.rows import key_list as _key_list
+from trainers.spec.rows import require_object as _require_object
 
-DatasetKind = Literal["preference", "prompt", "text"]
+__all__ = ["ROLES", "DatasetKind", "RowError", "detect_kind", "normalize_chat", "normalize_preference",
+           "normalize_prompt", "normalize_row", "normalize_text"]
 
-ROLES = ("system", "user", "assistant")
+DATASET_KINDS: tuple[DatasetKind, ...] = get_args(DatasetKind)
 _PAIR_KEYS = ("prompt", "chosen", "rejected")
 _OPENAI_KEYS = ("input", "preferred_output", "non_preferred_output")
 _OPENAI_TO_CANONICAL = {"preferred_output": "chosen", "non_preferred_output": "rejected"}
 _FORM_NAMES = {"text": "a string", "messages": "a list of messages"}
 
 
-class RowError(ValueError):
-    """A dataset row that does not match its kind; ``field`` is a dotted path such as ``chosen[0].role``."""
-
-    def __init__(self, message: str, *, field: str | None = None) -> None:
-        super().__init__(message if field is None else f"{field}: {message}")
-        self.message = message
-        self.field = field
-
-
 def normalize_row(kind: DatasetKind, obj: object) -> dict:
     """Validate one decoded row of a dataset and return its canonical form.
 
     Args:
-        kind: the dataset kind, ``"preference"``, ``"prompt"`` or ``"text"``.
+        kind: the dataset kind, ``"preference"``, ``"prompt"``, ``"text"`` or ``"chat"``.
         obj: the decoded row (normally a dict from JSON, CSV or Parquet).
 
     Returns:
@@ -82,7 +85,9 @@ def normalize_row(kind: DatasetKind, obj: object) -> dict:
         return normalize_prompt(obj)
     if kind == "text":
         return normalize_text(obj)
-    raise ValueError(f"unknown dataset kind {kind!r}; expected 'preference', 'prompt' or 'text'")
+    if kind == "chat":
+        return normalize_chat(obj)
+    raise ValueError(f"unknown dataset kind {kind!r}; expected one of {', '.join(DATASET_KINDS)}")
 
 
 def normalize_preference(obj: object) -> dict:
@@ -129,6 +134,8 @@ def normalize_prompt(obj: object) -> dict:
         RowError: the row is invalid; ``field`` names the offending field.
     """
     row = _require_object(obj)
+    if "prompt" not in row and "messages" in row:
+        return _normalize_openai_prompt(row)
     if "prompt" not in row:
         raise RowError(f"missing required key 'prompt' (got {_key_list(row)})", field="prompt")
     prompt = row["prompt"]
@@ -137,6 +144,18 @@ def normalize_prompt(obj: object) -> dict:
             raise RowError("must not be empty", field="prompt")
         return dict(row)
     return {**row, "prompt": _prompt_messages(prompt, "prompt")}
+
+
+def _normalize_openai_prompt(row: dict) -> dict:
+    """Map an OpenAI reinforcement row, the conversation to complete in ``messages``, onto a prompt row."""
+    value = row["messages"]
+    if not isinstance(value, list):
+        raise RowError(f"must be a list of messages, got {_json_type(value)}", field="messages")
+    prompt = _prompt_messages(value, "messages")
+    if prompt[-1]["role"] != "user":
+        raise RowError(f"must end with a user message, the turn the policy answers (got {prompt[-1]['role']!r})",
+                       field=f"messages[{len(prompt) - 1}].role")
+    return {"prompt": prompt, **{key: v for key, v in row.items() if key != "messages"}}
 
 
 def normalize_text(obj: object) -> dict:
@@ -312,51 +331,5 @@ def _prompt_messages(value: list, field: str) -> list[dict]:
 
 
 def _messages(value: list, field: str) -> list[dict]:
-    """Validate a list of messages and return shallow copies of them."""
-    return [_message(item, f"{field}[{i}]") for i, item in enumerate(value)]
-
-
-def _message(item: object, field: str) -> dict:
-    """Validate one ``{"role", "content"}`` message."""
-    if not isinstance(item, dict):
-        raise RowError(f"must be a message object, got {_json_type(item)}", field=field)
-    role = item.get("role")
-    if role not in ROLES:
-        shown = "missing" if "role" not in item else repr(role)
-        raise RowError(f"must be one of {', '.join(ROLES)} (got {shown})", field=f"{field}.role")
-    content = item.get("content")
-    if not isinstance(content, str):
-        shown = "missing" if "content" not in item else _json_type(content)
-        raise RowError(f"must be a string (got {shown})", field=f"{field}.content")
-    return {key: value for key, value in item.items() if value is not None}
-
-
-def _require_object(obj: object) -> dict:
-    """Reject rows that are not JSON objects."""
-    if not isinstance(obj, dict):
-        raise RowError(f"row must be a JSON object, got {_json_type(obj)}")
-    return obj
-
-
-def _key_list(row: dict) -> str:
-    """List a row's keys for an error message, capped so a wide row stays readable."""
-    keys = sorted(map(str, row))
-    shown = ", ".join(keys[:10]) + (", ..." if len(keys) > 10 else "")
-    return shown or "no keys"
-
-
-def _json_type(value: object) -> str:
-    """Name a decoded value's type the way a JSON author would."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, (int, float)):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "array"
-    if isinstance(value, dict):
-        return "object"
-    return type(value).__name__
+    """Validate a list of system/user/assistant messages."""
+    return messages(value, field)
