@@ -104,11 +104,12 @@ def _replay(session: Session, project_id: str, key: str, request_hash: str) -> D
 def create(*, session: Session, project_id: str, file: BinaryIO, filename: str, name: str | None, kind: str,
            column_map: dict[str, str] | None = None, skip_invalid: bool = False,
            idempotency_key: str | None = None, max_rows: int = 5_000_000,
-           max_row_bytes: int = 8 * 1024**2, stale_upload_seconds: float = 600.0) -> tuple[Dataset, bool]:
+           max_row_bytes: int = 8 * 1024**2, stale_upload_seconds: float = 600.0,
+           dataset_id: str | None = None) -> tuple[Dataset, bool]:
     """Validate an uploaded file and store all of its rows or none (or, with `skip_invalid`, its valid rows).
 
     `filename` and `name` are checked by the caller (length, characters no backend stores), and
-    `column_map` by `parse_column_map`.
+    `column_map` by `parse_column_map`. `dataset_id` names the new dataset (a fresh `ds_` id by default).
 
     Returns the dataset and whether it is new (a repeated Idempotency-Key returns the first one).
     """
@@ -124,6 +125,8 @@ def create(*, session: Session, project_id: str, file: BinaryIO, filename: str, 
                       request_hash=request_hash, status=UPLOADING, updated_at=utcnow())
     if column_map:  # left unset otherwise, so the column holds SQL NULL rather than JSON null
         dataset.column_map = column_map
+    if dataset_id:
+        dataset.id = dataset_id
     session.add(dataset)
     try:
         session.commit()
@@ -131,7 +134,8 @@ def create(*, session: Session, project_id: str, file: BinaryIO, filename: str, 
         session.rollback()
         return create(session=session, project_id=project_id, file=file, filename=filename, name=name,
                       kind=kind, column_map=column_map, skip_invalid=skip_invalid, idempotency_key=idempotency_key,
-                      max_rows=max_rows, max_row_bytes=max_row_bytes, stale_upload_seconds=stale_upload_seconds)
+                      max_rows=max_rows, max_row_bytes=max_row_bytes, stale_upload_seconds=stale_upload_seconds,
+                      dataset_id=dataset_id)
     try:
         try:
             rows = iter_rows(file, filename, kind, column_map=column_map, max_line_bytes=max_row_bytes)
