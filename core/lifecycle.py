@@ -13,11 +13,16 @@ from core.models import TERMINAL_STATUSES, Job, JobEvent, JobStatus, utcnow
 
 S = JobStatus
 ALLOWED_MOVES: dict[JobStatus, frozenset[JobStatus]] = {
-    S.queued: frozenset({S.running, S.cancelled, S.failed}),
+    # queued -> paused: nothing runs yet, so a pause is immediate (the queued message finds it paused).
+    S.queued: frozenset({S.running, S.cancelled, S.failed, S.paused}),
     # running -> queued: a job whose worker vanished is handed to another worker.
-    S.running: frozenset({S.succeeded, S.failed, S.cancelling, S.queued}),
+    S.running: frozenset({S.succeeded, S.failed, S.cancelling, S.queued, S.pausing}),
     # A job that finishes before it notices the cancel request keeps its honest outcome.
     S.cancelling: frozenset({S.cancelled, S.failed, S.succeeded}),
+    # Like cancelling; a cancel overrides a pause not yet done (the run stops either way, and ends cancelled).
+    S.pausing: frozenset({S.paused, S.failed, S.succeeded, S.cancelling}),
+    # A paused job holds no worker: a resume queues it again (it continues from its latest checkpoint).
+    S.paused: frozenset({S.queued, S.cancelled}),
     S.succeeded: frozenset(),
     S.failed: frozenset(),
     S.cancelled: frozenset(),
@@ -86,7 +91,7 @@ def transition(
 
 
 # A run may write while its job is in one of these; any other status means the lease is over.
-LEASED_STATUSES = (S.running.value, S.cancelling.value)
+LEASED_STATUSES = (S.running.value, S.cancelling.value, S.pausing.value)
 
 
 @dataclass(frozen=True)

@@ -66,13 +66,17 @@ class JobStatus(enum.StrEnum):
     queued = "queued"
     running = "running"
     cancelling = "cancelling"
+    pausing = "pausing"
+    paused = "paused"
     succeeded = "succeeded"
     failed = "failed"
     cancelled = "cancelled"
 
 
 TERMINAL_STATUSES = frozenset({JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled})
-ACTIVE_STATUSES = frozenset({JobStatus.queued, JobStatus.running, JobStatus.cancelling})
+# Not ended: the job still reads its datasets (a paused one when it is resumed), so they stay protected.
+ACTIVE_STATUSES = frozenset({JobStatus.queued, JobStatus.running, JobStatus.cancelling, JobStatus.pausing,
+                             JobStatus.paused})
 
 
 class Project(Base):

@@ -1,4 +1,4 @@
-"""Jobs: create, list, read, cancel; their metrics, events, checkpoints and live stream."""
+"""Jobs: create, list, read, cancel, pause, resume; their metrics, events, checkpoints and live stream."""
 
 from typing import Annotated, Literal
 
@@ -24,7 +24,7 @@ from trainers.spec.config import JobType
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[Depends(get_project)],
                    responses=error_responses(400, 401, 404, 409, 413, 422, 503))
 Page = Annotated[PageParams, Depends(page_params)]
-JobStatusFilter = Literal["queued", "running", "cancelling", "succeeded", "failed", "cancelled"]
+JobStatusFilter = Literal["queued", "running", "cancelling", "pausing", "paused", "succeeded", "failed", "cancelled"]
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=JobPublic)
@@ -63,6 +63,24 @@ def cancel_job(session: SessionDep, settings: SettingsDep, celery: CeleryDep, jo
     """Cancel a job: queued jobs at once (their message leaves the queue), running jobs at their next step
     (checkpoint kept)."""
     return service.cancel(session=session, settings=settings, celery=celery, job=job)
+
+
+@router.post("/{job_id}/pause", response_model=JobPublic,
+             responses={200: {"description": "The job, `paused` (it was queued) or `pausing` (it was running); "
+                                             "a job already pausing or paused, unchanged."},
+                        409: {"description": "The job is cancelling or has ended (succeeded, failed, cancelled)."}})
+def pause_job(session: SessionDep, settings: SettingsDep, celery: CeleryDep, job: JobDep):
+    """Pause a job: a queued job at once, a running job at its next step, with a checkpoint to resume from."""
+    return service.pause(session=session, settings=settings, celery=celery, job=job)
+
+
+@router.post("/{job_id}/resume", response_model=JobPublic,
+             responses={200: {"description": "The job, `queued` again; its run continues from its latest "
+                                             "checkpoint (or from the start if it has none)."},
+                        409: {"description": "The job is not paused."}})
+def resume_job(session: SessionDep, settings: SettingsDep, celery: CeleryDep, job: JobDep):
+    """Resume a paused job: it is queued again and continues from its latest checkpoint."""
+    return service.resume(session=session, settings=settings, celery=celery, job=job)
 
 
 @router.get("/{job_id}/metrics", response_model=MetricsPublic)

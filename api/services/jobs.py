@@ -1,4 +1,4 @@
-"""Job creation (validated, idempotent, enqueued after commit), listing and cancellation."""
+"""Job creation (validated, idempotent, enqueued after commit), listing, cancellation, pause and resume."""
 
 import hashlib
 import json
@@ -154,12 +154,14 @@ def list_page(*, session: Session, project_id: str, limit: int, after: str | Non
 
 
 def cancel(*, session: Session, settings: Settings, celery: Celery, job: Job) -> Job:
-    """Cancel a queued job at once; ask a running one to stop at its next step."""
+    """Cancel a queued or paused job at once; ask a running (or pausing) one to stop at its next step."""
     for _ in range(3):  # the job may start running between our read and our write
         session.refresh(job)
         if job.status == JobStatus.cancelling:
             return job
-        target = JobStatus.cancelled if job.status == JobStatus.queued else JobStatus.cancelling
+        # A paused job holds no worker, so nothing has to stop.
+        at_once = job.status in (JobStatus.queued, JobStatus.paused)
+        target = JobStatus.cancelled if at_once else JobStatus.cancelling
         try:
             transition(session, job.id, target, message="cancel requested")
         except InvalidTransition as exc:
@@ -170,11 +172,64 @@ def cancel(*, session: Session, settings: Settings, celery: Celery, job: Job) ->
             continue
         session.commit()
         if target == JobStatus.cancelled:
-            try:
-                withdraw_job(celery, job.id)
-            except Exception:  # a message left behind is dropped by the worker that takes it
-                log.warning("could not withdraw the queued message of %s", job.id, exc_info=True)
+            _withdraw(celery, job.id)
         publish(settings.celery_broker_url, job.id)
         session.refresh(job)
         return job
     raise Conflict(f"job {job.id} changed status while being cancelled; retry", param="job_id")
+
+
+def _withdraw(celery: Celery, job_id: str) -> None:
+    try:
+        withdraw_job(celery, job_id)
+    except Exception:  # a message left behind is dropped by the worker that takes it (the job is not queued)
+        log.warning("could not withdraw the queued message of %s", job_id, exc_info=True)
+
+
+def pause(*, session: Session, settings: Settings, celery: Celery, job: Job) -> Job:
+    """Pause a queued job at once; ask a running one to checkpoint and stop at its next step."""
+    for _ in range(3):  # the job may start running between our read and our write
+        session.refresh(job)
+        if job.status in (JobStatus.pausing, JobStatus.paused):
+            return job
+        target = JobStatus.paused if job.status == JobStatus.queued else JobStatus.pausing
+        try:
+            transition(session, job.id, target, message="pause requested")
+        except InvalidTransition as exc:
+            session.rollback()
+            if exc.current not in (JobStatus.queued, JobStatus.running):
+                raise Conflict(f"job {job.id} is {exc.current} and cannot be paused", param="job_id") from exc
+            continue
+        session.commit()
+        if target == JobStatus.paused:
+            _withdraw(celery, job.id)
+        publish(settings.celery_broker_url, job.id)
+        session.refresh(job)
+        return job
+    raise Conflict(f"job {job.id} changed status while being paused; retry", param="job_id")
+
+
+def resume(*, session: Session, settings: Settings, celery: Celery, job: Job) -> Job:
+    """Queue a paused job again; its next run continues from its latest checkpoint."""
+    # Cleared outbox mark in the same commit as the move: if the send below fails, the workers'
+    # outbox pass sends it (worker.outbox.send_unsent), as for any queued job never marked as sent.
+    try:
+        transition(session, job.id, JobStatus.queued, message="resume requested",
+                   values={"worker_id": None, "enqueued_at": None})
+    except InvalidTransition as exc:
+        session.rollback()
+        raise Conflict(f"job {job.id} is {exc.current} and cannot be resumed; only a paused job can",
+                       param="job_id") from exc
+    session.commit()
+    session.refresh(job)
+    try:
+        # Sent as a requeue is: the message id counts the runs so far (core.queue.task_id).
+        enqueue_job(celery, job.id, attempt=job.attempts)
+        mark_enqueued(session, job.id, attempt=job.attempts)
+        session.commit()
+    except Exception:  # the broker is away, or the mark was not written: the outbox sends it later
+        session.rollback()
+        log.warning("could not send the resumed job %s now; the outbox will", job.id, exc_info=True)
+    publish(settings.celery_broker_url, job.id)
+    session.refresh(job)
+    return job
