@@ -120,6 +120,27 @@ def iter_rows(
     return _normalized(records, kind, column_map or {})
 
 
+def decoded_records(
+    file: BinaryIO, filename: str, *, max_line_bytes: int = MAX_LINE_BYTES, chunk_size: int = CHUNK_SIZE
+) -> Iterator[tuple[int, object]]:
+    """Stream the decoded records of an uploaded file, not validated as any kind (to tell its kind from a row).
+
+    A record that cannot be decoded is a ``RowIssue``; the arguments and errors are those of ``iter_rows``.
+    Close the iterator when done with it early: a .csv reader detaches from ``file`` when closed.
+    """
+    suffix = "." + filename.rsplit(".", 1)[-1].lower() if "." in filename else ""
+    if suffix == ".jsonl":
+        return _jsonl_records(file, max_line_bytes)
+    if suffix == ".json":
+        return _JsonArray(file, chunk_size, max_line_bytes).records()
+    if suffix == ".csv":
+        return _csv_records(file, None, {})
+    if suffix == ".parquet":
+        return _parquet_records(file, None, {})
+    shown = repr(suffix) if suffix else "(no suffix)"
+    raise UnsupportedFormat(f"unsupported file type {shown}; expected one of {', '.join(SUPPORTED_SUFFIXES)}")
+
+
 def _normalized(
     records: Iterable[tuple[int, object]], kind: DatasetKind, column_map: Mapping[str, str]
 ) -> Iterator[tuple[int, dict | RowIssue]]:
@@ -276,7 +297,9 @@ class _JsonArray:
         self._pos = 0
 
 
-def _csv_records(file: BinaryIO, kind: DatasetKind, column_map: Mapping[str, str]) -> Iterator[tuple[int, object]]:
+def _csv_records(
+    file: BinaryIO, kind: DatasetKind | None, column_map: Mapping[str, str]
+) -> Iterator[tuple[int, object]]:
     """Check the header of a CSV file, then return an iterator of its decoded records."""
     records = _csv_stream(file, kind, column_map)
     # Run the generator up to its header check now, so a bad header raises from iter_rows and the
@@ -285,7 +308,9 @@ def _csv_records(file: BinaryIO, kind: DatasetKind, column_map: Mapping[str, str
     return records
 
 
-def _csv_stream(file: BinaryIO, kind: DatasetKind, column_map: Mapping[str, str]) -> Iterator[tuple[int, object]]:
+def _csv_stream(
+    file: BinaryIO, kind: DatasetKind | None, column_map: Mapping[str, str]
+) -> Iterator[tuple[int, object]]:
     """Yield a placeholder once the header is accepted, then each CSV record as a dict."""
     # surrogateescape: an invalid byte spoils its own record (found by _INVALID_UTF8), not the file.
     text = io.TextIOWrapper(file, encoding="utf-8-sig", errors="surrogateescape", newline="")
@@ -344,7 +369,9 @@ def _decode_cell(cell: str) -> object:
         return cell
 
 
-def _parquet_records(file: BinaryIO, kind: DatasetKind, column_map: Mapping[str, str]) -> Iterator[tuple[int, object]]:
+def _parquet_records(
+    file: BinaryIO, kind: DatasetKind | None, column_map: Mapping[str, str]
+) -> Iterator[tuple[int, object]]:
     """Open a Parquet file and check its columns, then return a generator of its rows."""
     try:
         parquet = pq.ParquetFile(file)
@@ -366,8 +393,12 @@ def _parquet_rows(parquet: pq.ParquetFile) -> Iterator[tuple[int, object]]:
         yield index + 1, RowIssue(index + 1, None, f"unreadable Parquet data: {err}", fatal=True)
 
 
-def _check_columns(names: list[str], kind: DatasetKind, column_map: Mapping[str, str], where: str) -> None:
-    """Require one of the kind's column sets (after the column map), naming what is missing from the closest one."""
+def _check_columns(names: list[str], kind: DatasetKind | None, column_map: Mapping[str, str], where: str) -> None:
+    """Require one of the kind's column sets (after the column map), naming what is missing from the closest one.
+
+    No kind (records read before the kind is known) requires nothing."""
+    if kind is None:
+        return
     if column_map:
         try:
             names = list(_mapped(dict.fromkeys(names), column_map))
