@@ -32,6 +32,9 @@ class Store(Protocol):
     def local_dir(self, key: str) -> Path:
         """A local directory holding the files of `key`, for processes that load them from disk."""
 
+    def read_file(self, key: str, name: str) -> Iterator[bytes]:
+        """The bytes of one file of `key`, opened now (FileNotFoundError if absent) and streamed in chunks."""
+
     def url(self, key: str) -> str: ...
 
 

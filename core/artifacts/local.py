@@ -6,7 +6,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-from core.artifacts.tar import iter_tar
+from core.artifacts.tar import CHUNK, iter_tar
 
 
 class ArtifactStore:
@@ -51,6 +51,19 @@ class ArtifactStore:
         """A local directory holding the files of `key`: here, the key's own directory."""
         return self.path(key)
 
+    def read_file(self, key: str, name: str) -> Iterator[bytes]:
+        """The bytes of the file `name` of `key`, opened now and read in chunks."""
+        path = (self.path(key) / name).resolve()
+        if not path.is_relative_to(self.path(key)):
+            raise ValueError(f"artifact file name escapes its key: {name!r}")
+        return _chunks(path.open("rb"))
+
     def url(self, key: str) -> str:
         """Where `key` lives, for messages and references."""
         return str(self.path(key))
+
+
+def _chunks(file) -> Iterator[bytes]:
+    with file:
+        while chunk := file.read(CHUNK):
+            yield chunk

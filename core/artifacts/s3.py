@@ -125,6 +125,17 @@ class S3ArtifactStore:
         finally:
             body.close()
 
+    def read_file(self, key: str, name: str) -> Iterator[bytes]:
+        """The bytes of the object `name` of `key`: requested now (FileNotFoundError if absent), streamed later."""
+        object_name = f"{self.object_name(key)}/{checked_rel(name)}"
+        try:
+            body = self.client.get_object(Bucket=self.bucket, Key=object_name)["Body"]
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                raise FileNotFoundError(f"no artifact {name!r} at {self.url(key)}") from exc
+            raise
+        return _chunks(body)
+
     def tar(self, key: str, root_name: str) -> Iterator[bytes]:
         """The objects of `key` streamed as the same tar the local store makes of the same files."""
         base = self.object_name(key)
@@ -158,3 +169,10 @@ class S3ArtifactStore:
 
     def url(self, key: str) -> str:
         return f"s3://{self.bucket}/{self.object_name(key)}"
+
+
+def _chunks(body) -> Iterator[bytes]:
+    try:
+        yield from body.iter_chunks(CHUNK)
+    finally:
+        body.close()
