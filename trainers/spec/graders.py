@@ -31,6 +31,7 @@ from typing import Any
 
 from trainers.spec import patterns
 from trainers.spec.deadlines import DeadlineExceeded, TooManyOverdue, call_with_deadline
+from trainers.spec.formulas import formula_value
 from trainers.spec.reward_functions import BUILTIN_FUNCTIONS, RewardFunction
 from trainers.spec.rewards import (
     FormatGrader,
@@ -41,8 +42,11 @@ from trainers.spec.rewards import (
     MultiGrader,
     RewardSpec,
     StringCheckGrader,
+    TextSimilarityGrader,
+    is_formula,
 )
 from trainers.spec.score_rules import combine, length_score
+from trainers.spec.similarity import QUICK_SIMILARITY, similarity
 from trainers.spec.templates import TemplateRef, excerpt, parse_template
 
 GRADER_TIMEOUT_S = 10.0
@@ -122,7 +126,13 @@ def evaluate(
             errors.append(f"{grader.name}: {exc}")
         per_grader[grader.name] = score
         scores.append(score)
-    if isinstance(spec, MultiGrader):
+    if isinstance(spec, MultiGrader) and is_formula(spec.calculate_output):
+        try:
+            reward = formula_value(spec.calculate_output, per_grader)
+        except Exception as exc:  # any failure of the arithmetic is this completion's grader error
+            reward = 0.0
+            errors.append(f"{spec.name}: calculate_output: {type(exc).__name__}: {exc}")
+    elif isinstance(spec, MultiGrader):
         reward = combine(spec.calculate_output, scores, [g.weight for g in graders])
     else:
         reward = spec.weight * scores[0]
@@ -211,6 +221,13 @@ def grade(
             text = render(grader.input, completion=completion, item=item)
             reference = render(grader.reference, completion=completion, item=item)
             return string_check(grader.operation, text, reference, timeout=timeout)
+        case TextSimilarityGrader():
+            text = render(grader.input, completion=completion, item=item)
+            reference = render(grader.reference, completion=completion, item=item)
+            call = functools.partial(similarity, grader.evaluation_metric, text, reference)
+            quick = len(text) * len(reference) <= QUICK_SIMILARITY  # ROUGE-L is quadratic, in Python
+            score = call() if quick else _bounded(call, timeout, f"the {grader.evaluation_metric} similarity")
+            return score if grader.pass_threshold is None else float(score >= grader.pass_threshold)
         case LengthGrader():
             if grader.target_chars is not None:
                 return length_score(len(completion), grader.target_chars, grader.target_chars)

@@ -25,12 +25,13 @@ from trainers.spec.rewards import (
     MultiGrader,
     RewardSpec,
     StringCheckGrader,
+    TextSimilarityGrader,
     leaf_graders,
     reward_spec_adapter,
 )
 from trainers.spec.templates import excerpt, is_literal, parse_template
 
-_TYPES = frozenset({"model", "string_check", "length", "format", "function", "multi"})
+_TYPES = frozenset({"model", "string_check", "text_similarity", "length", "format", "function", "multi"})
 
 
 def validate_reward_spec(
@@ -124,13 +125,14 @@ def row_templates(spec: RewardSpec, *, prefix: str = "reward") -> list[tuple[str
     """
     found = []
     for i, grader in enumerate(leaf_graders(spec)):
-        if not isinstance(grader, StringCheckGrader):
+        if not isinstance(grader, StringCheckGrader | TextSimilarityGrader):
             continue
         path = f"{prefix}.graders[{i}]" if isinstance(spec, MultiGrader) else prefix
         for field in ("input", "reference"):
             parts = [p for p in parse_template(getattr(grader, field)) if not isinstance(p, str)]
             if any(p.source == "item" for p in parts):
-                regex = field == "reference" and grader.operation == "regex" and all(p.source == "item" for p in parts)
+                regex = (field == "reference" and isinstance(grader, StringCheckGrader) and grader.operation == "regex"
+                         and all(p.source == "item" for p in parts))
                 found.append((f"{path}.{field}", getattr(grader, field), regex))
     return found
 

@@ -1,15 +1,18 @@
 """The ``reward`` of PPO and GRPO jobs: a reward model, graders in the OpenAI style, or both (torch-free).
 
-A spec is one of ``model``, ``string_check``, ``length``, ``format``, ``function``, or a ``multi``
-that combines several of those (a multi holds no multi). Graders follow OpenAI's grader objects
-where they overlap, so their specs carry over: ``string_check`` takes ``input`` and ``reference``
-templates (`trainers.spec.templates`) and OpenAI's operations (``like``/``ilike`` test
-containment, as there).
+A spec is one of ``model``, ``string_check``, ``text_similarity``, ``length``, ``format``,
+``function``, or a ``multi`` that combines several of those (a multi holds no multi). Graders follow
+OpenAI's grader objects where they overlap, so their specs carry over (`trainers.spec.openai_graders`
+translates the rest): ``string_check`` and ``text_similarity`` take ``input`` and ``reference``
+templates (`trainers.spec.templates`); string_check has OpenAI's operations (``like``/``ilike``
+test containment, as there).
 
-Scores: string_check and format give 1.0 or 0.0; length gives [0, 1] (see `LengthGrader`);
-function graders return what the function returns; a model reward is the reward model's score,
-normalised and clipped as asked. A lone grader's reward is ``weight × score``; a multi combines
-its graders' scores with ``calculate_output``. `trainers.spec.graders` evaluates a spec.
+Scores: string_check and format give 1.0 or 0.0; text_similarity and length give [0, 1] (see
+`trainers.spec.similarity`, `LengthGrader`); function graders return what the function returns; a
+model reward is the reward model's score, normalised and clipped as asked. A lone grader's reward
+is ``weight × score``; a multi combines its graders' scores with ``calculate_output``, a named
+combination or an arithmetic formula over their names (`trainers.spec.formulas`).
+`trainers.spec.graders` evaluates a spec.
 
 Whatever can be checked without the server is checked here, each error located at its field. The
 registered function names are server configuration: pass the registry as validation context
@@ -36,6 +39,7 @@ from pydantic import (
     model_validator,
 )
 
+from trainers.spec.formulas import MAX_FORMULA_CHARS, check_formula, formula_names
 from trainers.spec.patterns import MAX_PATTERN_CHARS, check_size
 from trainers.spec.reward_functions import (
     FUNCTION_NAME_PATTERN,
@@ -43,6 +47,7 @@ from trainers.spec.reward_functions import (
     kwargs_problem,
     unknown_function_problem,
 )
+from trainers.spec.similarity import UNSUPPORTED_METRICS, SimilarityMetric, unsupported_metric_problem
 from trainers.spec.templates import is_literal, parse_template
 
 REGISTRY_CONTEXT = "reward_registry"
@@ -136,6 +141,45 @@ class StringCheckGrader(_Grader):
         # exists per row, so it is compiled at grading time and a bad one is that row's grader error.
         if info.data.get("operation") == "regex" and is_literal(parts):
             _size_checked(value)
+        return value
+
+
+class TextSimilarityGrader(_Grader):
+    """How similar two templated texts are, in [0, 1], by a metric of OpenAI's (see `trainers.spec.similarity`)."""
+
+    type: Literal["text_similarity"] = Field("text_similarity", description="A text similarity metric.")
+    name: GraderName
+    evaluation_metric: SimilarityMetric = Field(
+        ...,
+        description="'fuzzy_match': normalised character edit similarity (rapidfuzz's ratio); 'bleu': sentence "
+                    "BLEU (sacrebleu) / 100; 'rouge_1' to 'rouge_5', 'rouge_l': ROUGE F-measure (rouge-score). "
+                    "OpenAI's 'cosine', 'gleu' and 'meteor' are not offered.",
+    )
+    input: str = Field(
+        "{{sample.output_text}}", max_length=10_000,
+        description="Template of the text to grade; by default the completion.",
+    )
+    reference: str = Field(
+        ..., max_length=10_000, examples=["{{item.answer}}"],
+        description="Template of the text to compare with, e.g. {{item.answer}}.",
+    )
+    pass_threshold: float | None = Field(
+        None, ge=0, le=1,
+        description="When set, the score is 1.0 if the similarity is at least this, else 0.0; null: the similarity.",
+    )
+    weight: Weight = 1.0
+
+    @field_validator("evaluation_metric", mode="before")
+    @classmethod
+    def _offered(cls, value: Any) -> Any:
+        if isinstance(value, str) and value in UNSUPPORTED_METRICS:
+            raise ValueError(unsupported_metric_problem(value))
+        return value
+
+    @field_validator("input", "reference")
+    @classmethod
+    def _template(cls, value: str) -> str:
+        parse_template(value)
         return value
 
 
@@ -233,10 +277,19 @@ class FunctionGrader(_Grader):
 
 
 Grader = Annotated[
-    ModelReward | StringCheckGrader | LengthGrader | FormatGrader | FunctionGrader,
+    ModelReward | StringCheckGrader | TextSimilarityGrader | LengthGrader | FormatGrader | FunctionGrader,
     Field(discriminator="type"),
 ]
 """One grader: anything a reward spec can be except a multi."""
+
+
+COMBINATIONS = ("weighted_sum", "mean", "min", "max")
+"""The named values of a multi's ``calculate_output``; any other value is a formula."""
+
+
+def is_formula(calculate_output: str) -> bool:
+    """Whether a multi's ``calculate_output`` is an arithmetic formula rather than a named combination."""
+    return calculate_output not in COMBINATIONS
 
 
 class MultiGrader(_Grader):
@@ -248,9 +301,13 @@ class MultiGrader(_Grader):
         ..., min_length=1, max_length=32,
         description="The graders to combine (not multi); names unique, each checkpoint at most once.",
     )
-    calculate_output: Literal["weighted_sum", "mean", "min", "max"] = Field(
-        "weighted_sum",
-        description="'weighted_sum': Σ weight·score; 'mean', 'min', 'max' of the scores (weights unused).",
+    calculate_output: str = Field(
+        "weighted_sum", min_length=1, max_length=MAX_FORMULA_CHARS,
+        examples=["weighted_sum", "0.7 * correct + 0.3 * min(1, fmt)"],
+        description="'weighted_sum': Σ weight·score; 'mean', 'min', 'max' of the scores (weights unused); or an "
+                    "arithmetic formula over the graders' names, as OpenAI's: numbers, + - * / ** (or ^, a "
+                    "power), parentheses and min, max, abs, sqrt, log, exp, floor, ceil, clip(x, low, high) "
+                    "(weights unused: write the factors in the formula).",
     )
 
     @field_validator("graders")
@@ -275,15 +332,22 @@ class MultiGrader(_Grader):
     @field_validator("calculate_output")
     @classmethod
     def _weights_used(cls, value: str, info: ValidationInfo) -> str:
+        graders = info.data.get("graders")
+        if is_formula(value) and graders is not None:  # FormulaError, a ValueError: at the field
+            check_formula(value, [g.name for g in graders])
+        elif is_formula(value):  # the graders are in error: the formula's own syntax can still be checked
+            formula_names(value)
+        graders = graders or []
         # Silently ignoring a weight the user set would train on a reward they did not ask for.
-        weighted = [i for i, g in enumerate(info.data.get("graders") or []) if g.weight != 1.0]
+        weighted = [i for i, g in enumerate(graders) if g.weight != 1.0]
         if value != "weighted_sum" and weighted:
-            raise ValueError(f"{value!r} ignores weights, but graders[{weighted[0]}] sets one: use 'weighted_sum'")
+            fix = "write the factor in the formula" if is_formula(value) else "use 'weighted_sum'"
+            raise ValueError(f"{value!r} ignores weights, but graders[{weighted[0]}] sets one: {fix}")
         return value
 
 
 RewardSpec = Annotated[
-    ModelReward | StringCheckGrader | LengthGrader | FormatGrader | FunctionGrader | MultiGrader,
+    ModelReward | StringCheckGrader | TextSimilarityGrader | LengthGrader | FormatGrader | FunctionGrader | MultiGrader,
     Field(discriminator="type"),
 ]
 """The ``reward`` of a PPO or GRPO job."""
