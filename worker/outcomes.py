@@ -1,9 +1,10 @@
 """How a run ends, as what the job records: its new status, the event's message and the `error` the API shows.
 
-Every ending is mapped here: the trainer's result, an exception of the run, a training process
-that died, a lease that expired. Whose fault a failure is goes into `error.type`: `user_error`
-(the model reference, the data or the spec; `error.param` names the field when there is one) or
-`internal_error` (the service's side, resources included). The runner, the task and the reaper
+Every ending is mapped here: the trainer's result (completed, or stopped at a cancel or pause
+request), an exception of the run, a training process that died, a lease that expired. Whose fault
+a failure is goes into `error.type`: `user_error` (the model reference, the data or the spec;
+`error.param` names the field when there is one) or `internal_error` (the service's side,
+resources included). The runner, the task and the reaper
 record what these functions return and never build an error themselves.
 """
 
@@ -40,16 +41,45 @@ def internal_failure(message: str, *, hint: str = "") -> Outcome:
     return Outcome(JobStatus.failed, message, {"type": "internal_error", "message": message + hint})
 
 
-def finished(result: RunResult) -> Outcome:
-    """The trainer returned: it completed, or stopped at a cancel request with a checkpoint."""
+def finished(result: RunResult, asked: JobStatus = JobStatus.cancelling,
+             checkpoint: tuple[str, int] | None = None) -> Outcome:
+    """The trainer returned: it completed, or stopped with a checkpoint at the request its job is `asked`.
+
+    Args:
+        result: what the trainer returned.
+        asked: the job's status when the run ended: `pausing` ends a stopped run paused, else cancelled.
+        checkpoint: (id, step) of the job's latest checkpoint, which a paused job resumes from.
+    """
     if result.status == "completed":
         return Outcome(JobStatus.succeeded, f"finished at step {result.step}")
+    if asked == JobStatus.pausing:
+        return paused(result.step, checkpoint)
     return Outcome(JobStatus.cancelled, f"stopped at step {result.step}; checkpoint kept")
+
+
+def paused(step: int, checkpoint: tuple[str, int] | None) -> Outcome:
+    """A pause request stopped the run at `step`; a resume continues from `checkpoint` (id, step), if any."""
+    if checkpoint is None:
+        return Outcome(JobStatus.paused, f"paused at step {step}, before any checkpoint; a resume starts "
+                                         "from the beginning")
+    checkpoint_id, checkpoint_step = checkpoint
+    return Outcome(JobStatus.paused, f"paused at step {step}; checkpoint {checkpoint_id} of step "
+                                     f"{checkpoint_step} kept, a resume continues from it")
 
 
 def cancelled_before_start() -> Outcome:
     """A cancel request arrived between the claim and the start of training."""
     return Outcome(JobStatus.cancelled, "cancelled before training started")
+
+
+def stopped_before_start(asked: JobStatus, checkpoint: tuple[str, int] | None) -> Outcome:
+    """A cancel or pause request (the job is `asked`) arrived between the claim and the start of training.
+
+    A paused job's latest checkpoint is that of an earlier run, if any (`checkpoint`: id, step).
+    """
+    if asked == JobStatus.pausing:
+        return paused(checkpoint[1] if checkpoint else 0, checkpoint)
+    return cancelled_before_start()
 
 
 def of_exception(exc: BaseException, model: ResolvedModel | None = None) -> Outcome:
@@ -97,10 +127,15 @@ def exit_message(code: int, stderr_tail: str) -> str:
 
 def lease_expired(status: str, attempts: int, *, max_attempts: int, lease_seconds: float) -> Outcome:
     """A job whose worker stopped renewing its lease: requeued to resume, failed after its last attempt,
-    or cancelled if it was being cancelled."""
+    cancelled if it was being cancelled, or paused if it was being paused.
+
+    `attempts` counts the runs a lost worker may end the job after: its runs, less those it was
+    resumed after a pause (a pause is no failure)."""
     lost = f"its worker stopped renewing the lease for over {lease_seconds:g} s"
     if status == JobStatus.cancelling:
         return Outcome(JobStatus.cancelled, f"{lost} while cancelling; last checkpoint kept")
+    if status == JobStatus.pausing:
+        return Outcome(JobStatus.paused, f"{lost} while pausing; last checkpoint kept, a resume continues from it")
     if attempts >= max_attempts:
         return internal_failure(f"{lost}, on {attempts} of {max_attempts} attempts; giving up")
     return Outcome(JobStatus.queued, f"{lost}; requeued to resume from its last checkpoint")

@@ -39,7 +39,7 @@ def upsert_metrics(session: Session, job_id: str, rows: list[tuple[int, dict[str
 
 
 class JobReporter(Callbacks):
-    """Batches metrics, stores checkpoints, records events and reads the cancel flag, under `lease`.
+    """Batches metrics, stores checkpoints, records events and reads the stop request, under `lease`.
 
     Every database touch retries through an outage of up to `grace_seconds`, so a database
     restart pauses training instead of failing it; a write after an outage longer than the lease
@@ -134,7 +134,7 @@ class JobReporter(Callbacks):
         publish(self.broker_url, self.job_id)
 
     def should_stop(self) -> bool:
-        """Stop when the job is being cancelled; raises LeaseLost when it was handed on (stop at once)."""
+        """Stop when the job is being cancelled or paused; raises LeaseLost when it was handed on (stop at once)."""
         status = self._db(lambda s: leased_status(s, self.lease), "reading the job's status")
         return status != JobStatus.running
 

@@ -7,17 +7,20 @@ torchrun, which the child starts and waits for (`launch`, `worker.torchrun`); ra
 single process does, the other ranks train on what it decided and write nothing.
 
 Everything the run writes is fenced by the lease its worker claimed (worker id and attempt): a run
-whose job was handed on stops at its next write or cancel poll and exits with LEASE_LOST_EXIT,
-having recorded nothing.
+whose job was handed on stops at its next write or stop poll and exits with LEASE_LOST_EXIT,
+having recorded nothing. A cancel or pause request stops the run at its next poll with a
+checkpoint; the job then ends cancelled, or paused to be resumed from that checkpoint.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from sqlalchemy import select
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
 
 from core.artifacts import open_store
 from core.db import retry_on_outage, session_scope
@@ -27,8 +30,10 @@ from core.model_refs import ModelRefError, checkpoint_model_dir, resolve_model_r
 from core.models import Checkpoint, DatasetRow, Job, JobStatus
 from core.notify import publish
 from core.settings import Settings, get_settings
+from trainers.spec.results import RunResult
 from trainers.spec.rewards import model_checkpoints, reward_spec_adapter
 from worker import outcomes, torchrun
+from worker.outcomes import Outcome
 from worker.reporting import JobReporter
 from worker.torchrun import Plan, RankFailed
 
@@ -60,10 +65,43 @@ def reward_model_dirs(settings: Settings, job: Job) -> dict[str, str]:
 def finish(settings: Settings, lease: Lease, target: JobStatus, message: str,
            error: dict | None = None) -> None:
     """Record the run's outcome if its lease still holds the job; raises LeaseLost otherwise."""
+    record_outcome(settings, lease, lambda session: Outcome(target, message, error))
+
+
+def finish_run(settings: Settings, lease: Lease, result: RunResult | None) -> None:
+    """Record how the trainer ended (`result`), or that the run was stopped before it started (None).
+
+    A stopped run ends as its job asks when the outcome is recorded: paused if it is pausing, else
+    cancelled; the status and the latest checkpoint are read in the transaction that records it,
+    under the lease's lock, so a cancel that overrides a pause meanwhile is never lost. The
+    checkpoint of the last step of a job that ends is marked final in the same transaction.
+    """
+    def decide(session: Session) -> Outcome:
+        asked = leased_status(session, lease)
+        latest = session.execute(select(Checkpoint.id, Checkpoint.step).where(Checkpoint.job_id == lease.job_id)
+                                 .order_by(Checkpoint.step.desc()).limit(1)).first()
+        checkpoint = (latest.id, latest.step) if latest else None
+        if result is None:
+            return outcomes.stopped_before_start(asked, checkpoint)
+        outcome = outcomes.finished(result, asked, checkpoint)
+        if outcome.status != JobStatus.paused:  # a paused job has no result yet: its run goes on
+            session.execute(update(Checkpoint).where(Checkpoint.job_id == lease.job_id)
+                            .values(is_final=Checkpoint.step == result.step))
+        return outcome
+
+    record_outcome(settings, lease, decide)
+
+
+def record_outcome(settings: Settings, lease: Lease, decide: Callable[[Session], Outcome]) -> None:
+    """Record the outcome `decide` reads from the database, if the lease still holds the job; raises LeaseLost."""
     def record() -> None:
         with session_scope(settings.database_url) as session:
             hold(session, lease)
-            transition(session, lease.job_id, target, message=message, error=error, where=lease.conditions())
+            target, message, error = decide(session)
+            # A paused job holds no worker: a resume queues it for any.
+            values = {"worker_id": None} if target == JobStatus.paused else None
+            transition(session, lease.job_id, target, message=message, error=error, where=lease.conditions(),
+                       values=values)
 
     try:
         retry_on_outage(record, grace_seconds=settings.db_outage_grace_seconds, what="recording the outcome")
@@ -110,9 +148,9 @@ def train(settings: Settings, lease: Lease, ranks: Ranks | None = None) -> None:
                 raise RankFailed(outcomes.of_exception(exc, plan.model)) from exc
         return None
     with session_scope(url) as session:
-        if leased_status(session, lease) == JobStatus.cancelling:
+        if leased_status(session, lease) != JobStatus.running:  # cancelling or pausing already
             ranks.broadcast(None)
-            return finish(settings, lease, *outcomes.cancelled_before_start())
+            return finish_run(settings, lease, None)
         job = session.get(Job, lease.job_id)
         try:
             model = resolve_model_ref(job.base_model, settings=settings, session=session,
@@ -141,8 +179,7 @@ def train(settings: Settings, lease: Lease, ranks: Ranks | None = None) -> None:
             raise RankFailed(outcome) from exc
         return finish(settings, lease, *outcome)
     reporter.flush()
-    reporter.mark_final(result.step)
-    finish(settings, lease, *outcomes.finished(result))
+    finish_run(settings, lease, result)
     return None
 
 

@@ -4,7 +4,9 @@ Two tables feed the stream - `job_events` (status, event, checkpoint) and `metri
 is the pair of cursors `<last job_event id>-<last metric id>`. The database is the source of truth,
 read in short transactions: a stream catches up from its own cursor, then follows its job's shared
 feed (api/services/feeds.py), skipping what it already sent, and closes once the job is terminal
-and everything has been sent. No stream holds a connection or transaction while it waits.
+or paused and everything has been sent (a paused job changes only when someone resumes it: the
+client opens the stream again after the resume, with Last-Event-ID to miss nothing). No stream
+holds a connection or transaction while it waits.
 """
 
 import json
@@ -19,10 +21,12 @@ from api.admission import stream_read_slots
 from api.errors import InvalidRequest
 from api.services.feeds import LAGGED, Hub, Subscription, hub_for
 from core.db import session_scope
-from core.models import TERMINAL_STATUSES, Checkpoint, Job, JobEvent, Metric
+from core.models import TERMINAL_STATUSES, Checkpoint, Job, JobEvent, JobStatus, Metric
 from core.settings import Settings
 
 FETCH_LIMIT = 500
+# Statuses that close a stream: nothing happens to the job until someone asks (a paused job is resumable).
+CLOSING_STATUSES = TERMINAL_STATUSES | {JobStatus.paused}
 
 
 MAX_ID = 2**63 - 1  # ids are 64-bit signed integers in the database
@@ -115,7 +119,7 @@ def hub_of(settings: Settings) -> Hub:
 
 async def job_stream(*, settings: Settings, job_id: str, last_event_id: str | None,
                      is_disconnected: Callable[[], Awaitable[bool]]) -> AsyncIterator[str]:
-    """Yield SSE frames for the job until it is terminal and fully sent, or the client leaves."""
+    """Yield SSE frames for the job until it is terminal or paused and fully sent, or the client leaves."""
     cursor = Cursor(*parse_last_event_id(last_event_id))
     yield "retry: 2000\n\n"
     hub = hub_of(settings)
@@ -155,5 +159,5 @@ async def _frames(settings: Settings, hub: Hub, job_id: str, cursor: Cursor, sub
         if frames:  # one write for the whole batch
             yield "".join(frames)
             last_write = time.monotonic()
-        if status in TERMINAL_STATUSES:
+        if status in CLOSING_STATUSES:
             return

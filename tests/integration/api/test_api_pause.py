@@ -5,7 +5,7 @@ import pytest
 from core.db import session_scope
 from core.lifecycle import claim_job, transition
 from core.models import Job, JobStatus
-from tests.support import jsonl, preference_rows, queued_messages, upload
+from tests.support import jsonl, parse_sse, preference_rows, queued_messages, upload
 
 
 @pytest.fixture
@@ -125,3 +125,17 @@ def test_a_resume_while_the_broker_is_away_is_sent_by_the_outbox(settings, datas
         r = away.post(f"/v1/jobs/{job_id}/resume")
     assert r.status_code == 200 and r.json()["status"] == "queued"
     assert job_row(settings, job_id).enqueued_at is None  # unsent: the workers' outbox pass sends it
+
+
+def test_the_stream_of_a_paused_job_closes_and_picks_up_after_the_resume(client, settings, dataset_id):
+    job_id = new_job(client, dataset_id)
+    client.post(f"/v1/jobs/{job_id}/pause")
+    frames = parse_sse(client.get(f"/v1/jobs/{job_id}/stream").text)  # returns: the stream closed
+    assert [(f["event"], f["data"]["status"]) for f in frames] == [("status", "paused")]
+
+    client.post(f"/v1/jobs/{job_id}/resume")
+    with session_scope(settings.database_url) as session:
+        claim_job(session, job_id, "w1")
+        transition(session, job_id, JobStatus.succeeded)
+    after = parse_sse(client.get(f"/v1/jobs/{job_id}/stream", headers={"Last-Event-ID": frames[-1]["id"]}).text)
+    assert [f["data"]["status"] for f in after] == ["queued", "running", "succeeded"]

@@ -21,6 +21,21 @@ def test_a_finished_run_succeeds_and_a_stopped_one_is_cancelled():
     assert outcomes.cancelled_before_start() == (JobStatus.cancelled, "cancelled before training started", None)
 
 
+def test_a_run_stopped_while_pausing_is_paused_naming_the_checkpoint_a_resume_continues_from():
+    pausing, checkpoint = JobStatus.pausing, ("ckpt_9", 4)
+    assert outcomes.finished(RunResult("stopped", 4), pausing, checkpoint) == (
+        JobStatus.paused, "paused at step 4; checkpoint ckpt_9 of step 4 kept, a resume continues from it", None)
+    assert outcomes.finished(RunResult("stopped", 4), JobStatus.cancelling, checkpoint) == (
+        JobStatus.cancelled, "stopped at step 4; checkpoint kept", None)
+    assert outcomes.finished(RunResult("completed", 9), pausing, checkpoint).status == JobStatus.succeeded
+    assert outcomes.finished(RunResult("stopped", 0), pausing, None) == (
+        JobStatus.paused, "paused at step 0, before any checkpoint; a resume starts from the beginning", None)
+    # Stopped before training started: a checkpoint of an earlier run is what a resume continues from.
+    assert outcomes.stopped_before_start(pausing, ("ckpt_1", 2)) == (
+        JobStatus.paused, "paused at step 2; checkpoint ckpt_1 of step 2 kept, a resume continues from it", None)
+    assert outcomes.stopped_before_start(JobStatus.cancelling, ("ckpt_1", 2)) == outcomes.cancelled_before_start()
+
+
 def test_user_errors_name_the_field_and_the_model_as_the_user_wrote_it():
     exc = UserError("row 3 of /srv/artifacts/ckpt_1/model has no prompt", param="dataset_id")
     message = "row 3 of checkpoint:ckpt_1 has no prompt"
@@ -86,8 +101,10 @@ def test_a_dead_training_process_is_reported_with_its_last_line():
                                                           "on 3 of 3 attempts; giving up"})),
     ("cancelling", 3, (JobStatus.cancelled, "its worker stopped renewing the lease for over 30 s while cancelling; "
                                             "last checkpoint kept", None)),
+    ("pausing", 3, (JobStatus.paused, "its worker stopped renewing the lease for over 30 s while pausing; "
+                                      "last checkpoint kept, a resume continues from it", None)),
 ])
-def test_an_expired_lease_requeues_gives_up_or_finishes_the_cancel(status, attempts, expected):
+def test_an_expired_lease_requeues_gives_up_or_finishes_the_cancel_or_pause(status, attempts, expected):
     assert outcomes.lease_expired(status, attempts, max_attempts=3, lease_seconds=30.0) == expected
 
 
