@@ -6,12 +6,14 @@ from pathlib import Path, PurePosixPath
 from sqlalchemy.orm import Session
 
 from core.artifacts import Store, open_store
+from core.model_names import fine_tuned_checkpoint
 from core.models import Checkpoint
 from core.projects import project_checkpoint
 from core.settings import Settings
 
 BUILTIN_PREFIX = "builtin:"
 CHECKPOINT_PREFIX = "checkpoint:"
+FINE_TUNED_PREFIX = "ft:"
 MODEL_SUBDIR = "model"
 
 
@@ -39,18 +41,25 @@ def resolve_model_ref(ref: str, *, settings: Settings, session: Session, project
     """Map `ref` to something the trainer can load, or raise ModelRefError.
 
     `builtin:<name>` passes through; `checkpoint:<id>` (of a job of the same project) becomes that
-    checkpoint's model directory (with `download`, on local disk: an object store's files are fetched
+    checkpoint's model directory, and so does a fine-tuned model's name (`ft:...`, `core.model_names`)
+    (with `download`, on local disk: an object store's files are fetched
     into the local cache; without it, the store's location of them, which checks the reference); a
     relative path that exists under `settings.models_dir` becomes that directory (symlinks may not
     lead outside the root); anything else is taken as a Hugging Face hub id.
     """
     if ref.startswith(BUILTIN_PREFIX):
         return ResolvedModel(ref, ref)
-    if ref.startswith(CHECKPOINT_PREFIX):
-        ckpt_id = ref.removeprefix(CHECKPOINT_PREFIX)
-        ckpt = project_checkpoint(session, project_id, ckpt_id)
-        if ckpt is None:
-            raise ModelRefError(f"checkpoint {ckpt_id!r} does not exist")
+    if ref.startswith((CHECKPOINT_PREFIX, FINE_TUNED_PREFIX)):
+        if ref.startswith(FINE_TUNED_PREFIX):
+            ckpt = fine_tuned_checkpoint(session, project_id, ref)
+            if ckpt is None:
+                raise ModelRefError(f"{ref[:300]!r} is not a fine-tuned model of this project (not finished, "
+                                    "deleted, or no such job)")
+        else:
+            ckpt_id = ref.removeprefix(CHECKPOINT_PREFIX)
+            ckpt = project_checkpoint(session, project_id, ckpt_id)
+            if ckpt is None:
+                raise ModelRefError(f"checkpoint {ckpt_id!r} does not exist")
         store = open_store(settings)
         if download:
             return ResolvedModel(ref, str(checkpoint_model_dir(store, ckpt)))

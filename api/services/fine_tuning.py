@@ -23,7 +23,7 @@ from api.services import jobs as native
 from api.services import model_names
 from api.services.fine_tuning_methods import TYPE_OF_METHOD, method_available, openai_param, to_native
 from api.services.paging import newest_first_page
-from core.models import Checkpoint, Job, JobStatus, Project
+from core.models import Checkpoint, Job, Project
 from core.projects import project_checkpoint
 from core.settings import Settings
 from trainers.spec.errors import UserError
@@ -82,39 +82,9 @@ def _reward(session: Session, project: Project, grader: dict[str, Any]) -> dict[
 def _named_checkpoint(session: Session, project: Project, name: str) -> Checkpoint | None:
     """The checkpoint `name` names: checkpoint:<id>, a checkpoint id, or a fine-tuned model's name."""
     if name.startswith("ft:"):
-        return fine_tuned_checkpoint(session, project, name)
+        return model_names.fine_tuned_checkpoint(session, project.id, name)
     checkpoint_id = name.removeprefix("checkpoint:")
     return project_checkpoint(session, project.id, checkpoint_id) if len(checkpoint_id) <= 40 else None
-
-
-def fine_tuned_checkpoint(session: Session, project: Project, name: str) -> Checkpoint | None:
-    """The checkpoint behind a fine-tuned model's name (a job's last, or its `ckpt-step-N`), or None."""
-    parsed = model_names.parse(name)
-    if parsed is None or len(parsed.job_id) > 40:
-        return None
-    job = session.get(Job, parsed.job_id)
-    if job is None or job.project_id != project.id or job.model_deleted_at is not None:
-        return None
-    if parsed.step is None:
-        if job.status != JobStatus.succeeded or name != model_names.fine_tuned_model(job, project.name):
-            return None
-        stmt = select(Checkpoint).where(Checkpoint.job_id == job.id).order_by(Checkpoint.step.desc()).limit(1)
-    else:
-        if name != model_names.checkpoint_model(job, project.name, parsed.step):
-            return None
-        stmt = select(Checkpoint).where(Checkpoint.job_id == job.id, Checkpoint.step == parsed.step)
-    return session.scalar(stmt)
-
-
-def _base_model(session: Session, project: Project, model: str) -> str:
-    """The native base model of OpenAI's `model`: a fine-tuned model's name becomes its checkpoint."""
-    if not model.startswith("ft:"):
-        return model
-    checkpoint = fine_tuned_checkpoint(session, project, model)
-    if checkpoint is None:
-        raise InvalidRequest(f"model {model[:300]!r} is not a fine-tuned model of this project (or it has not "
-                             "finished, or was deleted)", param="model")
-    return f"checkpoint:{checkpoint.id}"
 
 
 def _openai_param(param: str | None, prefix: str) -> str | None:
@@ -155,7 +125,8 @@ def create(*, session: Session, celery: Celery, settings: Settings, project: Pro
     if body.validation_file is not None:
         validation = files.for_job(session=session, project_id=project.id, file_id=body.validation_file,
                                    job_type=job_type, param="validation_file")
-    spec |= {"base_model": _base_model(session, project, body.model), "dataset_id": training.id,
+    # A fine-tuned model's name (ft:...) stays the base model's name: the new model is named after it.
+    spec |= {"base_model": body.model, "dataset_id": training.id,
              "eval_dataset_id": validation.id if validation else None, "seed": body.seed,
              "metadata": body.metadata}
     try:
