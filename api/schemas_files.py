@@ -1,0 +1,65 @@
+"""Schemas of the OpenAI-compatible layer's files (`/v1/files`) and its error shape."""
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from trainers.spec.formats import DatasetKind
+
+FilePurpose = Literal["fine-tune"]
+
+
+class FileObject(BaseModel):
+    """OpenAI's File object; a file is a dataset, so `id` is also a `dataset_id` of the native API."""
+
+    id: str = Field(examples=["file-3f9a0c1e5b7d294a6c8e0f12"])
+    object: Literal["file"] = "file"
+    bytes: int = Field(description="Size of the uploaded file in bytes.")
+    created_at: int = Field(description="Unix time in seconds.")
+    filename: str
+    purpose: FilePurpose = "fine-tune"
+    status: Literal["processed"] = Field(
+        "processed", description="Always processed: a file is validated whole while it uploads.")
+    status_details: str | None = None
+    expires_at: int | None = Field(None, description="Always null: files are kept until deleted.")
+    kind: DatasetKind = Field(description="The dataset kind told from the rows (not an OpenAI field): chat for "
+                                          "supervised, preference for DPO, prompt for reinforcement.")
+    row_count: int = Field(description="Rows stored (not an OpenAI field).")
+
+
+class FileList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[FileObject]
+    has_more: bool
+    first_id: str | None = Field(description="The first file of the page, or null if it is empty.")
+    last_id: str | None = Field(description="The last file of the page: the `after` of the next one.")
+
+
+class FileDeleted(BaseModel):
+    id: str
+    object: Literal["file"] = "file"
+    deleted: bool
+
+
+class OpenAIErrorBody(BaseModel):
+    message: str
+    type: str = Field(description="invalid_request_error (for 400, 401, 404, 409 and 413), rate_limit_error or "
+                                  "server_error, as OpenAI's.")
+    param: str | None = Field(description="The parameter or field at fault, when there is one.")
+    code: str | None = Field(description="e.g. invalid_value, missing_required_parameter, unknown_parameter, "
+                                         "invalid_type, invalid_api_key, not_found, conflict.")
+
+
+class OpenAIErrorResponse(BaseModel):
+    """Every error answer of the OpenAI-compatible routes has this shape, so the openai SDK raises its exceptions."""
+
+    error: OpenAIErrorBody
+
+
+def openai_error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI entries for the error statuses an OpenAI-compatible router can answer, in OpenAI's shape."""
+    text = {400: "Invalid request (BadRequestError)", 401: "Missing, unknown or revoked API key (AuthenticationError)",
+            404: "Not found, or not this project's (NotFoundError)", 409: "Conflicts with the current state "
+            "(ConflictError)", 413: "Larger than a configured limit", 429: "Too many requests (RateLimitError)",
+            500: "Internal error", 503: "Database or broker unavailable; retry later"}
+    return {code: {"model": OpenAIErrorResponse, "description": text[code]} for code in codes}
