@@ -21,6 +21,8 @@ from trainers.spec.config import (
     PPOJob,
     RewardModelHyperparameters,
     RewardModelJob,
+    SFTHyperparameters,
+    SFTJob,
 )
 from trainers.spec.errors import ModelNotFoundError, NumericalError, TrainerError, UserError
 from trainers.spec.results import RunResult, TrainingData
@@ -37,6 +39,8 @@ __all__ = [
     "PPOJob",
     "RewardModelHyperparameters",
     "RewardModelJob",
+    "SFTHyperparameters",
+    "SFTJob",
     "ModelNotFoundError",
     "NumericalError",
     "RunResult",
@@ -52,6 +56,7 @@ TRAINERS: dict[str, tuple[str, str]] = {
     "reward_model": ("trainers.reward_model", "train_reward_model"),
     "grpo": ("trainers.grpo", "train_grpo"),
     "ppo": ("trainers.ppo", "train_ppo"),
+    "sft": ("trainers.sft", "train_sft"),
 }
 
 
@@ -67,7 +72,7 @@ def run(
     Args:
         job: the validated job spec; `job.type` picks the algorithm.
         data: canonical training (and optional evaluation) rows: preference rows for ``dpo`` and
-            ``reward_model``, prompt rows for ``ppo`` and ``grpo``.
+            ``reward_model``, prompt rows for ``ppo`` and ``grpo``, chat rows for ``sft``.
         callbacks: receives metrics, checkpoints and events, and is polled for cancellation;
             defaults to no-op callbacks. Under torchrun (several processes) only rank 0's are
             called, and its answer to the stop poll is every rank's.

@@ -32,6 +32,7 @@ from peft import PeftModel
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
+from trainers.data.chat import TokenizedChat, tokenize_chat_split
 from trainers.data.preference import TokenizedPair, tokenize_split
 from trainers.data.prompts import TokenizedPrompt, tokenize_prompt_split
 from trainers.distributed.callbacks import RankCallbacks
@@ -98,7 +99,7 @@ def micro_batch_size(hp: LoopHyperparameters) -> int:
 
 def tokenize_rows(
     job: JobSpec, rows: Sequence[dict[str, Any]], tokenizer: PreTrainedTokenizerBase, split: str, callbacks: Callbacks
-) -> list[TokenizedPair] | list[TokenizedPrompt]:
+) -> list[TokenizedPair] | list[TokenizedPrompt] | list[TokenizedChat]:
     """One split's canonical rows as the job's `dataset_kind` tokenises them, truncation reported as a warning.
 
     Args:
@@ -109,7 +110,8 @@ def tokenize_rows(
         callbacks: receive the truncation warning.
 
     Returns:
-        A `TokenizedPair` per preference row, or a `TokenizedPrompt` per prompt row, in order.
+        A `TokenizedPair` per preference row, a `TokenizedPrompt` per prompt row, or a `TokenizedChat`
+        per chat row, in order.
 
     Raises:
         UserError: a row is malformed (the message names it).
@@ -121,6 +123,8 @@ def tokenize_rows(
         case "prompt":
             return tokenize_prompt_split(rows, tokenizer, max_prompt_length=hp.max_prompt_length, split=split,
                                          callbacks=callbacks)  # fmt: skip
+        case "chat":
+            return tokenize_chat_split(rows, tokenizer, hp, split, callbacks)
         case kind:
             raise UserError(f"no trainer reads {kind!r} rows", param="type")
 
@@ -192,8 +196,8 @@ class PreparedRun:
     state: dict[str, Any] | None
     model: nn.Module
     tokenizer: PreTrainedTokenizerBase
-    train: list[TokenizedPair] | list[TokenizedPrompt]
-    eval: list[TokenizedPair] | list[TokenizedPrompt]
+    train: list[TokenizedPair] | list[TokenizedPrompt] | list[TokenizedChat]
+    eval: list[TokenizedPair] | list[TokenizedPrompt] | list[TokenizedChat]
     reference: nn.Module | None
     model_kind: str
     ranks: Ranks = dataclasses.field(default_factory=Ranks)

@@ -1,9 +1,10 @@
 """Job specs for the trainers, declared once and reused by the API's request schemas (torch-free).
 
-A job is its algorithm's model (`DPOJob`, `RewardModelJob`, `GRPOJob`, `PPOJob`); `JobConfig` is their
+A job is its algorithm's model (`DPOJob`, `RewardModelJob`, `GRPOJob`, `PPOJob`, `SFTJob`); `JobConfig` is their
 union, discriminated by `type`, and everything that lists job types derives from it (`JOB_MODELS`,
 `JOB_TYPES`, `JobType`). Adding an algorithm means adding its job model to that union and its
-trainer to `trainers.run`. The hyperparameters of each algorithm live in `trainers.spec.hyperparameters`.
+trainer to `trainers.run`. The hyperparameters of each algorithm live in `trainers.spec.hyperparameters`
+(SFT's in `trainers.spec.sft`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from trainers.spec.hyperparameters import (
     RLHyperparameters,
 )
 from trainers.spec.rewards import RewardSpec, model_checkpoints
+from trainers.spec.sft import SFTHyperparameters
 
 __all__ = [
     "DPOHyperparameters",
@@ -41,6 +43,8 @@ __all__ = [
     "RLHyperparameters",
     "RewardModelHyperparameters",
     "RewardModelJob",
+    "SFTHyperparameters",
+    "SFTJob",
     "Seed",
     "Strategy",
 ]
@@ -117,6 +121,15 @@ class RewardModelJob(JobSpec):
     )
 
 
+class SFTJob(JobSpec):
+    """Supervised fine-tuning on a chat dataset: cross-entropy on the assistant turns (or completions)."""
+
+    dataset_kind: ClassVar[DatasetKind] = "chat"
+
+    type: Literal["sft"] = Field("sft", description="Training algorithm.")
+    hyperparameters: SFTHyperparameters = Field(default_factory=SFTHyperparameters, description="SFT settings.")
+
+
 class _OnlineRLJob(JobSpec):
     """What PPO and GRPO jobs add: the reward, and where the service found its reward models."""
 
@@ -170,7 +183,7 @@ class PPOJob(_OnlineRLJob):
 
 
 # The one list of job types: a new algorithm's job model goes here.
-AnyJob = DPOJob | RewardModelJob | GRPOJob | PPOJob
+AnyJob = DPOJob | RewardModelJob | GRPOJob | PPOJob | SFTJob
 JobConfig = Annotated[AnyJob, Field(discriminator="type")]
 JOB_MODELS: tuple[type[JobSpec], ...] = get_args(AnyJob)
 JOB_MODELS_BY_TYPE: dict[str, type[JobSpec]] = {model.model_fields["type"].default: model for model in JOB_MODELS}
