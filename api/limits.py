@@ -88,7 +88,7 @@ class BodyLimits:
             if found := json_problem(body):
                 await self._refuse(scope, send, 422, found[1], found[0])
                 return
-        await self.app(scope, _replay(body), send)
+        await self.app(scope, _replay(body, receive), send)
 
     @staticmethod
     async def _read(receive: Receive, limit: int) -> bytes | None:
@@ -140,14 +140,16 @@ class BodyLimits:
         await send({"type": "http.response.body", "body": payload})
 
 
-def _replay(body: bytes) -> Receive:
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """The body read already, then the client's own messages: a streamed response listens for its
+    disconnect, which must come when the client goes, not as soon as the body has been read."""
     sent = False
 
-    async def receive() -> dict[str, Any]:
+    async def replay() -> dict[str, Any]:
         nonlocal sent
         if sent:
-            return {"type": "http.disconnect"}
+            return await receive()
         sent = True
         return {"type": "http.request", "body": body, "more_body": False}
 
-    return receive
+    return replay
