@@ -19,6 +19,7 @@ from trainers.spec.config import (
     RewardModelHyperparameters,
     RewardModelJob,
     RLHyperparameters,
+    SFTJob,
 )
 from trainers.spec.hyperparameters import check_whole_minibatches
 
@@ -155,13 +156,14 @@ def test_rl_jobs_round_trip_through_json():
 
 
 def test_job_types_and_what_each_reads_come_from_the_one_union():
-    assert JOB_MODELS == (DPOJob, RewardModelJob, GRPOJob, PPOJob)
-    assert JOB_TYPES == ("dpo", "reward_model", "grpo", "ppo")
+    assert JOB_MODELS == (DPOJob, RewardModelJob, GRPOJob, PPOJob, SFTJob)
+    assert JOB_TYPES == ("dpo", "reward_model", "grpo", "ppo", "sft")
     assert get_args(JobType) == JOB_TYPES
-    assert JOB_MODELS_BY_TYPE == {"dpo": DPOJob, "reward_model": RewardModelJob, "grpo": GRPOJob, "ppo": PPOJob}
-    assert [m.dataset_kind for m in JOB_MODELS] == ["preference", "preference", "prompt", "prompt"]
+    assert JOB_MODELS_BY_TYPE == {"dpo": DPOJob, "reward_model": RewardModelJob, "grpo": GRPOJob, "ppo": PPOJob,
+                                  "sft": SFTJob}
+    assert [m.dataset_kind for m in JOB_MODELS] == ["preference", "preference", "prompt", "prompt", "chat"]
     assert [sorted(m.service_fields) for m in JOB_MODELS] == [
-        [], [], ["reward_function_modules", "reward_model_dirs"], ["reward_function_modules", "reward_model_dirs"]]
+        [], [], ["reward_function_modules", "reward_model_dirs"], ["reward_function_modules", "reward_model_dirs"], []]
 
 
 def test_seeds_are_32_bit_unsigned():
@@ -181,3 +183,20 @@ def test_whole_minibatches_message_names_the_rollout_and_the_batch():
     with pytest.raises(ValidationError, match=r"rollout_batch_size \(3\) × num_generations \(2\) = 6 completions "
                                               r"must split into whole minibatches of batch_size \(4\)"):
         GRPOHyperparameters(rollout_batch_size=3, num_generations=2, batch_size=4)
+
+
+def test_sft_defaults_follow_trl_and_train_on_assistant_tokens():
+    job = TypeAdapter(JobConfig).validate_python({"type": "sft", "base_model": "builtin:tiny-llama"})
+    assert isinstance(job, SFTJob) and job.dataset_kind == "chat"
+    hp = job.hyperparameters
+    assert (hp.learning_rate, hp.n_epochs, hp.batch_size, hp.max_length) == (2e-5, 3, 8, 1024)
+    assert hp.assistant_only_loss is True and hp.packing is False and hp.max_prompt_length is None
+    # Any max_length is fine: SFT has no prompt limit to stay under.
+    assert SFTJob(base_model="m", hyperparameters={"max_length": 16}).hyperparameters.max_length == 16
+
+
+def test_sft_refuses_a_prompt_limit_it_would_not_apply():
+    with pytest.raises(ValidationError) as info:
+        SFTJob(base_model="m", hyperparameters={"max_prompt_length": 64})
+    error = info.value.errors()[0]
+    assert error["loc"] == ("hyperparameters", "max_prompt_length") and "does not apply to SFT" in error["msg"]
