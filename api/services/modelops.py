@@ -1,19 +1,26 @@
-"""Operations that need the model itself (scoring, merging adapters), run in a warm child process.
+"""Operations that need the model itself (scoring, generating, merging adapters), run in a warm child process.
 
 `ModelOps` owns one `python -m trainers serve-ops` child per API process: started on first use,
 asked one request at a time over its stdin/stdout (JSON lines), restarted when it has died, and
 killed when a request outlives its deadline. The API process never imports torch, a crash there
-stays there, and a reward model loaded once serves every later score request from memory.
+stays there, and a model loaded once serves every later request from memory.
+
+A streaming request (`ModelOps.stream`) holds the process until its final line: a thread of its own
+reads the lines into a queue, so the process is released on time even when whoever iterates the
+chunks stops early, or never resumes; stopping early also sends a cancel line, so the generation
+ends at its next token instead of running to its end.
 """
 
 import json
 import logging
 import os
+import queue
 import select
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -22,6 +29,7 @@ from api.errors import ApiError, InvalidRequest, ServiceUnavailable
 
 log = logging.getLogger(__name__)
 SHUTDOWN_GRACE_SECONDS = 5.0
+CANCEL_LINE = b'{"op": "cancel"}\n'
 
 
 class ModelOpFailed(ApiError, status_code=500, type="internal_error"):
@@ -71,12 +79,86 @@ class ModelOps:
                 raise ModelOpFailed(f"the model process exited during the request (exit status {code})") from exc
         finally:
             self._lock.release()
-        if answer.get("ok"):
-            return answer.get("result")
-        if answer.get("error") == "user_error":
-            raise InvalidRequest(answer.get("message", "invalid request"), param=param)
-        log.error("model operation %s failed: %s", request.get("op"), answer.get("message"))
-        raise ModelOpFailed(f"the model operation failed: {answer.get('message')}")
+        return _outcome(request, answer, param)
+
+    def stream(self, request: dict[str, Any], *, timeout: float, param: str | None = None) -> Iterator[dict[str, Any]]:
+        """Send a streaming `request`; yield the `chunk` of each line before the answer, then ``{"result": ...}``.
+
+        Busy, dead or unwritable processes raise here; a failed answer raises from the iterator.
+        The process stays this request's until its answer line or `timeout`, whatever the iterator's
+        consumer does; closing the iterator early asks the process to stop generating.
+        """
+        deadline = time.monotonic() + timeout
+        if not self._lock.acquire(timeout=timeout):
+            raise ServiceUnavailable(f"the model process stayed busy for {timeout:.0f} s; retry later",
+                                     headers={"Retry-After": "5"})
+        try:
+            proc = self._running()
+            self._send(proc, request, deadline, timeout)
+        except BaseException:
+            self._lock.release()
+            raise
+        lines: queue.SimpleQueue = queue.SimpleQueue()
+        flow = _Flow(proc)
+        threading.Thread(target=self._pump, args=(proc, deadline, timeout, lines, flow), daemon=True,
+                         name="model-ops-stream").start()
+        return self._relay(request, lines, flow, param)
+
+    def _send(self, proc: subprocess.Popen, request: dict[str, Any], deadline: float, timeout: float) -> None:
+        try:
+            self._write(proc, (json.dumps(request) + "\n").encode(), deadline)
+        except TimeoutError as exc:
+            self._kill(proc)
+            raise ModelOpTimeout(f"the model process took no request for {timeout:g} s; it was restarted") from exc
+        except BrokenPipeError as exc:
+            code = self._kill(proc)
+            raise ModelOpFailed(f"the model process exited during the request (exit status {code})") from exc
+
+    def _pump(self, proc: subprocess.Popen, deadline: float, timeout: float, lines: queue.SimpleQueue,
+              flow: "_Flow") -> None:
+        """Read a stream's lines into `lines` until its answer (or failure); then free the process."""
+        try:
+            while True:
+                try:
+                    message = json.loads(self._read_line(proc, deadline))
+                except TimeoutError:
+                    self._kill(proc)
+                    lines.put(("error", ModelOpTimeout(f"the model operation took longer than {timeout:g} s; "
+                                                       "its process was restarted")))
+                    return
+                except (EOFError, ValueError, OSError) as exc:
+                    code = self._kill(proc)
+                    lines.put(("error", ModelOpFailed(f"the model process failed during the request ({exc!r}, "
+                                                      f"exit status {code})")))
+                    return
+                if "chunk" in message:
+                    lines.put(("chunk", message["chunk"]))
+                else:
+                    lines.put(("answer", message))
+                    return
+        finally:
+            with flow.lock:
+                flow.done = True
+            self._lock.release()
+
+    def _relay(self, request: dict[str, Any], lines: queue.SimpleQueue, flow: "_Flow",
+               param: str | None) -> Iterator[dict[str, Any]]:
+        answered = False
+        try:
+            while True:
+                kind, value = lines.get()
+                if kind == "chunk":
+                    yield value
+                elif kind == "error":
+                    answered = True
+                    raise value
+                else:
+                    answered = True
+                    yield {"result": _outcome(request, value, param)}
+                    return
+        finally:
+            if not answered:
+                flow.cancel()
 
     def close(self) -> None:
         """End the process: stdin closed, then killed if it has not exited within a grace period."""
@@ -146,6 +228,39 @@ class ModelOps:
         return code
 
 
+class _Flow:
+    """A stream in flight: whether its answer has come, and the way to ask the process to stop it."""
+
+    def __init__(self, proc: subprocess.Popen) -> None:
+        self.proc, self.done, self.lock = proc, False, threading.Lock()
+
+    def cancel(self) -> None:
+        """Ask the process to end the generation (only while this stream still holds it)."""
+        with self.lock:
+            if self.done:
+                return
+            try:
+                os.write(self.proc.stdin.fileno(), CANCEL_LINE)  # a short line: the pipe takes it at once
+            except (OSError, ValueError):
+                pass  # the process is gone or its pipe full: the deadline still ends the request
+
+
+def _outcome(request: dict[str, Any], answer: dict[str, Any], param: str | None) -> Any:
+    """The result of an answer line, or the error it reports, about `param`.
+
+    A generate request's fields are named as the chat request's, so there the process's own `param`
+    is passed on when the caller names none; other ops name files of this server, never shown.
+    """
+    if answer.get("ok"):
+        return answer.get("result")
+    if answer.get("error") == "user_error":
+        if param is None and request.get("op") == "generate":
+            param = answer.get("param")
+        raise InvalidRequest(answer.get("message", "invalid request"), param=param)
+    log.error("model operation %s failed: %s", request.get("op"), answer.get("message"))
+    raise ModelOpFailed(f"the model operation failed: {answer.get('message')}")
+
+
 def _remaining(deadline: float) -> float:
     left = deadline - time.monotonic()
     if left <= 0:
@@ -166,3 +281,13 @@ def merge(ops: ModelOps, model_dir: Path, out_dir: Path, *, timeout: float) -> N
 def stats(ops: ModelOps, *, timeout: float) -> dict[str, Any]:
     """The process's own account: its pid, models loaded so far, and what its cache holds."""
     return ops.call({"op": "stats"}, timeout=timeout)
+
+
+def generate(ops: ModelOps, model: str, params: dict[str, Any], *, timeout: float) -> dict[str, Any]:
+    """Chat completions of `params` (`trainers.spec.generation.GenerationRequest`) by the causal LM `model`."""
+    return ops.call({"op": "generate", "model": model, **params}, timeout=timeout)
+
+
+def generate_stream(ops: ModelOps, model: str, params: dict[str, Any], *, timeout: float) -> Iterator[dict[str, Any]]:
+    """As `generate`, streamed: ``{"index", "text"}`` deltas as the completions grow, then ``{"result": ...}``."""
+    return ops.stream({"op": "generate", "model": model, "stream": True, **params}, timeout=timeout)
