@@ -39,6 +39,8 @@ def _auto_number(kind: type, *, gt: float | None = None, ge: float | None = None
             if value != int(value):
                 raise _invalid(f'must be "auto" or {name}')
             value = int(value)
+        else:
+            value = float(value)
         if gt is not None and not value > gt:
             raise _invalid(f"must be greater than {gt}")
         if ge is not None and not value >= ge:

@@ -12,7 +12,7 @@ from typing import Any
 
 from celery import Celery
 from pydantic import TypeAdapter, ValidationError
-from sqlalchemy import select
+from sqlalchemy import Text, cast, or_, select
 from sqlalchemy.orm import Session
 
 from api.errors import ApiError, InvalidRequest, param_of
@@ -61,7 +61,7 @@ def _method(body: FineTuningJobCreate) -> tuple[str, Any, dict[str, Any] | None,
     return method, config.hyperparameters if config else None, grader, f"method.{method}.hyperparameters"
 
 
-def _reward(session: Session, project: Project, grader: dict[str, Any]) -> dict[str, Any]:
+def _reward(session: Session, project: Project, grader: dict[str, Any], registry: Mapping[str, Any]) -> Any:
     """The native reward spec of an OpenAI grader; a score_model grader may name a reward-model checkpoint."""
     from trainers.spec.openai_graders import translate
 
@@ -72,11 +72,9 @@ def _reward(session: Session, project: Project, grader: dict[str, Any]) -> dict[
         return checkpoint.id
 
     try:
-        return translate(grader, resolve_reward_model=reward_model)
+        return translate(grader, resolve_reward_model=reward_model, registry=registry, param=GRADER)
     except UserError as exc:
-        param = exc.param or ""
-        path = f"{GRADER}.{param}" if param and not param.startswith(GRADER) else (param or GRADER)
-        raise InvalidRequest(exc.message, param=path) from exc
+        raise InvalidRequest(exc.message, param=exc.param or GRADER) from exc
 
 
 def _named_checkpoint(session: Session, project: Project, name: str) -> Checkpoint | None:
@@ -118,7 +116,7 @@ def create(*, session: Session, celery: Celery, settings: Settings, project: Pro
     job_type = TYPE_OF_METHOD[method]
     spec: dict[str, Any] = {"type": job_type, "hyperparameters": to_native(method, hyperparameters, prefix)}
     if grader is not None:
-        spec["reward"] = _reward(session, project, grader)
+        spec["reward"] = _reward(session, project, grader, registry)
     training = files.for_job(session=session, project_id=project.id, file_id=body.training_file,
                              job_type=job_type, param="training_file")
     validation = None
@@ -145,8 +143,8 @@ def create(*, session: Session, celery: Celery, settings: Settings, project: Pro
 
 
 def _metadata_filter(stmt: Any, metadata: Mapping[str, str] | None) -> Any:
-    if metadata is None:
-        return stmt.where(Job.metadata_.is_(None))
+    if metadata is None:  # a job created without metadata stores JSON null (or SQL NULL)
+        return stmt.where(or_(Job.metadata_.is_(None), cast(Job.metadata_, Text) == "null"))
     for key, value in metadata.items():
         stmt = stmt.where(Job.metadata_[key].as_string() == value)
     return stmt
