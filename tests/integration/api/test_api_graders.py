@@ -71,3 +71,41 @@ def test_a_slow_reward_function_is_a_grader_error_and_blocks_no_other_request(cl
         assert answers[0].status_code == 200 and answers[0].json()["reward"] == 2.0
     finally:
         release.set()
+
+
+def test_text_similarity_is_graded_and_a_field_the_item_lacks_is_a_grader_error(client):
+    sim = {"type": "text_similarity", "name": "sim", "evaluation_metric": "rouge_1", "reference": "{{item.answer}}"}
+    r = dry_run(client, sim, "the cat is on the mat", {"answer": "the cat sat on the mat"})
+    assert r.status_code == 200, r.text
+    assert r.json()["reward"] == pytest.approx(5 / 6) and r.json()["errors"] == []
+    r = dry_run(client, {**sim, "pass_threshold": 0.9}, "the cat is on the mat", {"answer": "the cat sat on the mat"})
+    assert r.json()["reward"] == 0.0
+    r = dry_run(client, sim, "the cat", {"question": "?"})
+    assert r.status_code == 200, r.text
+    assert r.json() == {"reward": 0.0, "per_grader": {"sim": 0.0},
+                        "errors": ["sim: {{item.answer}}: the prompt row has no field item.answer"]}
+
+
+def test_a_metric_not_offered_is_422_at_evaluation_metric(client):
+    sim = {"type": "text_similarity", "name": "sim", "evaluation_metric": "cosine", "reference": "x"}
+    multi = {"type": "multi", "name": "m", "graders": [{"type": "length", "name": "l", "max_chars": 9}, sim]}
+    r = dry_run(client, multi, "x")
+    assert r.status_code == 422, r.text
+    error = r.json()["error"]
+    assert error["param"] == "reward.graders[1].evaluation_metric" and "embedding model" in error["message"]
+
+
+def test_a_formula_combines_the_scores_and_an_unknown_name_is_422(client):
+    graders = [{"type": "string_check", "name": "correct", "operation": "eq", "reference": "{{item.answer}}"},
+               {"type": "length", "name": "fmt", "max_chars": 4}]
+    multi = {"type": "multi", "name": "m", "graders": graders, "calculate_output": "0.7 * correct + 0.3 * min(1, fmt)"}
+    r = dry_run(client, multi, "4", {"answer": "4"})
+    assert r.status_code == 200 and r.json()["reward"] == pytest.approx(1.0), r.text
+    r = dry_run(client, {**multi, "calculate_output": "correct / (fmt - 1)"}, "4", {"answer": "4"})
+    assert r.status_code == 200, r.text
+    assert r.json()["reward"] == 0.0 and r.json()["errors"][0].startswith("m: calculate_output: ZeroDivisionError")
+    r = dry_run(client, {**multi, "calculate_output": "correct + fmtt"}, "4", {"answer": "4"})
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["param"] == "reward.calculate_output" and "'fmtt'" in r.json()["error"]["message"]
+    r = dry_run(client, {**multi, "calculate_output": "__import__('os').system('true')"}, "4", {"answer": "4"})
+    assert r.status_code == 422 and r.json()["error"]["param"] == "reward.calculate_output", r.text

@@ -32,6 +32,12 @@ def prompts(client) -> str:
      "reward.graders[1].input", ["item.meta.lang", "row 1 (line 2)"]),
     (check("{{sample.output_text}}", "{{item.pattern}}", operation="regex"), "reward.reference",
      ["'{{item.pattern}}' renders the regex '(unclosed'", "row 1 (line 2)", "missing )"]),
+    ({"type": "multi", "name": "m", "calculate_output": "0.5 * a + 0.5 * sim", "graders": [
+        check("{{sample.output_text}}", "{{item.answer}}", name="a"),
+        {"type": "text_similarity", "name": "sim", "evaluation_metric": "bleu", "reference": "{{item.meta.lang}}"}]},
+     "reward.graders[1].reference", ["item.meta.lang", "row 1 (line 2)"]),
+    ({"type": "text_similarity", "name": "sim", "evaluation_metric": "fuzzy_match", "input": "{{item.final}}",
+      "reference": "{{item.answer}}"}, "reward.input", ["item.final", "row 0 (line 1)"]),
 ])
 def test_a_template_the_rows_cannot_fill_is_422_naming_grader_field_and_row(client, prompts, reward, param, names):
     r = client.post("/v1/jobs", json=job(prompts, reward))
@@ -57,7 +63,9 @@ def test_a_spec_every_row_can_fill_is_created(client, prompts, job_type):
     reward = {"type": "multi", "name": "m", "graders": [
         check("{{sample.output_text}}", "{{item.answer}}", name="a"),
         # The completion in the pattern: it cannot be compiled before sampling, only its fields are checked.
-        check("{{sample.output_text}}", "{{item.answer}}|{{sample.output_text}}", operation="regex", name="b")]}
+        check("{{sample.output_text}}", "{{item.answer}}|{{sample.output_text}}", operation="regex", name="b"),
+        {"type": "text_similarity", "name": "sim", "evaluation_metric": "rouge_l", "reference": "{{item.prompt}}"}],
+        "calculate_output": "0.5 * a + 0.25 * b + 0.25 * sim"}
     r = client.post("/v1/jobs", json=job(prompts, reward, type=job_type))
     assert r.status_code == 201, r.text
 
@@ -66,3 +74,11 @@ def test_rows_past_the_checked_bound_are_left_to_training(client, prompts, monke
     monkeypatch.setattr(rewards, "MAX_CHECKED_ROWS", 1)  # ROWS[1], the bad pattern, is past the bound
     r = client.post("/v1/jobs", json=job(prompts, check("{{sample.output_text}}", "{{item.pattern}}", "regex")))
     assert r.status_code == 201, r.text
+
+
+def test_a_formula_naming_no_grader_is_422_at_calculate_output(client, prompts):
+    reward = {"type": "multi", "name": "m", "calculate_output": "a + typo", "graders": [
+        check("{{sample.output_text}}", "{{item.answer}}", name="a")]}
+    r = client.post("/v1/jobs", json=job(prompts, reward))
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["param"] == "reward.calculate_output" and "'typo'" in r.json()["error"]["message"]
