@@ -11,7 +11,7 @@ from core.artifacts import ArtifactStore
 from core.db import session_scope
 from core.lifecycle import claim_job, transition
 from core.models import Job, JobStatus, Metric
-from tests.support import jsonl, preference_rows, upload
+from tests.support import jsonl, upload
 from worker.reporting import JobReporter
 
 WORDS = ["apple", "river", "stone", "cloud"]
