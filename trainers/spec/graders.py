@@ -46,7 +46,7 @@ from trainers.spec.rewards import (
     is_formula,
 )
 from trainers.spec.score_rules import combine, length_score
-from trainers.spec.similarity import QUICK_SIMILARITY, similarity
+from trainers.spec.similarity import QUICK_SIMILARITY, SimilarityTooCostly, similarity
 from trainers.spec.templates import TemplateRef, excerpt, parse_template
 
 GRADER_TIMEOUT_S = 10.0
@@ -226,7 +226,10 @@ def grade(
             reference = render(grader.reference, completion=completion, item=item)
             call = functools.partial(similarity, grader.evaluation_metric, text, reference)
             quick = len(text) * len(reference) <= QUICK_SIMILARITY  # ROUGE-L is quadratic, in Python
-            score = call() if quick else _bounded(call, timeout, f"the {grader.evaluation_metric} similarity")
+            try:
+                score = call() if quick else _bounded(call, timeout, f"the {grader.evaluation_metric} similarity")
+            except SimilarityTooCostly as exc:
+                raise GraderError(str(exc)) from None
             return score if grader.pass_threshold is None else float(score >= grader.pass_threshold)
         case LengthGrader():
             if grader.target_chars is not None:

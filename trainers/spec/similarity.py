@@ -44,6 +44,10 @@ QUICK_SIMILARITY = 4_000_000
 past it the grader runs it under its deadline, since ROUGE-L's longest common subsequence is a
 pure-Python table of tokens × tokens cells (about 1.5 s for two texts of 3,000 words)."""
 
+MAX_ROUGE_L_PAIRS = 25_000_000
+"""Most ``tokens(input) × tokens(reference)`` ROUGE-L computes (about 4 s); past it the grader errs rather
+than hold a thread for minutes or hours (two texts of 100,000 words would take about 5 hours)."""
+
 _ALTERNATIVES = "use 'fuzzy_match', 'bleu', 'rouge_1' to 'rouge_5' or 'rouge_l'"
 _TOKEN = re.compile(r"[^\W_]+")  # runs of Unicode letters and digits
 
@@ -64,6 +68,9 @@ def similarity(metric: SimilarityMetric, text: str, reference: str) -> float:
     Returns:
         The similarity; 1.0 for identical texts (for ROUGE-N, texts of at least N tokens; for BLEU and
         ROUGE, not empty ones).
+
+    Raises:
+        SimilarityTooCostly: ROUGE-L on texts whose tokens make more than `MAX_ROUGE_L_PAIRS` pairs.
     """
     match metric:
         case "fuzzy_match":
@@ -75,10 +82,22 @@ def similarity(metric: SimilarityMetric, text: str, reference: str) -> float:
 
             return min(1.0, sacrebleu.sentence_bleu(text, [reference]).score / 100.0)
         case "rouge_1" | "rouge_2" | "rouge_3" | "rouge_4" | "rouge_5" | "rouge_l":
+            if metric == "rouge_l":
+                pairs = len(_TOKEN.findall(text)) * len(_TOKEN.findall(reference))
+                if pairs > MAX_ROUGE_L_PAIRS:
+                    raise SimilarityTooCostly(
+                        f"rouge_l compares every token of the input with every token of the reference, "
+                        f"{pairs:,} pairs here, more than {MAX_ROUGE_L_PAIRS:,}: use rouge_1 to rouge_5 or bleu, "
+                        "linear in the length, for texts this long"
+                    )
             key = "rougeL" if metric == "rouge_l" else f"rouge{metric[-1]}"
             return float(_rouge_scorer(key).score(reference, text)[key].fmeasure)
         case _:
             raise ValueError(f"unknown evaluation_metric {metric!r}")
+
+
+class SimilarityTooCostly(ValueError):
+    """The texts are too long for the metric (see `MAX_ROUGE_L_PAIRS`)."""
 
 
 class _UnicodeTokenizer:

@@ -110,5 +110,10 @@ def test_a_long_text_is_graded_under_the_deadline(monkeypatch):
     result = grade(spec("rouge_l"), words, {"answer": words})
     assert result.reward == 0.0
     assert result.errors == ["sim: the rouge_l similarity did not return within 0.05 s"]
+    monkeypatch.setattr(graders, "GRADER_TIMEOUT_S", 10)
+    huge = " ".join(["word"] * 6_000)  # 36 million pairs: refused before any work
+    result = grade(spec("rouge_l"), huge, {"answer": huge})
+    assert result.reward == 0.0 and "36,000,000 pairs here, more than 25,000,000" in result.errors[0]
+    assert grade(spec("rouge_2"), huge, {"answer": huge}).reward == pytest.approx(1.0)  # linear metrics still run
     short = grade(spec("rouge_l"), PARTIAL, {"answer": REFERENCE})  # small texts run inline, whatever the timeout
     assert math.isclose(short.reward, 5 / 6)
