@@ -93,3 +93,58 @@ def test_idle_models_are_unloaded_and_loaded_again_on_demand(reward_dirs):
         assert server.ask({"op": "stats"})["result"]["loads"] == 2
     finally:
         server.close()
+
+
+CHAT = {"op": "generate", "model": "builtin:tiny-llama", "messages": [{"role": "user", "content": "say: hi"}]}
+
+
+def read_stream(server: Server) -> tuple[list[dict], dict]:
+    """The chunk lines of a streaming request, and its answer line."""
+    chunks = []
+    while "chunk" in (message := json.loads(server.answers.readline())):
+        chunks.append(message["chunk"])
+    return chunks, message
+
+
+def test_generate_answers_as_the_library_and_streams_the_same_text_in_chunks():
+    from trainers.models.chat_generation import generate_chat, load_chat_model
+    from trainers.spec.generation import parse_generation_request
+
+    server = Server(cache_bytes=10**9, idle_seconds=600)
+    try:
+        request = CHAT | {"max_tokens": 16, "seed": 4, "n": 2}
+        plain = server.ask(request)
+        params = parse_generation_request({k: v for k, v in request.items() if k not in ("op", "model")})
+        expected = generate_chat(load_chat_model("builtin:tiny-llama"), params)
+        assert plain == {"ok": True, "result": expected}
+        server.requests.write(json.dumps(request | {"stream": True}) + "\n")
+        server.requests.flush()
+        chunks, answer = read_stream(server)
+        assert answer == plain
+        for choice in plain["result"]["choices"]:
+            assert "".join(c["text"] for c in chunks if c["index"] == choice["index"]) == choice["text"]
+        bad = server.ask(CHAT | {"temperature": 5})
+        assert (bad["ok"], bad["error"], bad["param"]) == (False, "user_error", "temperature")
+        assert server.ask(CHAT | {"model": "builtin:nothing"})["param"] == "model"
+        stats = server.ask({"op": "stats"})["result"]
+        assert stats["loads"] == 1 and stats["entries"][0]["kind"] == "chat_model"
+    finally:
+        server.close()
+
+
+def test_a_cancel_line_ends_a_stream_early_and_a_late_one_is_left_unanswered():
+    server = Server(cache_bytes=10**9, idle_seconds=600)
+    try:
+        assert server.ask(CHAT | {"max_tokens": 2})["ok"]  # the model is loaded
+        server.requests.write(json.dumps(CHAT | {"max_tokens": 1000, "seed": 1, "stream": True}) + "\n")
+        server.requests.flush()
+        assert "chunk" in json.loads(server.answers.readline())  # generation has started
+        server.requests.write('{"op": "cancel"}\n')
+        server.requests.flush()
+        _, answer = read_stream(server)
+        (choice,) = answer["result"]["choices"]
+        assert choice["finish_reason"] == "length" and choice["completion_tokens"] < 1000
+        server.requests.write('{"op": "cancel"}\n')  # after its stream: read, and no answer
+        assert server.ask({"op": "stats"})["ok"]
+    finally:
+        server.close()
