@@ -20,13 +20,14 @@ from api.schemas import JobCreate
 from api.schemas_fine_tuning import FineTuningJobCreate
 from api.services import fine_tuning_files as files
 from api.services import jobs as native
-from api.services import model_names
 from api.services.fine_tuning_methods import TYPE_OF_METHOD, method_available, openai_param, to_native
 from api.services.paging import newest_first_page
+from core import model_names
 from core.models import Checkpoint, Job, Project
 from core.projects import project_checkpoint
 from core.settings import Settings
 from trainers.spec.errors import UserError
+from trainers.spec.openai_graders import translate
 
 JOB_CREATE: TypeAdapter[Any] = TypeAdapter(JobCreate)
 GRADER = "method.reinforcement.grader"
@@ -63,7 +64,6 @@ def _method(body: FineTuningJobCreate) -> tuple[str, Any, dict[str, Any] | None,
 
 def _reward(session: Session, project: Project, grader: dict[str, Any], registry: Mapping[str, Any]) -> Any:
     """The native reward spec of an OpenAI grader; a score_model grader may name a reward-model checkpoint."""
-    from trainers.spec.openai_graders import translate
 
     def reward_model(name: str) -> str | None:
         checkpoint = _named_checkpoint(session, project, name)

@@ -19,8 +19,8 @@ from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 
 from api.errors import InvalidRequest
-from api.services import model_names
 from api.services.fine_tuning_methods import METHOD_OF_TYPE, to_openai
+from core import model_names
 from core.models import Checkpoint, Job, JobEvent, JobStatus, Metric
 
 STATUS = {JobStatus.queued: "queued", JobStatus.running: "running", JobStatus.cancelling: "running",
