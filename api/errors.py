@@ -12,6 +12,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -111,6 +112,50 @@ def error_content(path: str, status: int, type_: str, message: str, param: str |
     return status, {"error": {"message": message, "type": openai_type, "param": param, "code": code}}
 
 
+class OpenAIErrorBody(BaseModel):
+    message: str
+    type: str = Field(description="invalid_request_error (400, 401, 404, 409, 413), rate_limit_error or server_error.")
+    param: str | None = Field(description="The parameter or field at fault, when there is one.")
+    code: str | None = Field(description="invalid_value, missing_required_parameter, unknown_parameter, invalid_type, "
+                                         "invalid_api_key, not_found, conflict, request_too_large, ...")
+
+
+class OpenAIErrorResponse(BaseModel):
+    """Every error answer of the OpenAI-compatible routes: the `openai` SDK raises its exception for the status."""
+
+    error: OpenAIErrorBody
+
+
+def _document_openai_errors(app: FastAPI) -> None:
+    """Make the OpenAPI document say what the OpenAI-compatible routes answer: their error statuses in
+    OpenAI's shape, and 400 where the native routes answer 422, whatever their routers declare."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        schema = build()  # cached by FastAPI after the first call; the changes below are idempotent
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        if "OpenAIErrorResponse" not in components:
+            document = OpenAIErrorResponse.model_json_schema(ref_template="#/components/schemas/{model}")
+            components.update(document.pop("$defs", {}))
+            components["OpenAIErrorResponse"] = document
+        content = {"application/json": {"schema": {"$ref": "#/components/schemas/OpenAIErrorResponse"}}}
+        for path, operations in schema.get("paths", {}).items():
+            if not speaks_openai(path):
+                continue
+            for operation in operations.values():
+                responses = operation.get("responses", {})
+                if "422" in responses or "400" in responses:
+                    responses.pop("422", None)
+                    responses["400"] = {"description": "A missing or unusable value, or a body that could not be "
+                                                       "parsed (the SDK's BadRequestError)"}
+                for status, response in responses.items():
+                    if status[:1] in ("4", "5"):
+                        response["content"] = content
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def error_response(request: Request, status: int, type_: str, message: str, param: str | None = None,
                    details: list[dict[str, Any]] | None = None, code: str | None = None,
                    headers: dict[str, str] | None = None) -> JSONResponse:
@@ -148,7 +193,9 @@ def field_path(parts: Iterable[str | int]) -> str:
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    """Map domain errors, validation errors, HTTP errors and database outages to the envelope."""
+    """Map domain errors, validation errors, HTTP errors and database outages to the envelope (OpenAI's on
+    its routes), and document the OpenAI-compatible routes' errors in its shape."""
+    _document_openai_errors(app)
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:

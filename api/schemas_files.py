@@ -1,6 +1,6 @@
-"""Schemas of the OpenAI-compatible layer's files (`/v1/files`) and its error shape."""
+"""Schemas of the OpenAI-compatible layer's files (`/v1/files`)."""
 
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, Field
 
@@ -39,27 +39,3 @@ class FileDeleted(BaseModel):
     id: str
     object: Literal["file"] = "file"
     deleted: bool
-
-
-class OpenAIErrorBody(BaseModel):
-    message: str
-    type: str = Field(description="invalid_request_error (for 400, 401, 404, 409 and 413), rate_limit_error or "
-                                  "server_error, as OpenAI's.")
-    param: str | None = Field(description="The parameter or field at fault, when there is one.")
-    code: str | None = Field(description="e.g. invalid_value, missing_required_parameter, unknown_parameter, "
-                                         "invalid_type, invalid_api_key, not_found, conflict.")
-
-
-class OpenAIErrorResponse(BaseModel):
-    """Every error answer of the OpenAI-compatible routes has this shape, so the openai SDK raises its exceptions."""
-
-    error: OpenAIErrorBody
-
-
-def openai_error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI entries for the error statuses an OpenAI-compatible router can answer, in OpenAI's shape."""
-    text = {400: "Invalid request (BadRequestError)", 401: "Missing, unknown or revoked API key (AuthenticationError)",
-            404: "Not found, or not this project's (NotFoundError)", 409: "Conflicts with the current state "
-            "(ConflictError)", 413: "Larger than a configured limit", 429: "Too many requests (RateLimitError)",
-            500: "Internal error", 503: "Database or broker unavailable; retry later"}
-    return {code: {"model": OpenAIErrorResponse, "description": text[code]} for code in codes}

@@ -7,7 +7,8 @@ from fastapi.responses import StreamingResponse
 
 from api.deps import ProjectDep, SessionDep, SettingsDep, StoreDep, get_project
 from api.routes.datasets import UploadRoute
-from api.schemas_files import FileDeleted, FileList, FileObject, openai_error_responses
+from api.schemas import error_responses
+from api.schemas_files import FileDeleted, FileList, FileObject
 from api.services import files as service
 from core.models import Dataset
 
@@ -19,7 +20,7 @@ def file_or_404(session: SessionDep, project: ProjectDep, file_id: Annotated[str
 FileDep = Annotated[Dataset, Depends(file_or_404)]
 
 router = APIRouter(prefix="/v1/files", tags=["openai: files"], dependencies=[Depends(get_project)],
-                   responses=openai_error_responses(400, 401, 404, 409, 413, 503), route_class=UploadRoute)
+                   responses=error_responses(400, 401, 404, 409, 413, 503), route_class=UploadRoute)
 
 
 @router.post("", response_model=FileObject)  # 200, as OpenAI answers an upload

@@ -133,7 +133,10 @@ BODIES = {  # a request that succeeds, for each operation with a JSON body
     "POST /v1/admin/projects": lambda ids: {"name": "p"},
     "POST /v1/admin/projects/{project_id}/keys": lambda ids: {"name": "k"},
 }
-UPLOAD = "POST /v1/datasets"
+UPLOADS = {  # the form of an upload that succeeds, for each multipart operation
+    "POST /v1/datasets": {"kind": "preference", "name": "n", "filename": "d.jsonl"},
+    "POST /v1/files": {"purpose": "fine-tune", "filename": "d.jsonl"},
+}
 
 
 def to_json(value: Any) -> bytes:
@@ -201,8 +204,8 @@ def sweep(api: Deployment, label: str) -> Iterator[tuple[str, Any, bool, dict[st
     params = {p.name: p.location for p in operation.iter_parameters() if p.name != "Authorization"}
     path_values = {name: api.ids.get(name, "x_0") for name, where in params.items() if where == "path"}
     body = BODIES[label](api.ids) if label in BODIES else None
-    assert operation.body.items == [] or body is not None or label == UPLOAD, f"no baseline body for {label}"
-    form = {"kind": "preference", "name": "n", "filename": "d.jsonl"}
+    assert operation.body.items == [] or body is not None or label in UPLOADS, f"no baseline body for {label}"
+    form = UPLOADS.get(label, {})
     every = [(v, True) for v in UNSTORABLE_TEXT] + [(v, False) for v in ODD_TEXT]
     json_every = every + [(v, True) for v in UNSTORABLE_JSON] + [(v, False) for v in ODD_JSON]
 
@@ -223,7 +226,7 @@ def sweep(api: Deployment, label: str) -> Iterator[tuple[str, Any, bool, dict[st
                 if not is_key or isinstance(value, str):
                     where = f"body {'key' if is_key else 'value'} {place}"
                     yield where, value, unstorable, request(body=(None, replaced(body, place, is_key, value)))
-    if label == UPLOAD:
+    if label in UPLOADS:
         for name in form:
             for value, unstorable in every:
                 yield f"form {name}", value, unstorable, request(form=(name, value))
@@ -239,10 +242,10 @@ def send(api: Deployment, label: str, request: dict[str, Any]):
     if request["body"] is not None:
         headers = {**headers, "Content-Type": "application/json"}
         extra["data"] = to_json(request["body"])
-    elif label == UPLOAD:
-        form = request["form"]
-        extra["files"] = {"file": (form["filename"], jsonl(preference_rows(2)))}
-        extra["data"] = {"kind": form["kind"], "name": form["name"]}
+    elif label in UPLOADS:
+        form = dict(request["form"])
+        extra["files"] = {"file": (form.pop("filename"), jsonl(preference_rows(2)))}
+        extra["data"] = form
     response = case.call(session=api.client, headers=headers, **extra)
     case.validate_response(response, checks=[not_a_server_error, response_schema_conformance], headers=headers)
     return response

@@ -137,3 +137,30 @@ def test_error_content_for_middleware():
 ])
 def test_validation_codes(error_type, code):
     assert validation_code(error_type) == code
+
+
+def test_the_openapi_document_shows_openai_errors_on_openai_routes():
+    from api.schemas import error_responses
+
+    app = FastAPI()
+    install_error_handlers(app)
+
+    @app.get("/v1/models/{model}", responses=error_responses(401, 404, 422))
+    def model(model: str, limit: int = 1) -> None:
+        return None
+
+    @app.get("/v1/datasets/{dataset_id}", responses=error_responses(401, 404, 422))
+    def dataset(dataset_id: str) -> None:
+        return None
+
+    schema = app.openapi()
+    openai_ref = {"$ref": "#/components/schemas/OpenAIErrorResponse"}
+    responses = schema["paths"]["/v1/models/{model}"]["get"]["responses"]
+    assert sorted(responses) == ["200", "400", "401", "404"]  # 422 is a 400 there
+    assert all(responses[s]["content"]["application/json"]["schema"] == openai_ref for s in ("400", "401", "404"))
+    native = schema["paths"]["/v1/datasets/{dataset_id}"]["get"]["responses"]
+    assert sorted(native) == ["200", "401", "404", "422"]
+    assert native["404"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/ErrorResponse"}
+    body = schema["components"]["schemas"]["OpenAIErrorBody"]
+    assert sorted(body["properties"]) == ["code", "message", "param", "type"]
+    assert app.openapi() is schema
