@@ -5,6 +5,7 @@ live flow is tests/e2e)."""
 
 import openai
 import pytest
+from openai.types.fine_tuning import FineTuningJob, FineTuningJobEvent
 
 from core.artifacts import ArtifactStore
 from core.db import session_scope
@@ -28,7 +29,7 @@ def test_the_sdk_creates_reads_and_lists_each_method(sdk, client):
     sft = sdk.fine_tuning.jobs.create(model="builtin:tiny-llama", training_file=chat, suffix="shout", seed=1,
                                       metadata={"run": "sdk"},
                                       method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 2}}})
-    assert isinstance(sft, openai.types.fine_tuning.FineTuningJob)
+    assert isinstance(sft, FineTuningJob)
     assert sft.id.startswith("ftjob-") and sft.status == "queued" and sft.method.type == "supervised"
     assert sft.method.supervised.hyperparameters.n_epochs == 2 and sft.hyperparameters.batch_size == 8
     dpo = sdk.fine_tuning.jobs.create(model="builtin:tiny-llama", training_file=pairs, metadata={"run": "sdk"},
@@ -62,7 +63,7 @@ def test_the_sdk_walks_events_and_checkpoints_newest_first(sdk, client, settings
 
     events = list(sdk.fine_tuning.jobs.list_events(job.id, limit=3))  # several pages
     assert [e.id for e in events] == [e.id for e in sdk.fine_tuning.jobs.list_events(job.id, limit=100).data]
-    assert all(isinstance(e, openai.types.fine_tuning.FineTuningJobEvent) for e in events)
+    assert all(isinstance(e, FineTuningJobEvent) for e in events)
     assert [e.data["step"] for e in events if e.type == "metrics"] == [4, 3, 2, 1]
     assert "succeeded" in events[0].message
 
