@@ -38,6 +38,11 @@ def for_job(*, session: Session, project_id: str, file_id: str, job_type: str, p
     if dataset.kind == kind:
         return dataset
     wanted = f"this method needs rows like {ROWS[kind]}"
+    # Locked (on Postgres) until the job's commit, so two jobs cannot convert the file at once.
+    session.execute(select(Dataset.id).where(Dataset.id == dataset.id).with_for_update())
+    session.refresh(dataset)
+    if dataset.kind == kind:
+        return dataset
     user = session.scalar(select(Job.id).where(
         Job.project_id == project_id,
         or_(Job.dataset_id == dataset.id, Job.eval_dataset_id == dataset.id, Job.ptx_dataset_id == dataset.id),

@@ -29,8 +29,9 @@ from trainers.spec.rewards import reward_spec_adapter
 
 log = logging.getLogger(__name__)
 
-def _request_hash(body: JobCreate) -> str:
-    canonical = json.dumps(body.model_dump(mode="json", exclude_unset=True), sort_keys=True)
+def _request_hash(body: JobCreate, suffix: str | None = None) -> str:
+    request = body.model_dump(mode="json", exclude_unset=True) | ({"suffix": suffix} if suffix is not None else {})
+    canonical = json.dumps(request, sort_keys=True)
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
@@ -69,7 +70,7 @@ def create(*, session: Session, celery: Celery, settings: Settings, project_id: 
            suffix: str | None = None) -> tuple[Job, bool]:
     """Validate and store a job (with `job_id` and model-name `suffix` when given), then enqueue it. Returns
     the job and whether it is new."""
-    request_hash = _request_hash(body)
+    request_hash = _request_hash(body, suffix)
     if idempotency_key and (job := _replay(session, project_id, idempotency_key, request_hash)):
         return job, False
     if body.processes > settings.worker_devices:

@@ -319,3 +319,12 @@ def test_cancel_pause_and_resume_drive_the_native_job(client, settings, files):
     assert client.get(f"/v1/jobs/{running['id']}").json()["status"] == "pausing"
     assert client.get(f"{URL}/ftjob-0123456789abcdef01234567").status_code == 404
     assert client.post(f"{URL}/ftjob-0123456789abcdef01234567/cancel").status_code == 404
+
+
+def test_an_idempotency_key_returns_the_first_job(client, files):
+    body = {"model": "builtin:tiny-llama", "training_file": files["supervised"], "suffix": "once"}
+    first = client.post(URL, json=body, headers={"Idempotency-Key": "k1"}).json()
+    again = client.post(URL, json=body, headers={"Idempotency-Key": "k1"}).json()
+    assert again["id"] == first["id"] and again["id"].startswith("ftjob-")
+    r = client.post(URL, json=body | {"suffix": "twice"}, headers={"Idempotency-Key": "k1"})
+    assert r.status_code == 409 and r.json()["error"]["param"] == "Idempotency-Key"
