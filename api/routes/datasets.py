@@ -9,7 +9,7 @@ from python_multipart.multipart import DEFAULT_MAX_HEADER_SIZE
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 
-from api.deps import DatasetDep, ProjectDep, SessionDep, SettingsDep, get_project
+from api.deps import DatasetDep, ProjectDep, SessionDep, SettingsDep, StoreDep, get_project
 from api.errors import ApiError, InvalidRequest
 from api.pagination import PageParams, page_params
 from api.schemas import (
@@ -21,6 +21,7 @@ from api.schemas import (
     error_responses,
 )
 from api.services import datasets as service
+from api.services import files
 from api.storable import text_problem
 
 
@@ -110,6 +111,7 @@ def list_dataset_rows(session: SessionDep, dataset: DatasetDep, page: Page):
 
 
 @router.delete("/{dataset_id}", status_code=status.HTTP_204_NO_CONTENT)
-def delete_dataset(session: SessionDep, dataset: DatasetDep) -> None:
+def delete_dataset(session: SessionDep, store: StoreDep, dataset: DatasetDep) -> None:
     """Delete a dataset; 409 while an active job uses it."""
     service.remove(session=session, dataset=dataset)
+    files.drop_original(store, dataset.id)  # a file uploaded through /v1/files keeps its bytes as uploaded

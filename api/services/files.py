@@ -129,15 +129,15 @@ def create(*, session: Session, store: Store, project_id: str, file: BinaryIO, f
             idempotency_key=idempotency_key, max_rows=max_rows, max_row_bytes=max_row_bytes,
             stale_upload_seconds=stale_upload_seconds, dataset_id=file_id)
     except InvalidRequest as exc:
-        _drop_original(store, file_id)
+        drop_original(store, file_id)
         # The native API's hint names a form field this route does not have.
         exc.message = exc.message.replace(SKIP_INVALID_HINT, "")
         raise
     except BaseException:
-        _drop_original(store, file_id)
+        drop_original(store, file_id)
         raise
     if not created:  # a replayed upload: the first one's copy is the one kept
-        _drop_original(store, file_id)
+        drop_original(store, file_id)
     return dataset, created
 
 
@@ -158,7 +158,8 @@ def _keep_original(store: Store, file_id: str, file: BinaryIO) -> None:
         file.seek(0)
 
 
-def _drop_original(store: Store, file_id: str) -> None:
+def drop_original(store: Store, file_id: str) -> None:
+    """Delete a file's uploaded bytes, if it has any (a dataset uploaded through /v1/datasets has none)."""
     try:
         store.delete(original_key(file_id))
     except Exception:  # an orphaned copy costs space, never correctness: no dataset names it
@@ -206,7 +207,7 @@ def remove(*, session: Session, store: Store, dataset: Dataset) -> None:
     except Conflict as exc:
         raise Conflict(exc.message.replace(f"dataset {dataset.id}", f"file {dataset.id}", 1),
                        param="file_id") from exc
-    _drop_original(store, dataset.id)
+    drop_original(store, dataset.id)
 
 
 def content(*, store: Store, database_url: str, dataset: Dataset) -> tuple[Iterator[bytes], bool]:

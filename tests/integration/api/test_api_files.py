@@ -248,3 +248,10 @@ def test_an_upload_over_the_limit_is_a_413_in_openai_shape(settings, project_key
         error = openai_error(send(client, jsonl(CHAT * 5)), 413)
         assert (error["param"], error["code"]) == ("file", "request_too_large")
         assert client.get("/v1/files").json()["data"] == []
+
+
+def test_deleting_a_file_as_a_dataset_deletes_its_bytes_too(client, settings):
+    file = created(client, CHAT)
+    assert client.delete(f"/v1/datasets/{file['id']}").status_code == 204
+    assert not open_store(settings).exists(original_key(file["id"]))
+    assert client.get(f"/v1/files/{file['id']}/content").status_code == 404
