@@ -255,3 +255,17 @@ def test_deleting_a_file_as_a_dataset_deletes_its_bytes_too(client, settings):
     assert client.delete(f"/v1/datasets/{file['id']}").status_code == 204
     assert not open_store(settings).exists(original_key(file["id"]))
     assert client.get(f"/v1/files/{file['id']}/content").status_code == 404
+
+
+def test_no_file_is_stored_when_its_bytes_cannot_be_kept(settings, project_key, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from api.main import create_app
+
+    blocked = tmp_path / "not-a-directory"
+    blocked.write_text("")  # the artifact store cannot make its staging directory under a file
+    with TestClient(create_app(settings.model_copy(update={"artifacts_dir": blocked})),
+                    headers={"Authorization": f"Bearer {project_key}"}) as client:
+        error = openai_error(send(client, jsonl(CHAT)), 503)
+        assert (error["type"], error["code"], error["param"]) == ("server_error", "service_unavailable", "file")
+        assert client.get("/v1/files").json()["data"] == []
