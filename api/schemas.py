@@ -320,7 +320,7 @@ class ReadyStatus(BaseModel):
 
 
 REWARD_DESCRIPTION = ("What a completion earns: a reward-model checkpoint of this project, graders "
-                      "(string_check, length, format, function), or a 'multi' combining them.")
+                      "(string_check, text_similarity, length, format, function), or a 'multi' combining them.")
 REWARD_EXAMPLE = {"type": "string_check", "name": "answer", "operation": "contains",
                   "input": "{{sample.output_text}}", "reference": "{{item.answer}}"}
 
