@@ -12,6 +12,7 @@ uploaded through the native API has no such copy, and its content is its stored 
 import json
 import logging
 import secrets
+import shutil
 from collections.abc import Iterator
 from contextlib import closing
 from typing import Any, BinaryIO, Literal
@@ -143,6 +144,7 @@ def create(*, session: Session, store: Store, project_id: str, file: BinaryIO, f
 
 def _keep_original(store: Store, file_id: str, file: BinaryIO) -> None:
     """Copy the uploaded bytes to the artifact store; 503 (and nothing stored) if it cannot take them."""
+    staging = None
     try:
         staging = store.staging_dir()
         file.seek(0)
@@ -152,6 +154,8 @@ def _keep_original(store: Store, file_id: str, file: BinaryIO) -> None:
         store.commit(staging, original_key(file_id))
     except Exception as exc:
         log.exception("could not keep the uploaded bytes of %s", file_id)
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
         raise ServiceUnavailable("the artifact store could not keep the file; nothing was stored, retry later",
                                  param="file") from exc
     finally:
