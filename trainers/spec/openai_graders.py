@@ -89,6 +89,39 @@ def translate(
     return spec
 
 
+def request_param(path: str, grader: Any, *, prefix: str = "reward", param: str = GRADER_PARAM) -> str:
+    """Where the request holds the field that a native field path names, for errors found after `translate`.
+
+    The job-creation checks (the prompt rows against the templates, the reward-model checkpoints)
+    report native paths such as ``reward.graders[1].reference``; in the request that grader may be
+    ``method.reinforcement.grader.graders.<key>``.
+
+    Args:
+        path: a field path in the translated spec, starting with `prefix`.
+        grader: the grader as sent, which `translate` accepted.
+        prefix: the native path of the spec.
+        param: where the grader is in the request.
+
+    Returns:
+        E.g. ``method.reinforcement.grader.graders.fmt.reference``, or ``method.reinforcement.grader.model``
+        for ``reward.checkpoint_id`` when the grader is a score_model.
+    """
+    if not path.startswith(prefix):
+        return path
+    ours = param + path[len(prefix):]
+    graders = grader.get("graders") if isinstance(grader, Mapping) else None
+    if isinstance(grader, Mapping) and grader.get("type") == "multi" and isinstance(graders, Mapping | list):
+        entries = graders.items() if isinstance(graders, Mapping) else enumerate(graders)
+        children = [
+            (f"{param}.graders.{key}" if isinstance(graders, Mapping) else f"{param}.graders[{key}]",
+             _SCORE_MODEL_RENAMES if isinstance(child, Mapping) and child.get("type") == "score_model" else {})
+            for key, child in entries
+        ]
+        return _Located(param, children, {}).path(ours)
+    renames = _SCORE_MODEL_RENAMES if isinstance(grader, Mapping) and grader.get("type") == "score_model" else {}
+    return _Located(param, [], renames).path(ours)
+
+
 class _Located:
     """Turns the field path of an error in our spec into the path of the field in the request."""
 

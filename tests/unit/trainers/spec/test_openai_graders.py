@@ -6,7 +6,7 @@ from openai.types.graders import ScoreModelGrader, StringCheckGrader, TextSimila
 
 from trainers.spec.errors import UserError
 from trainers.spec.graders import evaluate
-from trainers.spec.openai_graders import GRADER_PARAM, translate
+from trainers.spec.openai_graders import GRADER_PARAM, request_param, translate
 from trainers.spec.reward_functions import load_registry
 from trainers.spec.rewards import ModelReward, MultiGrader
 from trainers.spec.rewards import TextSimilarityGrader as OurTextSimilarity
@@ -191,3 +191,14 @@ def test_top_level_refusals_are_located(grader, param):
 def test_the_param_prefix_can_be_chosen():
     error = refusal({**CHECK, "operation": "equals"}, param="grader")
     assert error.param == "grader.operation"
+
+
+def test_a_native_path_found_after_translation_is_located_in_the_request():
+    multi = {"type": "multi", "name": "m", "calculate_output": "a + rm", "graders": {"a": CHECK, "rm": SCORE}}
+    assert request_param("reward.graders[0].reference", multi) == "method.reinforcement.grader.graders.a.reference"
+    assert request_param("reward.graders[1].checkpoint_id", multi) == "method.reinforcement.grader.graders.rm.model"
+    assert request_param("reward.calculate_output", multi) == "method.reinforcement.grader.calculate_output"
+    assert request_param("reward.checkpoint_id", SCORE) == "method.reinforcement.grader.model"
+    assert request_param("reward.input", CHECK) == "method.reinforcement.grader.input"
+    listed = {"type": "multi", "name": "m", "graders": [CHECK]}
+    assert request_param("reward.graders[0].input", listed) == "method.reinforcement.grader.graders[0].input"
