@@ -71,9 +71,10 @@ class Settings(BaseSettings):
     model_ops_timeout_seconds: Seconds = Field(600.0, description="Longest a scoring or adapter-merge request may "
                                                                   "run; beyond it the model process is restarted "
                                                                   "and the request answers 504.")
-    model_ops_cache_bytes: NonNegativeInt = Field(2 * 1024**3, description="Most bytes of reward-model weights "
-                                                                           "the model process keeps loaded (least "
-                                                                           "recently used evicted first).")
+    model_ops_cache_bytes: NonNegativeInt = Field(2 * 1024**3, description="Most bytes of model weights (reward "
+                                                                           "models scoring, causal LMs completing "
+                                                                           "chats) the model process keeps loaded "
+                                                                           "(least recently used evicted first).")
     model_ops_idle_seconds: Seconds = Field(
         600.0, description="The model process unloads its models after this long without a request.")
     max_upload_bytes: PositiveInt = Field(2 * 1024**3, description="Largest dataset file accepted (413 above).")
