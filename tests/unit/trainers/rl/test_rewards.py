@@ -225,3 +225,24 @@ def test_a_grpo_run_is_rewarded_by_a_reward_model_checkpoint(reward_model_dir):
     trainers.run(job, TrainingData(train=rows), callbacks)
     metrics = callbacks.metrics[1]
     assert metrics["reward/rm"] == pytest.approx(metrics["reward/mean"]) and metrics["reward/std"] > 0
+
+
+def test_a_formula_combines_text_similarity_and_a_reward_model(reward_model_dir):
+    similar = {"type": "text_similarity", "name": "close", "evaluation_metric": "fuzzy_match",
+               "reference": "{{item.answer}}"}
+    model = {"type": "model", "name": "rm", "checkpoint_id": "ckpt"}
+    texts = ["abc", "abd"]
+    items = [{"prompt": "p", "answer": "abc"}] * 2
+    spec = {"type": "multi", "name": "r", "graders": [similar, model], "calculate_output": "2 * close + rm ^ 2"}
+    scores = computer(spec, reward_model_dirs={"ckpt": str(reward_model_dir)}).score(
+        items, texts, rollout_of(texts, [True, True], items))
+    assert scores.per_grader["close"].tolist() == pytest.approx([1.0, 2 / 3])
+    expected = 2 * torch.tensor([1.0, 2 / 3]) + scores.per_grader["rm"] ** 2
+    torch.testing.assert_close(scores.rewards, expected)
+    assert scores.errors == []
+    # A formula that gives no number is that completion's grader error, scoring 0.
+    spec["calculate_output"] = "close / (rm - rm)"
+    scores = computer(spec, reward_model_dirs={"ckpt": str(reward_model_dir)}).score(
+        items, texts, rollout_of(texts, [True, True], items))
+    assert scores.rewards.tolist() == [0.0, 0.0] and scores.rows_with_errors == 2
+    assert scores.errors[0] == "completion 0: r: calculate_output: ZeroDivisionError: float division by zero"
