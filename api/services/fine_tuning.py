@@ -6,6 +6,7 @@ every other call reads or drives the same rows as /v1/jobs. Jobs whose type maps
 dpo, grpo) show in both APIs, whichever created them.
 """
 
+import logging
 import secrets
 from collections.abc import Mapping
 from typing import Any
@@ -13,6 +14,7 @@ from typing import Any
 from celery import Celery
 from pydantic import TypeAdapter, ValidationError
 from sqlalchemy import Text, cast, or_, select
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from api.errors import ApiError, InvalidRequest, param_of
@@ -23,12 +25,13 @@ from api.services import jobs as native
 from api.services.fine_tuning_methods import TYPE_OF_METHOD, method_available, openai_param, to_native
 from api.services.paging import newest_first_page
 from core import model_names
-from core.models import Checkpoint, Job, Project
+from core.models import Checkpoint, Dataset, Job, JobEvent, Project
 from core.projects import project_checkpoint
 from core.settings import Settings
 from trainers.spec.errors import UserError
 from trainers.spec.openai_graders import translate
 
+log = logging.getLogger(__name__)
 JOB_CREATE: TypeAdapter[Any] = TypeAdapter(JobCreate)
 GRADER = "method.reinforcement.grader"
 
@@ -134,12 +137,29 @@ def create(*, session: Session, celery: Celery, settings: Settings, project: Pro
         param = _openai_param(param_of(tuple(error["loc"]), error["type"]), prefix)
         raise InvalidRequest(f"{param}: {error['msg']}", param=param) from exc
     try:
-        job, _ = native.create(session=session, celery=celery, settings=settings, project_id=project.id,
-                               body=native_body, idempotency_key=idempotency_key, registry=registry,
-                               job_id=new_job_id(), suffix=body.suffix)
+        job, new = native.create(session=session, celery=celery, settings=settings, project_id=project.id,
+                                 body=native_body, idempotency_key=idempotency_key, registry=registry,
+                                 job_id=new_job_id(), suffix=body.suffix)
     except ApiError as exc:
         raise _refused(exc, prefix) from exc.__cause__
+    if new:
+        _record_creation(session, job, training, validation)
     return job
+
+
+def _record_creation(session: Session, job: Job, training: Dataset, validation: Dataset | None) -> None:
+    """The events OpenAI's jobs open with: the job created, and the files it reads, checked."""
+    files_checked = f"Validated training file {training.id}: {training.row_count} {training.kind} rows"
+    if validation is not None:
+        files_checked += f"; validation file {validation.id}: {validation.row_count} rows"
+    # Dated at the job's creation, which they describe, so they list before whatever the run says.
+    for message in (f"Created fine-tuning job: {job.id}", files_checked):
+        session.add(JobEvent(job_id=job.id, type="event", level="info", message=message, created_at=job.created_at))
+    try:
+        session.commit()
+    except SQLAlchemyError:  # the job stands without them
+        session.rollback()
+        log.warning("could not record the creation events of %s", job.id, exc_info=True)
 
 
 def _metadata_filter(stmt: Any, metadata: Mapping[str, str] | None) -> Any:

@@ -217,10 +217,12 @@ def test_events_are_newest_first_with_a_metrics_event_per_step(client, settings,
 
     whole = client.get(f"{URL}/{job['id']}/events", params={"limit": 100}).json()
     events = whole["data"]
-    assert whole["has_more"] is False and len({e["id"] for e in events}) == len(events) == 7
+    assert whole["has_more"] is False and len({e["id"] for e in events}) == len(events) == 9
     assert [e["created_at"] for e in events] == sorted((e["created_at"] for e in events), reverse=True)
     assert all(e["object"] == "fine_tuning.job.event" and e["id"].startswith("ftevent-") for e in events)
-    assert "succeeded" in events[0]["message"] and events[-1]["data"]["status"] == "running"
+    assert "succeeded" in events[0]["message"] and events[-3]["data"]["status"] == "running"
+    assert [e["message"] for e in events[-2:]] == [
+        f"Validated training file {files['supervised']}: 4 chat rows", f"Created fine-tuning job: {job['id']}"]
     metrics = [e for e in events if e["type"] == "metrics"]
     assert [e["data"]["step"] for e in metrics] == [3, 2, 1]
     assert metrics[0]["data"]["train_loss"] == pytest.approx(2 / 3) and metrics[0]["data"]["total_steps"] == 3
