@@ -83,8 +83,13 @@ def load_chat_model(ref: str) -> ChatModel:
 
 def prompt_ids(tokenizer: PreTrainedTokenizerBase, request: GenerationRequest) -> list[int]:
     """The request's messages rendered by the chat template with a generation prompt, as token ids."""
+    from jinja2 import TemplateError
+
     messages = [m.model_dump() for m in request.messages]
-    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    try:
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    except TemplateError as exc:  # templates raise on conversations they do not take (a system turn, ...)
+        raise UserError(f"messages: the model's chat template refused them: {exc}", param="messages") from exc
     return tokenizer(text, add_special_tokens=False)["input_ids"]  # the template adds its own BOS
 
 

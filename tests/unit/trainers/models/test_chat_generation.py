@@ -128,3 +128,15 @@ def test_stop_strings_are_cut_and_held_back_while_they_may_still_complete():
     assert _safe_prefix("hello wo", ["world"]) == "hello "
     assert _safe_prefix("hello w\ufffd", []) == "hello w"
     assert _safe_prefix("hello", ["xyz"]) == "hello"
+
+
+def test_a_conversation_the_chat_template_refuses_is_a_user_error_about_messages():
+    from trainers.models.chat_generation import prompt_ids
+    from trainers.models.tiny import build_tokenizer
+
+    tokenizer = build_tokenizer()
+    tokenizer.chat_template = ("{% if messages[0]['role'] == 'system' %}{{ raise_exception('no system turn') }}"
+                               "{% endif %}{% for m in messages %}{{ m['content'] }}{% endfor %}")
+    with pytest.raises(UserError) as err:
+        prompt_ids(tokenizer, request())
+    assert err.value.param == "messages" and "no system turn" in err.value.message
