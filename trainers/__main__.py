@@ -2,8 +2,9 @@
 
 One subcommand per job type of `JobConfig` (`ALGORITHMS`). Hyperparameter flags are generated from the config
 models (``--max-steps``, ``--learning-rate``, ...), so they and their defaults are declared once;
-``--lora '{"r": 8}'`` trains adapters. Preference trainers read preference rows, online-RL trainers
-(``grpo``, ``ppo``) prompt rows and a ``--reward`` spec in JSON, with ``--reward-model-dir CHECKPOINT_ID=DIR``
+``--lora '{"r": 8}'`` trains adapters. Preference trainers read preference rows, ``sft`` chat rows
+(``{"messages": [...]}`` or ``{"prompt", "completion"}``), online-RL trainers (``grpo``, ``ppo``) prompt
+rows and a ``--reward`` spec in JSON, with ``--reward-model-dir CHECKPOINT_ID=DIR``
 for each reward-model checkpoint it names. Metrics go to stdout as JSON lines
 (``{"step": ..., "train/loss": ...}``), events to stderr, checkpoints to ``DIR/checkpoint-<step>/``.
 The first Ctrl-C stops cooperatively after the current step, saving a checkpoint.
@@ -103,7 +104,7 @@ def read_rows(path: Path, kind: DatasetKind = "preference") -> list[dict[str, An
     """Read a JSON-lines file of rows in any accepted format, as canonical rows.
 
     Args:
-        path: the `.jsonl` file (preference rows: plain, conversational or OpenAI; prompt rows).
+        path: the `.jsonl` file (preference rows: plain, conversational or OpenAI; prompt rows; chat rows).
         kind: the dataset kind the rows must be.
 
     Returns:
