@@ -60,8 +60,8 @@ def get_job(job: JobDep):
 
 @router.post("/{job_id}/cancel", response_model=JobPublic)
 def cancel_job(session: SessionDep, settings: SettingsDep, celery: CeleryDep, job: JobDep):
-    """Cancel a job: queued jobs at once (their message leaves the queue), running jobs at their next step
-    (checkpoint kept)."""
+    """Cancel a job: queued and paused jobs at once (a queued job's message leaves the queue), running and
+    pausing jobs at their next step (checkpoint kept)."""
     return service.cancel(session=session, settings=settings, celery=celery, job=job)
 
 
@@ -109,7 +109,8 @@ def list_checkpoints(session: SessionDep, job: JobDep, page: Page):
                              "description": "Server-Sent Events: metrics, event, status, checkpoint."}})
 def stream_job(request: Request, settings: SettingsDep, session: SessionDep, job: JobDep,
                last_event_id: Annotated[str | None, Header()] = None):
-    """Live metrics, events, status changes and checkpoints; resumable with Last-Event-ID."""
+    """Live metrics, events, status changes and checkpoints; resumable with Last-Event-ID; closes once the job
+    has ended or is paused."""
     parse_last_event_id(last_event_id)  # reject a malformed header before the stream starts
     # The request's session (authentication, the job lookup) would otherwise stay open, in its
     # transaction, for the life of the stream; the stream reads in short transactions of its own.
