@@ -130,6 +130,11 @@ BODIES = {  # a request that succeeds, for each operation with a JSON body
         "reward": {"type": "string_check", "name": "answer", "operation": "contains",
                    "input": "{{sample.output_text}}", "reference": "{{item.answer}}"},
         "completion": "The answer is 4.", "item": {"answer": "4"}},
+    "POST /v1/chat/completions": lambda ids: {"model": "builtin:tiny-llama", "max_tokens": 1, "seed": 1,
+                                              "messages": [{"role": "user", "content": "hi"}]},
+    "POST /v1/fine_tuning/jobs": lambda ids: {
+        "model": "builtin:tiny-llama", "training_file": ids["dataset_id"], "suffix": "s", "seed": 1,
+        "metadata": {"team": "nlp"}, "method": {"type": "dpo", "dpo": {"hyperparameters": {"beta": 0.1}}}},
     "POST /v1/admin/projects": lambda ids: {"name": "p"},
     "POST /v1/admin/projects/{project_id}/keys": lambda ids: {"name": "k"},
 }
