@@ -6,6 +6,9 @@ A chat row is either
   "assistant" | "tool", "content": str, **extra}``; an assistant message may carry ``"weight": 0 | 1``
   (OpenAI's fine-tuning format), 0 leaving that message out of the loss; or
 - ``{"prompt": str, "completion": str, **extra}``: the model learns the completion given the prompt.
+  The conversational form (TRL's), ``{"prompt": [M, ...], "completion": [assistant M, ...]}``,
+  becomes a messages row whose prompt assistant messages (few-shot examples) carry ``weight: 0``,
+  so only the completion is trained on, as for strings.
 
 Decisions:
 - At least one assistant message must have non-empty content and a weight other than 0, so that every
@@ -111,12 +114,36 @@ def _weight(message: dict, field: str) -> int:
 
 
 def _normalize_completion(row: dict) -> dict:
-    """Validate a prompt/completion row of two strings."""
+    """Validate a prompt/completion row of two strings, or turn one of two message lists into a messages row."""
     for key in ("prompt", "completion"):
         if key not in row:
             raise RowError(f"missing required key {key!r} (got {key_list(row)})", field=key)
+    if isinstance(row["prompt"], list) and isinstance(row["completion"], list):
+        return _conversational_completion(row)
+    for key in ("prompt", "completion"):
         if not isinstance(row[key], str):
-            raise RowError(f"must be a string, got {json_type(row[key])}", field=key)
+            raise RowError(f"must be a string (or both prompt and completion lists of messages), got "
+                           f"{json_type(row[key])}", field=key)  # fmt: skip
     if not row["completion"].strip():
         raise RowError("must not be empty", field="completion")
     return dict(row)
+
+
+def _conversational_completion(row: dict) -> dict:
+    """A messages row of a conversational prompt/completion row: the prompt's assistant turns are not trained."""
+    if not row["prompt"]:
+        raise RowError("must contain at least one message", field="prompt")
+    prompt = messages(row["prompt"], "prompt", CHAT_ROLES)
+    completion = messages(row["completion"], "completion", CHAT_ROLES)
+    for i, message in enumerate(completion):
+        if message["role"] != "assistant":
+            raise RowError(f"must be 'assistant' in a completion (got {message['role']!r})",
+                           field=f"completion[{i}].role")  # fmt: skip
+        if "weight" in message:
+            message["weight"] = _weight(message, f"completion[{i}].weight")
+    if not any(m.get("weight", 1) and m["content"].strip() for m in completion):
+        raise RowError("must contain at least one assistant message with non-empty content and weight 1 "
+                       "(or no weight)", field="completion")  # fmt: skip
+    prompt = [m | {"weight": 0} if m["role"] == "assistant" else m for m in prompt]
+    extra = {key: v for key, v in row.items() if key not in ("prompt", "completion", *_DROPPED_KEYS)}
+    return {"messages": prompt + completion, **extra}

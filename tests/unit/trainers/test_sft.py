@@ -49,12 +49,15 @@ def test_packed_rows_give_the_losses_of_padded_rows(attention):
     rows = chats(ROWS[:7])
     padded = token_losses(model, ChatLayout(PAD, packed=False, max_length=64).collate(rows))
     packed_batch = ChatLayout(PAD, packed=True, max_length=64).collate(rows)
-    assert packed_batch.input_ids.shape[0] < len(rows)  # several rows share a sequence
-    packed = token_losses(model, packed_batch)
-    for a, b in zip(padded, packed, strict=True):
-        torch.testing.assert_close(a.sum(), b.sum(), rtol=1e-5, atol=1e-5)
-    assert padded[1].sum() == packed[1].sum()  # the same tokens predicted right
-    assert torch.count_nonzero(padded[0]) == torch.count_nonzero(packed[0]) == sum(r.num_loss_tokens for r in rows)
+    assert 1 < packed_batch.input_ids.shape[0] < len(rows)  # several rows share a sequence
+    # Flat: the packed sequences as one, as FlashAttention takes them; SDPA and eager read it alike.
+    for layout in (packed_batch, ChatLayout(PAD, packed=True, max_length=64, flat=True).collate(rows)):
+        packed = token_losses(model, layout)
+        for a, b in zip(padded, packed, strict=True):
+            torch.testing.assert_close(a.sum(), b.sum(), rtol=1e-5, atol=1e-5)
+        assert padded[1].sum() == packed[1].sum()  # the same tokens predicted right
+        assert torch.count_nonzero(padded[0]) == torch.count_nonzero(packed[0]) == sum(
+            r.num_loss_tokens for r in rows)
 
 
 def gradients(rows, indices, **hyperparameters):

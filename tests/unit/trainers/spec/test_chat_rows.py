@@ -106,14 +106,32 @@ def test_prompt_completion_row_is_kept_and_its_prompt_may_be_empty() -> None:
         "prompt": "", "completion": "Once upon a time"}
 
 
+def test_conversational_prompt_completion_becomes_messages_training_the_completion_only() -> None:
+    row = {"prompt": [msg("user", "2+2?"), msg("assistant", "4"), msg("user", "3+3?")],
+           "completion": [msg("assistant", "6")], "id": 1}
+    assert normalize_chat(row) == {
+        "messages": [msg("user", "2+2?"), msg("assistant", "4", weight=0), msg("user", "3+3?"), msg("assistant", "6")],
+        "id": 1}
+    assert row["prompt"][1] == msg("assistant", "4")  # the input is not modified
+
+
 @pytest.mark.parametrize(
     ("row", "field", "message"),
     [
         ({"prompt": "q"}, "completion", "missing required key 'completion' (got prompt)"),
         ({"completion": "a"}, "prompt", "missing required key 'prompt' (got completion)"),
         ({"prompt": "q", "completion": " "}, "completion", "must not be empty"),
-        ({"prompt": ["q"], "completion": "a"}, "prompt", "must be a string, got array"),
-        ({"prompt": "q", "completion": 4}, "completion", "must be a string, got number"),
+        ({"prompt": ["q"], "completion": "a"}, "prompt",
+         "must be a string (or both prompt and completion lists of messages), got array"),
+        ({"prompt": "q", "completion": 4}, "completion",
+         "must be a string (or both prompt and completion lists of messages), got number"),
+        ({"prompt": [], "completion": [msg("assistant", "a")]}, "prompt", "must contain at least one message"),
+        ({"prompt": [msg("user", "q")], "completion": [msg("user", "a")]}, "completion[0].role",
+         "must be 'assistant' in a completion (got 'user')"),
+        ({"prompt": [msg("user", "q")], "completion": [msg("assistant", " ")]}, "completion",
+         "must contain at least one assistant message with non-empty content and weight 1 (or no weight)"),
+        ({"prompt": [msg("user", "q")], "completion": [msg("assistant", "a", weight=2)]}, "completion[0].weight",
+         "must be 0 or 1 (got 2)"),
         ({"text": "q"}, None, "unknown chat row shape: expected key messages, or prompt and completion; got text"),
         ([1], None, "row must be a JSON object, got array"),
     ],
@@ -160,6 +178,7 @@ def test_bad_reinforcement_rows_name_their_field(row: dict, field: str, message:
         ({"messages": [msg("user", "q"), msg("assistant", "a")]}, "chat"),
         ({"messages": [msg("user", "q"), msg("assistant", "a")], "tools": []}, "chat"),
         ({"prompt": "q", "completion": "a"}, "chat"),
+        ({"prompt": [msg("user", "q")], "completion": [msg("assistant", "a")]}, "chat"),
         ({"messages": [msg("system", "s"), msg("user", "q")], "answer": "4"}, "prompt"),
         ({"prompt": "q"}, "prompt"),
         ({"prompt": [msg("user", "q")], "answer": "4"}, "prompt"),
