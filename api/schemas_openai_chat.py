@@ -36,8 +36,9 @@ class ChatCompletionRequest(BaseModel):
     top_p: float | None = Field(None, gt=0.0, le=1.0, description="Default 1.")
     max_tokens: int | None = Field(None, ge=1, description="Most tokens per completion (deprecated by OpenAI in "
                                                            "favour of max_completion_tokens; either works).")
-    max_completion_tokens: int | None = Field(None, ge=1, description="Most tokens per completion; default: up "
-                                                                      "to 1024, within the model's context.")
+    max_completion_tokens: int | None = Field(None, ge=1, description="Most tokens per completion; default: "
+                                                                      "CHAT_DEFAULT_MAX_TOKENS (1024), within the "
+                                                                      "model's context.")
     n: int | None = Field(None, ge=1, le=MAX_CHOICES, description="Completions of the prompt; default 1.")
     seed: int | None = Field(None, ge=0, lt=2**63, description="Same seed, same completions (same model, "
                                                                 "device and settings).")

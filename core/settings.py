@@ -68,13 +68,16 @@ class Settings(BaseSettings):
     stream_poll_seconds: Seconds = Field(
         0.5, description="How often a job's live streams look for news without a Redis wake-up.")
     stream_keepalive_seconds: Seconds = Field(15.0, description="SSE comment interval when idle.")
-    model_ops_timeout_seconds: Seconds = Field(600.0, description="Longest a scoring or adapter-merge request may "
-                                                                  "run; beyond it the model process is restarted "
-                                                                  "and the request answers 504.")
+    model_ops_timeout_seconds: Seconds = Field(600.0, description="Longest a scoring, adapter-merge or chat "
+                                                                  "completion request may run; beyond it the model "
+                                                                  "process is restarted and the request answers 504.")
     model_ops_cache_bytes: NonNegativeInt = Field(2 * 1024**3, description="Most bytes of model weights (reward "
                                                                            "models scoring, causal LMs completing "
                                                                            "chats) the model process keeps loaded "
                                                                            "(least recently used evicted first).")
+    chat_default_max_tokens: PositiveInt = Field(
+        1024, description="Tokens per chat completion when a request sets neither max_tokens nor "
+                          "max_completion_tokens (fewer when the model's context is shorter).")
     model_ops_idle_seconds: Seconds = Field(
         600.0, description="The model process unloads its models after this long without a request.")
     max_upload_bytes: PositiveInt = Field(2 * 1024**3, description="Largest dataset file accepted (413 above).")

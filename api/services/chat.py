@@ -39,7 +39,7 @@ IGNORED = frozenset({"user", "metadata", "store", "service_tier", "parallel_tool
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 
 
-def generation_params(body: ChatCompletionRequest) -> dict[str, Any]:
+def generation_params(body: ChatCompletionRequest, *, default_max_tokens: int) -> dict[str, Any]:
     """The body as the model process's generate request (`trainers.spec.generation.GenerationRequest`); 400 naming
     the parameter of a feature this server lacks."""
     for name, value in (body.model_extra or {}).items():
@@ -58,7 +58,7 @@ def generation_params(body: ChatCompletionRequest) -> dict[str, Any]:
     stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
     return {
         "messages": [_message(m, i) for i, m in enumerate(body.messages)],
-        "max_tokens": body.max_completion_tokens or body.max_tokens,
+        "max_tokens": body.max_completion_tokens or body.max_tokens, "default_max_tokens": default_max_tokens,
         "temperature": 1.0 if body.temperature is None else body.temperature,
         "top_p": 1.0 if body.top_p is None else body.top_p,
         "n": body.n or 1, "seed": body.seed, "stop": stop,
@@ -85,7 +85,8 @@ def _message(message: Any, i: int) -> dict[str, str]:
 
 def _served(session: Session, settings: Settings, store: Store, project: Project,
             body: ChatCompletionRequest) -> tuple[ServedModel, dict[str, Any]]:
-    params = generation_params(body)  # refused before the model is looked up or the process wakes
+    # Refused before the model is looked up or the process wakes.
+    params = generation_params(body, default_max_tokens=settings.chat_default_max_tokens)
     return resolve(session=session, settings=settings, store=store, project=project, model=body.model), params
 
 

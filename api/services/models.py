@@ -17,6 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from api.errors import ApiError, InvalidRequest, NotFound
+from api.storable import text_problem
 from core import model_names
 from core.artifacts import Store
 from core.model_refs import (
@@ -57,6 +58,7 @@ def list_models(*, session: Session, settings: Settings, project: Project) -> li
 
 def get_model(*, session: Session, settings: Settings, project: Project, model: str) -> dict[str, Any]:
     """The model object of `model` (any name a chat request accepts); 404 when it is not one."""
+    _check_name(model)
     if model.startswith((FINE_TUNED_PREFIX, CHECKPOINT_PREFIX)):
         job, checkpoint = _project_model(session, project, model)
         if job.type == REWARD_MODEL:
@@ -71,6 +73,7 @@ def get_model(*, session: Session, settings: Settings, project: Project, model: 
 
 def delete_model(*, session: Session, settings: Settings, project: Project, model: str) -> dict[str, Any]:
     """Delete the project's fine-tuned model `model`: it and its checkpoints are no longer listed or served."""
+    _check_name(model)
     parsed = model_names.parse(model)
     if parsed is None:
         if model.startswith(CHECKPOINT_PREFIX):
@@ -97,6 +100,7 @@ def resolve(*, session: Session, settings: Settings, store: Store, project: Proj
 
     A checkpoint's files are fetched to local disk first when artifacts live in an object store.
     """
+    _check_name(model)
     if model.startswith((FINE_TUNED_PREFIX, CHECKPOINT_PREFIX)):
         job, checkpoint = _project_model(session, project, model)
         if job.type == REWARD_MODEL or (checkpoint.model_info or {}).get("kind") == REWARD_MODEL:
@@ -131,6 +135,8 @@ def _base_location(settings: Settings, session: Session, project: Project, model
         location = resolve_model_ref(model, settings=settings, session=session, project_id=project.id).location
     except ModelRefError as exc:
         raise NotFound(f"the model {model[:200]!r} does not exist: {exc}", param="model") from exc
+    except OSError as exc:  # a name no file system takes (a part longer than it allows): no directory
+        raise _unknown(model) from exc
     if Path(location).is_absolute():
         if not any((Path(location) / name).is_file() for name in MODEL_FILES):
             raise NotFound(f"the directory {model!r} under the models root holds no model", param="model")
@@ -140,6 +146,12 @@ def _base_location(settings: Settings, session: Session, project: Project, model
                        "the models root, a fine-tuned model of this project, nor in this server's Hugging Face "
                        "cache", param="model")  # fmt: skip
     return model
+
+
+def _check_name(model: str) -> None:
+    """404 for a name no model can have (a NUL character or a lone surrogate, which no path or column holds)."""
+    if text_problem(model) is not None:
+        raise _unknown(model.encode("utf-8", "replace").decode().replace("\x00", "\\u0000"))
 
 
 def _unknown(model: str) -> NotFound:

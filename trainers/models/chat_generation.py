@@ -24,7 +24,7 @@ from trainers.models.checkpoint import read_model_info
 from trainers.models.loading import default_device, load_policy, stored_dtype
 from trainers.models.model_cache import weight_bytes
 from trainers.spec.errors import UserError
-from trainers.spec.generation import DEFAULT_MAX_TOKENS, GenerationRequest
+from trainers.spec.generation import GenerationRequest
 
 DEFAULT_CONTEXT = 2048  # when the model's config states no context length
 REPLACEMENT = "\ufffd"  # what decoding shows for the bytes of an unfinished character
@@ -206,7 +206,7 @@ def generate_chat(
             f"{chat.context_length} after a prompt of {len(ids)} tokens (at most {room})",
             param="max_tokens",
         )
-    max_new = request.max_tokens or min(room, DEFAULT_MAX_TOKENS)
+    max_new = request.max_tokens or min(room, request.default_max_tokens)
     sampled = request.temperature > 0
     rows = request.n if sampled else 1  # greedy decoding gives every choice the same text
     input_ids = torch.tensor([ids], device=chat.device)  # (1, P)

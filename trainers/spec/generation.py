@@ -39,7 +39,10 @@ class GenerationRequest(BaseModel):
     max_tokens: int | None = Field(
         None,
         ge=1,
-        description="Most tokens per completion; None: `DEFAULT_MAX_TOKENS`, or what is left of the model's context.",
+        description="Most tokens per completion; None: `default_max_tokens`, or what is left of the model's context.",
+    )
+    default_max_tokens: int = Field(
+        DEFAULT_MAX_TOKENS, ge=1, description="Tokens per completion when `max_tokens` is None (the server's setting)."
     )
     temperature: float = Field(1.0, ge=0.0, le=2.0, description="Softmax temperature; 0 decodes greedily.")
     top_p: float = Field(

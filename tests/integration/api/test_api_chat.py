@@ -157,3 +157,12 @@ def test_a_stream_closed_early_or_past_its_deadline_leaves_the_model_process_ser
         list(pieces)  # 16 × 1000 tokens never fit in 50 ms: the process is killed and restarted
     assert complete(app, max_tokens=2).status_code == 200
     assert ops.starts == starts + 1 and ops.pid != pid
+
+
+def test_a_request_without_max_tokens_generates_up_to_the_servers_default(tmp_path):
+    settings = embedded_settings(tmp_path, chat_default_max_tokens=3)
+    with TestClient(create_app(settings), headers={"Authorization": f"Bearer {new_project_key(settings)}"}) as client:
+        r = complete(client, temperature=0)  # greedy decoding of this model produces no EOS this early
+        assert r.status_code == 200, r.text
+        assert r.json()["usage"]["completion_tokens"] == 3 and r.json()["choices"][0]["finish_reason"] == "length"
+        assert complete(client, max_tokens=5, seed=2).json()["usage"]["completion_tokens"] == 5

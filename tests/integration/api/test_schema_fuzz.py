@@ -60,7 +60,8 @@ class Deployment:
 @pytest.fixture(scope="module", params=BACKENDS)
 def api(request, tmp_path_factory) -> Iterator[Deployment]:
     root = tmp_path_factory.mktemp("fuzz")
-    admin = {"admin_api_key": SecretStr(ADMIN_KEY)}
+    # Chat completions without max_tokens stay short, so no request of the sweep outlives its read timeout.
+    admin = {"admin_api_key": SecretStr(ADMIN_KEY), "chat_default_max_tokens": 4}
     if request.param == "embedded":
         yield from make_deployment(embedded_settings(root, **admin))
         return
