@@ -140,3 +140,30 @@ def test_a_conversation_the_chat_template_refuses_is_a_user_error_about_messages
     with pytest.raises(UserError) as err:
         prompt_ids(tokenizer, request())
     assert err.value.param == "messages" and "no system turn" in err.value.message
+
+
+def test_a_lora_adapter_directory_is_served_merged_into_the_base_it_names(chat, tmp_path):
+    import json
+
+    import torch
+
+    from trainers.models.lora import apply_lora
+    from trainers.spec.config import LoRAConfig
+
+    base = load_chat_model("builtin:tiny-llama").model.cpu()
+    adapted = apply_lora(base, LoRAConfig(r=4, dropout=0.0), task="causal_lm")
+    with torch.no_grad():  # B starts at zero (a no-op adapter); a nonzero one changes the model
+        for name, param in adapted.named_parameters():
+            if "lora_B" in name:
+                param.fill_(0.05)
+    adapted.save_pretrained(tmp_path)
+    config_file = tmp_path / "adapter_config.json"
+    config = json.loads(config_file.read_text())
+    config_file.write_text(json.dumps(config | {"base_model_name_or_path": "builtin:tiny-llama"}))
+    write_model_info(tmp_path, {"kind": "causal_lm", "adapter": True, "base_model": "builtin:tiny-llama"})
+
+    merged = load_chat_model(str(tmp_path))
+    assert type(merged.model).__name__ == "LlamaForCausalLM"  # merged, not a peft wrapper
+    plain, tuned = (generate_chat(m, request(max_tokens=12, seed=2)) for m in (chat, merged))
+    assert texts(tuned) != texts(plain)
+    assert generate_chat(merged, request(max_tokens=12, seed=2)) == tuned
