@@ -24,6 +24,8 @@ from api.services.models import ServedModel, resolve
 from core.artifacts import Store
 from core.models import Project
 from core.settings import Settings
+from trainers.spec.errors import UserError
+from trainers.spec.generation import parse_generation_request
 
 # Each refused parameter with the values that leave the feature off (accepted as if absent).
 REFUSED: dict[str, tuple[Any, ...]] = {
@@ -56,13 +58,18 @@ def generation_params(body: ChatCompletionRequest, *, default_max_tokens: int) -
     if body.stream_options is not None and not body.stream:
         raise InvalidRequest("stream_options: only allowed when stream is true", param="stream_options")
     stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
-    return {
+    params = {
         "messages": [_message(m, i) for i, m in enumerate(body.messages)],
         "max_tokens": body.max_completion_tokens or body.max_tokens, "default_max_tokens": default_max_tokens,
         "temperature": 1.0 if body.temperature is None else body.temperature,
         "top_p": 1.0 if body.top_p is None else body.top_p,
         "n": body.n or 1, "seed": body.seed, "stop": stop,
     }  # fmt: skip
+    try:
+        parse_generation_request(params)  # the model process's own check, made before it is asked
+    except UserError as exc:
+        raise InvalidRequest(exc.message, param=exc.param) from exc
+    return params
 
 
 def _message(message: Any, i: int) -> dict[str, str]:

@@ -88,6 +88,8 @@ def test_a_completion_has_openai_shape_and_a_seed_reproduces_it_streamed_or_not(
      "messages[0].content"),
     ({"stream_options": {"include_usage": True}}, 400, "stream_options"),
     ({"max_tokens": 4, "max_completion_tokens": 5}, 400, "max_completion_tokens"),
+    ({"stop": ["a", "b", "c", "d", "e"]}, 400, "stop"),
+    ({"stop": ""}, 400, "stop"),
     ({"model": "builtin:nothing"}, 404, "model"),
     ({"model": "ft:builtin:tiny-llama:test::job_0123456789abcdef01234567"}, 404, "model"),
     ({"model": "checkpoint:ckpt_0123456789abcdef01234567", "stream": True}, 404, "model"),
