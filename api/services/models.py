@@ -192,7 +192,7 @@ def _hub_models() -> list[dict[str, Any]]:
 
     try:
         cache = scan_cache_dir()
-    except (CacheNotFound, OSError):
+    except (CacheNotFound, OSError, ValueError):  # no cache yet, or HF_HUB_CACHE names a file
         return []
     return sorted(
         (_model_object(repo.repo_id, repo.last_modified, SYSTEM_OWNER) for repo in cache.repos

@@ -13,11 +13,25 @@ from tests.support import embedded_settings
 HI = [{"role": "user", "content": "say: hi"}]
 
 
+def hub_cache(root: Path) -> Path:
+    """A Hugging Face cache holding `org/tiny`: builtin:tiny-llama saved as a hub download is laid out."""
+    from trainers.models.loading import load_policy
+
+    repo, revision = root / "models--org--tiny", "0" * 40
+    model, tokenizer = load_policy("builtin:tiny-llama")
+    model.save_pretrained(repo / "snapshots" / revision)
+    tokenizer.save_pretrained(repo / "snapshots" / revision)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(revision)
+    (repo / "blobs").mkdir()
+    return root
+
+
 @pytest.fixture(scope="module")
 def live(tmp_path_factory):
-    """An API process of a fresh embedded deployment (no worker: nothing here trains)."""
+    """An API process of a fresh embedded deployment (no worker: nothing here trains), with its own hub cache."""
     root = tmp_path_factory.mktemp("sdk")
-    dep = Deployment(embedded_settings(root), root)
+    dep = Deployment(embedded_settings(root), root, HF_HUB_CACHE=str(hub_cache(root / "hub")))
     try:
         dep.start_api()
         yield dep
@@ -68,6 +82,11 @@ def test_models_and_chat_completions_through_the_sdk(client):
     assert completion.usage.completion_tokens == 8
     again = client.chat.completions.create(model="builtin:tiny-llama", messages=HI, max_tokens=8, seed=1)
     assert again.choices[0].message.content == choice.message.content
+
+    # A model of the server's Hugging Face cache: listed, and served offline (the same weights, the same text).
+    assert client.models.retrieve("org/tiny").owned_by == "system" and "org/tiny" in [m.id for m in models]
+    hub = client.chat.completions.create(model="org/tiny", messages=HI, max_tokens=8, seed=1)
+    assert hub.choices[0].message.content == choice.message.content and hub.model == "org/tiny"
 
     stream = client.chat.completions.create(model="builtin:tiny-llama", messages=HI, max_tokens=8, seed=1,
                                             stream=True, stream_options={"include_usage": True})
