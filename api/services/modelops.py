@@ -49,6 +49,7 @@ class ModelOps:
         self._proc: subprocess.Popen | None = None
         self._buffer = b""
         self._lock = threading.Lock()
+        self._flow: _Flow | None = None  # the stream in flight, if any
         # The child dies with the thread that started it (PR_SET_PDEATHSIG), so start it from a
         # thread that lives as long as this object, never from a request thread that may retire.
         self._spawner: ThreadPoolExecutor | None = None
@@ -99,7 +100,7 @@ class ModelOps:
             self._lock.release()
             raise
         lines: queue.SimpleQueue = queue.SimpleQueue()
-        flow = _Flow(proc)
+        flow = self._flow = _Flow(proc)
         threading.Thread(target=self._pump, args=(proc, deadline, timeout, lines, flow), daemon=True,
                          name="model-ops-stream").start()
         return self._relay(request, lines, flow, param)
@@ -139,6 +140,7 @@ class ModelOps:
         finally:
             with flow.lock:
                 flow.done = True
+            self._flow = None
             self._lock.release()
 
     def _relay(self, request: dict[str, Any], lines: queue.SimpleQueue, flow: "_Flow",
@@ -162,6 +164,9 @@ class ModelOps:
 
     def close(self) -> None:
         """End the process: stdin closed, then killed if it has not exited within a grace period."""
+        flow = self._flow
+        if flow is not None:
+            flow.cancel()  # a stream in flight ends at its next token, instead of holding the process to its end
         with self._lock:
             proc, self._proc = self._proc, None
             if proc is not None:

@@ -160,6 +160,13 @@ def test_a_stream_closed_early_or_past_its_deadline_leaves_the_model_process_ser
     assert complete(app, max_tokens=2).status_code == 200
     assert ops.starts == starts + 1 and ops.pid != pid
 
+    pieces = modelops.generate_stream(ops, "builtin:tiny-llama", params, timeout=120)
+    assert "text" in next(pieces)
+    ops.close()  # shutting down with a stream in flight: it is stopped, then the process ends
+    assert ops.pid is None
+    usage = list(pieces)[-1]["result"]["usage"]  # the answer still came, early
+    assert usage["completion_tokens"] < 16 * 1000
+
 
 def test_a_request_without_max_tokens_generates_up_to_the_servers_default(tmp_path):
     settings = embedded_settings(tmp_path, chat_default_max_tokens=3)
