@@ -80,13 +80,15 @@ def test_the_readme_sdk_section_runs_as_written(request, tmp_path):
     checkpoints = [line.split() for line in out if re.match(r"\d+ ft:", line)]
     assert checkpoints and all(name.startswith(f"{sft_model}:ckpt-step-{step}") for step, name, _ in checkpoints)
     losses = {int(step): float(loss) for step, _, loss in checkpoints}
-    assert losses[max(losses)] < 1.0, losses
+    assert losses[max(losses)] < 1.0, losses  # from log(256) = 5.5 at the start
 
     # The same question with the same seed: the streamed text is the plain reply's.
     reply = next(line for line in out if line.startswith("reply: "))
     streamed = next(line for line in out if line.startswith("streamed: "))
     assert reply.split(" ", 1)[1].rsplit(" ", 2)[0] == streamed.split(" ", 1)[1]
     assert int(reply.rsplit(" ", 2)[1]) > 0
+    # Greedy decoding of what the supervised job learned: the user's word, shouted.
+    assert streamed == "streamed: 'RIVER'", out
 
     # The models list holds the three fine-tuned models and the supervised job's checkpoints.
     listed = eval(out[-1])  # noqa: S307 - the script printed a list of strings with print()
