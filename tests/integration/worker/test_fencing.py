@@ -7,34 +7,16 @@ from sqlalchemy import select
 
 from core.artifacts import ArtifactStore
 from core.db import session_scope
-from core.lifecycle import Lease, LeaseLost, claim_job, transition
+from core.lifecycle import LeaseLost, transition
 from core.models import Checkpoint, Job, JobStatus
-from tests.support import jsonl, preference_rows, upload
 from worker import runner
-from worker.reporting import JobReporter
 from worker.tasks import fail_if_unfinished, heartbeat
-
-
-@pytest.fixture
-def job_id(client) -> str:
-    ds = upload(client, jsonl(preference_rows(4))).json()["id"]
-    return client.post("/v1/jobs", json={"type": "dpo", "base_model": "builtin:tiny-llama",
-                                         "dataset_id": ds}).json()["id"]
-
-
-def claim(settings, job_id: str, worker_id: str = "w1") -> Lease:
-    with session_scope(settings.database_url) as session:
-        return claim_job(session, job_id, worker_id)
 
 
 def requeue(settings, job_id: str) -> None:
     """What the reaper does to a job whose lease expired: back to the queue, no holder."""
     with session_scope(settings.database_url) as session:
         transition(session, job_id, JobStatus.queued, values={"worker_id": None})
-
-
-def reporter(settings, lease: Lease) -> JobReporter:
-    return JobReporter(url=settings.database_url, lease=lease, store=ArtifactStore(settings.artifacts_dir))
 
 
 def save(text: str):
@@ -53,8 +35,8 @@ def events(client, job_id: str) -> list[dict]:
     return client.get(f"/v1/jobs/{job_id}/events", params={"limit": 1000}).json()["data"]
 
 
-def test_a_stale_finish_never_moves_a_requeued_job(client, settings, job_id):
-    stale = claim(settings, job_id)
+def test_a_stale_finish_never_moves_a_requeued_job(client, settings, job_id, claim):
+    stale = claim(job_id)
     requeue(settings, job_id)
     before = events(client, job_id)
     for target in (JobStatus.cancelled, JobStatus.failed):
@@ -65,17 +47,17 @@ def test_a_stale_finish_never_moves_a_requeued_job(client, settings, job_id):
     assert events(client, job_id) == before
 
 
-def test_every_write_of_a_stale_run_is_refused(client, settings, job_id):
+def test_every_write_of_a_stale_run_is_refused(client, settings, job_id, claim, reporter):
     store = ArtifactStore(settings.artifacts_dir)
-    first = claim(settings, job_id)
-    stale = reporter(settings, first)
+    first = claim(job_id)
+    stale = reporter(first)
     stale.on_start(10)
     stale.on_metrics(1, {"train/loss": 1.0})
     stale.on_checkpoint(1, save("attempt 1, step 1"), {"metrics": {}})
     requeue(settings, job_id)
-    second = claim(settings, job_id)  # the same worker may claim the job again: the attempt tells them apart
+    second = claim(job_id)  # the same worker may claim the job again: the attempt tells them apart
     assert (first.worker_id, first.attempt, second.attempt) == (second.worker_id, 1, 2)
-    owner = reporter(settings, second)
+    owner = reporter(second)
     resume = owner.latest_checkpoint()  # a resumed run finds the earlier attempt's checkpoint
     assert resume.step == 1 and (store.path(resume.artifact_key) / "model" / "weights.bin").is_file()
     owner.on_start(20)
@@ -116,9 +98,9 @@ def test_every_write_of_a_stale_run_is_refused(client, settings, job_id):
     assert [c.is_final for c in checkpoints(settings, job_id)] == [False, True]
 
 
-def test_a_cancel_request_stops_the_holder_cleanly(client, settings, job_id):
-    lease = claim(settings, job_id)
-    run = reporter(settings, lease)
+def test_a_cancel_request_stops_the_holder_cleanly(client, settings, job_id, claim, reporter):
+    lease = claim(job_id)
+    run = reporter(lease)
     assert run.should_stop() is False
     assert client.post(f"/v1/jobs/{job_id}/cancel").json()["status"] == "cancelling"
     assert run.should_stop() is True
@@ -128,10 +110,10 @@ def test_a_cancel_request_stops_the_holder_cleanly(client, settings, job_id):
     assert [c.step for c in checkpoints(settings, job_id)] == [4]
 
 
-def test_a_run_started_after_its_job_was_handed_on_records_nothing(client, settings, job_id, monkeypatch):
-    stale = claim(settings, job_id)
+def test_a_run_started_after_its_job_was_handed_on_records_nothing(client, settings, job_id, monkeypatch, claim):
+    stale = claim(job_id)
     requeue(settings, job_id)
-    claim(settings, job_id)
+    claim(job_id)
     before = events(client, job_id)
     monkeypatch.setattr(runner, "get_settings", lambda: settings)
     code = runner.main(["worker.runner", job_id, stale.worker_id, str(stale.attempt)])

@@ -5,32 +5,13 @@ from datetime import timedelta
 
 import pytest
 
-from core.artifacts import ArtifactStore
 from core.db import session_scope
-from core.lifecycle import Lease, LeaseLost, claim_job, transition
+from core.lifecycle import LeaseLost, transition
 from core.models import Checkpoint, Job, JobStatus, utcnow
 from core.queue import make_celery
-from tests.support import jsonl, preference_rows, upload
 from trainers.spec.results import RunResult
 from worker import runner
 from worker.reaper import reap_stale_jobs
-from worker.reporting import JobReporter
-
-
-@pytest.fixture
-def job_id(client) -> str:
-    ds = upload(client, jsonl(preference_rows(4))).json()["id"]
-    return client.post("/v1/jobs", json={"type": "dpo", "base_model": "builtin:tiny-llama",
-                                         "dataset_id": ds}).json()["id"]
-
-
-def claim(settings, job_id: str, worker_id: str = "w1") -> Lease:
-    with session_scope(settings.database_url) as session:
-        return claim_job(session, job_id, worker_id)
-
-
-def reporter(settings, lease: Lease) -> JobReporter:
-    return JobReporter(url=settings.database_url, lease=lease, store=ArtifactStore(settings.artifacts_dir))
 
 
 def save(directory) -> None:
@@ -55,9 +36,9 @@ def last_event(client, job_id: str) -> dict:
     return client.get(f"/v1/jobs/{job_id}/events", params={"limit": 1000}).json()["data"][-1]
 
 
-def test_a_paused_run_keeps_its_checkpoint_and_its_resume_starts_from_it(client, settings, job_id):
-    lease = claim(settings, job_id)
-    run = reporter(settings, lease)
+def test_a_paused_run_keeps_its_checkpoint_and_its_resume_starts_from_it(client, settings, job_id, claim, reporter):
+    lease = claim(job_id)
+    run = reporter(lease)
     run.on_checkpoint(2, save, {"metrics": {}})
     assert run.should_stop() is False
     assert client.post(f"/v1/jobs/{job_id}/pause").json()["status"] == "pausing"
@@ -78,9 +59,9 @@ def test_a_paused_run_keeps_its_checkpoint_and_its_resume_starts_from_it(client,
     assert reap_stale_jobs(settings, make_celery(settings)) == []  # nor does the reaper touch it
 
     assert client.post(f"/v1/jobs/{job_id}/resume").json()["status"] == "queued"
-    resumed = claim(settings, job_id, "w2")
+    resumed = claim(job_id, "w2")
     assert resumed.attempt == 2
-    again = reporter(settings, resumed)
+    again = reporter(resumed)
     assert again.latest_checkpoint().id == checkpoint_id  # what train() resumes from
     again.on_metrics(4, {"train/loss": 0.5})
     again.flush()
@@ -90,25 +71,25 @@ def test_a_paused_run_keeps_its_checkpoint_and_its_resume_starts_from_it(client,
     assert [(s, f) for _, s, f in checkpoint_rows(settings, job_id)] == [(2, False), (3, False), (4, True)]
 
 
-def test_a_cancel_that_overrides_a_pause_ends_the_run_cancelled(client, settings, job_id):
-    lease = claim(settings, job_id)
+def test_a_cancel_that_overrides_a_pause_ends_the_run_cancelled(client, settings, job_id, claim, reporter):
+    lease = claim(job_id)
     client.post(f"/v1/jobs/{job_id}/pause")
-    assert reporter(settings, lease).should_stop() is True
+    assert reporter(lease).should_stop() is True
     assert client.post(f"/v1/jobs/{job_id}/cancel").json()["status"] == "cancelling"
     runner.finish_run(settings, lease, RunResult("stopped", 5))
     assert job_row(settings, job_id).status == "cancelled"
     assert last_event(client, job_id)["message"] == "stopped at step 5; checkpoint kept"
 
 
-def test_a_run_that_completes_before_it_notices_the_pause_succeeds(client, settings, job_id):
-    lease = claim(settings, job_id)
+def test_a_run_that_completes_before_it_notices_the_pause_succeeds(client, settings, job_id, claim):
+    lease = claim(job_id)
     client.post(f"/v1/jobs/{job_id}/pause")
     runner.finish_run(settings, lease, RunResult("completed", 6))
     assert job_row(settings, job_id).status == "succeeded"
 
 
-def test_a_pause_before_training_starts(client, settings, job_id):
-    lease = claim(settings, job_id)
+def test_a_pause_before_training_starts(client, settings, job_id, claim):
+    lease = claim(job_id)
     client.post(f"/v1/jobs/{job_id}/pause")
     runner.finish_run(settings, lease, None)
     assert job_row(settings, job_id).status == "paused"

@@ -2,21 +2,12 @@
 
 from datetime import timedelta
 
-import pytest
-
 from core.db import session_scope
 from core.lifecycle import transition
 from core.models import Job, JobStatus, utcnow
 from core.queue import make_celery
-from tests.support import jsonl, preference_rows, queued_messages, upload
+from tests.support import queued_messages
 from worker.reaper import reap_stale_jobs
-
-
-@pytest.fixture
-def job_id(client) -> str:
-    ds = upload(client, jsonl(preference_rows(4))).json()["id"]
-    return client.post("/v1/jobs", json={"type": "dpo", "base_model": "builtin:tiny-llama",
-                                         "dataset_id": ds}).json()["id"]
 
 
 def run_with_heartbeat(settings, job_id, *, age_seconds: float, attempts: int = 1, status=JobStatus.running):
