@@ -129,6 +129,36 @@ class GRPOHyperparameters(RLHyperparameters):
         None, ge=1, le=1_000_000,
         description="The constant of the 'constant' aggregation (tokens per completion); null uses max_new_tokens.",
     )
+    dynamic_sampling: bool = Field(
+        False,
+        description="DAPO's dynamic sampling (Yu et al. 2025, §3.2): groups whose num_generations rewards are "
+                    "all equal (no advantage, no gradient) are dropped, and the next rollout_batch_size prompts "
+                    "of the data order are sampled and graded, until rollout_batch_size groups with differing "
+                    "rewards are in or max_sampling_rounds rounds were sampled; the update then trains on the "
+                    "groups kept (none kept: the rollout is skipped, with a warning event).",
+    )
+    max_sampling_rounds: int = Field(
+        3, ge=1, le=100,
+        description="With dynamic_sampling: most rounds of rollout_batch_size prompts sampled for one rollout "
+                    "(verl's max_num_gen_batches).",
+    )
+    overlong_buffer: int | None = Field(
+        None, ge=1, le=32768,
+        description="L_cache of DAPO's overlong reward shaping (Yu et al. 2025, eq. 13), in tokens: a completion "
+                    "longer than max_new_tokens − L_cache loses overlong_penalty_factor × (its excess / L_cache), "
+                    "up to the whole factor at max_new_tokens; must be less than max_new_tokens. null: off.",
+    )
+    overlong_penalty_factor: float = Field(
+        1.0, ge=0, le=1e6, description="The largest overlong penalty, reached at max_new_tokens (DAPO: 1)."
+    )
+
+    @field_validator("overlong_buffer")
+    @classmethod
+    def _buffer_inside_completion(cls, value: int | None, info: ValidationInfo) -> int | None:
+        max_new_tokens = info.data.get("max_new_tokens")
+        if value is not None and max_new_tokens is not None and value >= max_new_tokens:
+            raise ValueError(f"overlong_buffer ({value}) must be less than max_new_tokens ({max_new_tokens})")
+        return value
 
     @property
     def completions_per_rollout(self) -> int:
