@@ -109,8 +109,11 @@ class GRPOHyperparameters(RLHyperparameters):
     )
     beta: float = Field(
         0.04, ge=0, le=100,
-        description="β: weight of the k3 KL penalty towards the reference (initial) policy, added to the "
-                    "per-token loss (DeepSeekMath: 0.04); 0 loads no reference model at all.",
+        description="β: weight of the KL penalty towards the reference (initial) policy: with the 'grpo' "
+                    "estimator a k3 term added to the per-token loss (DeepSeekMath: 0.04); with 'rloo' and "
+                    "'reinforce_pp' a k1 penalty −β·(log π_old − log π_ref) in the reward instead (summed per "
+                    "completion for RLOO, per token for REINFORCE++; no loss term, as TRL's RLOO and OpenRLHF). "
+                    "0 loads no reference model at all.",
     )
     loss_aggregation: Literal["token", "sequence", "constant"] = Field(
         "token",
@@ -128,6 +131,28 @@ class GRPOHyperparameters(RLHyperparameters):
     max_completion_tokens_constant: int | None = Field(
         None, ge=1, le=1_000_000,
         description="The constant of the 'constant' aggregation (tokens per completion); null uses max_new_tokens.",
+    )
+    advantage_estimator: Literal["grpo", "rloo", "reinforce_pp"] = Field(
+        "grpo",
+        description="How rewards become advantages (no critic for any): 'grpo' (r − mean_G)/std_G of the "
+                    "group (Shao et al. 2024); 'rloo' r_i − mean of the other G − 1 rewards of the prompt "
+                    "(Ahmadian et al. 2024, https://arxiv.org/abs/2402.14740); 'reinforce_pp' REINFORCE++: "
+                    "per-token reward-to-go of the KL-penalised reward, standardised over all tokens of the "
+                    "rollout (Hu 2025, https://arxiv.org/abs/2501.03262). scale_rewards applies to 'grpo' only.",
+    )
+    normalize_advantages: bool = Field(
+        False,
+        description="With advantage_estimator 'rloo': standardise the advantages over the rollout's "
+                    "completions, (Â − mean)/(std + 1e-4), as TRL's RLOO option (off in the paper and TRL).",
+    )
+    importance_sampling_level: Literal["token", "sequence"] = Field(
+        "token",
+        description="'token': a PPO ratio per token; 'sequence': GSPO's ratio exp(mean_t(log π − log π_old)) "
+                    "per completion, clipped per completion and applied to all its tokens (Zheng et al. 2025, "
+                    "https://arxiv.org/abs/2507.18071; TRL's importance_sampling_level). The GSPO paper pairs "
+                    "it with loss_aggregation 'sequence' and a far smaller clip range (epsilon_low 3e-4, "
+                    "epsilon_high 4e-4); the defaults here stay GRPO's. Matters only when the ratio is not 1 "
+                    "(num_iterations > 1 or several minibatches per rollout).",
     )
     dynamic_sampling: bool = Field(
         False,
@@ -151,6 +176,14 @@ class GRPOHyperparameters(RLHyperparameters):
     overlong_penalty_factor: float = Field(
         1.0, ge=0, le=1e6, description="The largest overlong penalty, reached at max_new_tokens (DAPO: 1)."
     )
+
+    @field_validator("normalize_advantages")
+    @classmethod
+    def _normalize_needs_rloo(cls, value: bool, info: ValidationInfo) -> bool:
+        estimator = info.data.get("advantage_estimator")
+        if value and estimator not in (None, "rloo"):
+            raise ValueError(f"normalize_advantages applies to advantage_estimator 'rloo' only, not {estimator!r}")
+        return value
 
     @field_validator("overlong_buffer")
     @classmethod
