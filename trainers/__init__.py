@@ -17,6 +17,8 @@ from trainers.spec.config import (
     GRPOJob,
     JobConfig,
     LoRAConfig,
+    ORPOHyperparameters,
+    ORPOJob,
     PPOHyperparameters,
     PPOJob,
     RewardModelHyperparameters,
@@ -35,6 +37,8 @@ __all__ = [
     "GRPOJob",
     "JobConfig",
     "LoRAConfig",
+    "ORPOHyperparameters",
+    "ORPOJob",
     "PPOHyperparameters",
     "PPOJob",
     "RewardModelHyperparameters",
@@ -53,6 +57,7 @@ __all__ = [
 # The training function of each job type of `JobConfig`, as (module, function): imported when run.
 TRAINERS: dict[str, tuple[str, str]] = {
     "dpo": ("trainers.dpo", "train_dpo"),
+    "orpo": ("trainers.dpo", "train_orpo"),  # the DPO loop with its loss fixed to orpo
     "reward_model": ("trainers.reward_model", "train_reward_model"),
     "grpo": ("trainers.grpo", "train_grpo"),
     "ppo": ("trainers.ppo", "train_ppo"),
@@ -71,7 +76,7 @@ def run(
 
     Args:
         job: the validated job spec; `job.type` picks the algorithm.
-        data: canonical training (and optional evaluation) rows: preference rows for ``dpo`` and
+        data: canonical training (and optional evaluation) rows: preference rows for ``dpo``, ``orpo`` and
             ``reward_model``, prompt rows for ``ppo`` and ``grpo``, chat rows for ``sft``.
         callbacks: receives metrics, checkpoints and events, and is polled for cancellation;
             defaults to no-op callbacks. Under torchrun (several processes) only rank 0's are

@@ -25,7 +25,7 @@ from trainers.ops.logprobs import reference_sequence_logprobs, scored_token_coun
 from trainers.ops.pairwise_losses import dpo_loss
 from trainers.run_setup import micro_batch_size, prepare_run
 from trainers.spec.callbacks import Callbacks
-from trainers.spec.config import DPOHyperparameters, DPOJob
+from trainers.spec.config import DPOHyperparameters, DPOJob, ORPOHyperparameters, ORPOJob
 from trainers.spec.results import RunResult, TrainingData
 
 # Per-pair statistics, in the order `pair_losses_and_stats` stacks them; eval metrics are the same
@@ -36,7 +36,7 @@ EVAL_METRICS = tuple("eval/" + name.removeprefix("train/") for name in TRAIN_MET
 
 
 def train_dpo(
-    job: DPOJob, data: TrainingData, callbacks: Callbacks, *, resume_from: str | Path | None = None
+    job: DPOJob | ORPOJob, data: TrainingData, callbacks: Callbacks, *, resume_from: str | Path | None = None
 ) -> RunResult:
     """Train a policy with DPO on preference pairs.
 
@@ -191,7 +191,7 @@ class Reference:
 
 
 def pair_losses_and_stats(
-    policy: nn.Module, batch: PreferenceBatch, ref_logps: Tensor, hp: DPOHyperparameters
+    policy: nn.Module, batch: PreferenceBatch, ref_logps: Tensor, hp: DPOHyperparameters | ORPOHyperparameters
 ) -> tuple[Tensor, Tensor]:
     """DPO losses of a batch of pairs, and the per-pair statistics behind the metrics.
 
@@ -239,7 +239,7 @@ def accumulate_gradients(
     pairs: list[TokenizedPair],
     indices: list[int],
     pad_token_id: int,
-    hp: DPOHyperparameters,
+    hp: DPOHyperparameters | ORPOHyperparameters,
     device: torch.device,
     bucket_overhead: int | None = None,
     *,
@@ -289,7 +289,7 @@ def evaluate(
     reference: Reference,
     pairs: list[TokenizedPair],
     pad_token_id: int,
-    hp: DPOHyperparameters,
+    hp: DPOHyperparameters | ORPOHyperparameters,
     device: torch.device,
     bucket_overhead: int | None = None,
     ranks: Ranks | None = None,
@@ -327,3 +327,23 @@ def evaluate(
 def _pair_length(pair: TokenizedPair) -> int:
     """Tokens of the longer of a pair's two rows."""
     return len(pair.prompt_ids) + max(len(pair.chosen_ids), len(pair.rejected_ids))
+
+
+def train_orpo(
+    job: ORPOJob, data: TrainingData, callbacks: Callbacks, *, resume_from: str | Path | None = None
+) -> RunResult:
+    """Train a policy with ORPO (Hong et al. 2024, https://arxiv.org/abs/2403.07691): `train_dpo`'s loop.
+
+    An ORPO job's hyperparameters read as a DPO job's with ``loss_type: "orpo"``
+    (`ORPOHyperparameters`), so the loop, its metrics and its checkpoints are DPO's, without a reference.
+
+    Args:
+        job: the ORPO job spec.
+        data: canonical preference rows (train, optional eval).
+        callbacks: receive the metrics, checkpoints and events; polled for a stop request.
+        resume_from: an ORPO checkpoint to continue from, or None.
+
+    Returns:
+        The status, step and metrics the run ended with.
+    """
+    return train_dpo(job, data, callbacks, resume_from=resume_from)

@@ -1,7 +1,7 @@
 """Job specs for the trainers, declared once and reused by the API's request schemas (torch-free).
 
-A job is its algorithm's model (`DPOJob`, `RewardModelJob`, `GRPOJob`, `PPOJob`, `SFTJob`); `JobConfig` is their
-union, discriminated by `type`, and everything that lists job types derives from it (`JOB_MODELS`,
+A job is its algorithm's model (`DPOJob`, `ORPOJob`, `RewardModelJob`, `GRPOJob`, `PPOJob`, `SFTJob`);
+`JobConfig` is their union, discriminated by `type`, and everything that lists job types derives from it (`JOB_MODELS`,
 `JOB_TYPES`, `JobType`). Adding an algorithm means adding its job model to that union and its
 trainer to `trainers.run`. The hyperparameters of each algorithm live in `trainers.spec.hyperparameters`
 (SFT's in `trainers.spec.sft`).
@@ -18,6 +18,7 @@ from trainers.spec.hyperparameters import (
     DPOHyperparameters,
     GRPOHyperparameters,
     LoopHyperparameters,
+    ORPOHyperparameters,
     PPOHyperparameters,
     RewardModelHyperparameters,
     RLHyperparameters,
@@ -38,6 +39,8 @@ __all__ = [
     "JobType",
     "LoRAConfig",
     "LoopHyperparameters",
+    "ORPOHyperparameters",
+    "ORPOJob",
     "PPOHyperparameters",
     "PPOJob",
     "RLHyperparameters",
@@ -108,6 +111,15 @@ class DPOJob(JobSpec):
 
     type: Literal["dpo"] = Field("dpo", description="Training algorithm.")
     hyperparameters: DPOHyperparameters = Field(default_factory=DPOHyperparameters, description="DPO settings.")
+
+
+class ORPOJob(JobSpec):
+    """Odds Ratio Preference Optimization on a preference dataset: SFT plus an odds-ratio term, no reference model."""
+
+    dataset_kind: ClassVar[DatasetKind] = "preference"
+
+    type: Literal["orpo"] = Field("orpo", description="Training algorithm.")
+    hyperparameters: ORPOHyperparameters = Field(default_factory=ORPOHyperparameters, description="ORPO settings.")
 
 
 class RewardModelJob(JobSpec):
@@ -183,7 +195,7 @@ class PPOJob(_OnlineRLJob):
 
 
 # The one list of job types: a new algorithm's job model goes here.
-AnyJob = DPOJob | RewardModelJob | GRPOJob | PPOJob | SFTJob
+AnyJob = DPOJob | ORPOJob | RewardModelJob | GRPOJob | PPOJob | SFTJob
 JobConfig = Annotated[AnyJob, Field(discriminator="type")]
 JOB_MODELS: tuple[type[JobSpec], ...] = get_args(AnyJob)
 JOB_MODELS_BY_TYPE: dict[str, type[JobSpec]] = {model.model_fields["type"].default: model for model in JOB_MODELS}

@@ -2,7 +2,8 @@
 
 Defaults follow the papers (DPO: Rafailov et al. 2023, https://arxiv.org/abs/2305.18290; reward
 models and PPO: Ouyang et al. 2022, https://arxiv.org/abs/2203.02155, and Ziegler et al. 2019,
-https://arxiv.org/abs/1909.08593; GRPO: Shao et al. 2024, https://arxiv.org/abs/2402.03300) and
+https://arxiv.org/abs/1909.08593; GRPO: Shao et al. 2024, https://arxiv.org/abs/2402.03300; SimPO: Meng et al.
+2024, https://arxiv.org/abs/2405.14734; ORPO: Hong et al. 2024, https://arxiv.org/abs/2403.07691) and
 TRL where the papers are silent. Every field carries its bounds and a description, which Swagger shows.
 
 **Batches of the online-RL trainers (PPO, GRPO).** A rollout samples completions for
@@ -15,9 +16,9 @@ accumulated over `gradient_accumulation_steps` micro-batches. A rollout therefor
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 
 def check_whole_minibatches(completions: int, batch_size: int | None, what: str) -> None:
@@ -113,40 +114,94 @@ class LoopHyperparameters(BaseModel):
         return value
 
 
+# The preference losses that read no reference policy, and those that take label smoothing.
+REFERENCE_FREE_LOSSES = ("simpo", "orpo")
+SMOOTHED_LOSSES = ("sigmoid", "simpo")
+# β of each preference loss when the job leaves it null: its paper's default.
+DEFAULT_BETA = {"sigmoid": 0.1, "ipo": 0.1, "hinge": 0.1, "simpo": 2.0, "orpo": 0.1}
+
+
 class DPOHyperparameters(LoopHyperparameters):
-    """Hyperparameters of Direct Preference Optimization."""
+    """Hyperparameters of Direct Preference Optimization, and of SimPO and ORPO as its reference-free losses."""
 
     learning_rate: float = Field(
         1e-6, gt=0, le=1, description="Peak AdamW learning rate (DPO paper: 1e-6; a tiny model needs ~3e-3)."
     )
-    beta: float = Field(
-        0.1, gt=0, le=100,
-        description="β: strength of the implicit KL penalty towards the reference model (DPO paper: 0.1).",
+    beta: float | None = Field(
+        None, gt=0, le=100,
+        description="β: for the DPO losses, the strength of the implicit KL penalty towards the reference "
+                    "model; for 'simpo', the scale of the length-normalised reward; for 'orpo', λ, the weight "
+                    "of the odds-ratio term (TRL's ORPOConfig.beta). null: the loss type's paper default, "
+                    "0.1 for 'sigmoid', 'ipo', 'hinge' and 'orpo', 2.0 for 'simpo'; the job shows the value used.",
     )
-    loss_type: Literal["sigmoid", "ipo", "hinge"] = Field(
+    loss_type: Literal["sigmoid", "ipo", "hinge", "simpo", "orpo"] = Field(
         "sigmoid",
         description="'sigmoid': −log σ(βh) (DPO eq. 7; with label_smoothing > 0 it is cDPO); "
                     "'ipo': (h/len − 1/(2β))² on length-averaged log-probs (Azar et al. 2023); "
-                    "'hinge': relu(1 − βh) (SLiC, Zhao et al. 2023).",
+                    "'hinge': relu(1 − βh) (SLiC, Zhao et al. 2023). Reference-free, no reference model "
+                    "loaded: 'simpo': −log σ(β·(log π(y_w)/|y_w| − log π(y_l)/|y_l|) − γ) (Meng et al. 2024); "
+                    "'orpo': −log π(y_w)/|y_w| + λ·(−log σ(log odds(y_w) − log odds(y_l))) (Hong et al. 2024).",
     )
     label_smoothing: float = Field(
         0.0, ge=0, lt=0.5,
         description="ε of conservative DPO: the probability that a preference label is flipped "
-                    "(−(1−ε)·log σ(βh) − ε·log σ(−βh)); 'sigmoid' loss only.",
+                    "(−(1−ε)·log σ(z) − ε·log σ(−z)); 'sigmoid' and 'simpo' losses only.",
+    )
+    simpo_gamma: float = Field(
+        0.5, ge=0, le=100,
+        description="γ: SimPO's target reward margin, subtracted inside the sigmoid (TRL's simpo_gamma: 0.5; "
+                    "the SimPO paper tunes γ/β between 0.3 and 0.8); read by the 'simpo' loss only.",
     )
     precompute_ref_logprobs: bool = Field(
         True,
         description="Compute the reference log-probs in one pass before training, so the reference "
-                    "model is not in memory while training. Results equal the on-the-fly path.",
+                    "model is not in memory while training. Results equal the on-the-fly path. "
+                    "'simpo' and 'orpo' have no reference, so neither path runs.",
     )
 
     @field_validator("label_smoothing")
     @classmethod
     def _smoothing_needs_sigmoid(cls, value: float, info: ValidationInfo) -> float:
         loss_type = info.data.get("loss_type")
-        if value > 0 and loss_type not in (None, "sigmoid"):
-            raise ValueError(f"label_smoothing applies to the 'sigmoid' loss only, not {loss_type!r}")
+        if value > 0 and loss_type not in (None, *SMOOTHED_LOSSES):
+            raise ValueError(f"label_smoothing applies to the 'sigmoid' and 'simpo' losses only, not {loss_type!r}")
         return value
+
+    @model_validator(mode="after")
+    def _resolve_beta(self) -> DPOHyperparameters:
+        # Resolved once here, so the stored job (and what the API returns) shows the β that trains.
+        if self.beta is None:
+            self.beta = DEFAULT_BETA[self.loss_type]
+        return self
+
+    @property
+    def reference_free(self) -> bool:
+        """Whether the loss reads no reference policy (SimPO, ORPO): no reference model, no reference log-probs."""
+        return self.loss_type in REFERENCE_FREE_LOSSES
+
+
+class ORPOHyperparameters(LoopHyperparameters):
+    """Hyperparameters of Odds Ratio Preference Optimization (Hong et al. 2024, https://arxiv.org/abs/2403.07691).
+
+    ORPO is the DPO loop with its loss fixed to ``orpo``: an SFT term on the chosen response plus λ
+    times the odds-ratio term, without a reference model. The class attributes below let the DPO
+    loop read an ORPO job as it reads a DPO job with ``loss_type: "orpo"``.
+    """
+
+    loss_type: ClassVar[Literal["orpo"]] = "orpo"
+    label_smoothing: ClassVar[float] = 0.0
+    simpo_gamma: ClassVar[float] = 0.0
+    precompute_ref_logprobs: ClassVar[bool] = False
+    reference_free: ClassVar[bool] = True
+
+    learning_rate: float = Field(
+        1e-6, gt=0, le=1, description="Peak AdamW learning rate (TRL's ORPOConfig: 1e-6; a tiny model needs ~1e-3)."
+    )
+    beta: float = Field(
+        0.1, gt=0, le=100,
+        description="λ: weight of the odds-ratio term −log σ(log odds(y_w) − log odds(y_l)) added to the SFT "
+                    "loss of the chosen response (ORPO paper and TRL's ORPOConfig.beta: 0.1).",
+    )
 
 
 class RewardModelHyperparameters(LoopHyperparameters):

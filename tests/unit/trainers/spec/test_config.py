@@ -14,6 +14,7 @@ from trainers.spec.config import (
     JobConfig,
     JobType,
     LoRAConfig,
+    ORPOJob,
     PPOHyperparameters,
     PPOJob,
     RewardModelHyperparameters,
@@ -156,14 +157,16 @@ def test_rl_jobs_round_trip_through_json():
 
 
 def test_job_types_and_what_each_reads_come_from_the_one_union():
-    assert JOB_MODELS == (DPOJob, RewardModelJob, GRPOJob, PPOJob, SFTJob)
-    assert JOB_TYPES == ("dpo", "reward_model", "grpo", "ppo", "sft")
+    assert JOB_MODELS == (DPOJob, ORPOJob, RewardModelJob, GRPOJob, PPOJob, SFTJob)
+    assert JOB_TYPES == ("dpo", "orpo", "reward_model", "grpo", "ppo", "sft")
     assert get_args(JobType) == JOB_TYPES
-    assert JOB_MODELS_BY_TYPE == {"dpo": DPOJob, "reward_model": RewardModelJob, "grpo": GRPOJob, "ppo": PPOJob,
-                                  "sft": SFTJob}
-    assert [m.dataset_kind for m in JOB_MODELS] == ["preference", "preference", "prompt", "prompt", "chat"]
+    assert JOB_MODELS_BY_TYPE == {"dpo": DPOJob, "orpo": ORPOJob, "reward_model": RewardModelJob, "grpo": GRPOJob,
+                                  "ppo": PPOJob, "sft": SFTJob}
+    assert [m.dataset_kind for m in JOB_MODELS] == ["preference", "preference", "preference", "prompt", "prompt",
+                                                    "chat"]
     assert [sorted(m.service_fields) for m in JOB_MODELS] == [
-        [], [], ["reward_function_modules", "reward_model_dirs"], ["reward_function_modules", "reward_model_dirs"], []]
+        [], [], [], ["reward_function_modules", "reward_model_dirs"], ["reward_function_modules", "reward_model_dirs"],
+        []]
 
 
 def test_seeds_are_32_bit_unsigned():
