@@ -40,6 +40,7 @@ _REQUIRED_COLUMNS: dict[str, tuple[tuple[str, ...], ...]] = {
     "prompt": (("prompt",), ("messages",)),
     "text": (("text",),),
     "chat": (("messages",), ("prompt", "completion")),
+    "feedback": (("prompt", "completion", "label"),),
 }
 # The keys a column_map may fill, per kind: the canonical keys trainers read (a reward model's optional margin).
 CANONICAL_KEYS: dict[str, tuple[str, ...]] = {
@@ -47,6 +48,7 @@ CANONICAL_KEYS: dict[str, tuple[str, ...]] = {
     "prompt": ("prompt", "messages"),
     "text": ("text",),
     "chat": ("messages", "prompt", "completion"),
+    "feedback": ("prompt", "completion", "label"),
 }
 _WHITESPACE = re.compile(r"[ \t\n\r]*")
 _INVALID_UTF8 = re.compile("[\udc80-\udcff]")  # bytes decoded with errors="surrogateescape"

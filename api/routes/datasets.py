@@ -62,7 +62,8 @@ def upload_dataset(
     response: Response,
     file: UploadFile,
     kind: Annotated[DatasetKind, Form(
-        description="preference (reward models, DPO), prompt (PPO/GRPO), chat (SFT) or text (PPO-ptx).")],
+        description="preference (reward models, DPO, KTO), prompt (PPO/GRPO), chat (SFT), feedback (KTO) or "
+                    "text (PPO-ptx).")],
     name: Annotated[StorableStr | None, Form(max_length=256)] = None,
     column_map: Annotated[str | None, Form(
         description='JSON object: canonical key -> the column of the file holding it, e.g. {"prompt": "question"}. '

@@ -1,4 +1,4 @@
-"""Chat rows (supervised fine-tuning) and telling a row's dataset kind from the row itself.
+"""Chat rows (supervised fine-tuning) and telling a row's dataset kind from the row itself (`detect_kind`).
 
 A chat row is either
 
@@ -61,8 +61,9 @@ def detect_kind(row: Mapping) -> DatasetKind | None:
 
     Returns:
         ``"preference"`` for OpenAI's input/preferred_output/non_preferred_output or chosen and
-        rejected (with or without a prompt); ``"chat"`` for messages ending with an assistant message,
-        or prompt and completion; ``"prompt"`` for messages ending with a user message, or a prompt
+        rejected (with or without a prompt); ``"feedback"`` for prompt and completion with a boolean
+        ``label``; ``"chat"`` for messages ending with an assistant message, or prompt and completion
+        (without a boolean label); ``"prompt"`` for messages ending with a user message, or a prompt
         without completion, chosen or rejected; None when the row is none of these.
     """
     if not isinstance(row, Mapping):
@@ -75,7 +76,7 @@ def detect_kind(row: Mapping) -> DatasetKind | None:
         role = last.get("role") if isinstance(last, Mapping) else None
         return {"assistant": "chat", "user": "prompt"}.get(role) if isinstance(role, str) else None
     if "prompt" in row and "completion" in row:
-        return "chat"
+        return "feedback" if isinstance(row.get("label"), bool) else "chat"
     if "prompt" in row and "chosen" not in row and "rejected" not in row:
         return "prompt"
     return None

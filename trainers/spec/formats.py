@@ -14,6 +14,7 @@ so both sides agree on one shape per dataset kind:
   become ``{"prompt": messages, **extra}``.
 - text: ``{"text": T, **extra}``, PPO-ptx's pretraining text.
 - chat: supervised fine-tuning rows, messages or prompt and completion (`trainers.spec.chat_rows`).
+- feedback: KTO's ``{"prompt", "completion", "label": bool}`` (`trainers.spec.feedback_rows`).
 
 A message is ``{"role": "system" | "user" | "assistant", "content": str, **extra}`` (chat rows also
 take ``"tool"``; ``"developer"`` is read as ``"system"``, `trainers.spec.rows`). `detect_kind` tells
@@ -49,14 +50,15 @@ from __future__ import annotations
 from typing import Literal, get_args
 
 from trainers.spec.chat_rows import detect_kind, normalize_chat
+from trainers.spec.feedback_rows import normalize_feedback
 from trainers.spec.implicit_prompts import shared_message_count, shared_text_length
 from trainers.spec.rows import ROLES, DatasetKind, RowError, messages
 from trainers.spec.rows import json_type as _json_type
 from trainers.spec.rows import key_list as _key_list
 from trainers.spec.rows import require_object as _require_object
 
-__all__ = ["ROLES", "DatasetKind", "RowError", "detect_kind", "normalize_chat", "normalize_preference",
-           "normalize_prompt", "normalize_row", "normalize_text"]
+__all__ = ["ROLES", "DatasetKind", "RowError", "detect_kind", "normalize_chat", "normalize_feedback",
+           "normalize_preference", "normalize_prompt", "normalize_row", "normalize_text"]
 
 DATASET_KINDS: tuple[DatasetKind, ...] = get_args(DatasetKind)
 _PAIR_KEYS = ("prompt", "chosen", "rejected")
@@ -69,7 +71,7 @@ def normalize_row(kind: DatasetKind, obj: object) -> dict:
     """Validate one decoded row of a dataset and return its canonical form.
 
     Args:
-        kind: the dataset kind, ``"preference"``, ``"prompt"``, ``"text"`` or ``"chat"``.
+        kind: the dataset kind, ``"preference"``, ``"prompt"``, ``"text"``, ``"chat"`` or ``"feedback"``.
         obj: the decoded row (normally a dict from JSON, CSV or Parquet).
 
     Returns:
@@ -87,6 +89,8 @@ def normalize_row(kind: DatasetKind, obj: object) -> dict:
         return normalize_text(obj)
     if kind == "chat":
         return normalize_chat(obj)
+    if kind == "feedback":
+        return normalize_feedback(obj)
     raise ValueError(f"unknown dataset kind {kind!r}; expected one of {', '.join(DATASET_KINDS)}")
 
 

@@ -1,6 +1,7 @@
 """What every dataset kind's row validation shares: the row error, messages, and how values are named.
 
-`trainers.spec.formats` (preference, prompt, text) and `trainers.spec.chat_rows` (chat) build on it.
+`trainers.spec.formats` (preference, prompt, text), `trainers.spec.chat_rows` (chat) and
+`trainers.spec.feedback_rows` (feedback) build on it.
 
 Decisions:
 - A message's role ``developer`` (OpenAI's newer name for the system prompt) becomes ``system``: chat
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-DatasetKind = Literal["preference", "prompt", "text", "chat"]
+DatasetKind = Literal["preference", "prompt", "text", "chat", "feedback"]
 ROLES = ("system", "user", "assistant")
 CHAT_ROLES = (*ROLES, "tool")
 _ROLE_ALIASES = {"developer": "system"}
