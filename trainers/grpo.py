@@ -8,10 +8,13 @@ One loop (`train_grpo`, in numbered steps), one rollout per pass:
 - rewards and KL: the job's reward for every completion (`trainers.rl.rewards`); log-probs of the
   rollout policy when the rollout feeds more than one optimizer step, and of the reference;
 - advantages: each completion's reward against its group's, ``Â = (r − mean_G) / (std_G + eps)``
-  (without the division for Dr. GRPO), the same for every token of the completion;
+  (without the division for Dr. GRPO), the same for every token of the completion; or RLOO's
+  leave-one-out baseline, or REINFORCE++'s per-token returns standardised over the rollout
+  (`advantage_estimator`, `rollout_advantages`);
 - clipped updates: μ = `num_iterations` passes over the rollout's minibatches, one optimizer step
-  each, minimising ``−min(ρÂ, clip(ρ, 1 − ε_low, 1 + ε_high)Â) + β·k3`` per token, aggregated over
-  the whole step (`trainers.ops.policy_losses`), so micro-batching does not change the gradient.
+  each, minimising ``−min(ρÂ, clip(ρ, 1 − ε_low, 1 + ε_high)Â) + β·k3`` per token (ρ per token, or
+  GSPO's per sequence: `importance_sampling_level`), aggregated over the whole step
+  (`trainers.ops.policy_losses`), so micro-batching does not change the gradient.
 
 With μ = 1 and one minibatch per rollout (the defaults) the policy that sampled is the one being
 trained: π_old is the current policy detached, ρ = 1, and no extra forward pass is needed (as TRL).
@@ -39,8 +42,8 @@ from torch import Tensor, nn
 from trainers.data.batching import split_micro_batches
 from trainers.data.prompts import PromptOrder
 from trainers.distributed.ranks import Ranks
-from trainers.ops.advantages import group_advantages
-from trainers.ops.kl import kl_k3
+from trainers.ops.advantages import group_advantages, reinforce_pp_advantages, rloo_advantages, standardize
+from trainers.ops.kl import kl_k3, kl_penalized_rewards
 from trainers.ops.logprobs import selective_log_softmax
 from trainers.ops.policy_losses import aggregate, clipped_policy_loss, entropy_from_logits, loss_normalizer
 from trainers.rl.learning_signal import LearningSignal
@@ -66,7 +69,8 @@ class GRPOBatch:
 
     Attributes:
         rollout: B = prompts × G completions, the G of each prompt consecutive.
-        advantages: (B,) float32 group-relative advantage of each completion.
+        advantages: (B,) float32 advantage of each completion ('grpo', 'rloo'), or (B, A) of each
+            token ('reinforce_pp'), 0 on padding.
         old_logprobs: (B, A) log π_old of the response tokens, or None when π_old is the policy
             being trained (μ = 1, one minibatch).
         ref_logprobs: (B, A) log π_ref, or None when β = 0.
@@ -84,7 +88,7 @@ class GRPOBatch:
         width = rollout.response_ids.shape[1]
         return GRPOBatch(
             rollout=rollout,
-            advantages=self.advantages[index],
+            advantages=self.advantages[index] if self.advantages.dim() == 1 else self.advantages[index, :width],
             old_logprobs=None if self.old_logprobs is None else self.old_logprobs[index, :width],
             ref_logprobs=None if self.ref_logprobs is None else self.ref_logprobs[index, :width],
         )
@@ -149,17 +153,21 @@ def train_grpo(
                 return loop.stop(metrics)
             rollout, scores = sampled
 
-            # 4. KL: π_old only when the policy will have moved before some minibatch is trained on;
-            #    π_ref for the k3 penalty (each rank computes its share of the rows).
+            # 4. KL: π_old when the policy will have moved before some minibatch is trained on, or when
+            #    the KL penalty goes into the reward (rloo, reinforce_pp); π_ref for the KL (each rank
+            #    computes its share of the rows).
             old = ref = None
-            if steps_per_rollout > 1:
+            if steps_per_rollout > 1 or (run.reference is not None and hp.advantage_estimator != "grpo"):
                 old = frozen_logprobs(policy, rollout, hp.temperature, batch_size=micro_size, ranks=ranks)  # (B, A)
             if run.reference is not None:
                 ref = frozen_logprobs(run.reference, rollout, hp.temperature, batch_size=micro_size, reference=True,
                                       ranks=ranks)  # fmt: skip
 
-            # 5. Advantages: each completion against the other completions of its prompt.
-            advantages, group_std = group_advantages(scores.rewards, G, scale_std=hp.scale_rewards)  # (B,), (B/G,)
+            # 5. Advantages, as `advantage_estimator` says, from the whole rollout (on every rank alike);
+            #    with μ = 1 and one minibatch π_old stays the trained policy detached (ρ = 1 exactly).
+            advantages = rollout_advantages(scores.rewards, rollout.response_mask, old, ref, hp)  # (B,) or (B, A)
+            group_std = scores.rewards.float().view(-1, G).std(dim=1)  # (B/G,) of the graded rewards
+            old = old if steps_per_rollout > 1 else None
             batch = GRPOBatch(rollout=rollout, advantages=advantages, old_logprobs=old, ref_logprobs=ref)
             rollout_stats = rollout_statistics(scores, group_std, rollout)
             # A grader erring on every completion for 3 rollouts fails the run; 5 rollouts without a
@@ -193,6 +201,48 @@ def train_grpo(
         return loop.finish(metrics)
 
 
+def rollout_advantages(
+    rewards: Tensor, mask: Tensor, old_logprobs: Tensor | None, ref_logprobs: Tensor | None, hp: GRPOHyperparameters
+) -> Tensor:
+    """The rollout's advantages by `hp.advantage_estimator` (none uses a critic).
+
+    - ``grpo``: ``(r − mean_G)/(std_G + eps)``, or ``r − mean_G`` without `scale_rewards` (`group_advantages`);
+    - ``rloo``: the leave-one-out baseline (`rloo_advantages`) of ``r − β·Σ_t (log π_old − log π_ref)_t``
+      when β > 0 (the sequence's k1 KL in the reward, as the RLOO paper and TRL's RLOOTrainer), then
+      standardised over the rollout when `normalize_advantages` (`standardize`);
+    - ``reinforce_pp``: REINFORCE++ (`reinforce_pp_advantages`): the reward-to-go of the per-token
+      rewards ``−β·(log π_old − log π_ref)_t`` plus the score at the last token (`kl_penalized_rewards`),
+      standardised over every token of the rollout.
+
+    Args:
+        rewards: (B,) the graded reward of each completion, the G of a prompt consecutive.
+        mask: (B, A) 1 on response tokens.
+        old_logprobs: (B, A) log π_old; needed by ``rloo`` and ``reinforce_pp`` when β > 0.
+        ref_logprobs: (B, A) log π_ref, or None when β = 0.
+        hp: the estimator, G, β and the options above.
+
+    Returns:
+        (B,) float32 per completion (``grpo``, ``rloo``) or (B, A) per token (``reinforce_pp``).
+    """
+    G = hp.num_generations
+    with_kl = ref_logprobs is not None and old_logprobs is not None
+    match hp.advantage_estimator:
+        case "grpo":
+            return group_advantages(rewards, G, scale_std=hp.scale_rewards)[0]  # (B,)
+        case "rloo":
+            if with_kl:  # the summed per-token rewards are the score minus β·(the sequence's k1)
+                rewards = kl_penalized_rewards(rewards, old_logprobs, ref_logprobs, mask, hp.beta)[0].sum(dim=1)
+            advantages = rloo_advantages(rewards, G)  # (B,)
+            return standardize(advantages) if hp.normalize_advantages else advantages
+        case "reinforce_pp":
+            zeros = torch.zeros(mask.shape, device=mask.device)  # (B, A) no KL when β = 0
+            old, ref = (old_logprobs, ref_logprobs) if with_kl else (zeros, zeros)
+            token_rewards, _ = kl_penalized_rewards(rewards, old, ref, mask, hp.beta)  # (B, A)
+            return reinforce_pp_advantages(token_rewards, mask)  # (B, A)
+        case _:
+            raise ValueError(f"unknown advantage estimator {hp.advantage_estimator!r}")
+
+
 def accumulate_gradients(
     policy: nn.Module,
     batch: GRPOBatch,
@@ -204,7 +254,9 @@ def accumulate_gradients(
     """Backward the GRPO loss of one optimizer step, micro-batch by micro-batch.
 
     Per token: ``ℓ = −min(ρÂ, clip(ρ, 1 − ε_low, 1 + ε_high)Â) + β·k3(log π, log π_ref)`` with
-    ``ρ = exp(log π − log π_old)``, aggregated as `hp.loss_aggregation` says and divided by the
+    ``ρ = exp(log π − log π_old)`` (GSPO's sequence ratio with ``importance_sampling_level``
+    ``sequence``; the k3 term only with the ``grpo`` estimator: ``rloo`` and ``reinforce_pp`` have
+    their KL penalty in the reward already), aggregated as `hp.loss_aggregation` says and divided by the
     normaliser of the whole step (its token count, sequence count, or sequences × constant), so the
     micro-batch losses add up to the step's loss and the accumulated gradient does not depend on
     `gradient_accumulation_steps`. On several ranks each runs its share of every micro-batch
@@ -243,9 +295,11 @@ def accumulate_gradients(
         logits = response_logits(policy, micro.rollout, hp.temperature)  # (b, a, V)
         logp = selective_log_softmax(logits, micro.rollout.response_ids) * m  # (b, a)
         old = logp.detach() if micro.old_logprobs is None else micro.old_logprobs  # (b, a)
+        advantages = micro.advantages.unsqueeze(1) if micro.advantages.dim() == 1 else micro.advantages  # (b, 1|a)
         policy_loss = clipped_policy_loss(
-            logp, old, micro.advantages.unsqueeze(1), m, eps_low=hp.epsilon_low, eps_high=hp.epsilon_high,
+            logp, old, advantages, m, eps_low=hp.epsilon_low, eps_high=hp.epsilon_high,
             aggregation=hp.loss_aggregation, normalizer=normalizer,
+            importance_sampling_level=hp.importance_sampling_level,
         )  # fmt: skip
         loss = policy_loss.loss
         n = m.sum()
@@ -253,8 +307,9 @@ def accumulate_gradients(
             entropy = (entropy_from_logits(logits.detach()) * m).sum()
         micro_stats = [policy_loss.clip_frac * n, policy_loss.approx_kl * n, entropy]
         if with_kl:
-            kl = kl_k3(logp, micro.ref_logprobs) * m  # (b, a)
-            loss = loss + hp.beta * aggregate(kl, m, hp.loss_aggregation, normalizer=normalizer)
+            kl = kl_k3(logp, micro.ref_logprobs) * m  # (b, a) reported with every estimator
+            if hp.advantage_estimator == "grpo":  # rloo, reinforce_pp: the KL is in the reward already
+                loss = loss + hp.beta * aggregate(kl, m, hp.loss_aggregation, normalizer=normalizer)
             micro_stats.append(kl.detach().sum())
         backward(weight * loss)
         sums += weight * torch.stack([loss.detach(), *micro_stats])

@@ -165,6 +165,95 @@ def group_advantages(
     return advantages.view(-1), std.view(-1)
 
 
+def rloo_advantages(rewards: Tensor, group_size: int) -> tuple[Tensor, Tensor]:
+    """Leave-one-out advantages of RLOO: each completion against the mean of the other G − 1.
+
+    ``Â_i = r_i − (1/(G−1))·Σ_{j≠i} r_j = G/(G−1)·(r_i − mean_G r)`` (Ahmadian et al. 2024, "Back to
+    Basics", eq. 9, https://arxiv.org/abs/2402.14740; Kool et al. 2019). The baseline of sample i does
+    not depend on sample i, so the estimator stays unbiased; no division by a std (the paper's and
+    TRL's default; TRL's ``normalize_advantages`` is a separate, optional batch standardisation).
+    Every token of completion i gets Â_i.
+
+    Args:
+        rewards: (B,) one scalar reward per completion (for RLOO with a KL penalty, the score minus
+            β times the completion's summed KL), the G completions of each prompt consecutive.
+        group_size: G ≥ 2, completions per prompt.
+
+    Returns:
+        advantages: (B,) float32.
+        group_std: (B / G,) each group's (unbiased) reward std, for ``frac_reward_zero_std``.
+
+    Raises:
+        ValueError: G < 2, or B is not a multiple of G.
+    """
+    if group_size < 2:
+        raise ValueError(f"group_size must be at least 2 for a leave-one-out baseline, got {group_size}")
+    if rewards.dim() != 1 or rewards.shape[0] % group_size:
+        raise ValueError(
+            f"rewards must be (B,) with B a multiple of group_size {group_size}, got {tuple(rewards.shape)}"
+        )
+    grouped = rewards.float().view(-1, group_size)  # (B/G, G)
+    baseline = (grouped.sum(dim=1, keepdim=True) - grouped) / (group_size - 1)  # (B/G, G) mean of the others
+    return (grouped - baseline).view(-1), grouped.std(dim=1)
+
+
+def standardize(advantages: Tensor, eps: float = 1e-4) -> Tensor:
+    """Advantages standardised over the batch: ``(Â − mean Â) / (std Â + eps)``, std unbiased.
+
+    TRL's RLOO ``normalize_advantages`` (eps 1e-4), over all completions of the rollout.
+
+    Args:
+        advantages: (B,) one advantage per completion, B ≥ 2.
+        eps: added to the std, so equal advantages stay at 0.
+
+    Returns:
+        (B,) float32.
+    """
+    advantages = advantages.float()
+    return (advantages - advantages.mean()) / (advantages.std() + eps)
+
+
+def reward_to_go(rewards: Tensor, mask: Tensor) -> Tensor:
+    """Undiscounted return from each token on: ``G_t = Σ_{t' ≥ t} m_{t'}·r_{t'}`` (γ = 1).
+
+    Args:
+        rewards: (B, A) per-token rewards.
+        mask: (B, A) 1 on response tokens; padding adds nothing and gets 0.
+
+    Returns:
+        (B, A) float32 returns, 0 on padding.
+    """
+    real = mask.to(torch.float32)  # (B, A)
+    kept = rewards.float() * real  # (B, A)
+    return kept.flip(1).cumsum(1).flip(1) * real  # (B, A)
+
+
+def reinforce_pp_advantages(rewards: Tensor, mask: Tensor) -> Tensor:
+    """REINFORCE++ advantages: the reward-to-go, standardised over every token of the batch.
+
+    ``G_t = Σ_{t' ≥ t} r_{t'}`` with the per-token rewards ``r_t = −β·(log π_old − log π_ref)_t``
+    plus the score at the last token (`trainers.ops.kl.kl_penalized_rewards`), then
+    ``Â_t = (G_t − mean) / sqrt(var + 1e-8)`` with the mean and variance of all response tokens of
+    the batch (`whiten`): the global-batch normalisation of REINFORCE++ (Hu 2025, §3,
+    https://arxiv.org/abs/2501.03262), plain REINFORCE++ as OpenRLHF's ``reinforce`` estimator, not
+    its group-mean ``reinforce_baseline`` variant. No critic and no per-prompt baseline. The
+    variance is unbiased (Bessel), as `whiten` and TRL; OpenRLHF divides by n, which differs by
+    n/(n − 1) over thousands of tokens. A batch of one token gets 0, its returns centred.
+
+    Args:
+        rewards: (B, A) per-token rewards, 0 on padding.
+        mask: (B, A) 1 on response tokens. The batch is the whole rollout, which every rank holds,
+            so the statistics are global without a collective.
+
+    Returns:
+        (B, A) float32 advantages, 0 on padding.
+    """
+    returns = reward_to_go(rewards, mask)  # (B, A)
+    if int(mask.sum()) < 2:  # one token (or none): centred, it is 0
+        return torch.zeros_like(returns)
+    return whiten(returns, mask)  # (B, A)
+
+
 def explained_variance(values: Tensor, returns: Tensor, mask: Tensor) -> Tensor:
     """How much of the returns' variance the value head explains: ``1 − Var(G − V) / Var(G)``.
 

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 Aggregation = Literal["token", "sequence", "constant"]
+ImportanceSamplingLevel = Literal["token", "sequence"]
 
 
 def loss_normalizer(
@@ -87,6 +88,30 @@ def aggregate(per_token: Tensor, mask: Tensor, mode: Aggregation, *, normalizer:
             raise ValueError(f"unknown aggregation {mode!r}")
 
 
+def sequence_log_ratio(logp: Tensor, logp_old: Tensor, mask: Tensor) -> Tensor:
+    """GSPO's sequence-level log importance ratio, on every token, with GSPO-token's gradient.
+
+    ``log s_i = (1/|y_i|)·Σ_t (log π − log π_old)_{i,t}``, the length-normalised log-ratio of the
+    whole completion (Zheng et al. 2025, GSPO, eq. 7, https://arxiv.org/abs/2507.18071). Each token
+    gets ``log s_{i,t} = sg[log s_i] + log π_{i,t} − sg[log π_{i,t}]`` (GSPO-token, eq. 13): its value
+    is log s_i, so the clip acts on the sequence's ratio, and ``∇ s_{i,t} = s_i·∇ log π_{i,t}``, so a
+    per-token advantage (REINFORCE++) weights its own token. With one advantage per completion and
+    ``sequence`` aggregation this is GSPO's objective, and the values and gradients equal TRL's
+    ``importance_sampling_level="sequence"`` (which broadcasts exp(log s_i) without the trick).
+
+    Args:
+        logp: (B, A) log-probs of the response tokens under the policy being trained.
+        logp_old: (B, A) the same under the rollout policy (no gradient).
+        mask: (B, A) 1 on response tokens.
+
+    Returns:
+        (B, A) the log-ratio of each token, log s_i in value (0 for an empty row).
+    """
+    real = mask.to(logp.dtype)  # (B, A)
+    per_sequence = ((logp - logp_old) * real).sum(dim=1) / real.sum(dim=1).clamp(min=1)  # (B,)
+    return per_sequence.detach().unsqueeze(1) + logp - logp.detach()  # (B, A)
+
+
 @dataclass
 class PolicyLoss:
     """What `clipped_policy_loss` returns.
@@ -115,17 +140,20 @@ def clipped_policy_loss(
     aggregation: Aggregation,
     normalizer: Tensor | float,
     max_log_ratio: float = 20.0,
+    importance_sampling_level: ImportanceSamplingLevel = "token",
 ) -> PolicyLoss:
     """PPO's clipped surrogate (Schulman et al. 2017, eq. 7, https://arxiv.org/abs/1707.06347).
 
-    ``ρ = exp(clamp(log π − log π_old, ±max_log_ratio))``,
+    ``ρ = exp(clamp(log π − log π_old, ±max_log_ratio))`` per token (``importance_sampling_level``
+    ``token``), or GSPO's sequence ratio on every token of the completion (``sequence``, see
+    `sequence_log_ratio`), so the clip keeps or drops whole completions;
     ``ℓ_t = −min(ρ·A, clip(ρ, 1 − ε_low, 1 + ε_high)·A)``, aggregated by `aggregate`.
     ε_low = ε_high is PPO; ε_high > ε_low is DAPO's clip-higher (Yu et al. 2025, §3.1). The clamp
     only guards exp against overflow on a token whose probability collapsed; at ±20 it never
     changes a ratio the clip keeps. GRPO's KL term is linear in the aggregation, so it is added
     by the caller: ``loss + β·aggregate(kl_k3(logp, ref_logp), mask, mode, normalizer=n)``.
 
-    `approx_kl` is k3 of the ratio, ``(ρ − 1) − log ρ`` (Schulman's low-variance, never negative
+    `approx_kl` is k3 of the token ratio at either level, ``(ρ − 1) − log ρ`` (Schulman's low-variance, never negative
     estimator of KL(π_old ‖ π) from tokens sampled by π_old; cleanrl logs the same).
 
     Args:
@@ -138,12 +166,20 @@ def clipped_policy_loss(
         aggregation: see `aggregate`.
         normalizer: from `loss_normalizer`, for the whole step.
         max_log_ratio: bound of the log-ratio before exponentiating.
+        importance_sampling_level: ``token`` (PPO, GRPO) or ``sequence`` (GSPO).
 
     Returns:
         The loss, clip fraction and approximate KL.
     """
-    log_ratio = (logp - logp_old.detach()).clamp(-max_log_ratio, max_log_ratio)  # (B, A)
-    ratio = torch.exp(log_ratio)  # (B, A)
+    logp_old = logp_old.detach()
+    match importance_sampling_level:
+        case "token":
+            log_ratio = logp - logp_old  # (B, A)
+        case "sequence":
+            log_ratio = sequence_log_ratio(logp, logp_old, mask)  # (B, A) log s_i on each token
+        case _:
+            raise ValueError(f"unknown importance sampling level {importance_sampling_level!r}")
+    ratio = torch.exp(log_ratio.clamp(-max_log_ratio, max_log_ratio))  # (B, A)
     advantages = advantages.detach()
     unclipped = -ratio * advantages  # (B, A)
     clipped = -ratio.clamp(1 - eps_low, 1 + eps_high) * advantages  # (B, A)
@@ -153,7 +189,8 @@ def clipped_policy_loss(
         real = mask.to(torch.float32)  # (B, A)
         n = real.sum().clamp(min=1)
         clip_frac = ((clipped > unclipped).float() * real).sum() / n
-        approx_kl = ((ratio - 1 - log_ratio) * real).sum() / n
+        token_log_ratio = (logp - logp_old).clamp(-max_log_ratio, max_log_ratio)  # (B, A)
+        approx_kl = ((torch.exp(token_log_ratio) - 1 - token_log_ratio) * real).sum() / n
     return PolicyLoss(loss=loss, clip_frac=clip_frac, approx_kl=approx_kl)
 
 
