@@ -1,9 +1,14 @@
-"""Preference losses as pure functions of sequence log-probabilities and rewards."""
+"""Preference losses as pure functions of sequence log-probabilities and rewards.
+
+DPO's family compares the policy with a reference; SimPO and ORPO are reference-free, on
+length-normalised (per-token mean) log-probs. Shapes: B pairs.
+"""
 
 from __future__ import annotations
 
 from typing import Literal
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -63,6 +68,87 @@ def dpo_loss(
     chosen_rewards = beta * chosen_logratios.detach()  # (B,)
     rejected_rewards = beta * rejected_logratios.detach()  # (B,)
     return losses, chosen_rewards, rejected_rewards
+
+
+def simpo_loss(
+    policy_chosen_logps: Tensor,
+    policy_rejected_logps: Tensor,
+    beta: float,
+    gamma: float,
+    label_smoothing: float = 0.0,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Simple Preference Optimization loss per pair (Meng et al. 2024, eq. 6, https://arxiv.org/abs/2405.14734).
+
+    ``z = β·log π(y_w|x)/|y_w| − β·log π(y_l|x)/|y_l| − γ``, ``loss = −(1−ε)·log σ(z) − ε·log σ(−z)``.
+    The implicit reward is the length-normalised log-prob ``r = β·log π(y|x)/|y|``, with no
+    reference model; γ is a target margin between the rewards. ε > 0 smooths the labels as cDPO
+    does (0 in the paper), as TRL's ``CPOTrainer(loss_type="simpo")`` allows.
+
+    Args:
+        policy_chosen_logps: (B,) length-normalised log-probs ``log π(y_w|x)/|y_w|`` of the chosen responses.
+        policy_rejected_logps: (B,) the same for the rejected responses.
+        beta: β, the scale of the reward (SimPO paper: 2.0 to 2.5).
+        gamma: γ, the target reward margin (TRL: 0.5).
+        label_smoothing: ε, in [0, 0.5).
+
+    Returns:
+        losses: (B,) loss per pair (differentiable w.r.t. the policy log-probs).
+        chosen_rewards: (B,) detached rewards ``β·log π(y_w|x)/|y_w|``.
+        rejected_rewards: (B,) detached rewards of the rejected responses.
+    """
+    z = beta * (policy_chosen_logps - policy_rejected_logps) - gamma  # (B,)
+    # ε = 0 leaves the second term at exactly 0, so plain SimPO is computed bit for bit.
+    losses = -(1 - label_smoothing) * F.logsigmoid(z) - label_smoothing * F.logsigmoid(-z)  # (B,)
+    return losses, beta * policy_chosen_logps.detach(), beta * policy_rejected_logps.detach()
+
+
+def log1mexp(x: Tensor) -> Tensor:
+    """``log(1 − exp(x))`` for x < 0, without cancellation (Mächler 2012, "Accurately computing log(1 − exp(−|a|))").
+
+    ``log(−expm1(x))`` near 0, ``log1p(−exp(x))`` below −ln 2. x is first capped at −1e-7, so a
+    probability that rounds to 1 (x = 0 in float32) gives log(1e-7) rather than −inf and NaN gradients.
+
+    Args:
+        x: (...) log-probabilities, at most 0.
+
+    Returns:
+        (...) ``log(1 − exp(x))``, the log of the complementary probability.
+    """
+    x = x.clamp(max=-1e-7)
+    return torch.where(x < -0.6931471805599453, torch.log1p(-torch.exp(x)), torch.log(-torch.expm1(x)))
+
+
+def orpo_loss(
+    policy_chosen_logps: Tensor, policy_rejected_logps: Tensor, beta: float
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Odds Ratio Preference Optimization loss per pair (Hong et al. 2024, eqs. 6-7, https://arxiv.org/abs/2403.07691).
+
+    With P(y|x) = exp(log π(y|x)/|y|) the length-normalised likelihood, ``odds(y) = P / (1 − P)`` and
+    ``log odds(y) = log P − log(1 − P)``::
+
+        L_SFT = −log π(y_w|x)/|y_w|                      (mean NLL of the chosen response's tokens)
+        L_OR  = −log σ(log odds(y_w) − log odds(y_l))
+        loss  = L_SFT + λ·L_OR
+
+    No reference model: the SFT term adapts the policy to the chosen responses, the odds-ratio term
+    pushes the rejected ones down. Rewards are TRL's ``λ·log π(y|x)/|y|``.
+
+    Args:
+        policy_chosen_logps: (B,) length-normalised log-probs ``log π(y_w|x)/|y_w|`` of the chosen responses.
+        policy_rejected_logps: (B,) the same for the rejected responses.
+        beta: λ, the weight of the odds-ratio term (paper and TRL: 0.1).
+
+    Returns:
+        losses: (B,) loss per pair (differentiable w.r.t. the policy log-probs).
+        chosen_rewards: (B,) detached ``λ·log π(y_w|x)/|y_w|``.
+        rejected_rewards: (B,) detached ``λ·log π(y_l|x)/|y_l|``.
+        log_odds: (B,) detached log odds ratio ``log odds(y_w) − log odds(y_l)``.
+    """
+    log_odds = (policy_chosen_logps - policy_rejected_logps) - (
+        log1mexp(policy_chosen_logps) - log1mexp(policy_rejected_logps)
+    )  # (B,)
+    losses = -policy_chosen_logps - beta * F.logsigmoid(log_odds)  # (B,) L_SFT + λ·L_OR
+    return losses, beta * policy_chosen_logps.detach(), beta * policy_rejected_logps.detach(), log_odds.detach()
 
 
 def bradley_terry_loss(
