@@ -247,10 +247,38 @@ def collate_pairs(
         The batch; T is the longest prompt + response among the 2B rows.
     """
     sequences = [(p.prompt_ids, p.chosen_ids) for p in pairs] + [(p.prompt_ids, p.rejected_ids) for p in pairs]
+    input_ids, attention_mask, loss_mask, buckets = pad_responses(sequences, pad_token_id, bucket_overhead_tokens)
+    shared = []
+    if shared_prompt:
+        packed = [len(p.prompt_ids) + len(p.chosen_ids) + len(p.rejected_ids) for p in pairs]
+        groups = [list(range(len(pairs)))] if bucket_overhead_tokens is None else [
+            rows for rows, _ in length_buckets(packed, bucket_overhead_tokens)]  # fmt: skip
+        shared = [shared_prompt_rows(pairs, rows, len(pairs), pad_token_id) for rows in groups]
+    return PreferenceBatch(input_ids=input_ids, attention_mask=attention_mask, loss_mask=loss_mask, buckets=buckets,
+                           shared=shared)  # fmt: skip
+
+
+def pad_responses(
+    sequences: Sequence[tuple[list[int], list[int]]], pad_token_id: int, bucket_overhead_tokens: int | None = None
+) -> tuple[Tensor, Tensor, Tensor, list[tuple[Tensor, int]]]:
+    """Right-pad ``(prompt, response)`` token lists into rows scored on their responses.
+
+    Args:
+        sequences: N ``(prompt_ids, response_ids)``.
+        pad_token_id: id written into padding positions.
+        bucket_overhead_tokens: group the rows by length (`trainers.data.batching.length_buckets`), a new
+            group costing this many padded tokens; None keeps all N rows in one group of width T.
+
+    Returns:
+        input_ids: (N, T) prompt + response tokens, then `pad_token_id`; T the longest row.
+        attention_mask: (N, T) 1 on real tokens.
+        loss_mask: (N, T) 1 on response tokens only.
+        buckets: ``(row indices, width)`` groups for `trainers.data.batching.map_buckets`.
+    """
     width = max(len(prompt) + len(response) for prompt, response in sequences)  # T
-    input_ids = torch.full((len(sequences), width), pad_token_id, dtype=torch.long)  # (2B, T)
-    attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)  # (2B, T)
-    loss_mask = torch.zeros((len(sequences), width), dtype=torch.long)  # (2B, T)
+    input_ids = torch.full((len(sequences), width), pad_token_id, dtype=torch.long)  # (N, T)
+    attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)  # (N, T)
+    loss_mask = torch.zeros((len(sequences), width), dtype=torch.long)  # (N, T)
     for row, (prompt, response) in enumerate(sequences):
         end = len(prompt) + len(response)
         input_ids[row, :end] = torch.tensor(prompt + response, dtype=torch.long)
@@ -261,11 +289,4 @@ def collate_pairs(
     else:
         lengths = [len(prompt) + len(response) for prompt, response in sequences]
         buckets = [(torch.tensor(rows), w) for rows, w in length_buckets(lengths, bucket_overhead_tokens)]
-    shared = []
-    if shared_prompt:
-        packed = [len(p.prompt_ids) + len(p.chosen_ids) + len(p.rejected_ids) for p in pairs]
-        groups = [list(range(len(pairs)))] if bucket_overhead_tokens is None else [
-            rows for rows, _ in length_buckets(packed, bucket_overhead_tokens)]  # fmt: skip
-        shared = [shared_prompt_rows(pairs, rows, len(pairs), pad_token_id) for rows in groups]
-    return PreferenceBatch(input_ids=input_ids, attention_mask=attention_mask, loss_mask=loss_mask, buckets=buckets,
-                           shared=shared)  # fmt: skip
+    return input_ids, attention_mask, loss_mask, buckets
