@@ -165,7 +165,7 @@ def group_advantages(
     return advantages.view(-1), std.view(-1)
 
 
-def rloo_advantages(rewards: Tensor, group_size: int) -> tuple[Tensor, Tensor]:
+def rloo_advantages(rewards: Tensor, group_size: int) -> Tensor:
     """Leave-one-out advantages of RLOO: each completion against the mean of the other G − 1.
 
     ``Â_i = r_i − (1/(G−1))·Σ_{j≠i} r_j = G/(G−1)·(r_i − mean_G r)`` (Ahmadian et al. 2024, "Back to
@@ -180,8 +180,7 @@ def rloo_advantages(rewards: Tensor, group_size: int) -> tuple[Tensor, Tensor]:
         group_size: G ≥ 2, completions per prompt.
 
     Returns:
-        advantages: (B,) float32.
-        group_std: (B / G,) each group's (unbiased) reward std, for ``frac_reward_zero_std``.
+        (B,) float32 advantages, summing to 0 over each group.
 
     Raises:
         ValueError: G < 2, or B is not a multiple of G.
@@ -194,7 +193,7 @@ def rloo_advantages(rewards: Tensor, group_size: int) -> tuple[Tensor, Tensor]:
         )
     grouped = rewards.float().view(-1, group_size)  # (B/G, G)
     baseline = (grouped.sum(dim=1, keepdim=True) - grouped) / (group_size - 1)  # (B/G, G) mean of the others
-    return (grouped - baseline).view(-1), grouped.std(dim=1)
+    return (grouped - baseline).view(-1)  # (B,)
 
 
 def standardize(advantages: Tensor, eps: float = 1e-4) -> Tensor:
