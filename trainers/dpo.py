@@ -8,6 +8,10 @@ before training and kept as a table, so no reference model is in memory while tr
 ``precompute_ref_logprobs=False`` they are computed on the fly, in the same micro-batches as the
 policy's. With LoRA the reference is the policy with its adapters disabled: there is never a
 second copy of the weights.
+
+The reference-free losses ``simpo`` (Meng et al. 2024, https://arxiv.org/abs/2405.14734) and ``orpo``
+(Hong et al. 2024, https://arxiv.org/abs/2403.07691; also its own job type, `train_orpo`) run the
+same loop with no reference at all: no reference model is built and no reference log-probs computed.
 """
 
 from __future__ import annotations
@@ -16,32 +20,44 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from trainers.data.batching import BatchOrder, bucket_overhead_tokens, split_micro_batches
 from trainers.data.preference import PreferenceBatch, TokenizedPair, collate_pairs
 from trainers.distributed.ranks import Ranks
 from trainers.ops.logprobs import reference_sequence_logprobs, scored_token_counts, sequence_logprob_totals
-from trainers.ops.pairwise_losses import dpo_loss
+from trainers.ops.pairwise_losses import dpo_loss, orpo_loss, simpo_loss
 from trainers.run_setup import micro_batch_size, prepare_run
 from trainers.spec.callbacks import Callbacks
 from trainers.spec.config import DPOHyperparameters, DPOJob, ORPOHyperparameters, ORPOJob
 from trainers.spec.results import RunResult, TrainingData
 
 # Per-pair statistics, in the order `pair_losses_and_stats` stacks them; eval metrics are the same
-# under `eval/` (eval/loss, eval/rewards/chosen, ...).
+# under `eval/` (eval/loss, eval/rewards/chosen, ...; `eval_metrics`).
 TRAIN_METRICS = ("train/loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
                  "logps/chosen", "logps/rejected")  # fmt: skip
-EVAL_METRICS = tuple("eval/" + name.removeprefix("train/") for name in TRAIN_METRICS)
+# What the orpo loss adds, as TRL's ORPOTrainer logs them: the SFT term, log σ of the log odds ratio, the ratio.
+ORPO_METRICS = ("train/nll_loss", "train/log_odds_ratio", "train/log_odds_chosen")
+
+
+def train_metrics(loss_type: str) -> tuple[str, ...]:
+    """Names of `pair_losses_and_stats`' statistics for a loss type, in order."""
+    return TRAIN_METRICS + ORPO_METRICS if loss_type == "orpo" else TRAIN_METRICS
+
+
+def eval_metrics(loss_type: str) -> tuple[str, ...]:
+    """The same statistics over the evaluation pairs: ``eval/loss``, ``eval/rewards/chosen``, ..."""
+    return tuple("eval/" + name.removeprefix("train/") for name in train_metrics(loss_type))
 
 
 def train_dpo(
     job: DPOJob | ORPOJob, data: TrainingData, callbacks: Callbacks, *, resume_from: str | Path | None = None
 ) -> RunResult:
-    """Train a policy with DPO on preference pairs.
+    """Train a policy with DPO (or SimPO, or ORPO) on preference pairs.
 
     1. Set up the run (`prepare_run`): the policy, the tokenised pairs, π_ref; the pairs' order.
-    2. Reference log-probs: a table computed once, or π_ref run on every batch.
+    2. Reference log-probs: a table computed once, π_ref run on every batch, or none (SimPO, ORPO).
     3. The training loop (`TrainingLoop`). Then, step after step:
     4. stop when asked;
     5. gradients of the step's pairs (`accumulate_gradients`);
@@ -50,7 +66,7 @@ def train_dpo(
     8. checkpoint when due.
 
     Args:
-        job: the DPO job spec.
+        job: the DPO job spec (or an ORPO job, whose hyperparameters read as a DPO job's).
         data: canonical preference rows (train, optional eval).
         callbacks: receive the metrics, checkpoints and events; polled for a stop request.
         resume_from: a DPO checkpoint to continue from, or None.
@@ -61,9 +77,13 @@ def train_dpo(
     hp = job.hyperparameters
 
     # 1. The policy (fresh adapters for LoRA, or the checkpoint's model), the pairs tokenised once,
-    #    and π_ref: the policy itself when it is read only before the first update. The pairs of
-    #    step s are a pure function of (seed, s); pairs of similar length run as one forward.
-    reference = "before_training" if hp.precompute_ref_logprobs else "during_training"
+    #    and π_ref: the policy itself when it is read only before the first update, none for the
+    #    reference-free losses. The pairs of step s are a pure function of (seed, s); pairs of
+    #    similar length run as one forward.
+    if hp.reference_free:
+        reference = None
+    else:
+        reference = "before_training" if hp.precompute_ref_logprobs else "during_training"
     run = prepare_run(job, data, callbacks, resume_from=resume_from, reference=reference)
     policy, pad, device = run.model, run.tokenizer.pad_token_id, run.device
     order = BatchOrder(num_rows=len(run.train), batch_size=hp.batch_size, seed=job.seed)
@@ -73,9 +93,12 @@ def train_dpo(
     overhead = None if ranks.distributed else bucket_overhead_tokens(device.type)
 
     with run.autocast():  # every forward pass below runs in the job's precision
-        # 2. Reference log-probs: precomputed in one pass (no reference model kept), or a model that
-        #    computes them on every batch.
-        if hp.precompute_ref_logprobs:
+        # 2. Reference log-probs: none for SimPO and ORPO; precomputed in one pass (no reference
+        #    model kept), or a model that computes them on every batch.
+        train_metric_names = train_metrics(hp.loss_type)
+        if hp.reference_free:
+            train_reference = eval_reference = None
+        elif hp.precompute_ref_logprobs:
             size = run.micro_batch_size
             train_reference = Reference.precompute(run.reference, run.train, pad, size, device, overhead, ranks)
             eval_reference = Reference.precompute(run.reference, run.eval, pad, size, device, overhead, ranks)
@@ -99,7 +122,7 @@ def train_dpo(
                                          overhead, backward=loop.backward, ranks=ranks)  # fmt: skip
 
             # 6. Update: clip, refuse non-finite values, step the optimiser and the schedule.
-            metrics = loop.update(stats, TRAIN_METRICS)
+            metrics = loop.update(stats, train_metric_names)
 
             # 7. Metrics: per step, averaged over the step's pairs; evaluation every `eval_every`
             #    steps, at checkpoints and at the end, reported with the train metrics of its step.
@@ -191,34 +214,55 @@ class Reference:
 
 
 def pair_losses_and_stats(
-    policy: nn.Module, batch: PreferenceBatch, ref_logps: Tensor, hp: DPOHyperparameters | ORPOHyperparameters
+    policy: nn.Module,
+    batch: PreferenceBatch,
+    ref_logps: Tensor | None,
+    hp: DPOHyperparameters | ORPOHyperparameters,
 ) -> tuple[Tensor, Tensor]:
-    """DPO losses of a batch of pairs, and the per-pair statistics behind the metrics.
+    """Preference losses of a batch of pairs, and the per-pair statistics behind the metrics.
 
     Chosen and rejected rows go through one policy forward. For the ``ipo`` loss, policy and
     reference log-probs are divided by the response length before the loss (Azar et al. 2023,
-    eq. 17), and the ``logps/*`` statistics are those averages.
+    eq. 17); ``simpo`` and ``orpo`` take length-normalised policy log-probs and no reference. The
+    ``logps/*`` statistics are the log-probs the loss took (sums, or averages for those three).
 
     Args:
         policy: the model being trained.
         batch: B pairs as 2B rows, chosen first.
-        ref_logps: (2B,) summed reference log-probs of the same rows.
-        hp: supplies β, the loss type and the label smoothing.
+        ref_logps: (2B,) summed reference log-probs of the same rows; None for ``simpo`` and ``orpo``.
+        hp: supplies β, the loss type, the label smoothing and SimPO's γ.
 
     Returns:
-        losses: (B,) differentiable DPO loss per pair.
-        stats: (S, B) detached statistics in `TRAIN_METRICS` order.
+        losses: (B,) differentiable loss per pair.
+        stats: (S, B) detached statistics in `train_metrics(hp.loss_type)` order.
     """
     b = batch.num_pairs
     logps = sequence_logprob_totals(
         policy, batch.input_ids, batch.attention_mask, batch.loss_mask, batch.buckets
     )  # (2B,) rows of similar length share a forward
-    if hp.loss_type == "ipo":
-        counts = scored_token_counts(batch.loss_mask)  # (2B,) the same tokens under π and π_ref
-        logps, ref_logps = logps / counts, ref_logps / counts
-    losses, chosen_rewards, rejected_rewards = dpo_loss(
-        logps[:b], logps[b:], ref_logps[:b], ref_logps[b:], hp.beta, hp.loss_type, hp.label_smoothing
-    )  # (B,) each
+    orpo_stats: list[Tensor] = []
+    match hp.loss_type:
+        case "sigmoid" | "hinge":
+            losses, chosen_rewards, rejected_rewards = dpo_loss(
+                logps[:b], logps[b:], ref_logps[:b], ref_logps[b:], hp.beta, hp.loss_type, hp.label_smoothing
+            )  # (B,) each
+        case "ipo":
+            counts = scored_token_counts(batch.loss_mask)  # (2B,) the same tokens under π and π_ref
+            logps, ref_logps = logps / counts, ref_logps / counts
+            losses, chosen_rewards, rejected_rewards = dpo_loss(
+                logps[:b], logps[b:], ref_logps[:b], ref_logps[b:], hp.beta, hp.loss_type
+            )  # (B,) each
+        case "simpo":
+            logps = logps / scored_token_counts(batch.loss_mask)  # (2B,) log π(y|x)/|y|
+            losses, chosen_rewards, rejected_rewards = simpo_loss(
+                logps[:b], logps[b:], hp.beta, hp.simpo_gamma, hp.label_smoothing
+            )  # (B,) each
+        case "orpo":
+            logps = logps / scored_token_counts(batch.loss_mask)  # (2B,) log P(y|x), P length-normalised
+            losses, chosen_rewards, rejected_rewards, log_odds = orpo_loss(logps[:b], logps[b:], hp.beta)
+            orpo_stats = [-logps[:b].detach(), F.logsigmoid(log_odds), log_odds]  # (B,) each
+        case _:
+            raise ValueError(f"unknown preference loss type {hp.loss_type!r}")
     stats = torch.stack(
         [
             losses.detach(),
@@ -228,6 +272,7 @@ def pair_losses_and_stats(
             chosen_rewards - rejected_rewards,
             logps[:b].detach(),
             logps[b:].detach(),
+            *orpo_stats,
         ]
     )  # (S, B)
     return losses, stats
@@ -235,7 +280,7 @@ def pair_losses_and_stats(
 
 def accumulate_gradients(
     policy: nn.Module,
-    reference: Reference,
+    reference: Reference | None,
     pairs: list[TokenizedPair],
     indices: list[int],
     pad_token_id: int,
@@ -246,7 +291,7 @@ def accumulate_gradients(
     backward: Callable[[Tensor], None] = Tensor.backward,
     ranks: Ranks | None = None,
 ) -> Tensor:
-    """Backward the DPO loss of one optimizer step, micro-batch by micro-batch.
+    """Backward the preference loss of one optimizer step, micro-batch by micro-batch.
 
     Each micro-batch's summed loss is divided by the number of pairs in the step, so the gradients
     add up to those of the step's mean loss, whatever `gradient_accumulation_steps` is. On several
@@ -255,7 +300,7 @@ def accumulate_gradients(
 
     Args:
         policy: the model being trained; gradients accumulate into its parameters.
-        reference: the reference log-probs of `pairs`.
+        reference: the reference log-probs of `pairs`; None for the reference-free losses.
         pairs: the tokenised training pairs.
         indices: the step's pairs (positions in `pairs`).
         pad_token_id: padding id.
@@ -267,16 +312,16 @@ def accumulate_gradients(
         ranks: the job's processes (default: one).
 
     Returns:
-        (S,) the per-pair statistics in `TRAIN_METRICS` order, averaged over the step, on the device;
+        (S,) the per-pair statistics in `train_metrics` order, averaged over the step, on the device;
         on several ranks, this rank's share of those averages (`TrainingLoop.update` sums them).
     """
     ranks = ranks or Ranks()
-    sums = torch.zeros(len(TRAIN_METRICS), device=device)  # (S,) per-pair statistics, summed
+    sums = torch.zeros(len(train_metrics(hp.loss_type)), device=device)  # (S,) per-pair statistics, summed
     for micro in split_micro_batches(indices, hp.gradient_accumulation_steps):
         mine, weight = ranks.batch_share(micro)
         batch = collate_pairs([pairs[i] for i in mine], pad_token_id, bucket_overhead_tokens=bucket_overhead)
         batch = batch.to(device)
-        ref_logps = reference.logps(batch, mine)  # (2b,)
+        ref_logps = reference.logps(batch, mine) if reference is not None else None  # (2b,)
         losses, stats = pair_losses_and_stats(policy, batch, ref_logps, hp)  # (b,), (S, b)
         backward(weight * losses.sum() / len(indices))
         sums += weight * stats.sum(dim=1)
@@ -286,7 +331,7 @@ def accumulate_gradients(
 @torch.no_grad()
 def evaluate(
     policy: nn.Module,
-    reference: Reference,
+    reference: Reference | None,
     pairs: list[TokenizedPair],
     pad_token_id: int,
     hp: DPOHyperparameters | ORPOHyperparameters,
@@ -294,11 +339,11 @@ def evaluate(
     bucket_overhead: int | None = None,
     ranks: Ranks | None = None,
 ) -> dict[str, float]:
-    """Mean DPO statistics over evaluation pairs, as ``eval/<name>`` metrics (each rank scores its share).
+    """Mean preference statistics over evaluation pairs, as ``eval/<name>`` metrics (each rank scores its share).
 
     Args:
         policy: the model being trained (put in eval mode for the duration).
-        reference: the reference log-probs of `pairs`.
+        reference: the reference log-probs of `pairs`; None for the reference-free losses.
         pairs: tokenised evaluation pairs.
         pad_token_id: padding id.
         hp: supplies β, the loss type and the batch size.
@@ -313,15 +358,17 @@ def evaluate(
     was_training = policy.training
     policy.eval()
     size = micro_batch_size(hp) * ranks.world_size
-    sums = torch.zeros(len(EVAL_METRICS), device=device)  # (S,)
+    names = eval_metrics(hp.loss_type)
+    sums = torch.zeros(len(names), device=device)  # (S,)
     for start in range(0, len(pairs), size):
         indices, weight = ranks.batch_share(range(start, min(start + size, len(pairs))))
         batch = collate_pairs([pairs[i] for i in indices], pad_token_id, bucket_overhead_tokens=bucket_overhead)
         batch = batch.to(device)
-        _, stats = pair_losses_and_stats(policy, batch, reference.logps(batch, indices), hp)  # (S, b)
+        ref_logps = reference.logps(batch, indices) if reference is not None else None  # (2b,)
+        _, stats = pair_losses_and_stats(policy, batch, ref_logps, hp)  # (S, b)
         sums += weight * stats.sum(dim=1)
     policy.train(was_training)
-    return dict(zip(EVAL_METRICS, (ranks.sum(sums) / len(pairs)).tolist(), strict=True))
+    return dict(zip(names, (ranks.sum(sums) / len(pairs)).tolist(), strict=True))
 
 
 def _pair_length(pair: TokenizedPair) -> int:
