@@ -24,6 +24,10 @@ rollout, after its sampling, between completions while it is graded and after it
 during its updates: a cancel during a slow sampling or grading phase drops the rollout, nothing of
 which was trained on.
 
+DAPO's dynamic sampling (``dynamic_sampling``) fills a rollout in rounds, dropping the groups whose
+rewards are all equal, and its overlong shaping (``overlong_buffer``) adds a length penalty to the
+rewards (`trainers.rl.dynamic_sampling`).
+
 Over several processes (`trainers.rl.shares`): each rank samples and grades its share of the
 rollout's prompts, whole groups, then every rank holds the whole rollout, so advantages and the
 reward statistics are global; each rank runs its share of every micro-batch, its loss divided by the
@@ -46,6 +50,7 @@ from trainers.ops.advantages import group_advantages, reinforce_pp_advantages, r
 from trainers.ops.kl import kl_k3, kl_penalized_rewards
 from trainers.ops.logprobs import selective_log_softmax
 from trainers.ops.policy_losses import aggregate, clipped_policy_loss, entropy_from_logits, loss_normalizer
+from trainers.rl.dynamic_sampling import DynamicSampler, groups_with_signal, sample_with_signal, shaped_scores
 from trainers.rl.learning_signal import LearningSignal
 from trainers.rl.online import (
     completion_stats,
@@ -132,7 +137,15 @@ def train_grpo(
     rewarder = RewardComputer.from_job(job, policy_tokenizer=tokenizer, device=run.device, on_event=callbacks.on_event,
                                        batch_size=micro_size, compute=run.compute)  # fmt: skip
     steps_per_rollout = hp.num_iterations * hp.num_minibatches
-    loop = run.training_loop(order.rollouts_per_epoch * steps_per_rollout)
+    # Dynamic sampling draws a varying number of prompt batches per rollout: checkpoints keep the count.
+    sampler = DynamicSampler(prompts_per_rollout=hp.rollout_batch_size, group_size=G, max_rounds=hp.max_sampling_rounds,
+                             pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+    loop = run.training_loop(order.rollouts_per_epoch * steps_per_rollout,
+                             extra_state=(lambda: {"dynamic_sampling": sampler.state_dict()}) if hp.dynamic_sampling
+                             else None)  # fmt: skip
+    if hp.dynamic_sampling and run.resumed:  # a checkpoint without the count: one batch per rollout so far
+        sampler.load_state_dict((run.state.get("extra") or {}).get("dynamic_sampling")
+                                or {"prompt_batches_drawn": -(-loop.step // steps_per_rollout)})  # fmt: skip
     signal = LearningSignal(job.reward, callbacks.on_event)
     metrics: dict[str, float] = {}
 
@@ -144,14 +157,28 @@ def train_grpo(
 
             # 3-4. Rollout and rewards: G completions for each of the rollout's prompts (each rank
             #    samples and grades its share of the prompts, then all hold the whole rollout), unless
-            #    a stop is requested first (the rollout is then dropped).
-            number, rows = rollout_prompts(order, run.train, step=loop.step, steps_per_rollout=steps_per_rollout)
-            sampled = sample_and_score(policy, rows, tokenizer, rewarder, hp, seed=job.seed, rollout_number=number,
-                                       group_size=G, ranks=ranks, callbacks=run.callbacks,
-                                       should_stop=loop.stop_requested)  # fmt: skip
-            if sampled is None:
-                return loop.stop(metrics)
-            rollout, scores = sampled
+            #    a stop is requested first (the rollout is then dropped); the overlong penalty added.
+            #    A grader erring on every completion for 3 rounds fails the run; 5 rounds without a
+            #    group whose rewards differ warn (the rewards are global: every rank decides alike).
+            if hp.dynamic_sampling:  # DAPO: rounds of the next prompts until R groups have differing rewards
+                filled = sample_with_signal(policy, run.train, order, tokenizer, rewarder, hp, sampler=sampler,
+                                            signal=signal, seed=job.seed, ranks=ranks, callbacks=run.callbacks,
+                                            should_stop=loop.stop_requested)  # fmt: skip
+                if filled is None:
+                    return loop.stop(metrics)
+                if filled.rollout is None:  # no group with signal within max_sampling_rounds: no update
+                    continue
+                rollout, scores, sampling_stats = filled.rollout, filled.scores, filled.stats
+            else:
+                number, rows = rollout_prompts(order, run.train, step=loop.step, steps_per_rollout=steps_per_rollout)
+                sampled = sample_and_score(policy, rows, tokenizer, rewarder, hp, seed=job.seed, rollout_number=number,
+                                           group_size=G, ranks=ranks, callbacks=run.callbacks,
+                                           should_stop=loop.stop_requested)  # fmt: skip
+                if sampled is None:
+                    return loop.stop(metrics)
+                rollout, scores = sampled[0], shaped_scores(sampled[1], sampled[0], hp)
+                signal.observe(scores, 1.0 - groups_with_signal(scores.rewards, G).float().mean().item())
+                sampling_stats = {}
 
             # 4. KL: π_old when the policy will have moved before some minibatch is trained on, or when
             #    the KL penalty goes into the reward (rloo, reinforce_pp); π_ref for the KL (each rank
@@ -169,14 +196,11 @@ def train_grpo(
             group_std = scores.rewards.float().view(-1, G).std(dim=1)  # (B/G,) of the graded rewards
             old = old if steps_per_rollout > 1 else None
             batch = GRPOBatch(rollout=rollout, advantages=advantages, old_logprobs=old, ref_logprobs=ref)
-            rollout_stats = rollout_statistics(scores, group_std, rollout)
-            # A grader erring on every completion for 3 rollouts fails the run; 5 rollouts without a
-            # group whose rewards differ warn (the statistics are global: every rank decides alike).
-            signal.observe(scores, rollout_stats["frac_reward_zero_std"])
+            rollout_stats = rollout_statistics(scores, group_std, rollout) | sampling_stats
 
             # 6. Clipped updates: μ passes over the minibatches, one optimizer step each (fewer when
             #    the run ends first), each step's metrics with the rollout's.
-            completions = list(range(hp.completions_per_rollout))
+            completions = list(range(len(batch.advantages)))  # fewer than a full rollout: dynamic sampling's bound
             minibatches = [completions[i : i + hp.batch_size] for i in range(0, len(completions), hp.batch_size)]
             schedule = (minibatches * hp.num_iterations)[: loop.total_steps - loop.step]
             first, last = loop.step, loop.step + len(schedule)  # the steps before and at the rollout's end
