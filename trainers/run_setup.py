@@ -33,6 +33,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from trainers.data.chat import TokenizedChat, tokenize_chat_split
+from trainers.data.feedback import TokenizedExample, tokenize_feedback_split
 from trainers.data.preference import TokenizedPair, tokenize_split
 from trainers.data.prompts import TokenizedPrompt, tokenize_prompt_split
 from trainers.distributed.callbacks import RankCallbacks
@@ -99,7 +100,7 @@ def micro_batch_size(hp: LoopHyperparameters) -> int:
 
 def tokenize_rows(
     job: JobSpec, rows: Sequence[dict[str, Any]], tokenizer: PreTrainedTokenizerBase, split: str, callbacks: Callbacks
-) -> list[TokenizedPair] | list[TokenizedPrompt] | list[TokenizedChat]:
+) -> list[TokenizedPair] | list[TokenizedPrompt] | list[TokenizedChat] | list[TokenizedExample]:
     """One split's canonical rows as the job's `dataset_kind` tokenises them, truncation reported as a warning.
 
     Args:
@@ -110,8 +111,8 @@ def tokenize_rows(
         callbacks: receive the truncation warning.
 
     Returns:
-        A `TokenizedPair` per preference row, a `TokenizedPrompt` per prompt row, or a `TokenizedChat`
-        per chat row, in order.
+        A `TokenizedPair` per preference row, a `TokenizedPrompt` per prompt row, a `TokenizedChat`
+        per chat row, or a `TokenizedExample` per feedback example, in order.
 
     Raises:
         UserError: a row is malformed (the message names it).
@@ -125,6 +126,8 @@ def tokenize_rows(
                                          callbacks=callbacks)  # fmt: skip
         case "chat":
             return tokenize_chat_split(rows, tokenizer, hp, split, callbacks)
+        case "feedback":  # feedback rows, or preference rows read as two feedback rows each
+            return tokenize_feedback_split(rows, tokenizer, hp, split, callbacks)
         case kind:
             raise UserError(f"no trainer reads {kind!r} rows", param="type")
 
