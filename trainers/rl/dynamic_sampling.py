@@ -51,7 +51,7 @@ from trainers.spec.config import GRPOHyperparameters
 from trainers.spec.errors import UserError
 
 OVERLONG_METRIC = "overlong_penalty"  # the penalty's name beside the graders': metric ``reward/overlong_penalty``
-SKIPPED_ROLLOUTS_LIMIT = 3  # consecutive rollouts without a group with signal: the job fails
+SKIPPED_ROLLOUTS_LIMIT = 5  # consecutive rollouts without a group with signal: the job fails
 
 
 def groups_with_signal(rewards: Tensor, group_size: int) -> Tensor:
@@ -241,8 +241,10 @@ class DynamicSampler:
             if self.skipped >= SKIPPED_ROLLOUTS_LIMIT:
                 raise UserError(
                     f"dynamic sampling found no group whose rewards differ in {self.skipped} consecutive rollouts "
-                    f"({what} each), so nothing could be trained on; make the reward tell completions apart "
-                    "(partial credit, a larger num_generations or temperature) or raise max_sampling_rounds",
+                    f"({what} each; mean reward of the last {self.reward_sum / completions:.4g}), so nothing could "
+                    "be trained on: the policy earns the same reward on every completion of a prompt (a task it "
+                    "always solves or always fails); make the reward tell completions apart (partial credit, a "
+                    "larger num_generations or temperature), raise max_sampling_rounds, or train fewer steps",
                     param="hyperparameters.dynamic_sampling",
                 )  # fmt: skip
             on_event("warning", f"rollout skipped: every group got equal rewards in {what} (dynamic sampling)")
