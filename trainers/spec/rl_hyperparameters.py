@@ -160,7 +160,9 @@ class GRPOHyperparameters(RLHyperparameters):
                     "all equal (no advantage, no gradient) are dropped, and the next rollout_batch_size prompts "
                     "of the data order are sampled and graded, until rollout_batch_size groups with differing "
                     "rewards are in or max_sampling_rounds rounds were sampled; the update then trains on the "
-                    "groups kept (none kept: the rollout is skipped, with a warning event).",
+                    "groups kept (none kept: the rollout is skipped, with a warning event, and 5 skipped in a row "
+                    "fail the job). The filter reads the final reward, overlong penalty included; reward/mean is "
+                    "then the kept groups', sampling/reward_mean every completion's.",
     )
     max_sampling_rounds: int = Field(
         3, ge=1, le=100,
