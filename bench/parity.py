@@ -1,4 +1,5 @@
-"""Do our losses equal TRL's on identical inputs? DPO's loss family, the reward-model loss, GRPO's.
+"""Do our losses equal TRL's on identical inputs? DPO's loss family, the reward-model loss, GRPO's
+(and SimPO's and ORPO's: `bench.parity_preference`).
 
     .venv/bin/python bench/parity.py
 
@@ -287,6 +288,9 @@ def run_all() -> list[dict[str, Any]]:
     entries = []
     checks = [*(lambda c=c: dpo_parity(c) for c in DPO_CASES), reward_parity]
     checks += [lambda c=c: grpo_parity(c) for c in GRPO_CASES]
+    from bench.parity_preference import SIMPO_CASES, orpo_parity, simpo_parity  # SimPO and ORPO: no reference
+
+    checks += [*(lambda c=c: simpo_parity(c) for c in SIMPO_CASES), orpo_parity]
     for check in checks:
         entry = check()
         print(f"{entry['name']}: {'pass' if entry['pass'] else 'FAIL'} (max |ours − TRL| = "
