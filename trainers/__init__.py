@@ -16,6 +16,8 @@ from trainers.spec.config import (
     GRPOHyperparameters,
     GRPOJob,
     JobConfig,
+    KTOHyperparameters,
+    KTOJob,
     LoRAConfig,
     ORPOHyperparameters,
     ORPOJob,
@@ -36,6 +38,8 @@ __all__ = [
     "GRPOHyperparameters",
     "GRPOJob",
     "JobConfig",
+    "KTOHyperparameters",
+    "KTOJob",
     "LoRAConfig",
     "ORPOHyperparameters",
     "ORPOJob",
@@ -62,6 +66,7 @@ TRAINERS: dict[str, tuple[str, str]] = {
     "grpo": ("trainers.grpo", "train_grpo"),
     "ppo": ("trainers.ppo", "train_ppo"),
     "sft": ("trainers.sft", "train_sft"),
+    "kto": ("trainers.kto", "train_kto"),
 }
 
 
@@ -77,7 +82,8 @@ def run(
     Args:
         job: the validated job spec; `job.type` picks the algorithm.
         data: canonical training (and optional evaluation) rows: preference rows for ``dpo``, ``orpo`` and
-            ``reward_model``, prompt rows for ``ppo`` and ``grpo``, chat rows for ``sft``.
+            ``reward_model``, prompt rows for ``ppo`` and ``grpo``, chat rows for ``sft``, feedback (or
+            preference) rows for ``kto``.
         callbacks: receives metrics, checkpoints and events, and is polled for cancellation;
             defaults to no-op callbacks. Under torchrun (several processes) only rank 0's are
             called, and its answer to the stop poll is every rank's.

@@ -35,14 +35,16 @@ def _request_hash(body: JobCreate, suffix: str | None = None) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def _check_dataset(session: Session, project_id: str, dataset_id: str, kind: str, param: str) -> Dataset:
+def _check_dataset(session: Session, project_id: str, dataset_id: str, kind: str, param: str,
+                   also: tuple[str, ...] = ()) -> Dataset:
     dataset = session.get(Dataset, dataset_id)
     # A dataset still `uploading` (or being deleted) is not there yet (or any more).
     if dataset is None or dataset.project_id != project_id or dataset.status != "ready":
         raise NotFound(f"no dataset with id {dataset_id!r}", param=param)
-    if dataset.kind != kind:
+    if dataset.kind != kind and dataset.kind not in also:
+        needed = " or ".join((kind, *also))
         raise InvalidRequest(
-            f"dataset {dataset_id} is a {dataset.kind} dataset; this job needs a {kind} dataset",
+            f"dataset {dataset_id} is a {dataset.kind} dataset; this job needs a {needed} dataset",
             param=param)
     return dataset
 
@@ -78,10 +80,10 @@ def create(*, session: Session, celery: Celery, settings: Settings, project_id: 
             f"processes: this job asks for {body.processes} processes, but each worker has "
             f"{settings.worker_devices} devices (WORKER_DEVICES); one job runs on one worker's node",
             param="processes")
-    kind = JOB_MODELS_BY_TYPE[body.type].dataset_kind
-    _check_dataset(session, project_id, body.dataset_id, kind, "dataset_id")
+    kind, also = JOB_MODELS_BY_TYPE[body.type].dataset_kind, JOB_MODELS_BY_TYPE[body.type].also_reads
+    _check_dataset(session, project_id, body.dataset_id, kind, "dataset_id", also)
     if body.eval_dataset_id:
-        _check_dataset(session, project_id, body.eval_dataset_id, kind, "eval_dataset_id")
+        _check_dataset(session, project_id, body.eval_dataset_id, kind, "eval_dataset_id", also)
     try:
         resolve_model_ref(body.base_model, settings=settings, session=session, project_id=project_id)
     except ModelRefError as exc:

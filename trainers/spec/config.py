@@ -1,10 +1,10 @@
 """Job specs for the trainers, declared once and reused by the API's request schemas (torch-free).
 
-A job is its algorithm's model (`DPOJob`, `ORPOJob`, `RewardModelJob`, `GRPOJob`, `PPOJob`, `SFTJob`);
+A job is its algorithm's model (`DPOJob`, `ORPOJob`, `RewardModelJob`, `GRPOJob`, `PPOJob`, `SFTJob`, `KTOJob`);
 `JobConfig` is their union, discriminated by `type`, and everything that lists job types derives from it (`JOB_MODELS`,
 `JOB_TYPES`, `JobType`). Adding an algorithm means adding its job model to that union and its
 trainer to `trainers.run`. The hyperparameters of each algorithm live in `trainers.spec.hyperparameters`
-(SFT's in `trainers.spec.sft`).
+(SFT's in `trainers.spec.sft`, KTO's in `trainers.spec.kto`).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from trainers.spec.hyperparameters import (
     RewardModelHyperparameters,
     RLHyperparameters,
 )
+from trainers.spec.kto import KTOHyperparameters
 from trainers.spec.rewards import RewardSpec, model_checkpoints
 from trainers.spec.sft import SFTHyperparameters
 
@@ -37,6 +38,8 @@ __all__ = [
     "JobConfig",
     "JobSpec",
     "JobType",
+    "KTOHyperparameters",
+    "KTOJob",
     "LoRAConfig",
     "LoopHyperparameters",
     "ORPOHyperparameters",
@@ -82,6 +85,8 @@ class JobSpec(BaseModel):
 
     # The kind of dataset rows the job trains and evaluates on.
     dataset_kind: ClassVar[DatasetKind]
+    # Other kinds its trainer reads too, converting their rows (KTO reads a preference pair as two feedback rows).
+    also_reads: ClassVar[tuple[DatasetKind, ...]] = ()
     # Fields the service fills in rather than the user (the API's request schemas leave them out).
     service_fields: ClassVar[frozenset[str]] = frozenset()
 
@@ -120,6 +125,16 @@ class ORPOJob(JobSpec):
 
     type: Literal["orpo"] = Field("orpo", description="Training algorithm.")
     hyperparameters: ORPOHyperparameters = Field(default_factory=ORPOHyperparameters, description="ORPO settings.")
+
+
+class KTOJob(JobSpec):
+    """Kahneman-Tversky Optimization on feedback rows (completions labelled desirable or not), or preference pairs."""
+
+    dataset_kind: ClassVar[DatasetKind] = "feedback"
+    also_reads: ClassVar[tuple[DatasetKind, ...]] = ("preference",)
+
+    type: Literal["kto"] = Field("kto", description="Training algorithm.")
+    hyperparameters: KTOHyperparameters = Field(default_factory=KTOHyperparameters, description="KTO settings.")
 
 
 class RewardModelJob(JobSpec):
@@ -195,7 +210,7 @@ class PPOJob(_OnlineRLJob):
 
 
 # The one list of job types: a new algorithm's job model goes here.
-AnyJob = DPOJob | ORPOJob | RewardModelJob | GRPOJob | PPOJob | SFTJob
+AnyJob = DPOJob | ORPOJob | RewardModelJob | GRPOJob | PPOJob | SFTJob | KTOJob
 JobConfig = Annotated[AnyJob, Field(discriminator="type")]
 JOB_MODELS: tuple[type[JobSpec], ...] = get_args(AnyJob)
 JOB_MODELS_BY_TYPE: dict[str, type[JobSpec]] = {model.model_fields["type"].default: model for model in JOB_MODELS}

@@ -75,7 +75,7 @@ def test_spec_errors(client, settings, dataset_id):
     for ref in ("../etc", "/abs/path", "checkpoint:ckpt_unknown"):
         r = client.post("/v1/jobs", json=job_body(dataset_id, base_model=ref))
         assert r.status_code == 422 and r.json()["error"]["param"] == "base_model", ref
-    r = client.post("/v1/jobs", json=job_body(dataset_id, type="kto"))
+    r = client.post("/v1/jobs", json=job_body(dataset_id, type="xpo"))
     assert r.status_code == 422 and r.json()["error"]["param"] == "type"
     r = client.post("/v1/jobs", json=job_body(dataset_id, colour="red"))
     assert r.status_code == 422 and r.json()["error"]["param"] == "colour"

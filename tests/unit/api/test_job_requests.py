@@ -13,7 +13,7 @@ BODY = {"base_model": "builtin:tiny-llama", "dataset_id": "ds_1"}
 def test_one_request_model_per_job_type_of_the_union():
     assert [m.model_fields["type"].annotation.__args__ for m in JOB_CREATE_MODELS] == [(t,) for t in JOB_TYPES]
     assert [m.__name__ for m in JOB_CREATE_MODELS] == ["DPOJobCreate", "ORPOJobCreate", "RewardModelJobCreate",
-                                                       "GRPOJobCreate", "PPOJobCreate", "SFTJobCreate"]
+                                                       "GRPOJobCreate", "PPOJobCreate", "SFTJobCreate", "KTOJobCreate"]
 
 
 @pytest.mark.parametrize("job_model", JOB_MODELS)

@@ -17,5 +17,5 @@ def test_every_job_type_has_its_trainer():
 
 def test_an_unknown_job_type_is_the_users_error():
     with pytest.raises(UserError) as info:
-        run(DPOJob.model_construct(type="kto", base_model="m"), TrainingData(train=[]))
-    assert info.value.param == "type" and "kto" in str(info.value)
+        run(DPOJob.model_construct(type="xpo", base_model="m"), TrainingData(train=[]))
+    assert info.value.param == "type" and "xpo" in str(info.value)

@@ -13,6 +13,7 @@ from trainers.spec.config import (
     GRPOJob,
     JobConfig,
     JobType,
+    KTOJob,
     LoRAConfig,
     ORPOJob,
     PPOHyperparameters,
@@ -157,16 +158,17 @@ def test_rl_jobs_round_trip_through_json():
 
 
 def test_job_types_and_what_each_reads_come_from_the_one_union():
-    assert JOB_MODELS == (DPOJob, ORPOJob, RewardModelJob, GRPOJob, PPOJob, SFTJob)
-    assert JOB_TYPES == ("dpo", "orpo", "reward_model", "grpo", "ppo", "sft")
+    assert JOB_MODELS == (DPOJob, ORPOJob, RewardModelJob, GRPOJob, PPOJob, SFTJob, KTOJob)
+    assert JOB_TYPES == ("dpo", "orpo", "reward_model", "grpo", "ppo", "sft", "kto")
     assert get_args(JobType) == JOB_TYPES
     assert JOB_MODELS_BY_TYPE == {"dpo": DPOJob, "orpo": ORPOJob, "reward_model": RewardModelJob, "grpo": GRPOJob,
-                                  "ppo": PPOJob, "sft": SFTJob}
+                                  "ppo": PPOJob, "sft": SFTJob, "kto": KTOJob}
     assert [m.dataset_kind for m in JOB_MODELS] == ["preference", "preference", "preference", "prompt", "prompt",
-                                                    "chat"]
+                                                    "chat", "feedback"]
+    assert [m.also_reads for m in JOB_MODELS] == [(), (), (), (), (), (), ("preference",)]
     assert [sorted(m.service_fields) for m in JOB_MODELS] == [
         [], [], [], ["reward_function_modules", "reward_model_dirs"], ["reward_function_modules", "reward_model_dirs"],
-        []]
+        [], []]
 
 
 def test_seeds_are_32_bit_unsigned():
