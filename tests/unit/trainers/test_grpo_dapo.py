@@ -1,12 +1,15 @@
 """GRPO with DAPO's dynamic sampling and overlong shaping on builtin:tiny-llama: learning, resume, skipped rollouts."""
 
+import json
+
 import pytest
 import torch
 
 import trainers
 from tests.unit.trainers.test_grpo_training import CONTAINS_E, LEARNING, PROMPTS, grpo_job
-from tests.unit.trainers.trainer_fixtures import RecordingCallbacks
+from tests.unit.trainers.trainer_fixtures import RecordingCallbacks, cli, write_jsonl
 from trainers import TrainingData
+from trainers.__main__ import build_parser
 from trainers.loop import EXTRA_STATE_FILE
 from trainers.spec.errors import UserError
 
@@ -83,3 +86,22 @@ def test_overlong_shaping_penalises_long_completions_in_the_reward():
     assert metrics["reward/overlong_penalty"] == pytest.approx(-2.0 * (length - 1) / 5, abs=1e-5)
     assert metrics["reward/mean"] == pytest.approx(1 + metrics["reward/overlong_penalty"], abs=1e-5)
     assert metrics["reward/has_e"] == 1
+
+
+def test_the_cli_takes_the_options_and_reports_the_sampling_metrics(tmp_path):
+    args = build_parser().parse_args(["grpo", "--data", "d", "--base-model", "m", "--output", "o", "--reward", "{}",
+                                      "--dynamic-sampling", "true", "--max-sampling-rounds", "4",
+                                      "--overlong-buffer", "2", "--overlong-penalty-factor", "0.5"])  # fmt: skip
+    assert (args.dynamic_sampling, args.max_sampling_rounds, args.overlong_buffer, args.overlong_penalty_factor) == (
+        True, 4, 2, 0.5)
+    data = write_jsonl(tmp_path / "prompts.jsonl", PROMPTS)
+    out = cli("grpo", "--data", data, "--base-model", "builtin:tiny-llama", "--output", tmp_path / "run",
+              "--reward", json.dumps(CONTAINS_E), "--max-steps", 2, "--rollout-batch-size", 2, "--num-generations", 4,
+              "--batch-size", 8, "--max-new-tokens", 6, "--learning-rate", 1e-2, "--dynamic-sampling", "true",
+              "--overlong-buffer", 2)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    lines = [json.loads(line) for line in out.stdout.splitlines()]
+    assert [line["step"] for line in lines] == [1, 2]
+    assert {"sampling/rounds", "sampling/groups_dropped", "reward/overlong_penalty"} <= set(lines[-1])
+    assert torch.load(tmp_path / "run" / "checkpoint-2" / EXTRA_STATE_FILE, weights_only=True)["extra"][
+        "dynamic_sampling"]["prompt_batches_drawn"] >= 2
