@@ -152,9 +152,9 @@ class FilledRollout:
         stats: ``sampling/rounds``, ``sampling/groups_dropped`` (groups whose rewards were all
             equal), ``sampling/frac_groups_kept`` (groups with signal over groups sampled, surplus
             ones included), ``sampling/groups_trained`` (at most R), ``sampling/rollouts_skipped``
-            (skipped since the last rollout trained on), ``sampling/reward_mean`` (every completion sampled, before the
-            filter: the policy's reward, which the kept groups' ``reward/mean`` is not) and
-            ``reward/error_fraction`` over every completion sampled.
+            (skipped since the last rollout trained on), ``sampling/reward_mean`` (every completion
+            sampled, before the filter: the policy's reward, which the kept groups' ``reward/mean``
+            is not) and ``reward/error_fraction`` over every completion sampled.
     """
 
     rollout: Rollout | None
@@ -167,7 +167,8 @@ class DynamicSampler:
 
     Per rollout: `start`, then while `next_batch` gives a batch number, sample and grade that
     stream batch and `add` it; `finish` then gives the rollout to train on and counts its rounds
-    as drawn. `batches_drawn` is all a checkpoint needs (`state_dict`).
+    as drawn. `batches_drawn` (and the streak of skipped rollouts) is all a checkpoint needs
+    (`state_dict`).
 
     Args:
         prompts_per_rollout: R, the groups a full rollout holds (``rollout_batch_size``).
@@ -264,12 +265,13 @@ class DynamicSampler:
         return FilledRollout(rollout, scores, stats)
 
     def state_dict(self) -> dict[str, Any]:
-        """What a checkpoint keeps: the stream batches drawn by the rollouts trained on."""
-        return {"prompt_batches_drawn": self.batches_drawn}
+        """What a checkpoint keeps: the stream batches drawn by the rollouts before, and the skipped streak."""
+        return {"prompt_batches_drawn": self.batches_drawn, "rollouts_skipped": self.skipped}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from a checkpoint's `state_dict`."""
         self.batches_drawn = int(state["prompt_batches_drawn"])
+        self.skipped = int(state.get("rollouts_skipped", 0))
 
 
 def sample_with_signal(

@@ -54,7 +54,10 @@ def test_a_full_first_round_is_one_round_and_keeps_the_order():
     assert torch.equal(filled.rollout.response_ids, rollout.response_ids)
     assert filled.scores.rewards.tolist() == [0.0, 1.0, 1.0, 0.0]
     assert filled.stats["sampling/rounds"] == 1 and filled.stats["sampling/groups_dropped"] == 0
-    assert sampler.batches_drawn == 1 and sampler.state_dict() == {"prompt_batches_drawn": 1}
+    assert sampler.batches_drawn == 1 and sampler.state_dict() == {"prompt_batches_drawn": 1, "rollouts_skipped": 0}
+    resumed = DynamicSampler(prompts_per_rollout=2, group_size=2, max_rounds=3, pad_token_id=PAD)
+    resumed.load_state_dict({"prompt_batches_drawn": 7, "rollouts_skipped": 2})
+    assert (resumed.next_batch(), resumed.skipped) == (8, 2)
 
 
 def test_rounds_refill_the_rollout_with_the_next_batches_groups_with_signal():
