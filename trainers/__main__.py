@@ -3,8 +3,9 @@
 One subcommand per job type of `JobConfig` (`ALGORITHMS`). Hyperparameter flags are generated from the config
 models (``--max-steps``, ``--learning-rate``, ...), so they and their defaults are declared once;
 ``--lora '{"r": 8}'`` trains adapters. Preference trainers read preference rows, ``sft`` chat rows
-(``{"messages": [...]}`` or ``{"prompt", "completion"}``), online-RL trainers (``grpo``, ``ppo``) prompt
-rows and a ``--reward`` spec in JSON, with ``--reward-model-dir CHECKPOINT_ID=DIR``
+(``{"messages": [...]}`` or ``{"prompt", "completion"}``), ``kto`` feedback rows
+(``{"prompt", "completion", "label": true|false}``) or preference rows (two examples each), online-RL
+trainers (``grpo``, ``ppo``) prompt rows and a ``--reward`` spec in JSON, with ``--reward-model-dir CHECKPOINT_ID=DIR``
 for each reward-model checkpoint it names. Metrics go to stdout as JSON lines
 (``{"step": ..., "train/loss": ...}``), events to stderr, checkpoints to ``DIR/checkpoint-<step>/``.
 The first Ctrl-C stops cooperatively after the current step, saving a checkpoint.
@@ -55,7 +56,7 @@ from pydantic import BaseModel, ValidationError
 from trainers.spec.callbacks import Callbacks
 from trainers.spec.config import JOB_MODELS_BY_TYPE, JobSpec, Strategy
 from trainers.spec.errors import NumericalError, UserError
-from trainers.spec.formats import DatasetKind, RowError, normalize_row
+from trainers.spec.formats import DatasetKind, RowError, detect_kind, normalize_row
 from trainers.spec.results import TrainingData
 
 
@@ -130,6 +131,21 @@ def read_rows(path: Path, kind: DatasetKind = "preference") -> list[dict[str, An
         except RowError as exc:
             raise UserError(f"{path}, line {number}: {exc}", param="data") from exc
     return rows
+
+
+def file_kind(path: Path, job_model: type[JobSpec]) -> DatasetKind:
+    """The kind a file's rows are read as: one the job also reads (`JobSpec.also_reads`) when its first row is
+    of that kind (`detect_kind`), else the job's own."""
+    if job_model.also_reads:
+        try:
+            with path.open(encoding="utf-8") as lines:
+                first = next((line for line in lines if line.strip()), "")
+            kind = detect_kind(json.loads(first))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            kind = None  # read_rows names the problem
+        if kind in job_model.also_reads:
+            return kind
+    return job_model.dataset_kind
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -298,7 +314,7 @@ def train(args: argparse.Namespace) -> int:
 
     Under torchrun only rank 0 prints: its callbacks alone are called (`RankCallbacks`).
     """
-    kind = ALGORITHMS[args.command][2]
+    job_model = ALGORITHMS[args.command][0]
     try:
         job = job_from_args(args)
     except ValidationError as exc:
@@ -316,7 +332,8 @@ def train(args: argparse.Namespace) -> int:
     from trainers import run
 
     data = TrainingData(
-        train=read_rows(args.data, kind), eval=read_rows(args.eval_data, kind) if args.eval_data else None
+        train=read_rows(args.data, file_kind(args.data, job_model)),
+        eval=read_rows(args.eval_data, file_kind(args.eval_data, job_model)) if args.eval_data else None,
     )
     result = run(job, data, callbacks, resume_from=args.resume_from)
     if is_main_rank():
