@@ -95,7 +95,6 @@ def train_dpo(
     with run.autocast():  # every forward pass below runs in the job's precision
         # 2. Reference log-probs: none for SimPO and ORPO; precomputed in one pass (no reference
         #    model kept), or a model that computes them on every batch.
-        train_metric_names = train_metrics(hp.loss_type)
         if hp.reference_free:
             train_reference = eval_reference = None
         elif hp.precompute_ref_logprobs:
@@ -110,6 +109,7 @@ def train_dpo(
         # 3. Optimiser, schedule, step and RNG (restored when resuming), cadence and checkpoints.
         loop = run.training_loop(order.steps_per_epoch)
         metrics: dict[str, float] = {}
+        train_metric_names = train_metrics(hp.loss_type)  # orpo's add its SFT term and log odds
 
         while loop.step < loop.total_steps:
             # 4. Cooperative stop, polled once per step: keep the progress, then return.
