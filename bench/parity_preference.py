@@ -41,8 +41,8 @@ ORPO_STATS = ("log_odds_ratio", "log_odds_chosen")
 __all__ = ["SIMPO_CASES", "TOLERANCE", "orpo_parity", "simpo_parity"]
 
 
-def _trl_side(trainer_cls, config, policy, tokenizer, rows, names) -> tuple[dict[str, float], list[dict], dict]:
-    """TRL's loss and logged metrics on one batch of all `rows`, its tokenised examples and its collated batch."""
+def _trl_side(trainer_cls, config, policy, tokenizer, rows, names) -> tuple[dict[str, float], list[dict]]:
+    """TRL's loss and logged metrics (`names`) on one batch of all `rows`, and its tokenised examples."""
     from datasets import Dataset
 
     trainer = trainer_cls(model=policy, args=config, train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
@@ -51,7 +51,7 @@ def _trl_side(trainer_cls, config, policy, tokenizer, rows, names) -> tuple[dict
     with torch.no_grad():
         loss = trainer.compute_loss(trainer.model, batch).item()
     stored = trainer._stored_metrics["train"]
-    return {"loss": loss} | {name: float(stored[name][-1]) for name in names}, examples, batch
+    return {"loss": loss} | {name: float(stored[name][-1]) for name in names}, examples
 
 
 def _our_side(policy, tokenizer, rows, hp) -> tuple[dict[str, float], list, Any]:
@@ -94,7 +94,7 @@ def simpo_parity(case: str) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as out:
         config = _trl_config(CPOConfig, out, loss_type="simpo", beta=beta, simpo_gamma=gamma, cpo_alpha=0.0,
                              label_smoothing=smoothing)  # fmt: skip
-        theirs, examples, _ = _trl_side(CPOTrainer, config, policy, tokenizer, rows, SHARED_STATS)
+        theirs, examples = _trl_side(CPOTrainer, config, policy, tokenizer, rows, SHARED_STATS)
     hp = DPOHyperparameters(loss_type="simpo", beta=beta, simpo_gamma=gamma, label_smoothing=smoothing,
                             max_length=128, max_prompt_length=64)  # fmt: skip
     ours, pairs, _ = _our_side(policy, tokenizer, rows, hp)
@@ -121,14 +121,14 @@ def orpo_parity(beta: float = 0.1) -> dict[str, Any]:
     rows = [{k: v for k, v in row.items() if k != "margin"} for row in parity_rows()]
     with tempfile.TemporaryDirectory() as out:
         config = _trl_config(ORPOConfig, out, beta=beta)
-        theirs, examples, _ = _trl_side(ORPOTrainer, config, policy, tokenizer, rows,
-                                        (*SHARED_STATS, "nll_loss", *ORPO_STATS))  # fmt: skip
+        theirs, examples = _trl_side(ORPOTrainer, config, policy, tokenizer, rows,
+                                     (*SHARED_STATS, "nll_loss", *ORPO_STATS))  # fmt: skip
     hp = ORPOHyperparameters(beta=beta, max_length=128, max_prompt_length=64)
     ours, pairs, batch = _our_side(policy, tokenizer, rows, hp)
     # TRL's SFT term from our own log-probs: every real token of the chosen rows but the first, one token mean.
     b = batch.num_pairs
     with torch.no_grad():
-        per_token, total = sequence_logprobs(policy, batch.input_ids[:b], batch.attention_mask[:b],
+        _, total = sequence_logprobs(policy, batch.input_ids[:b], batch.attention_mask[:b],
                                              batch.attention_mask[:b])  # fmt: skip
     ours["trl_nll_loss"] = -(total.sum() / batch.attention_mask[:b, 1:].sum()).item()
     theirs["trl_nll_loss"] = theirs["nll_loss"]
