@@ -1,5 +1,5 @@
 """Do our losses equal TRL's on identical inputs? DPO's loss family, the reward-model loss, GRPO's
-(and SimPO's and ORPO's: `bench.parity_preference`).
+(and SimPO's and ORPO's: `bench.parity_preference`; KTO's: `bench.parity_kto`).
 
     .venv/bin/python bench/parity.py
 
@@ -291,6 +291,9 @@ def run_all() -> list[dict[str, Any]]:
     from bench.parity_preference import SIMPO_CASES, orpo_parity, simpo_parity  # SimPO and ORPO: no reference
 
     checks += [*(lambda c=c: simpo_parity(c) for c in SIMPO_CASES), orpo_parity]
+    from bench.parity_kto import KTO_CASES, kto_parity  # KTO: unpaired feedback
+
+    checks += [lambda c=c: kto_parity(c) for c in KTO_CASES]
     for check in checks:
         entry = check()
         print(f"{entry['name']}: {'pass' if entry['pass'] else 'FAIL'} (max |ours − TRL| = "
