@@ -65,3 +65,11 @@ def test_kto_refuses_other_datasets_and_other_jobs_refuse_feedback(client, feedb
     r = client.post("/v1/jobs", json={"type": "kto", "base_model": "builtin:tiny-llama", "dataset_id": feedback_id,
                                       "hyperparameters": {"batch_size": 1}})
     assert r.status_code == 422 and r.json()["error"]["param"] == "hyperparameters.batch_size"
+
+
+def test_a_feedback_file_is_told_from_its_rows_and_trains_a_kto_job(client):
+    r = client.post("/v1/files", files={"file": ("fb.jsonl", jsonl(FEEDBACK))}, data={"purpose": "fine-tune"})
+    assert r.status_code == 200, r.text
+    assert r.json()["kind"] == "feedback" and r.json()["row_count"] == 2
+    r = client.post("/v1/jobs", json={"type": "kto", "base_model": "builtin:tiny-llama", "dataset_id": r.json()["id"]})
+    assert r.status_code == 201, r.text
