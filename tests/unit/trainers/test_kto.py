@@ -148,3 +148,16 @@ def test_cli_trains_kto_on_feedback_or_preference_files(tmp_path, preference):
     examples = 16 if preference else len(rows)
     assert f"{examples} train examples" in out.stderr
     assert (tmp_path / "run" / "checkpoint-2").is_dir()
+
+
+@pytest.mark.trains
+@pytest.mark.parametrize("precompute", [True, False])
+def test_lora_uses_the_adapter_free_policy_as_its_reference(precompute):
+    rows = uppercase_preference_rows(16, seed=6)
+    callbacks = RecordingCallbacks()
+    job = KTOJob(base_model="builtin:tiny-llama", seed=6, lora={"r": 8, "dropout": 0.0},
+                 hyperparameters={"learning_rate": 5e-3, "max_steps": 8, "batch_size": 8,
+                                  "precompute_ref_logprobs": precompute})  # fmt: skip
+    trainers.run(job, TrainingData(train=rows), callbacks)
+    assert callbacks.metrics[1]["train/loss"] == pytest.approx(0.5, abs=1e-6)  # fresh adapters: π = π_ref
+    assert callbacks.metrics[8]["rewards/margins"] > 0.1
