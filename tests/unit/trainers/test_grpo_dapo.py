@@ -27,8 +27,9 @@ def test_dynamic_sampling_learns_the_rewarded_letter_from_the_groups_that_differ
     result = trainers.run(job, TrainingData(train=PROMPTS), callbacks)
     assert (result.status, result.step) == ("completed", 10)
     metrics = callbacks.metrics
-    assert SAMPLING <= set(metrics[1])
+    assert set(SAMPLING) <= set(metrics[1])
     assert metrics[1]["sampling/rounds"] > 1 and metrics[1]["sampling/groups_dropped"] > 0
+    assert metrics[1]["sampling/groups_trained"] < 4  # the bound was hit: a smaller update
     assert all(m["frac_reward_zero_std"] == 0 for m in metrics.values())  # only groups with signal are trained
     before = sum(metrics[s]["sampling/reward_mean"] for s in [1, 2]) / 2
     after = sum(metrics[s]["sampling/reward_mean"] for s in [9, 10]) / 2
@@ -51,7 +52,9 @@ def test_a_resumed_run_draws_the_prompts_and_completions_the_uninterrupted_run_d
     assert result.status == "stopped"
     saved, _ = interrupted.checkpoints[result.step]
     drawn = torch.load(saved / EXTRA_STATE_FILE, weights_only=True)["extra"]["dynamic_sampling"]
-    assert drawn["prompt_batches_drawn"] >= 1
+    # Every rollout drew 2 batches, and skipped rollouts (all groups equal) drew theirs too: more batches than
+    # the rollouts trained on (2 steps each), which the steps alone could not tell.
+    assert drawn["prompt_batches_drawn"] > result.step // 2
 
     resumed = RecordingCallbacks(tmp_path / "second")
     assert trainers.run(job, data, resumed, resume_from=saved).step == 10

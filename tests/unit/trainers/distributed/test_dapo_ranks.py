@@ -11,9 +11,10 @@ from tests.unit.trainers.distributed.test_rl_ranks import DATA, assert_same_weig
 
 pytestmark = pytest.mark.trains
 
-TOLERANCE = 1e-4
+TOLERANCE = 1e-4  # AdamW's first steps move a weight by about the learning rate whatever its gradient's size, so
+# rounding noise in a near-zero gradient shows at learning_rate × noise: 3e-3 keeps it under the tolerance.
 CONTAINS_E = {"type": "string_check", "name": "has_e", "operation": "contains", "reference": "e"}  # rare: rounds
-DAPO = {"learning_rate": 1e-2, "max_steps": 3, "rollout_batch_size": 2, "num_generations": 4, "batch_size": 8,
+DAPO = {"learning_rate": 3e-3, "max_steps": 3, "rollout_batch_size": 2, "num_generations": 4, "batch_size": 8,
         "beta": 0.04, "max_new_tokens": 6, "max_prompt_length": 16, "max_length": 64, "checkpoint_every": 3,
         "dynamic_sampling": True, "max_sampling_rounds": 3, "overlong_buffer": 2}  # fmt: skip
 EXACT = ("reward/mean", "reward/has_e", "reward/overlong_penalty", "completions/mean_length", "sampling/rounds",
