@@ -229,3 +229,15 @@ def s3_settings(endpoint: str) -> dict[str, Any]:
     return {"artifacts_url": f"s3://{bucket}/checkpoints", "artifacts_s3_endpoint_url": endpoint,
             "artifacts_s3_region": "us-east-1", "artifacts_s3_access_key_id": "test",
             "artifacts_s3_secret_access_key": "test"}
+
+
+@contextmanager
+def descriptors_past_select_limit(count: int = 1100) -> Iterator[None]:
+    """Hold `count` descriptors open, so that the next ones a test opens number past 1024, where
+    `select.select` refuses them: a long-lived API process with many connections gets there."""
+    held = [os.open(os.devnull, os.O_RDONLY) for _ in range(count)]
+    try:
+        yield
+    finally:
+        for fd in held:
+            os.close(fd)

@@ -13,6 +13,7 @@ ends at its next token instead of running to its end.
 
 import json
 import logging
+import math
 import os
 import queue
 import select
@@ -202,7 +203,7 @@ class ModelOps:
     def _write(self, proc: subprocess.Popen, data: bytes, deadline: float) -> None:
         fd = proc.stdin.fileno()
         while data:
-            if not select.select([], [fd], [], _remaining(deadline))[1]:
+            if not _ready(fd, select.POLLOUT, _remaining(deadline)):
                 raise TimeoutError
             try:
                 data = data[os.write(fd, data):]
@@ -212,7 +213,7 @@ class ModelOps:
     def _read_line(self, proc: subprocess.Popen, deadline: float) -> bytes:
         fd = proc.stdout.fileno()
         while b"\n" not in self._buffer:
-            if not select.select([fd], [], [], _remaining(deadline))[0]:
+            if not _ready(fd, select.POLLIN, _remaining(deadline)):
                 raise TimeoutError
             chunk = os.read(fd, 1 << 16)
             if not chunk:
@@ -264,6 +265,14 @@ def _outcome(request: dict[str, Any], answer: dict[str, Any], param: str | None)
         raise InvalidRequest(answer.get("message", "invalid request"), param=param)
     log.error("model operation %s failed: %s", request.get("op"), answer.get("message"))
     raise ModelOpFailed(f"the model operation failed: {answer.get('message')}")
+
+
+def _ready(fd: int, event: int, timeout: float) -> bool:
+    """Whether `fd` is ready for `event` (or hung up) within `timeout` seconds. poll, not select:
+    select refuses descriptors past 1024, which an API process holding many connections reaches."""
+    poller = select.poll()
+    poller.register(fd, event)
+    return bool(poller.poll(math.ceil(timeout * 1000)))
 
 
 def _remaining(deadline: float) -> float:

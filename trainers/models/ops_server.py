@@ -24,6 +24,7 @@ from __future__ import annotations
 import ctypes
 import json
 import logging
+import math
 import os
 import select
 import signal
@@ -166,7 +167,7 @@ class _Requests:
         """Whether a request (or the end of input) is there within `timeout` seconds."""
         if self.fd is None or b"\n" in self.buffer or self.closed:
             return True
-        return bool(select.select([self.fd], [], [], timeout)[0])
+        return _readable(self.fd, timeout)
 
     def readline(self) -> str:
         """The next line ('' at the end of input)."""
@@ -179,7 +180,7 @@ class _Requests:
 
     def cancelled(self) -> bool:
         """Whether a cancel line has come (it is consumed), or input has ended; never blocks."""
-        while self.fd is not None and not self.closed and select.select([self.fd], [], [], 0)[0]:
+        while self.fd is not None and not self.closed and _readable(self.fd, 0):
             self._read()
         lines = self.buffer.split(b"\n")
         for i, line in enumerate(lines[:-1]):
@@ -194,6 +195,14 @@ class _Requests:
             self.buffer += chunk
         else:
             self.closed = True
+
+
+def _readable(fd: int, timeout: float) -> bool:
+    """Whether `fd` has input (or hung up) within `timeout` seconds. poll, not select: select
+    refuses descriptors past 1024."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(math.ceil(timeout * 1000)))
 
 
 def _is_cancel(line: bytes) -> bool:

@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from tests.support import descriptors_past_select_limit
 from trainers.models.checkpoint import write_model_info
 from trainers.models.ops_server import serve
 from trainers.models.reward import load_reward_model
@@ -41,8 +42,10 @@ class Server:
         self.status = None
 
         def run():
-            self.status = serve(stdin=stdin, stdout=stdout, **kwargs)
-            stdout.close()
+            try:
+                self.status = serve(stdin=stdin, stdout=stdout, **kwargs)
+            finally:  # a loop that dies ends its answers, so a test fails instead of waiting forever
+                stdout.close()
 
         self.thread = threading.Thread(target=run, daemon=True)
         self.thread.start()
@@ -50,7 +53,9 @@ class Server:
     def ask(self, request) -> dict:
         self.requests.write((request if isinstance(request, str) else json.dumps(request)) + "\n")
         self.requests.flush()
-        return json.loads(self.answers.readline())
+        line = self.answers.readline()
+        assert line, "the request loop ended without answering"
+        return json.loads(line)
 
     def close(self) -> None:
         self.requests.close()
@@ -148,3 +153,22 @@ def test_a_cancel_line_ends_a_stream_early_and_a_late_one_is_left_unanswered():
         assert server.ask({"op": "stats"})["ok"]
     finally:
         server.close()
+
+
+def test_requests_and_a_stream_cancel_work_on_descriptors_past_1024():
+    with descriptors_past_select_limit():
+        server = Server(cache_bytes=10**9, idle_seconds=600)
+        try:
+            assert server.requests.fileno() > 1024
+            assert server.ask({"op": "stats"})["ok"]
+            # The cancel is there before the first token: the stream notices it at once.
+            server.requests.write(json.dumps(CHAT | {"max_tokens": 1000, "seed": 1, "stream": True}) + "\n")
+            server.requests.write('{"op": "cancel"}\n')
+            server.requests.flush()
+            _, answer = read_stream(server)
+            (choice,) = answer["result"]["choices"]
+            assert choice["completion_tokens"] < 10
+            assert server.ask({"op": "stats"})["ok"]
+        finally:
+            server.close()
+        assert server.status == 0
