@@ -15,6 +15,23 @@ from trainers.spec.errors import UserError
 
 pytestmark = pytest.mark.trains
 
+class StopAtPoll(RecordingCallbacks):
+    """Asks to stop from the `stop_at`-th poll on (polls come before each rollout and before and after each
+    round's grading); records the polls made by each step's report."""
+
+    def __init__(self, root=None, *, stop_at=None):
+        super().__init__(root)
+        self.stop_at, self.polls_at = stop_at, {}
+
+    def on_metrics(self, step, metrics):
+        super().on_metrics(step, metrics)
+        self.polls_at[step] = self.polls
+
+    def should_stop(self):
+        super().should_stop()
+        return self.stop_at is not None and self.polls >= self.stop_at
+
+
 SAMPLING = ("sampling/rounds", "sampling/groups_dropped", "sampling/frac_groups_kept", "sampling/groups_trained",
             "sampling/rollouts_skipped", "sampling/reward_mean")  # fmt: skip
 
@@ -42,7 +59,7 @@ def test_a_resumed_run_draws_the_prompts_and_completions_the_uninterrupted_run_d
     job = grpo_job(3, batch_size=4, num_iterations=2, max_steps=10, dynamic_sampling=True, max_sampling_rounds=2,
                    overlong_buffer=2, checkpoint_every=100)  # fmt: skip
     data = TrainingData(train=PROMPTS)
-    straight = RecordingCallbacks()
+    straight = StopAtPoll()
     assert trainers.run(job, data, straight).step == 10
     rounds = [m["sampling/rounds"] for m in straight.metrics.values()]
     assert max(rounds) == 2, rounds  # some rollouts drew a second batch of prompts
@@ -63,6 +80,17 @@ def test_a_resumed_run_draws_the_prompts_and_completions_the_uninterrupted_run_d
     for step, metrics in straight.metrics.items():
         assert combined[step] == pytest.approx(metrics, abs=1e-6), f"step {step}"
     assert "reward/overlong_penalty" in straight.metrics[1]
+
+    # A stop while the rollout after step 4 grades its second round: its rounds are dropped, not counted as
+    # drawn, and the resumed run draws them again. Polls: 1 before the rollout, then 2 per round.
+    assert straight.metrics[5]["sampling/rounds"] == 2
+    cut = StopAtPoll(tmp_path / "third", stop_at=straight.polls_at[4] + 4)
+    result = trainers.run(job, data, cut)
+    assert (result.status, result.step) == ("stopped", 4) and sorted(cut.metrics) == [1, 2, 3, 4]
+    again = RecordingCallbacks(tmp_path / "fourth")
+    assert trainers.run(job, data, again, resume_from=cut.checkpoints[4][0]).step == 10
+    for step, metrics in (cut.metrics | again.metrics).items():
+        assert metrics == pytest.approx(straight.metrics[step], abs=1e-6), f"step {step}"
 
 
 def test_rollouts_without_signal_are_skipped_and_then_fail_the_job():
