@@ -107,8 +107,10 @@ def train_grpo(
     1. Set up the run (`prepare_run`): the policy, the tokenised prompts, π_ref when β > 0; then
        the prompts' order, the reward and the training loop (`TrainingLoop`). Rollout after rollout:
     2. stop when asked, between rollouts;
-    3. rollout: G completions for each of the rollout's prompts;
-    4. rewards (a stop request while sampling or grading drops the rollout), π_old and π_ref;
+    3. rollout: G completions for each of the rollout's prompts (with dynamic sampling, rounds of
+       the next prompts until the rollout holds enough groups whose rewards differ);
+    4. rewards, overlong penalty included (a stop request while sampling or grading drops the
+       rollout), π_old and π_ref;
     5. group-relative advantages;
     6. clipped updates: one optimizer step per minibatch, each step's metrics logged when due, and
     7. the rollout's last step evaluated when one of its steps fell due;
