@@ -19,7 +19,8 @@ class LearningSignal:
     It reads the gathered rollout's scores and statistics, the same on every rank (the ranks' grader
     errors are concatenated, `trainers.rl.shares.gather_rollout`, so the counts are summed over ranks),
     so every rank raises at the same rollout; events go through the run's callbacks (rank 0's only).
-    Streaks start afresh when a run resumes.
+    Streaks start afresh when a run resumes. With dynamic sampling each round of a rollout is observed
+    (`trainers.rl.dynamic_sampling`), before its groups without signal are dropped.
 
     Args:
         spec: the job's reward spec, whose grader paths (``reward.graders[0]``) the failure names.
