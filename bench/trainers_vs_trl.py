@@ -1,6 +1,6 @@
 """Our trainers against Hugging Face TRL's on the same model, data, hyperparameters and machine, in one run.
 
-    .venv/bin/python bench/trainers_vs_trl.py --algo dpo|reward_model|all [--reps 3] [--steps 40]
+    .venv/bin/python bench/trainers_vs_trl.py --algo dpo|reward_model|grpo|rloo|ppo|all [--reps 3] [--steps 40]
 
 Each repetition runs each trainer in its own subprocess (so peak RSS is that trainer's alone), in
 alternating order (ours first on even repetitions, TRL's first on odd ones) so that load from other
@@ -56,12 +56,17 @@ BENCH_DIR = Path(__file__).resolve().parent
 RESULTS_JSON = BENCH_DIR / "results.json"
 BATCH_SIZE = 8
 BETA = 0.1
-LEARNING_RATE = {"dpo": 5e-4, "reward_model": 3e-4, "grpo": 1e-3, "ppo": 1e-4}
+LEARNING_RATE = {"dpo": 5e-4, "reward_model": 3e-4, "grpo": 1e-3, "rloo": 1e-3, "ppo": 1e-4}
 # GRPO: 4 prompts × G = 4 completions of at most 32 new tokens per optimizer step (one step per
 # rollout, μ = 1), β = 0.04 against the initial policy, token-level aggregation (TRL's "dapo"),
 # advantages scaled by the group's std. The reward: 1 when the completion contains the row's answer.
 GRPO = {"prompts": 4, "generations": 4, "new_tokens": 32, "beta": 0.04}
 GRPO_REWARD = {"type": "string_check", "name": "answer", "operation": "contains", "reference": "{{item.answer}}"}
+# RLOO: GRPO's setting with our advantage_estimator "rloo" against TRL's RLOOTrainer: leave-one-out
+# baselines, β = 0.04 as a KL penalty in the reward, no advantage normalisation. TRL's loss is one ratio
+# per completion averaged over completions; on policy its gradient is ours with the "constant"
+# aggregation over 1 token (bench/parity_variants.py checks both to 1e-5).
+RLOO_OPTIONS = {"advantage_estimator": "rloo", "loss_aggregation": "constant", "max_completion_tokens_constant": 1}
 # PPO: 16 prompts per rollout, one completion each of at most 32 new tokens, 2 minibatches of 8 and
 # 4 epochs (8 optimizer steps per rollout), KL coefficient 0.05, ε = ε_v = 0.2, γ = 1, λ = 0.95; the
 # reward is the benchmark reward model's raw score, and the critic starts from that reward model.
@@ -156,8 +161,10 @@ def run_ours(algo: str, work: Path, seed: int, steps: int, warmup: int, device: 
     return result
 
 
-def run_ours_grpo(work: Path, seed: int, steps: int, warmup: int, device: str = "cpu") -> dict[str, Any]:
-    """Train GRPO with our library through `trainers.run`, timing each step from its metrics callback."""
+def run_ours_grpo(
+    work: Path, seed: int, steps: int, warmup: int, device: str = "cpu", algo: str = "grpo"
+) -> dict[str, Any]:
+    """Train GRPO (or its RLOO estimator) with our library through `trainers.run`, timing each step."""
     from transformers import AutoConfig
 
     import trainers
@@ -184,7 +191,7 @@ def run_ours_grpo(work: Path, seed: int, steps: int, warmup: int, device: str = 
             "num_generations": GRPO["generations"], "max_new_tokens": GRPO["new_tokens"], "beta": GRPO["beta"],
             "max_length": MAX_LENGTH, "max_prompt_length": MAX_PROMPT_LENGTH, "max_steps": steps,
             "checkpoint_every": 10**6, "loss_aggregation": "token", "scale_rewards": True,
-        },
+        } | (RLOO_OPTIONS if algo == "rloo" else {}),
     )  # fmt: skip
     start = time.perf_counter()
     trainers.run(job, trainers.TrainingData(train=[{"prompt": r["prompt"], "answer": r["answer"]} for r in rows]),
@@ -195,8 +202,10 @@ def run_ours_grpo(work: Path, seed: int, steps: int, warmup: int, device: str = 
     return result
 
 
-def run_trl_grpo(work: Path, seed: int, steps: int, warmup: int, device: str = "cpu") -> dict[str, Any]:
-    """Train GRPO with TRL's `GRPOTrainer` in the same setting, timing each step from a callback."""
+def run_trl_grpo(
+    work: Path, seed: int, steps: int, warmup: int, device: str = "cpu", algo: str = "grpo"
+) -> dict[str, Any]:
+    """Train with TRL's `GRPOTrainer` (`RLOOTrainer` for RLOO) in the same setting, timing each step."""
     import trl
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
@@ -217,7 +226,7 @@ def run_trl_grpo(work: Path, seed: int, steps: int, warmup: int, device: str = "
             clock.flops.append(_grpo_step_flops(model.config, prompt_tokens, completion, completions))
             pending.clear()
 
-    class TimedGRPO(trl.GRPOTrainer):
+    class TimedGRPO(trl.RLOOTrainer if algo == "rloo" else trl.GRPOTrainer):
         def training_step(self, model, inputs, *args, **kwargs):
             output = super().training_step(model, inputs, *args, **kwargs)  # generates, then trains
             pending.extend(self._last_completion_lengths)
@@ -231,10 +240,11 @@ def run_trl_grpo(work: Path, seed: int, steps: int, warmup: int, device: str = "
     def answer_reward(completions, answer, **kwargs):
         return [1.0 if a in c else 0.0 for c, a in zip(completions, answer, strict=True)]
 
-    args = trl.GRPOConfig(
-        output_dir=tempfile.mkdtemp(dir=work, prefix=f"trl-grpo-{seed}-"), per_device_train_batch_size=completions,
+    variant = {"normalize_advantages": False} if algo == "rloo" else {"loss_type": "dapo", "scale_rewards": "group"}
+    args = (trl.RLOOConfig if algo == "rloo" else trl.GRPOConfig)(
+        output_dir=tempfile.mkdtemp(dir=work, prefix=f"trl-{algo}-{seed}-"), per_device_train_batch_size=completions,
         num_generations=GRPO["generations"], max_completion_length=GRPO["new_tokens"], beta=GRPO["beta"],
-        loss_type="dapo", scale_rewards="group", epsilon=0.2, num_iterations=1, temperature=1.0, top_p=1.0,
+        epsilon=0.2, num_iterations=1, temperature=1.0, top_p=1.0, **variant,
         learning_rate=LEARNING_RATE["grpo"], lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,
         max_grad_norm=1.0, max_steps=steps, bf16=device == "cuda", fp16=False, gradient_checkpointing=False,
         logging_steps=1, save_strategy="no", report_to="none", disable_tqdm=True, seed=seed, use_cpu=device == "cpu",
@@ -584,7 +594,7 @@ def setup_ppo_venv() -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--algo", default="all", choices=["dpo", "reward_model", "grpo", "ppo", "all"])
+    parser.add_argument("--algo", default="all", choices=["dpo", "reward_model", "grpo", "rloo", "ppo", "all"])
     parser.add_argument("--reps", type=int, default=3, help="repetitions of each trainer (seeds 0..reps-1)")
     parser.add_argument("--steps", type=int, default=30, help="optimizer steps of 8 pairs per run")
     parser.add_argument("--warmup", type=int, default=5, help="first steps left out of the rates")
@@ -602,10 +612,12 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     if args.child:
-        if args.algo in ("grpo", "ppo"):
-            run = {("ours", "grpo"): run_ours_grpo, ("trl", "grpo"): run_trl_grpo,
-                   ("ours", "ppo"): run_ours_ppo, ("trl", "ppo"): run_trl_ppo}[args.child, args.algo]  # fmt: skip
-            print(json.dumps(run(args.work, args.seed, args.steps, args.warmup, args.device)))
+        if args.algo in ("grpo", "rloo", "ppo"):
+            run = {("ours", "grpo"): run_ours_grpo, ("trl", "grpo"): run_trl_grpo, ("ours", "rloo"): run_ours_grpo,
+                   ("trl", "rloo"): run_trl_grpo, ("ours", "ppo"): run_ours_ppo,
+                   ("trl", "ppo"): run_trl_ppo}[args.child, args.algo]  # fmt: skip
+            options = {"algo": args.algo} if args.algo != "ppo" else {}
+            print(json.dumps(run(args.work, args.seed, args.steps, args.warmup, args.device, **options)))
             return
         run = run_ours if args.child == "ours" else run_trl
         print(json.dumps(run(args.algo, args.work, args.seed, args.steps, args.warmup, args.device)))
@@ -615,7 +627,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.setup_ppo_venv:
         setup_ppo_venv()
         return
-    algos = ["dpo", "reward_model", "grpo", "ppo"] if args.algo == "all" else [args.algo]
+    algos = ["dpo", "reward_model", "grpo", "rloo", "ppo"] if args.algo == "all" else [args.algo]
     if "ppo" in algos and not (PPO_VENV / "bin" / "python").exists():
         sys.exit(f"ppo: TRL's PPO runs from {PPO_VENV}; make it first with --setup-ppo-venv")
     torch.set_num_threads(args.threads)
@@ -623,8 +635,9 @@ def main(argv: list[str] | None = None) -> None:
     entries: list[dict[str, Any]] = []
     if not args.no_parity:
         from bench.parity import run_all
+        from bench.parity_variants import run_all as run_all_variants
 
-        entries += run_all()
+        entries += run_all() + run_all_variants()
     with tempfile.TemporaryDirectory(prefix="bench-trl-") as tmp:
         work = Path(tmp)
         build_models(work)
