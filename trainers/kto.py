@@ -209,7 +209,7 @@ def reference_point(
             batch = collate_feedback([examples[i] for i in mine], pad_token_id, kl=True,
                                      bucket_overhead_tokens=bucket_overhead).to(device)  # fmt: skip
             logps = sequence_logprob_totals(policy, batch.input_ids, batch.attention_mask, batch.loss_mask,
-                                            batch.buckets)  # (b,) fmt: skip
+                                            batch.buckets)  # (b,)  # fmt: skip
             total += weight * (logps - reference.logps(batch, mine, kl=True)).sum()
     return kto_reference_point(ranks.sum(total), sum(len(micro) for micro in micro_batches))
 
@@ -263,9 +263,9 @@ def accumulate_gradients(
                                  bucket_overhead_tokens=bucket_overhead).to(device)  # fmt: skip
         with torch.set_grad_enabled(backward is not None):
             logps = sequence_logprob_totals(policy, batch.input_ids, batch.attention_mask, batch.loss_mask,
-                                            batch.buckets)  # (b,) fmt: skip
+                                            batch.buckets)  # (b,)  # fmt: skip
             losses, rewards = kto_loss(logps, reference.logps(batch, mine, kl=False), batch.desirable, z, hp.beta,
-                                       hp.desirable_weight, hp.undesirable_weight)  # (b,) each fmt: skip
+                                       hp.desirable_weight, hp.undesirable_weight)  # (b,) each  # fmt: skip
         if backward is not None:
             backward(weight * losses.sum() / count)
         good, bad = batch.desirable.float(), (~batch.desirable).float()  # (b,) each
