@@ -164,6 +164,13 @@ def test_a_lora_adapter_directory_is_served_merged_into_the_base_it_names(chat, 
 
     merged = load_chat_model(str(tmp_path))
     assert type(merged.model).__name__ == "LlamaForCausalLM"  # merged, not a peft wrapper
-    plain, tuned = (generate_chat(m, request(max_tokens=12, seed=2)) for m in (chat, merged))
-    assert texts(tuned) != texts(plain)
+    # The served model computes what base + adapter compute, not what the base alone does. (Sampled
+    # text is no test of that: a seeded draw from the tiny model's near-flat distribution often
+    # lands on the same bytes under both.)
+    ids = torch.tensor([[1, 2, 3, 4, 5, 6]])
+    with torch.no_grad():
+        served, expected, plain = (m(input_ids=ids).logits for m in (merged.model, adapted, chat.model))
+    torch.testing.assert_close(served, expected, rtol=1e-5, atol=1e-5)
+    assert (served - plain).abs().max() > 0.1
+    tuned = generate_chat(merged, request(max_tokens=12, seed=2))
     assert generate_chat(merged, request(max_tokens=12, seed=2)) == tuned
