@@ -8,7 +8,8 @@ on it for the reward check), hands the same rows and weights to TRL's trainer an
 compares TRL's ``compute_loss`` and logged metrics on one collated batch with our
 ``pair_losses_and_stats`` on ours, in the layout our training uses. The reference model is a
 perturbed copy of the policy, so the log-ratios are far from zero. Both sides tokenise the rows
-themselves; the token ids are compared first. Tolerance: 1e-5 absolute.
+themselves; the token ids are compared first. GRPO's check also compares the gradient of every
+parameter. Tolerance: 1e-5 absolute.
 
 TRL (1.x) has no label-smoothed "sigmoid" loss any more: its ``sigmoid`` ignores
 ``label_smoothing``, and its ``robust`` loss is a different (unbiased) estimator. Its ``aot``
@@ -177,32 +178,37 @@ GRPO_CASES = {  # our (loss_aggregation, scale_rewards) → TRL's (loss_type, sc
     "sequence_scaled": ("sequence", True, "grpo", "group"),
     "constant_unscaled": ("constant", False, "dr_grpo", "none"),
 }
+OLD_SCALE = 0.01  # noise on the old policy's weights: ratios off 1, some outside [1 − ε, 1 + ε]
 
 
 def grpo_parity(case: str) -> dict[str, Any]:
-    """Our GRPO advantages and loss against TRL's `GRPOTrainer` on TRL's own sampled completions.
+    """Our GRPO advantages, loss and gradient against TRL's `GRPOTrainer` on TRL's own sampled completions.
 
     TRL samples G = 4 completions for each of 4 prompts and scores them (the share of letters in the
     completion: a reward that varies within every group); its advantages are compared with our
     `group_advantages` of the same rewards.
     Then both losses are computed on the same completions with the same old and reference log-probs
-    (those of two perturbed copies of the policy, so the ratios are clipped and the KL is not zero):
-    TRL's ``_compute_loss`` against our `accumulate_gradients`. Equal losses for the three
-    aggregations mean equal per-token losses, aggregated alike.
+    (those of two perturbed copies of the policy, so the ratios are off 1, some are clipped, and the
+    KL is not zero): TRL's ``_compute_loss`` and its gradient against our `accumulate_gradients`.
+    The copies are made before TRL wraps the policy: TRL sets the model's ``forward`` as an
+    instance attribute, so a copy made afterwards would run the policy's own weights (every ratio
+    1, the KL 0). TRL 1.x multiplies the k3 term by the ratio by default (``use_bias_correction_kl``,
+    from DeepSeek-V3.2); ours is DeepSeekMath's plain k3, so TRL runs with it off.
 
     Args:
         case: a key of `GRPO_CASES`.
 
     Returns:
-        A benchmark entry, as `dpo_parity`'s, comparing the advantages and the loss.
+        A benchmark entry comparing the advantages, the loss and the gradient of every parameter, with
+        how far the ratios are from 1, the KL and the clipped share on both sides.
     """
     import trl
     from datasets import Dataset
     from transformers import AutoModelForCausalLM
 
+    from bench.parity_variants import _grads, _logps_under, _rollout
     from trainers.grpo import GRPOBatch, accumulate_gradients
     from trainers.ops.advantages import group_advantages
-    from trainers.rl.rollout import Rollout
     from trainers.spec.config import GRPOHyperparameters
 
     aggregation, scale, trl_loss, trl_scale = GRPO_CASES[case]
@@ -218,56 +224,54 @@ def grpo_parity(case: str) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as out:
         tiny.save_pretrained(Path(out) / "model")  # TRL loads its reference model from the policy's path
         policy = AutoModelForCausalLM.from_pretrained(Path(out) / "model").train()
+        # Copied before TRL wraps the policy: a copy made after would share its patched forward.
+        old_model, ref_model = _perturbed(policy, OLD_SCALE, seed=8), _perturbed(policy, 0.02, seed=9)
         config = _trl_config(trl.GRPOConfig, out, num_generations=G, max_completion_length=new_tokens, beta=beta,
-                             loss_type=trl_loss, scale_rewards=trl_scale, epsilon=0.2, per_device_train_batch_size=16,
-                             temperature=1.0, max_length=None)  # fmt: skip
+                             loss_type=trl_loss, scale_rewards=trl_scale, epsilon=0.2, use_bias_correction_kl=False,
+                             per_device_train_batch_size=16, temperature=1.0, max_length=None)  # fmt: skip
         trainer = trl.GRPOTrainer(model=policy, reward_funcs=letter_share, args=config, processing_class=tokenizer,
                                   train_dataset=Dataset.from_list(prompts))  # fmt: skip
         examples = [p for p in prompts for _ in range(G)]
         with torch.no_grad():
             inputs = trainer._generate_and_score_completions(examples)
-        texts = tokenizer.batch_decode(inputs["completion_ids"], skip_special_tokens=True)
-        rewards = torch.tensor(letter_share(texts))
-        ids, mask = inputs["completion_ids"], inputs["completion_mask"]
-        from trainers.ops.logprobs import selective_log_softmax
-
-        def logps_under(model):
-            full = torch.cat([inputs["prompt_ids"], ids], dim=1)
-            attention = torch.cat([inputs["prompt_mask"], mask], dim=1)
-            positions = (attention.cumsum(dim=1) - 1).clamp(min=0)
-            with torch.no_grad():
-                logits = model(input_ids=full, attention_mask=attention, position_ids=positions).logits
-            return selective_log_softmax(logits[:, -ids.shape[1] - 1 : -1], ids) * mask  # (B, A)
-
-        old, ref = logps_under(_perturbed(policy, 0.01, seed=8)), logps_under(_perturbed(policy, 0.02, seed=9))
+        old, ref = _logps_under(old_model, inputs), _logps_under(ref_model, inputs)
         inputs["old_per_token_logps"], inputs["ref_per_token_logps"] = old, ref
         trainer.current_gradient_accumulation_steps = 1  # set by `train` in a real run
-        trl_loss_value = trainer._compute_loss(trainer.model, inputs).item()
-        trl_advantages = inputs["advantages"].clone()
+        trl_loss_tensor = trainer._compute_loss(trainer.model, inputs)
+        trl_loss_tensor.backward()
+        trl_grads = _grads(trainer.model)
+        trl_kl, trl_clipped = (trainer._metrics["train"][k][-1] for k in ("kl", "clip_ratio/region_mean"))
+        log_ratio = (_logps_under(policy, inputs) - old).abs().max().item()  # 0 would mean every ratio is 1
 
+    texts = tokenizer.batch_decode(inputs["completion_ids"], skip_special_tokens=True)
+    rewards = torch.tensor(letter_share(texts))
     ours_advantages, _ = group_advantages(rewards, G, scale_std=scale)
     hp = GRPOHyperparameters(batch_size=16, rollout_batch_size=4, num_generations=G, max_new_tokens=new_tokens,
                              beta=beta, loss_aggregation=aggregation, scale_rewards=scale, max_length=128,
                              max_prompt_length=64)  # fmt: skip
-    rollout = Rollout(
-        prompt_ids=inputs["prompt_ids"], prompt_mask=inputs["prompt_mask"], response_ids=ids, response_mask=mask,
-        logprobs=old, ended_with_eos=(ids == tokenizer.eos_token_id).any(dim=1), response_lengths=mask.sum(dim=1),
-        temperature=1.0,
-    )  # fmt: skip
+    rollout = _rollout(inputs, old, tokenizer.eos_token_id)
     batch = GRPOBatch(rollout=rollout, advantages=ours_advantages, old_logprobs=old, ref_logprobs=ref)
     stats, names = accumulate_gradients(policy, batch, hp)
-    policy.zero_grad(set_to_none=True)
+    ours_grads = _grads(policy)
     ours = {"loss": stats[names.index("train/loss")].item(), "advantages": ours_advantages.tolist()}
-    theirs = {"loss": trl_loss_value, "advantages": trl_advantages.tolist()}
-    diff = max(abs(ours["loss"] - theirs["loss"]), *(abs(a - b) for a, b in zip(ours["advantages"],
-                                                                              theirs["advantages"], strict=True)))
+    theirs = {"loss": trl_loss_tensor.item(), "advantages": inputs["advantages"].tolist()}
+    diffs = {
+        "advantages": (ours_advantages - inputs["advantages"]).abs().max().item(),
+        "loss": abs(ours["loss"] - theirs["loss"]),
+        "gradient": (ours_grads - trl_grads).abs().max().item(),
+    }
+    diff = max(diffs.values())
     return {
         "name": f"parity/grpo_{case}", "units": "loss", "ours": ours["loss"], "trl": theirs["loss"], "ratio": None,
         "what": f"ours loss_aggregation={aggregation!r} scale_rewards={scale}; TRL loss_type={trl_loss!r} "
-                f"scale_rewards={trl_scale!r}; β={beta}, ε=0.2, G={G}; advantages and loss",
-        "ours_metrics": ours, "trl_metrics": theirs, "max_abs_diff": diff, "same_token_ids": True,
-        "compared": ["loss", "advantages"], "tolerance": TOLERANCE, "pass": diff <= TOLERANCE,
-        "nonzero_advantages": int((trl_advantages != 0).sum()), "trl_version": trl.__version__,
+                f"scale_rewards={trl_scale!r} use_bias_correction_kl=False; β={beta}, ε=0.2, G={G}; "
+                "advantages, loss and gradient",
+        "ours_metrics": ours, "trl_metrics": theirs, "max_abs_diffs": diffs, "max_abs_diff": diff,
+        "same_token_ids": True, "compared": list(diffs), "tolerance": TOLERANCE, "pass": diff <= TOLERANCE,
+        "nonzero_advantages": int((inputs["advantages"] != 0).sum()), "trl_version": trl.__version__,
+        "grad_scale": trl_grads.abs().max().item(), "max_abs_log_ratio": log_ratio, "trl_kl": trl_kl,
+        "ours_kl": stats[names.index("objective/kl")].item(), "trl_clipped": trl_clipped,
+        "ours_clipfrac": stats[names.index("policy/clipfrac")].item(),
     }  # fmt: skip
 
 
