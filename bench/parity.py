@@ -1,5 +1,6 @@
 """Do our losses equal TRL's on identical inputs? DPO's loss family, the reward-model loss, GRPO's
-(and SimPO's and ORPO's: `bench.parity_preference`; KTO's: `bench.parity_kto`).
+(and SimPO's and ORPO's: `bench.parity_preference`; KTO's: `bench.parity_kto`; DAPO's overlong
+shaping: `bench.parity_dapo`).
 
     .venv/bin/python bench/parity.py
 
@@ -298,6 +299,9 @@ def run_all() -> list[dict[str, Any]]:
     from bench.parity_kto import KTO_CASES, kto_parity  # KTO: unpaired feedback
 
     checks += [lambda c=c: kto_parity(c) for c in KTO_CASES]
+    from bench.parity_dapo import overlong_parity  # DAPO's overlong shaping (TRL has no dynamic sampling)
+
+    checks += [overlong_parity]
     for check in checks:
         entry = check()
         print(f"{entry['name']}: {'pass' if entry['pass'] else 'FAIL'} (max |ours − TRL| = "
