@@ -98,7 +98,8 @@ def test_collate_lays_out_the_examples_or_their_mismatched_pairs(tokenizer):
     assert own.loss_mask.tolist() == [[0, 0, 0, 1, 1], [0, 0, 1, 1, 1]]
     assert own.desirable.tolist() == [True, False]
     mismatched = collate_feedback(examples, PAD, kl=True)
-    assert mismatched.input_ids.tolist() == [[BOS, *ids("ab"), *ids("YZ"), EOS], [BOS, ord("c"), ord("X"), EOS, PAD, PAD]]
+    assert mismatched.input_ids.tolist() == [[BOS, *ids("ab"), *ids("YZ"), EOS],
+                                             [BOS, ord("c"), ord("X"), EOS, PAD, PAD]]
     assert mismatched.attention_mask.tolist() == [[1] * 6, [1, 1, 1, 1, 0, 0]]
     assert mismatched.loss_mask.tolist() == [[0, 0, 0, 1, 1, 1], [0, 0, 1, 1, 0, 0]]
     assert torch.equal(mismatched.desirable, own.desirable)
