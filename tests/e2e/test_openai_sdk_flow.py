@@ -90,6 +90,13 @@ def test_the_readme_sdk_section_runs_as_written(request, tmp_path):
     # Greedy decoding of what the supervised job learned: the user's word, shouted.
     assert streamed == "streamed: 'RIVER'", out
 
+    # Each method's fine-tuned model answers, and its streamed answer is the same text.
+    answers = {line.split(" ", 1)[0]: tuple(json.loads(line.split(" ", 1)[1]))
+               for line in out if line.startswith(("supervised [", "dpo [", "reinforcement ["))}
+    assert sorted(answers) == ["dpo", "reinforcement", "supervised"], out
+    assert all(plain and plain == streamed for plain, streamed in answers.values()), answers
+    assert answers["supervised"] == ("RIVER", "RIVER")
+
     # The models list holds the three fine-tuned models and the supervised job's checkpoints.
     listed = eval(out[-1])  # noqa: S307 - the script printed a list of strings with print()
     assert {model for _, _, model in ended} <= set(listed)
