@@ -158,28 +158,38 @@ def list_page(*, session: Session, project_id: str, limit: int, after: str | Non
 
 def cancel(*, session: Session, settings: Settings, celery: Celery, job: Job) -> Job:
     """Cancel a queued or paused job at once; ask a running (or pausing) one to stop at its next step."""
+    # A paused job holds no worker, so nothing has to stop; any unfinished job may be cancelled.
+    return _stop(session=session, settings=settings, celery=celery, job=job, verb="cancel", past="cancelled",
+                 stopping=JobStatus.cancelling, stopped=JobStatus.cancelled,
+                 unchanged={JobStatus.cancelling}, at_once={JobStatus.queued, JobStatus.paused},
+                 stoppable={None, *(set(JobStatus) - TERMINAL_STATUSES)})  # None: the status read back as gone
+
+
+def _stop(*, session: Session, settings: Settings, celery: Celery, job: Job, verb: str, past: str,
+          stopping: JobStatus, stopped: JobStatus, unchanged: set[JobStatus], at_once: set[JobStatus],
+          stoppable: set[JobStatus | None]) -> Job:
+    """Move `job` to `stopped` when it holds no worker (its status in `at_once`), else to `stopping` for
+    its run to act on at its next step; a job already in `unchanged` is returned as it is, and one
+    whose status is not `stoppable` when the move fails is a 409 (otherwise it is tried again)."""
     for _ in range(3):  # the job may start running between our read and our write
         session.refresh(job)
-        if job.status == JobStatus.cancelling:
+        if job.status in unchanged:
             return job
-        # A paused job holds no worker, so nothing has to stop.
-        at_once = job.status in (JobStatus.queued, JobStatus.paused)
-        target = JobStatus.cancelled if at_once else JobStatus.cancelling
+        target = stopped if job.status in at_once else stopping
         try:
-            transition(session, job.id, target, message="cancel requested")
+            transition(session, job.id, target, message=f"{verb} requested")
         except InvalidTransition as exc:
             session.rollback()
-            if exc.current in TERMINAL_STATUSES:
-                raise Conflict(f"job {job.id} is {exc.current} and cannot be cancelled",
-                               param="job_id") from exc
+            if exc.current not in stoppable:
+                raise Conflict(f"job {job.id} is {exc.current} and cannot be {past}", param="job_id") from exc
             continue
         session.commit()
-        if target == JobStatus.cancelled:
+        if target == stopped:
             _withdraw(celery, job.id)
         publish(settings.celery_broker_url, job.id)
         session.refresh(job)
         return job
-    raise Conflict(f"job {job.id} changed status while being cancelled; retry", param="job_id")
+    raise Conflict(f"job {job.id} changed status while being {past}; retry", param="job_id")
 
 
 def _withdraw(celery: Celery, job_id: str) -> None:
@@ -191,25 +201,10 @@ def _withdraw(celery: Celery, job_id: str) -> None:
 
 def pause(*, session: Session, settings: Settings, celery: Celery, job: Job) -> Job:
     """Pause a queued job at once; ask a running one to checkpoint and stop at its next step."""
-    for _ in range(3):  # the job may start running between our read and our write
-        session.refresh(job)
-        if job.status in (JobStatus.pausing, JobStatus.paused):
-            return job
-        target = JobStatus.paused if job.status == JobStatus.queued else JobStatus.pausing
-        try:
-            transition(session, job.id, target, message="pause requested")
-        except InvalidTransition as exc:
-            session.rollback()
-            if exc.current not in (JobStatus.queued, JobStatus.running):
-                raise Conflict(f"job {job.id} is {exc.current} and cannot be paused", param="job_id") from exc
-            continue
-        session.commit()
-        if target == JobStatus.paused:
-            _withdraw(celery, job.id)
-        publish(settings.celery_broker_url, job.id)
-        session.refresh(job)
-        return job
-    raise Conflict(f"job {job.id} changed status while being paused; retry", param="job_id")
+    return _stop(session=session, settings=settings, celery=celery, job=job, verb="pause", past="paused",
+                 stopping=JobStatus.pausing, stopped=JobStatus.paused,
+                 unchanged={JobStatus.pausing, JobStatus.paused}, at_once={JobStatus.queued},
+                 stoppable={JobStatus.queued, JobStatus.running})
 
 
 def resume(*, session: Session, settings: Settings, celery: Celery, job: Job) -> Job:
