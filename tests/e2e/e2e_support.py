@@ -147,13 +147,13 @@ def wait_for_log(dep: Deployment, name: str, text: str) -> None:
         time.sleep(0.3)
 
 
-def wait_for(client, job_id: str, predicate, what: str) -> dict:
+def wait_for(client, job_id: str, predicate, what: str, *, poll: float = 0.3) -> dict:
     deadline = time.monotonic() + DEADLINE
     while time.monotonic() < deadline:
         job = client.get(f"/v1/jobs/{job_id}").json()
         if predicate(job):
             return job
-        time.sleep(0.3)
+        time.sleep(poll)
     pytest.fail(f"job {job_id} never reached {what}: {job}")
 
 

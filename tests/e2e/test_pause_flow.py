@@ -2,11 +2,10 @@
 holds no worker while paused, and once resumed continues from that checkpoint to the step count an
 uninterrupted job reaches, without computing any earlier step again."""
 
-import time
 
 import pytest
 
-from tests.e2e.e2e_support import DEADLINE, create_dataset, wait_for
+from tests.e2e.e2e_support import create_dataset, wait_for
 
 pytestmark = pytest.mark.e2e
 # Steps take milliseconds: enough of them that the pause lands well before the end.
@@ -15,13 +14,7 @@ STEPS, EVERY = 120, 30
 
 def wait_quickly(client, job_id: str, predicate, what: str) -> dict:
     """`wait_for` with a short poll, so the pause lands soon after the first reported step."""
-    deadline = time.monotonic() + DEADLINE
-    while time.monotonic() < deadline:
-        job = client.get(f"/v1/jobs/{job_id}").json()
-        if predicate(job):
-            return job
-        time.sleep(0.05)
-    pytest.fail(f"job {job_id} never reached {what}")
+    return wait_for(client, job_id, predicate, what, poll=0.05)
 
 
 def test_a_paused_job_resumes_from_its_checkpoint_and_completes(embedded_service):
