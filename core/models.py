@@ -10,6 +10,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -178,6 +179,10 @@ class Job(Base):
     suffix: Mapped[str | None] = mapped_column(String(64))
     # When the fine-tuned model was deleted (DELETE /v1/models/{model}); it is no longer listed or served.
     model_deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # The observed pace of the current run, after its warm-up (null until measured, cleared when it ends).
+    steps_per_second: Mapped[float | None] = mapped_column(Float)
+    tokens_per_second: Mapped[float | None] = mapped_column(Float)
+    estimated_finish: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
 class JobEvent(Base):
@@ -205,6 +210,36 @@ class Metric(Base):
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
     step: Mapped[int] = mapped_column(Integer)
     values: Mapped[dict[str, float]] = mapped_column(JSONType)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class JobSample(Base):
+    """A few prompt/completion/reward rows of one PPO/GRPO rollout; (job, step) is unique like metrics."""
+
+    __tablename__ = "job_samples"
+    __table_args__ = (UniqueConstraint("job_id", "step"), Index("ix_job_samples_job_id_id", "job_id", "id"))
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    step: Mapped[int] = mapped_column(Integer)
+    # [{"prompt": str, "completion": str, "reward": float, ...}, ...]
+    rows: Mapped[list[dict[str, Any]]] = mapped_column(JSONType)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class DownloadToken(Base):
+    """A short-lived link to download one checkpoint without an API key (a browser's <a href>).
+
+    Only the token's sha256 is stored; the token itself is shown once, in the link.
+    """
+
+    __tablename__ = "download_tokens"
+
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
+    checkpoint_id: Mapped[str] = mapped_column(ForeignKey("checkpoints.id", ondelete="CASCADE"), index=True)
+    merged: Mapped[bool] = mapped_column(Boolean, default=False)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
