@@ -10,8 +10,9 @@ from api.admission import Admission, request_slots
 from api.docs import install_docs
 from api.errors import install_error_handlers
 from api.limits import BodyLimits
-from api.routes import admin, chat, checkpoints, datasets, files, fine_tuning, graders, health, jobs, models
+from api.routes import admin, chat, checkpoints, datasets, downloads, files, fine_tuning, graders, health, jobs, models
 from api.services.modelops import ModelOps
+from api.ui import router as ui_router
 from core.db import configure_pool
 from core.queue import make_celery
 from core.settings import Settings, get_settings
@@ -65,8 +66,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodyLimits, settings=settings)
     app.add_middleware(Admission, slots=request_slots(settings), wait_seconds=settings.db_pool_timeout_seconds)
     # The OpenAI-compatible layer (files, fine_tuning, models, chat) is an adapter over the same services.
-    for module in (datasets, jobs, checkpoints, graders, files, fine_tuning, models, chat, admin, health):
+    for module in (datasets, jobs, checkpoints, downloads, graders, files, fine_tuning, models, chat, admin, health):
         app.include_router(module.router)
+    app.include_router(ui_router)  # the dashboard at /ui, outside the OpenAPI schema
     return app
 
 

@@ -68,6 +68,9 @@ class Settings(BaseSettings):
     stream_poll_seconds: Seconds = Field(
         0.5, description="How often a job's live streams look for news without a Redis wake-up.")
     stream_keepalive_seconds: Seconds = Field(15.0, description="SSE comment interval when idle.")
+    download_link_seconds: Seconds = Field(
+        900.0, description="How long a checkpoint download link (POST /v1/checkpoints/{id}/download_link) "
+                           "works; it serves any number of downloads until then.")
     model_ops_timeout_seconds: Seconds = Field(600.0, description="Longest a scoring, adapter-merge or chat "
                                                                   "completion request may run; beyond it the model "
                                                                   "process is restarted and the request answers 504.")

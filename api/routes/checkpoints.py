@@ -4,10 +4,15 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import StreamingResponse
+from sqlalchemy.orm import Session
 
 from api.deps import CheckpointDep, ModelOpsDep, SessionDep, SettingsDep, StoreDep, get_project
 from api.schemas import CheckpointPublic, ErrorResponse, ScoreRequest, ScoresPublic, error_responses
 from api.services import results
+from api.services.modelops import ModelOps
+from core.artifacts import Store
+from core.models import Checkpoint
+from core.settings import Settings
 
 router = APIRouter(prefix="/v1/checkpoints", tags=["checkpoints"], dependencies=[Depends(get_project)],
                    responses=error_responses(400, 401, 404, 413, 422, 500, 503))
@@ -30,6 +35,13 @@ def download_checkpoint(
     merged: Annotated[bool, Query(description="LoRA checkpoints: base and adapter merged into one model.")] = False,
 ):
     """Stream the checkpoint as a tar archive (weights, config, tokenizer; a LoRA job's adapter)."""
+    return archive_response(session=session, settings=settings, store=store, ops=ops, checkpoint=checkpoint,
+                            merged=merged)
+
+
+def archive_response(*, session: Session, settings: Settings, store: Store, ops: ModelOps, checkpoint: Checkpoint,
+                     merged: bool) -> StreamingResponse:
+    """The checkpoint's tar archive as a streamed response: its download here, and its download links'."""
     if merged:
         frames, size, sha256 = results.merged_archive(session=session, settings=settings, store=store, ops=ops,
                                                       checkpoint=checkpoint)
