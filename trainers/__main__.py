@@ -7,7 +7,9 @@ models (``--max-steps``, ``--learning-rate``, ...), so they and their defaults a
 (``{"prompt", "completion", "label": true|false}``) or preference rows (two examples each), online-RL
 trainers (``grpo``, ``ppo``) prompt rows and a ``--reward`` spec in JSON, with ``--reward-model-dir CHECKPOINT_ID=DIR``
 for each reward-model checkpoint it names. Metrics go to stdout as JSON lines
-(``{"step": ..., "train/loss": ...}``), events to stderr, checkpoints to ``DIR/checkpoint-<step>/``.
+(``{"step": ..., "train/loss": ...}``), events to stderr, checkpoints to ``DIR/checkpoint-<step>/``;
+PPO and GRPO also append a few completions of each logged rollout to ``DIR/samples.jsonl``
+(``{"step": ..., "rows": [{"prompt", "completion", "reward", ...}]}``) and show them on stderr.
 The first Ctrl-C stops cooperatively after the current step, saving a checkpoint.
 
 ``--processes N`` trains one job on N processes of this node (one per GPU): the command starts
@@ -70,6 +72,8 @@ def hyperparameters_model(job_model: type[JobSpec]) -> type[BaseModel]:
 STOP_FILE_ENV = "RLHF_STOP_FILE"
 
 
+SAMPLES_FILE = "samples.jsonl"  # PPO/GRPO: {"step", "rows"} per report (`Callbacks.on_samples`), under --output
+
 # Subcommand → (job model, hyperparameters model, kind of its dataset rows): one per job type.
 ALGORITHMS: dict[str, tuple[type[JobSpec], type[BaseModel], DatasetKind]] = {
     job_type: (job_model, hyperparameters_model(job_model), job_model.dataset_kind)
@@ -78,7 +82,7 @@ ALGORITHMS: dict[str, tuple[type[JobSpec], type[BaseModel], DatasetKind]] = {
 
 
 class ConsoleCallbacks(Callbacks):
-    """Print metrics as JSON lines, events to stderr, and save checkpoints under an output folder."""
+    """Metrics as JSON lines on stdout, events and samples on stderr; checkpoints and samples under an output folder."""
 
     def __init__(self, output: Path, stop_file: Path | None = None):
         self.output = output
@@ -87,6 +91,16 @@ class ConsoleCallbacks(Callbacks):
 
     def on_metrics(self, step: int, metrics: dict[str, float]) -> None:
         print(json.dumps({"step": step, **metrics}), flush=True)
+
+    def on_samples(self, step: int, rows: list[dict[str, Any]]) -> None:
+        """Append the rows to ``DIR/samples.jsonl`` and show each in one line on stderr."""
+        self.output.mkdir(parents=True, exist_ok=True)
+        with (self.output / SAMPLES_FILE).open("a") as file:
+            file.write(json.dumps({"step": step, "rows": rows}) + "\n")
+        for row in rows:
+            reward = "-" if row["reward"] is None else f"{row['reward']:.4g}"
+            print(f"[sample] step {step} reward {reward}: {_clip(row['prompt'])} -> {_clip(row['completion'])}",
+                  file=sys.stderr, flush=True)
 
     def on_checkpoint(self, step: int, save: Callable[[Path], None], info: dict) -> None:
         directory = self.output / f"checkpoint-{step}"
@@ -353,6 +367,12 @@ def score(model_dir: Path) -> int:
         raise UserError("stdin: expected a JSON list of items", param="items")
     print(json.dumps(score_items(model_dir, items)), flush=True)
     return 0
+
+
+def _clip(text: str, width: int = 60) -> str:
+    """`text` as a one-line repr, cut to about `width` characters."""
+    shown = repr(text)
+    return shown if len(shown) <= width else shown[: width - 4] + "...'"
 
 
 def _error(exc: Exception) -> None:

@@ -61,6 +61,7 @@ from trainers.rl.online import (
 from trainers.rl.response_logprobs import response_logits
 from trainers.rl.rewards import RewardComputer, RewardScores
 from trainers.rl.rollout import Rollout
+from trainers.rl.samples import report_samples
 from trainers.rl.shares import evaluate_policy, sample_and_score
 from trainers.run_setup import prepare_run
 from trainers.spec.callbacks import Callbacks
@@ -114,7 +115,8 @@ def train_grpo(
     5. group-relative advantages;
     6. clipped updates: one optimizer step per minibatch, each step's metrics logged when due, and
     7. the rollout's last step evaluated when one of its steps fell due;
-    8. a checkpoint after the rollout when one of its steps fell due.
+    8. a few of its completions reported (`Callbacks.on_samples`) when one of its steps was logged,
+       and a checkpoint after the rollout when one of its steps fell due.
 
     Args:
         job: the GRPO job spec.
@@ -220,7 +222,12 @@ def train_grpo(
                     metrics |= evaluate_policy(policy, run.eval, tokenizer, rewarder, hp, seed=job.seed, ranks=ranks)
                 loop.log(metrics, evaluated=evaluated)
 
-            # 8. Checkpoint after the rollout, when one of its steps fell due.
+            # 8. A few of the rollout's completions with their rewards, when one of its steps was logged
+            #    (from different prompts first); a checkpoint after the rollout, when one of its steps fell due.
+            if loop.log_due(since=first):
+                report_samples(run.callbacks, loop.step, tokenizer, rollout, scores.rewards, count=hp.log_samples,
+                               group_size=G, per_grader=scores.per_grader,
+                               extras={"advantage": advantages} if advantages.dim() == 1 else None)  # fmt: skip
             if loop.checkpoint_due(since=first):
                 loop.checkpoint(metrics)
 

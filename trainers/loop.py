@@ -298,9 +298,10 @@ class TrainingLoop:
         steps = range(self.step if since is None else since + 1, self.step + 1)
         return any(every is not None and s % every == 0 for s in steps) or self.checkpoint_due(since)
 
-    def log_due(self) -> bool:
-        """Whether this step's metrics are reported: every `log_every` steps and at checkpoints."""
-        return self.step % self.hp.log_every == 0 or self.checkpoint_due()
+    def log_due(self, since: int | None = None) -> bool:
+        """Whether this step's metrics are reported (every `log_every` steps, at checkpoints), or any after `since`."""
+        steps = range(self.step if since is None else since + 1, self.step + 1)
+        return any(s % self.hp.log_every == 0 for s in steps) or self.checkpoint_due(since)
 
     def log(self, metrics: dict[str, float], *, evaluated: bool = False) -> None:
         """Report this step's `metrics` when logging falls due (`log_due`), or when they hold an evaluation."""

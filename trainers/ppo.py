@@ -89,6 +89,7 @@ from trainers.rl.ptx import PtxData, backward_ptx_loss
 from trainers.rl.response_logprobs import response_logits
 from trainers.rl.rewards import RewardComputer, RewardScores
 from trainers.rl.rollout import Rollout
+from trainers.rl.samples import report_samples
 from trainers.rl.shares import evaluate_policy, sample_and_score
 from trainers.run_setup import announce_model, prepare_run
 from trainers.spec.callbacks import Callbacks
@@ -144,7 +145,8 @@ def train_ppo(
     6. clipped updates: one optimizer step per shuffled minibatch (with the ptx loss when asked),
        each step's metrics logged when due, and
     7. the rollout's last step evaluated when one of its steps fell due;
-    8. the KL controller's update, then a checkpoint after the rollout when one of its steps fell due.
+    8. the KL controller's update, a few of the rollout's completions reported (`Callbacks.on_samples`)
+       when one of its steps was logged, and a checkpoint after the rollout when one of its steps fell due.
 
     Args:
         job: the PPO job spec.
@@ -275,9 +277,13 @@ def train_ppo(
                     metrics |= evaluate_policy(policy, run.eval, tokenizer, rewarder, hp, seed=job.seed, ranks=ranks)
                 loop.log(metrics, evaluated=evaluated)
 
-            # 8. The KL controller sees the rollout's KL (its coefficient is saved with the checkpoint);
+            # 8. The KL controller sees the rollout's KL (its coefficient is saved with the checkpoint); a few
+            #    of the rollout's completions with their scores, when one of its steps was logged; a
             #    checkpoint after the rollout, when one of its steps fell due.
             kl_controller.update(rollout_stats["objective/kl"], n_steps=len(rows))
+            if loop.log_due(since=first):
+                report_samples(run.callbacks, loop.step, tokenizer, rollout, score, count=hp.log_samples,
+                               per_grader=scores.per_grader, extras={"kl": kl.sum(dim=1)})  # fmt: skip
             if loop.checkpoint_due(since=first):
                 loop.checkpoint(metrics)
 

@@ -13,7 +13,7 @@ from trainers.spec.callbacks import Callbacks
 class RankCallbacks(Callbacks):
     """Rank 0 passes every hook to the run's callbacks; the other ranks report nothing.
 
-    Metrics, events, the start and checkpoints are written once, by rank 0; everything they carry
+    Metrics, samples, events, the start and checkpoints are written once, by rank 0; everything they carry
     is already global (metrics are summed over ranks, and a checkpoint's weights gathered, before
     the hooks are called). A stop is decided by rank 0 alone, which polls the run's callbacks, and
     broadcast, so every rank stops after the same step. On one process this is the run's
@@ -35,6 +35,10 @@ class RankCallbacks(Callbacks):
     def on_metrics(self, step: int, metrics: dict[str, float]) -> None:
         if self.ranks.is_main:
             self.inner.on_metrics(step, metrics)
+
+    def on_samples(self, step: int, rows: list[dict[str, Any]]) -> None:
+        if self.ranks.is_main:
+            self.inner.on_samples(step, rows)
 
     def on_checkpoint(self, step: int, save: Callable[[Path], None], info: dict[str, Any]) -> None:
         if self.ranks.is_main:

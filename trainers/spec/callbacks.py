@@ -32,6 +32,24 @@ class Callbacks:
             metrics: metric name to value, e.g. ``{"train/loss": 0.69, "rewards/accuracies": 0.5}``.
         """
 
+    def on_samples(self, step: int, rows: list[dict[str, Any]]) -> None:
+        """Receive a few completions of the PPO/GRPO rollout that optimizer step `step` ended.
+
+        Called after a rollout's updates when one of its steps was logged (every `log_every` steps),
+        with up to `log_samples` rows; GRPO takes them from different prompts first. A resumed run
+        may report a step again (replace what it reported before).
+
+        Args:
+            step: the rollout's last optimizer step.
+            rows: ``{"prompt": str, "completion": str, "reward": float}`` each (the text without
+                special or padding tokens; the reward the trainer optimised for that completion),
+                plus ``"length"`` (completion tokens, EOS included) and the trainer's extras:
+                ``"reward/<grader>"`` (each grader's or reward model's own score), GRPO's
+                ``"advantage"`` (estimators with one advantage per completion), PPO's ``"kl"``
+                (the completion's summed k1 KL to the reference, nats); every value a string or
+                a number (None where not finite).
+        """
+
     def on_checkpoint(self, step: int, save: Callable[[Path], None], info: dict[str, Any]) -> None:
         """Offer a checkpoint at optimizer step `step`; call `save(directory)` to write it.
 

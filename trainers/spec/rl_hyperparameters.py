@@ -53,6 +53,12 @@ class RLHyperparameters(LoopHyperparameters):
         description="Subtracted from the reward of a completion cut at max_new_tokens without EOS, so the "
                     "policy learns to finish (as TRL's missing_eos_penalty); null: no penalty.",
     )
+    log_samples: int = Field(
+        4, ge=0, le=64,
+        description="Completions of a rollout reported as samples (prompt, completion, reward) whenever its "
+                    "metrics are logged (every log_every steps); GRPO takes them from different prompts first. "
+                    "0: none.",
+    )
 
     @field_validator("max_new_tokens")
     @classmethod

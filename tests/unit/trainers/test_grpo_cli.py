@@ -30,6 +30,10 @@ def test_cli_trains_grpo_on_prompt_rows(tmp_path):
     lines = [json.loads(line) for line in out.stdout.splitlines()]
     assert [line["step"] for line in lines] == [1, 2] and "reward/answer" in lines[-1]
     assert (tmp_path / "run" / "checkpoint-2" / "trainer_state.pt").is_file()
+    samples = [json.loads(line) for line in (tmp_path / "run" / "samples.jsonl").read_text().splitlines()]
+    assert [s["step"] for s in samples] == [1, 2] and len(samples[0]["rows"]) == 4  # default log_samples
+    assert {"prompt", "completion", "reward", "reward/answer", "length"} <= set(samples[0]["rows"][0])
+    assert out.stderr.count("[sample] step 2 reward ") == 4
 
 
 def test_a_bad_reward_or_preference_rows_exit_2(tmp_path, capsys):

@@ -1,4 +1,6 @@
-"""GRPO runs on builtin:tiny-llama: learning a grader's reward on CPU, resume, stop, the reference model."""
+"""GRPO runs on builtin:tiny-llama: learning a grader's reward on CPU, resume, stop, the reference model, samples."""
+
+import re
 
 import pytest
 
@@ -68,6 +70,8 @@ def test_an_interrupted_and_resumed_run_matches_an_uninterrupted_one(tmp_path):
     combined = interrupted.metrics | resumed.metrics
     for step, metrics in straight.metrics.items():
         assert combined[step] == pytest.approx(metrics, abs=1e-6), f"step {step}"
+    assert sorted(straight.samples) == [4, 8]  # one report per rollout, at its last step
+    assert (interrupted.samples | resumed.samples) == straight.samples
     assert straight.metrics[1]["policy/approx_kl"] == 0 < straight.metrics[2]["policy/approx_kl"]  # π moved from π_old
 
 
@@ -103,6 +107,14 @@ def test_lora_uses_the_policy_without_adapters_as_reference_and_reports_eval_rew
     assert {"eval/reward/mean", "eval/reward/lowercase"} <= set(metrics[2]) and "eval/reward/mean" in metrics[4]
     directory, info = callbacks.checkpoints[4]
     assert info["model"]["adapter"] is True and (directory / MODEL_DIR / "adapter_config.json").is_file()
+    # Each rollout (2 prompts × 4 completions, one step) shows 4 completions, one of each prompt first,
+    # each with the reward the grader gave it.
+    assert sorted(callbacks.samples) == [1, 2, 3, 4]
+    for rows in callbacks.samples.values():
+        assert len(rows) == 4 and rows[0]["prompt"] != rows[1]["prompt"] and rows[0]["prompt"] == rows[2]["prompt"]
+        for row in rows:
+            assert row["reward"] == row["reward/lowercase"] == float(re.search("[a-z]", row["completion"]) is not None)
+            assert {"advantage", "length"} <= set(row)
 
 
 def test_a_reward_without_spread_teaches_nothing():

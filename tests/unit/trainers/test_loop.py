@@ -77,6 +77,13 @@ def test_cadence_over_a_round_of_steps_counts_every_step_since_its_start():
     loop.step = 6
     assert loop.checkpoint_due(since=5) is False and loop.checkpoint_due(since=4) is True
     assert loop.eval_due(since=6) is False  # no step since the round's start
+    # Samples follow the logs: a round whose steps include a logged one (every 4, and at checkpoints).
+    loop.hp = loop.hp.model_copy(update={"log_every": 4})
+    logged = {}
+    for first in (0, 3, 6, 9):
+        loop.step = min(first + 3, 10)
+        logged[loop.step] = loop.log_due(since=first)
+    assert logged == {3: False, 6: True, 9: True, 10: True}
 
 
 def test_log_reports_when_due_and_every_evaluated_step():

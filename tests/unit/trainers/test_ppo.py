@@ -2,6 +2,7 @@
 a diverging critic, PPO-ptx, and a LoRA critic started from a reward model."""
 
 import math
+import re
 
 import pytest
 import torch
@@ -119,6 +120,12 @@ def test_adaptive_kl_coefficient_moves_towards_the_target():
         moves.append((before["objective/kl"] > 2.0, after["objective/kl_coef"] > before["objective/kl_coef"]))
     assert all(above == rose for above, rose in moves)  # up when the KL was above its target, down below
     assert {above for above, _ in moves} == {False, True}  # the first rollout's KL is 0; later ones exceed 2
+    # Each rollout shows 4 of its completions at its last step, each with the score it was trained on.
+    assert sorted(callbacks.samples) == [4, 8, 12, 16, 20]
+    for rows in callbacks.samples.values():
+        assert len(rows) == 4 and all("kl" in row for row in rows)
+        for row in rows:
+            assert row["reward"] == row["reward/lowercase"] == float(re.search("[a-z]", row["completion"]) is not None)
 
 
 def test_stop_before_any_step_saves_nothing():

@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[3]
 
 
 class RecordingCallbacks(Callbacks):
-    """Keeps every metric and event; saves each checkpoint under `root/checkpoint-<step>`.
+    """Keeps every metric, sample and event; saves each checkpoint under `root/checkpoint-<step>`.
 
     `stop_after` makes `should_stop` return True once that many steps have reported metrics.
     """
@@ -30,6 +30,7 @@ class RecordingCallbacks(Callbacks):
         self.root = root
         self.stop_after = stop_after
         self.metrics: dict[int, dict[str, float]] = {}
+        self.samples: dict[int, list[dict]] = {}
         self.events: list[tuple[str, str]] = []
         self.checkpoints: dict[int, tuple[Path | None, dict]] = {}
         self.polls = 0
@@ -40,6 +41,9 @@ class RecordingCallbacks(Callbacks):
 
     def on_metrics(self, step: int, metrics: dict[str, float]) -> None:
         self.metrics[step] = dict(metrics)
+
+    def on_samples(self, step: int, rows: list[dict]) -> None:
+        self.samples[step] = rows
 
     def on_checkpoint(self, step: int, save: Callable[[Path], None], info: dict) -> None:
         directory = None
