@@ -10,6 +10,7 @@ from api.admission import Admission, request_slots
 from api.docs import install_docs
 from api.errors import install_error_handlers
 from api.limits import BodyLimits
+from api.observability import install_metrics
 from api.routes import admin, chat, checkpoints, datasets, downloads, files, fine_tuning, graders, health, jobs, models
 from api.services.modelops import ModelOps
 from api.ui import router as ui_router
@@ -65,6 +66,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_docs(app)
     app.add_middleware(BodyLimits, settings=settings)
     app.add_middleware(Admission, slots=request_slots(settings), wait_seconds=settings.db_pool_timeout_seconds)
+    install_metrics(app, settings)  # outermost: counts what the middleware above refuses, too
     # The OpenAI-compatible layer (files, fine_tuning, models, chat) is an adapter over the same services.
     for module in (datasets, jobs, checkpoints, downloads, graders, files, fine_tuning, models, chat, admin, health):
         app.include_router(module.router)

@@ -5,7 +5,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveInt, SecretStr, field_validator
+from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveInt, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from core.db import PoolOptions
@@ -93,6 +93,9 @@ class Settings(BaseSettings):
     max_json_depth: int = Field(32, ge=4, le=1000, description="Deepest nesting a JSON request body may have.")
     admin_api_key: SecretStr | None = Field(
         None, description="Key of the /v1/admin endpoints (projects and their keys); unset disables them.")
+    metrics_token: SecretStr | None = Field(
+        None, description="Bearer token GET /metrics requires (`Authorization: Bearer <token>`); unset or empty "
+                          "leaves /metrics open to whoever can reach the API.")
     local_key_file: Path = Field(
         Path("./var/api-key"), description="Where `rlhf-service serve` writes the key it creates on first start.")
     reward_function_modules: list[str] = Field(
@@ -113,14 +116,20 @@ class Settings(BaseSettings):
             raise ValueError("ARTIFACTS_URL must be s3://bucket or s3://bucket/prefix (or empty for ARTIFACTS_DIR)")
         return value
 
-    @field_validator("admin_api_key")
+    @field_validator("metrics_token", mode="before")
     @classmethod
-    def _no_placeholder_secret(cls, value: SecretStr | None) -> SecretStr | None:
+    def _empty_is_unset(cls, value: object) -> object:
+        # docker-compose passes `METRICS_TOKEN: ${METRICS_TOKEN:-}` through as an empty string when unset.
+        return None if value == "" else value
+
+    @field_validator("admin_api_key", "metrics_token")
+    @classmethod
+    def _no_placeholder_secret(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
         if value is None:
             return None
         secret = value.get_secret_value()
         if len(secret) < 24 or secret.lower() in PLACEHOLDER_SECRETS or len(set(secret)) < 8:
-            raise ValueError("ADMIN_API_KEY must be a random secret of at least 24 characters "
+            raise ValueError(f"{info.field_name.upper()} must be a random secret of at least 24 characters "
                              "(e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))')")
         return value
 
