@@ -1,0 +1,95 @@
+"""`rlhf datasets`: upload a file, list datasets, preview rows."""
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from client.http import LONG_TIMEOUT, Api
+from client.output import console, json_option, print_json, size, table, when
+
+KINDS = ("preference", "prompt", "chat", "feedback", "text")
+
+
+@click.group("datasets")
+def group() -> None:
+    """Upload and read datasets."""
+
+
+def column_map(pairs: tuple[str, ...]) -> str | None:
+    """`key=column` pairs as the upload's column_map JSON object."""
+    mapping = {}
+    for pair in pairs:
+        key, sep, column = pair.partition("=")
+        if not sep or not key or not column:
+            raise click.BadParameter(f"expected KEY=COLUMN, got {pair!r}", param_hint="--column-map")
+        mapping[key] = column
+    return json.dumps(mapping) if mapping else None
+
+
+@group.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--kind", required=True, type=click.Choice(KINDS),
+              help="preference (reward models, DPO, KTO), prompt (PPO, GRPO), chat (SFT), feedback (KTO), "
+                   "text (PPO-ptx).")
+@click.option("--name", help="The dataset's name [default: the file's name].")
+@click.option("--column-map", "pairs", multiple=True, metavar="KEY=COLUMN",
+              help="Read a canonical key from another column of the file (repeatable), e.g. prompt=question.")
+@click.option("--skip-invalid", is_flag=True, help="Store the valid rows and report the others (default: all or none).")
+@json_option
+@click.pass_obj
+def upload(api: Api, file: Path, kind: str, name: str | None, pairs: tuple[str, ...], skip_invalid: bool,
+           as_json: bool) -> None:
+    """Upload FILE (.jsonl, .json, .csv or .parquet); every row is validated by the API."""
+    form = {"kind": kind, "skip_invalid": "true" if skip_invalid else "false"}
+    if name is not None:
+        form["name"] = name
+    if (mapping := column_map(pairs)) is not None:
+        form["column_map"] = mapping
+    with file.open("rb") as handle, console.status(f"uploading {file.name} ({size(file.stat().st_size)})"):
+        dataset = api.post("/v1/datasets", data=form, files={"file": (file.name, handle)}, timeout=LONG_TIMEOUT)
+    if as_json:
+        print_json(dataset)
+        return
+    console.print(f"{dataset['id']}  {dataset['kind']}  {dataset['row_count']} rows  {dataset['name']}")
+    skipped = dataset.get("skipped")
+    if skipped and skipped.get("count"):
+        console.print(f"skipped {skipped['count']} invalid rows:", style="yellow")
+        for row in skipped.get("rows", [])[:10]:
+            field = f", {row['field']}" if row.get("field") else ""
+            console.print(f"  line {row['line']}{field}: {row['message']}", soft_wrap=True)
+
+
+@group.command("list")
+@click.option("--limit", type=click.IntRange(1, 1000), default=20, show_default=True, help="How many, newest first.")
+@json_option
+@click.pass_obj
+def list_(api: Api, limit: int, as_json: bool) -> None:
+    """List the project's datasets, newest first."""
+    page = api.get("/v1/datasets", params={"limit": limit})
+    if as_json:
+        print_json(page)
+        return
+    table(("id", "name", "kind", "rows", "size", "created"),
+          ((d["id"], d["name"], d["kind"], d["row_count"], size(d["size_bytes"]), when(d["created_at"]))
+           for d in page["data"]))
+
+
+@group.command()
+@click.argument("dataset_id")
+@click.option("--limit", type=click.IntRange(1, 1000), default=5, show_default=True, help="How many rows.")
+@json_option
+@click.pass_obj
+def rows(api: Api, dataset_id: str, limit: int, as_json: bool) -> None:
+    """Preview a dataset's first rows, in the normalised form training reads."""
+    page = api.get(f"/v1/datasets/{dataset_id}/rows", params={"limit": limit})
+    if as_json:
+        print_json(page)
+        return
+    table(("idx", "line", "row"), ((r["idx"], r["line"], _clip(r["data"])) for r in page["data"]))
+
+
+def _clip(data: dict[str, Any], width: int = 400) -> str:
+    text = json.dumps(data, ensure_ascii=False)
+    return text if len(text) <= width else text[:width] + " ..."
