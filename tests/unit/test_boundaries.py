@@ -27,6 +27,16 @@ def test_core_imports_neither_api_nor_worker_nor_torch(module):
     assert not {"api", "worker", "torch", "fastapi"} & mods
 
 
+def test_the_client_imports_only_what_the_api_request_models_need():
+    # Every command but `jobs create` starts without the service's stack; `jobs create` adds only what
+    # api.schemas imports (its models are the flags), never torch, the worker or the database code of core.
+    cli = imported_after("client.cli")
+    assert not {"torch", "transformers", "sqlalchemy", "celery", "fastapi", "api", "trainers", "core"} & cli
+    create = imported_after("client.job_create")
+    assert create - cli <= imported_after("api.schemas")
+    assert not {"torch", "transformers", "celery", "core", "worker"} & create
+
+
 def test_worker_task_module_stays_free_of_torch():
     # the training stack loads in the per-job child process, never in the Celery worker itself
     assert "torch" not in imported_after("worker.tasks")
