@@ -22,7 +22,8 @@ APP_SERVICES = ["migrate", "api", "worker"]
 
 
 def test_services_present():
-    assert set(SERVICES) == {"postgres", "redis", "minio", "minio-init", "migrate", "api", "worker"}
+    assert set(SERVICES) == {"postgres", "redis", "minio", "minio-init", "migrate", "api", "worker",
+                             "prometheus", "grafana"}  # the last two only with `--profile monitoring`
 
 
 @pytest.mark.parametrize("name", APP_SERVICES)
