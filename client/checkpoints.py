@@ -63,24 +63,30 @@ def download(api: Api, checkpoint_id: str, merged: bool, output: Path | None) ->
     """Download a checkpoint's tar archive (a save_pretrained directory) and check its sha256."""
     path = f"/v1/checkpoints/{quote(checkpoint_id, safe='')}/download"
     digest = hashlib.sha256()
-    with api.transport_errors(), api.stream("GET", path, params={"merged": "true"} if merged else {},
-                                            timeout=LONG_TIMEOUT) as response:
-        target = output or Path(file_name(response, checkpoint_id))
-        if target.is_dir():
-            target = target / file_name(response, checkpoint_id)
-        partial = target.with_name(target.name + ".part")
-        total = int(response.headers["Content-Length"]) if "Content-Length" in response.headers else None
-        columns = (TextColumn(target.name), BarColumn(), DownloadColumn(), TransferSpeedColumn())
-        with partial.open("wb") as out, Progress(*columns, console=console, disable=not console.is_terminal) as bar:
-            task = bar.add_task("download", total=total)
-            for chunk in response.iter_bytes(1 << 20):
-                out.write(chunk)
-                digest.update(chunk)
-                bar.advance(task, len(chunk))
-        expected = expected_sha256(api, checkpoint_id, response, merged)
-    if digest.hexdigest() != expected:
-        partial.unlink(missing_ok=True)
-        raise ClientError(f"the download of {checkpoint_id} is corrupt: sha256 {digest.hexdigest()}, "
-                          f"expected {expected}; nothing was written")
+    partial: Path | None = None
+    try:
+        with api.transport_errors(), api.stream("GET", path, params={"merged": "true"} if merged else {},
+                                                timeout=LONG_TIMEOUT) as response:
+            target = output or Path(file_name(response, checkpoint_id))
+            if target.is_dir():
+                target = target / file_name(response, checkpoint_id)
+            partial = target.with_name(target.name + ".part")  # the archive's name only once it is checked
+            total = int(response.headers["Content-Length"]) if "Content-Length" in response.headers else None
+            columns = (TextColumn(target.name), BarColumn(), DownloadColumn(), TransferSpeedColumn())
+            with partial.open("wb") as out, Progress(*columns, console=console,
+                                                     disable=not console.is_terminal) as bar:
+                task = bar.add_task("download", total=total)
+                for chunk in response.iter_bytes(1 << 20):
+                    out.write(chunk)
+                    digest.update(chunk)
+                    bar.advance(task, len(chunk))
+            expected = expected_sha256(api, checkpoint_id, response, merged)
+        if digest.hexdigest() != expected:
+            raise ClientError(f"the download of {checkpoint_id} is corrupt: sha256 {digest.hexdigest()}, "
+                              f"expected {expected}; nothing was written")
+    except BaseException:
+        if partial is not None:
+            partial.unlink(missing_ok=True)
+        raise
     partial.replace(target)
     console.print(f"{target}  {size(target.stat().st_size)}  sha256 {expected} OK", soft_wrap=True, markup=False)

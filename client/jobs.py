@@ -27,7 +27,7 @@ def group() -> None:
     """Create, follow and control training jobs."""
 
 
-@group.group(cls=JobTypes)
+@group.group(cls=JobTypes, short_help="Create a job: one command per job type, its flags from the API's schema.")
 def create() -> None:
     """Create a job: `rlhf jobs create dpo --base-model builtin:tiny-llama --dataset-id ds_... --beta 0.2`.
 
@@ -73,7 +73,7 @@ def get(api: Api, job_id: str, as_json: bool) -> None:
             ("lora", job.get("lora")), ("reward", job.get("reward")), ("metadata", job.get("metadata"))])
 
 
-@group.command()
+@group.command(short_help="Follow a job live; the exit status says how it ended.")
 @click.argument("job_id")
 @click.option("--json", "as_json", is_flag=True, help="No live display: print the final job as JSON.")
 @click.pass_obj
@@ -90,7 +90,7 @@ def watch(api: Api, job_id: str, as_json: bool) -> None:
     raise SystemExit(watching.watch(api, job_id, quiet_json=as_json))
 
 
-def _control(action: str, doc: str) -> click.Command:
+def _control(action: str, short: str, doc: str) -> click.Command:
     @click.argument("job_id")
     @json_option
     @click.pass_obj
@@ -101,9 +101,11 @@ def _control(action: str, doc: str) -> click.Command:
         else:
             console.print(f"{job['id']}  {job['status']}")
 
-    return click.command(action, help=doc)(command)
+    return click.command(action, help=doc, short_help=short)(command)
 
 
-group.add_command(_control("cancel", "Cancel a job: a queued or paused one at once, a running one at its next step."))
-group.add_command(_control("pause", "Pause a job: it stops at its next step with a checkpoint to resume from."))
-group.add_command(_control("resume", "Resume a paused job from its latest checkpoint."))
+group.add_command(_control("cancel", "Cancel a job.",
+                           "Cancel a job: a queued or paused one at once, a running one at its next step."))
+group.add_command(_control("pause", "Pause a job.",
+                           "Pause a job: it stops at its next step with a checkpoint to resume from."))
+group.add_command(_control("resume", "Resume a paused job.", "Resume a paused job from its latest checkpoint."))
