@@ -8,23 +8,28 @@ verified and loaded with transformers; failures and cancellation go through the 
 import hashlib
 import io
 import tarfile
+import threading
 
+import httpx
 import pytest
 
 from tests.e2e.e2e_support import create_dataset, stream_until_done, wait_for
+from tests.metrics_support import Scrape, scrape
 
 pytestmark = pytest.mark.e2e
 HYPERPARAMETERS = {"learning_rate": 3e-3, "max_steps": 30, "batch_size": 8, "checkpoint_every": 10}
 
 
 def test_dpo_job_trains_streams_and_its_checkpoint_loads(service, tmp_path):
+    before = scrape(service)
     dataset_id = create_dataset(service)
     r = service.post("/v1/jobs", json={"type": "dpo", "base_model": "builtin:tiny-llama", "seed": 0,
                                        "dataset_id": dataset_id, "hyperparameters": HYPERPARAMETERS})
     assert r.status_code == 201, r.text
     job_id = r.json()["id"]
 
-    frames = stream_until_done(service, job_id)
+    with MetricsWatch(service, job_id) as watch:
+        frames = stream_until_done(service, job_id)
     statuses = [f["data"]["status"] for f in frames if f["event"] == "status"]
     assert statuses == ["running", "succeeded"], frames[-1]
     assert frames[-1]["event"] == "status"
@@ -59,6 +64,60 @@ def test_dpo_job_trains_streams_and_its_checkpoint_loads(service, tmp_path):
         ids = tokenizer(final["probe"]["text"], return_tensors="pt")["input_ids"]
         logits = model(input_ids=ids).logits[0, -1, : len(final["probe"]["logits"])]
     torch.testing.assert_close(logits, torch.tensor(final["probe"]["logits"]), rtol=0, atol=1e-5)
+
+    # /metrics moved with the job: the database's gauges (read by the API process, which never sees the
+    # worker) and the request counters of the routes used, by template.
+    after = scrape(service)
+    dpo = {"type": "dpo"}
+    assert after["rlhf_jobs", dpo | {"status": "succeeded"}] - before["rlhf_jobs", dpo | {"status": "succeeded"}] == 1
+    assert after["rlhf_jobs", dpo | {"status": "running"}] == 0 and after["rlhf_queue_depth", {}] == 0
+    assert after["rlhf_checkpoints", dpo] - before["rlhf_checkpoints", dpo] == 3
+    assert after["rlhf_checkpoint_bytes", dpo] - before["rlhf_checkpoint_bytes", dpo] == sum(
+        c["size_bytes"] for c in ckpts)
+    for method, route, status in [("POST", "/v1/datasets", "201"), ("POST", "/v1/jobs", "201"),
+                                  ("GET", "/v1/jobs/{job_id}/stream", "200"),
+                                  ("GET", "/v1/checkpoints/{checkpoint_id}/download", "200")]:
+        labels = {"method": method, "route": route, "status": status}
+        assert after[REQUESTS, labels] - before[REQUESTS, labels] == 1, labels
+    # While it ran: its step gauge, and its pace once the worker measured one (a short run may end first).
+    assert not watch.failures and watch.steps and max(watch.steps) <= 30
+    assert all(v > 0 for v in watch.steps_per_second), watch.steps_per_second
+
+
+REQUESTS = "rlhf_http_requests_total"
+
+
+class MetricsWatch:
+    """Scrape /metrics on a thread while a job runs; keep its step and steps/s samples."""
+
+    def __init__(self, service: httpx.Client, job_id: str) -> None:
+        self.url, self.job_id = service.base_url.join("/metrics"), job_id
+        self.steps: list[float] = []
+        self.steps_per_second: list[float] = []
+        self.failures: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def _watch(self) -> None:
+        labels = {"job_id": self.job_id, "type": "dpo"}
+        while not self._stop.wait(0.5):
+            r = httpx.get(self.url, timeout=30)  # a connection of its own, apart from the test's client
+            if r.status_code != 200:
+                self.failures.append(r.text)
+                continue
+            sample = Scrape(r.text)
+            if labels in sample.series("rlhf_job_current_step"):
+                self.steps.append(sample["rlhf_job_current_step", labels])
+            if labels in sample.series("rlhf_job_steps_per_second"):
+                self.steps_per_second.append(sample["rlhf_job_steps_per_second", labels])
+
+    def __enter__(self) -> "MetricsWatch":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
 
 
 def test_unknown_model_fails_as_a_user_error(service):
