@@ -53,4 +53,5 @@ def ui_static(path: str, request: Request) -> Response:
 
 
 def _file(path: Path) -> FileResponse:
-    return FileResponse(path, media_type=MEDIA_TYPES[path.suffix], headers=HEADERS)
+    # With the stat given, the ETag is set now (not when sent), for the If-None-Match check above.
+    return FileResponse(path, media_type=MEDIA_TYPES[path.suffix], headers=HEADERS, stat_result=path.stat())

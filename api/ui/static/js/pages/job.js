@@ -1,0 +1,230 @@
+// One job, live: its header (status, progress, pace, ETA, cancel/pause/resume), its curves, samples,
+// events and checkpoints. History comes from the paged lists (GET …/metrics, /events, /checkpoints,
+// /samples), then the SSE stream keeps everything current until the job ends or pauses.
+
+import {ApiError, get, getAll, post} from "../api.js";
+import {ACTIVE, dateTime, duration, h, notice, number, replace, statusBadge} from "../dom.js";
+import {MetricCharts} from "../charts.js";
+import {actionsFor, etaText, isEnded, paceOf, progressBar, tookOf} from "../jobinfo.js";
+import {MetricTable, chartsFor} from "../metrics.js";
+import {followStream} from "../sse.js";
+import {CheckpointsPanel, EventsPanel, SamplesPanel} from "./job_panels.js";
+
+// The server closes a job's stream once it reaches one of these; a resume opens it again.
+const CLOSING = new Set(["succeeded", "failed", "cancelled", "paused"]);
+const RL_TYPES = new Set(["ppo", "grpo"]);
+const POLL_MS = 5000;
+
+/** The charts shown first, side by side (with the samples, for PPO and GRPO). */
+function overviewIds(type, defs) {
+  const present = new Set(defs.map((d) => d.id));
+  const wanted = RL_TYPES.has(type) ? [["reward", "objective", "graders"], ["kl"], ["loss"]]
+    : [["loss"], ["rewards", "accuracies"], ["margins", "kl", "token_accuracy"]];
+  const ids = wanted.map((options) => options.find((id) => present.has(id))).filter(Boolean);
+  return new Set(RL_TYPES.has(type) ? ids.slice(0, 2) : ids);
+}
+
+export function jobPage({view, params: [jobId], signal, onLeave}) {
+  document.title = `${jobId} · rlhf-service`;
+  const table = new MetricTable();
+  const samples = new SamplesPanel();
+  const charts = new MetricCharts({table, syncKey: `job-${jobId}`, onPick: (step) => samples.pick(step)});
+  const events = new EventsPanel();
+  const checkpoints = new CheckpointsPanel();
+  let job = null;
+  let stream = null;
+  let poll = null;
+  let layoutKeys = "";
+  let lastEventId = 0;
+  let resumeFrom = null;  // the Last-Event-ID of a stream that closed (the job paused): a resume goes on from it
+  onLeave(() => { if (stream) stream.close(); clearTimeout(poll); charts.destroy(); });
+
+  const head = h("div.job-head");
+  const actionStatus = h("div");
+  const liveBadge = h("span.live-state", {"data-state": "idle"});
+  const overview = h("div.overview");
+  const groups = h("div.chart-groups");
+  const groupSections = new Map();
+  const chartsMessage = h("div");
+  replace(view, head, actionStatus,
+    h("div.section-head", h("h2", "Training curves"), liveBadge,
+      h("span.muted.hint-inline", "Hover to compare steps across charts · drag to zoom · click a step for its samples")),
+    chartsMessage, overview, groups,
+    h("div.lower", checkpoints.el, events.el));
+  replace(chartsMessage, notice("info", "Loading metrics…"));
+
+  start();
+
+  async function start() {
+    try {
+      job = await get(`/v1/jobs/${jobId}`, undefined, {signal});
+    } catch (err) {
+      if (!signal.aborted) replace(view, notice("error", err.message), h("p", h("a", {href: "#/jobs"}, "Back to the jobs")));
+      return;
+    }
+    document.title = `${job.name || job.id} · rlhf-service`;
+    renderHead();
+    const loads = [
+      getAll(`/v1/jobs/${jobId}/metrics`, {signal, onPage: (rows) => {
+        for (const m of rows) table.add(m.step, m.values);
+        layout();
+      }}).then(() => {
+        if (!table.steps.length) replace(chartsMessage, notice("info", "No metrics yet: curves appear with the first step."));
+      }),
+      getAll(`/v1/jobs/${jobId}/events`, {signal, cursor: (e) => e.id, limit: 500}).then((rows) => {
+        for (const e of rows) { events.add(e); lastEventId = Math.max(lastEventId, e.id); }
+      }),
+      loadCheckpoints(),
+    ];
+    if (RL_TYPES.has(job.type)) loads.push(loadSamples());
+    try {
+      await Promise.all(loads);
+    } catch (err) {
+      if (signal.aborted) return;
+      replace(chartsMessage, notice("error", err.message));
+    }
+    if (signal.aborted) return;
+    openStream();
+    schedulePoll();
+  }
+
+  async function loadCheckpoints() {
+    checkpoints.set(await getAll(`/v1/jobs/${jobId}/checkpoints`, {signal}));
+  }
+
+  async function loadSamples() {
+    try {
+      await getAll(`/v1/jobs/${jobId}/samples`, {signal, limit: 100, onPage: (rows) => {
+        for (const s of rows) samples.add(s.step, s.rows);
+      }});
+    } catch (err) {
+      if (!(err instanceof ApiError && err.status === 404)) throw err;  // a server without samples
+    }
+  }
+
+  function openStream() {
+    if (CLOSING.has(job.status) || stream) return;
+    // Events up to lastEventId are shown already; metrics are replayed from the start and replace by step.
+    stream = followStream(`/v1/jobs/${jobId}/stream`, {
+      lastEventId: resumeFrom || `${lastEventId}-0`,
+      isFinished: () => CLOSING.has(job.status),
+      onState: (state) => {
+        liveBadge.dataset.state = state;
+        liveBadge.textContent = {open: "live", reconnecting: "reconnecting…", closed: ""}[state] || "";
+        if (state === "closed") { resumeFrom = stream.lastEventId || resumeFrom; stream = null; }
+      },
+      onError: (err) => replace(chartsMessage, notice("error", `Live updates stopped: ${err.message}`)),
+      onEvent,
+    });
+  }
+
+  function onEvent({type, data, id}) {
+    const eventId = Number(String(id).split("-")[0]);
+    if (type === "metrics") {
+      table.add(data.step, data.values);
+      if (data.step > job.current_step) { job.current_step = data.step; renderProgress(); }
+      layout();
+    } else if (type === "samples") {
+      samples.add(data.step, data.rows);
+    } else if (type === "status") {
+      job.status = data.status || job.status;
+      events.add({id: eventId, type, level: data.status === "failed" ? "error" : "info", message: data.message,
+                  created_at: new Date().toISOString()});
+      refreshJob();
+    } else if (type === "checkpoint") {
+      events.add({id: eventId, type, level: "info", message: `checkpoint ${data.id} of step ${data.step} saved`,
+                  created_at: new Date().toISOString()});
+      loadCheckpoints().catch(() => {});
+    } else if (type === "event") {
+      events.add({id: eventId, type, level: data.level, message: data.message, created_at: new Date().toISOString()});
+    }
+  }
+
+  /** Place a card for each chart the metric keys call for: the overview first, then by group. */
+  function layout() {
+    if (table.steps.length) replace(chartsMessage);
+    const keys = table.keys.sort().join("\n");
+    if (keys !== layoutKeys) {
+      layoutKeys = keys;
+      const defs = chartsFor(table.keys);
+      const first = overviewIds(job.type, defs);
+      const overviewCards = [];
+      for (const def of defs) {
+        const card = charts.card(def);
+        if (first.has(def.id)) { overviewCards.push(card.el); continue; }
+        if (!groupSections.has(def.group)) {
+          const grid = h("div.chart-grid");
+          groupSections.set(def.group, grid);
+          groups.append(h("section.chart-group", {"data-group": def.group}, h("h2", def.group), grid));
+        }
+        groupSections.get(def.group).append(card.el);
+      }
+      replace(overview, overviewCards, RL_TYPES.has(job.type) ? samples.el : null);
+    }
+    charts.update();
+  }
+
+  async function refreshJob() {
+    try {
+      job = await get(`/v1/jobs/${jobId}`, undefined, {signal});
+    } catch {
+      return;
+    }
+    renderHead();
+    if (!CLOSING.has(job.status)) openStream();
+  }
+
+  function schedulePoll() {
+    clearTimeout(poll);
+    // The job object carries the pace and ETA; the stream carries everything else.
+    if (ACTIVE.has(job.status)) poll = setTimeout(async () => { await refreshJob(); schedulePoll(); }, POLL_MS);
+  }
+
+  async function act(action) {
+    replace(actionStatus);
+    try {
+      job = await post(`/v1/jobs/${jobId}/${action}`, undefined, {signal});
+      renderHead();
+      openStream();  // a resumed job streams again, from where its last stream stopped
+      schedulePoll();
+    } catch (err) {
+      replace(actionStatus, notice("error", `${action} refused: ${err.message}`));
+      refreshJob();
+    }
+  }
+
+  function renderProgress() {
+    const slot = head.querySelector(".head-progress");
+    if (slot) replace(slot, progressBar(job));
+  }
+
+  function renderHead() {
+    const pace = paceOf(job);
+    replace(head,
+      h("div.crumbs", h("a", {href: "#/jobs"}, "Jobs"), " / ", h("span.mono", job.id)),
+      h("div.title-row",
+        h("h1", job.name || job.id), statusBadge(job.status), h("span.tag", job.type),
+        h("span.spacer"),
+        h("div.actions", actionsFor(job.status).map((action) => h(`button.button.action-${action}`,
+          {type: "button", "data-action": action, onclick: () => act(action)},
+          action[0].toUpperCase() + action.slice(1))))),
+      h("div.head-progress", progressBar(job)),
+      h("dl.facts",
+        fact("Base model", h("span.mono", job.base_model)),
+        fact("Dataset", h("a.mono", {href: `#/datasets/${job.dataset_id}`}, job.dataset_id)),
+        fact("Step", job.total_steps ? `${job.current_step} of ${job.total_steps}` : String(job.current_step)),
+        fact("Pace", pace ? `${number(pace, 3)} steps/s` : "–"),
+        isEnded(job) ? fact("Duration", duration(tookOf(job))) : fact("ETA", h("span", {"data-eta": ""}, etaText(job))),
+        fact("Created", dateTime(job.created_at)),
+        fact("Seed", String(job.seed)),
+        job.lora ? fact("LoRA", `r ${job.lora.r}`) : null),
+      job.error ? notice("error", h("strong", job.error.type.replace("_", " ")), ": ", job.error.message) : null,
+      h("details.hyper", h("summary", "Hyperparameters"),
+        h("pre.json", JSON.stringify({hyperparameters: job.hyperparameters, lora: job.lora, reward: job.reward,
+                                      metadata: job.metadata}, null, 2))));
+  }
+}
+
+function fact(label, value) {
+  return h("div.fact", h("dt", label), h("dd", value));
+}
