@@ -7,7 +7,16 @@ shows the real defaults and bounds; the service's fields (datasets, name, metada
 from datetime import datetime
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, create_model, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    computed_field,
+    create_model,
+    model_validator,
+)
 
 from api.storable import text_problem
 from trainers.spec.config import JOB_MODELS, JobSpec, Seed
@@ -152,10 +161,30 @@ class JobPublic(PublicModel):
     error: JobError | None
     current_step: int
     total_steps: int | None
+    steps_per_second: float | None = Field(
+        description="Optimizer steps per second of the current run, smoothed over about its last two minutes and "
+                    "measured from its first step on (loading and the first step's warm-up left out); null until "
+                    "measured and whenever the job is not running.")
+    tokens_per_second: float | None = Field(
+        description="Training tokens per second of the current run, measured as steps_per_second, for jobs "
+                    "that count their tokens (train/num_tokens: SFT); null otherwise.")
+    estimated_finish: datetime | None = Field(
+        description="When the current run should reach total_steps at steps_per_second; null whenever "
+                    "steps_per_second is.")
     attempts: int
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+
+    @computed_field(description="current_step / total_steps, from 0 to 1 (1 once succeeded); null while "
+                                "total_steps is unknown.")
+    @property
+    def progress(self) -> float | None:
+        if self.status == "succeeded":
+            return 1.0
+        if not self.total_steps:
+            return None
+        return min(max(self.current_step / self.total_steps, 0.0), 1.0)
 
 
 class JobsPublic(BaseModel):
@@ -171,6 +200,20 @@ class MetricPublic(PublicModel):
 
 class MetricsPublic(BaseModel):
     data: list[MetricPublic]
+    has_more: bool
+
+
+class SamplePublic(PublicModel):
+    step: int = Field(description="The optimizer step that ended the rollout.")
+    rows: list[dict[str, Any]] = Field(
+        description='A few of its completions: {"prompt": str, "completion": str, "reward": float | null, '
+                    '"length": int (tokens)}, with "reward/<grader>" per grader or reward model, GRPO\'s '
+                    '"advantage" and PPO\'s "kl".')
+    created_at: datetime
+
+
+class SamplesPublic(BaseModel):
+    data: list[SamplePublic]
     has_more: bool
 
 

@@ -12,6 +12,9 @@ from sqlalchemy.orm import Session
 from core.models import TERMINAL_STATUSES, Job, JobEvent, JobStatus, utcnow
 
 S = JobStatus
+# A run's observed pace (`worker.pace`): written by its metrics while it runs, cleared by any move to another
+# status (an end, a stop, a requeue), so only a running job shows one and a new run measures its own.
+PACE_COLUMNS = ("steps_per_second", "tokens_per_second", "estimated_finish")
 ALLOWED_MOVES: dict[JobStatus, frozenset[JobStatus]] = {
     # queued -> paused: nothing runs yet, so a pause is immediate (the queued message finds it paused).
     S.queued: frozenset({S.running, S.cancelled, S.failed, S.paused}),
@@ -52,12 +55,16 @@ def transition(
 ) -> None:
     """Move a job to `target` if the table allows it from its current status, and record the event.
 
+    Any move but to running clears the job's pace (`PACE_COLUMNS`).
+
     The update is a compare-and-set on the status (and on `where`, extra conditions the row must
     still meet), so two processes racing (a cancel request and a finishing trainer, say) cannot both
     win. Raises InvalidTransition when the move is not allowed or a condition no longer holds.
     """
     now = utcnow()
     changes: dict[str, Any] = {"status": target.value, **(values or {})}
+    if target != S.running:
+        changes |= dict.fromkeys(PACE_COLUMNS)
     if target == S.running:
         changes.setdefault("started_at", now)
     if target in TERMINAL_STATUSES:

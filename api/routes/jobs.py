@@ -1,4 +1,4 @@
-"""Jobs: create, list, read, cancel, pause, resume; their metrics, events, checkpoints and live stream."""
+"""Jobs: create, list, read, cancel, pause, resume; their metrics, samples, events, checkpoints and live stream."""
 
 from typing import Annotated, Literal
 
@@ -14,6 +14,7 @@ from api.schemas import (
     JobPublic,
     JobsPublic,
     MetricsPublic,
+    SamplesPublic,
     error_responses,
 )
 from api.services import jobs as service
@@ -90,6 +91,13 @@ def list_metrics(session: SessionDep, job: JobDep, page: Page):
     return {"data": data, "has_more": has_more}
 
 
+@router.get("/{job_id}/samples", response_model=SamplesPublic)
+def list_samples(session: SessionDep, job: JobDep, page: Page):
+    """PPO/GRPO: a few completions of each logged rollout, with their rewards, by step (`after` is a step)."""
+    data, has_more = results.samples_page(session=session, job=job, limit=page.limit, after=page.after)
+    return {"data": data, "has_more": has_more}
+
+
 @router.get("/{job_id}/events", response_model=EventsPublic)
 def list_events(session: SessionDep, job: JobDep, page: Page):
     """Status changes, warnings, errors and checkpoints, in order (`after` is an event id)."""
@@ -106,11 +114,11 @@ def list_checkpoints(session: SessionDep, job: JobDep, page: Page):
 
 @router.get("/{job_id}/stream", response_class=StreamingResponse,
             responses={200: {"content": {"text/event-stream": {}},
-                             "description": "Server-Sent Events: metrics, event, status, checkpoint."}})
+                             "description": "Server-Sent Events: metrics, samples, event, status, checkpoint."}})
 def stream_job(request: Request, settings: SettingsDep, session: SessionDep, job: JobDep,
                last_event_id: Annotated[str | None, Header()] = None):
-    """Live metrics, events, status changes and checkpoints; resumable with Last-Event-ID; closes once the job
-    has ended or is paused."""
+    """Live metrics, samples, events, status changes and checkpoints; resumable with Last-Event-ID
+    (`<event>-<metric>-<sample>`); closes once the job has ended or is paused."""
     parse_last_event_id(last_event_id)  # reject a malformed header before the stream starts
     # The request's session (authentication, the job lookup) would otherwise stay open, in its
     # transaction, for the life of the stream; the stream reads in short transactions of its own.

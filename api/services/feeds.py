@@ -27,7 +27,11 @@ LAGGED = object()
 # Reads that fail because the database is away or busy are retried; streams wait meanwhile.
 TRANSIENT = (OperationalError, InterfaceError, PoolTimeout)
 
-Fetch = Callable[[str, str, int, int], tuple[str | None, list[tuple]]]
+# A stream's position: the last id it has of each table that feeds it, (job_event, metric, sample).
+Cursors = tuple[int, int, int]
+# Which of the cursors an SSE event's row id advances; every other event is a job_event (0).
+CURSOR_SLOTS = {"metrics": 1, "samples": 2}
+Fetch = Callable[[str, str, Cursors], tuple[str | None, list[tuple]]]
 
 
 @dataclass(frozen=True)
@@ -69,9 +73,9 @@ class Subscription:
 class Feed:
     """The poller of one job, reading from the cursor of the subscription that started it."""
 
-    def __init__(self, hub: "Hub", job_id: str, event_cursor: int, metric_cursor: int) -> None:
+    def __init__(self, hub: "Hub", job_id: str, cursors: Cursors) -> None:
         self.hub, self.job_id = hub, job_id
-        self.cursor = [event_cursor, metric_cursor]
+        self.cursor = list(cursors)
         self.subscriptions: set[Subscription] = set()
         self.wake = hub.wakeups.watch(job_id)
         self.task = asyncio.create_task(self._run(), name=f"stream feed {job_id}")
@@ -82,13 +86,13 @@ class Feed:
             while True:
                 self.wake.clear()  # a wake-up during the read below makes the next wait return at once
                 try:
-                    status, items = await self.hub.read(self.job_id, *self.cursor)
+                    status, items = await self.hub.read(self.job_id, tuple(self.cursor))
                 except TRANSIENT as exc:
                     log.warning("stream feed of %s cannot read the database, retrying: %s", self.job_id, exc)
                     await asyncio.sleep(self.hub.poll_seconds)
                     continue
                 for _, _, kind, row_id, _ in items:
-                    slot = 1 if kind == "metrics" else 0
+                    slot = CURSOR_SLOTS.get(kind, 0)
                     self.cursor[slot] = max(self.cursor[slot], row_id)
                 if items or (status is not None and status != last_status):
                     batch = Batch(status, items)
@@ -127,19 +131,18 @@ class Hub:
         # of streams connecting together cannot starve ordinary requests of either.
         self.limiter = anyio.CapacityLimiter(read_slots)
 
-    async def read(self, job_id: str, event_cursor: int, metric_cursor: int) -> tuple[str | None, list[tuple]]:
+    async def read(self, job_id: str, cursors: Cursors) -> tuple[str | None, list[tuple]]:
         """One short read transaction of the job's news after the cursors, in a worker thread."""
-        return await anyio.to_thread.run_sync(self.fetch, self.database_url, job_id, event_cursor, metric_cursor,
-                                              limiter=self.limiter)
+        return await anyio.to_thread.run_sync(self.fetch, self.database_url, job_id, cursors, limiter=self.limiter)
 
-    def join(self, job_id: str, event_cursor: int, metric_cursor: int) -> tuple[Subscription, bool]:
+    def join(self, job_id: str, cursors: Cursors) -> tuple[Subscription, bool]:
         """Subscribe to the job's feed; True when this subscription started it (the feed reads from
         its cursor, so it needs no catch-up of its own)."""
         subscription = Subscription()
         feed = self.feeds.get(job_id)
         started = feed is None
         if feed is None:
-            feed = self.feeds[job_id] = Feed(self, job_id, event_cursor, metric_cursor)
+            feed = self.feeds[job_id] = Feed(self, job_id, cursors)
         feed.subscriptions.add(subscription)
         return subscription, started
 

@@ -3,7 +3,8 @@
 Status: queued → `queued`; running, and the moments a running job takes to stop (`cancelling`,
 `pausing`), → `running` (it still trains until its next step; `cancelled`/`paused` follow); paused,
 succeeded, failed, cancelled as they are. Files are validated at upload, so no job is ever
-`validating_files`.
+`validating_files`. `estimated_finish` is the job's own estimate (measured by its running worker,
+`worker.pace`), in unix seconds; null unless the job is running.
 
 Events, newest first: the job's events (status changes, warnings, checkpoints; type `message`) and
 one `metrics` event per reported step, with OpenAI's keys (step, total_steps, train_loss,
@@ -48,25 +49,6 @@ def trained_tokens(session: Session, job: Job) -> int | None:
     return None
 
 
-def estimated_finish(session: Session, job: Job) -> int | None:
-    """When a running job should end at the step rate it has shown since it last started, or None.
-
-    The rate is read between the first and the last metrics reported since `started_at` (a run
-    resumed from a checkpoint starts its count there), so loading the model is not counted as training.
-    """
-    if job.status != JobStatus.running or not job.total_steps or job.started_at is None:
-        return None
-    recent = select(Metric.step, Metric.created_at).where(Metric.job_id == job.id,
-                                                           Metric.created_at >= job.started_at)
-    first = session.execute(recent.order_by(Metric.step).limit(1)).first()
-    last = session.execute(recent.order_by(Metric.step.desc()).limit(1)).first()
-    if first is None or last is None or last.step <= first.step:
-        return None
-    per_step = (last.created_at - first.created_at) / (last.step - first.step)
-    remaining = max(job.total_steps - last.step, 0)
-    return unix(last.created_at + per_step * remaining)
-
-
 def _error(job: Job) -> dict[str, Any] | None:
     if job.status != JobStatus.failed or not job.error:
         return None
@@ -92,7 +74,7 @@ def job_object(session: Session, job: Job, project_name: str) -> dict[str, Any]:
                                                                   "learning_rate_multiplier")},
         "method": {"type": method, method: config},
         "training_file": job.dataset_id, "validation_file": job.eval_dataset_id,
-        "trained_tokens": trained_tokens(session, job), "estimated_finish": estimated_finish(session, job),
+        "trained_tokens": trained_tokens(session, job), "estimated_finish": unix(job.estimated_finish),
         "error": _error(job), "seed": job.seed, "suffix": job.suffix, "user_provided_suffix": job.suffix,
         "metadata": job.metadata_, "integrations": None,
     }

@@ -1,4 +1,4 @@
-"""What a job produced: metrics, events and checkpoints, and checkpoint archives."""
+"""What a job produced: metrics, samples, events and checkpoints, and checkpoint archives."""
 
 from collections.abc import Iterator
 from typing import Any
@@ -11,7 +11,7 @@ from api.services import modelops
 from api.services.paging import ascending_page
 from core.artifacts import Store, tar_digest
 from core.model_refs import MODEL_SUBDIR
-from core.models import Checkpoint, Job, JobEvent, Metric
+from core.models import Checkpoint, Job, JobEvent, JobSample, Metric
 from core.settings import Settings
 from trainers.spec.errors import UserError
 from trainers.spec.score_items import score_rows
@@ -21,6 +21,12 @@ def metrics_page(*, session: Session, job: Job, limit: int, after: str | None) -
     """Metrics by step; `after` is a step."""
     stmt = select(Metric).where(Metric.job_id == job.id)
     return ascending_page(session, stmt, Metric.step, limit=limit, after=after)
+
+
+def samples_page(*, session: Session, job: Job, limit: int, after: str | None) -> tuple[list[JobSample], bool]:
+    """Samples (a few completions of a PPO/GRPO rollout) by step; `after` is a step."""
+    stmt = select(JobSample).where(JobSample.job_id == job.id)
+    return ascending_page(session, stmt, JobSample.step, limit=limit, after=after)
 
 
 def events_page(*, session: Session, job: Job, limit: int, after: str | None) -> tuple[list[JobEvent], bool]:

@@ -1,7 +1,11 @@
 """Live job stream as Server-Sent Events, resumable with Last-Event-ID.
 
-Two tables feed the stream - `job_events` (status, event, checkpoint) and `metrics` - so an event id
-is the pair of cursors `<last job_event id>-<last metric id>`. The database is the source of truth,
+Three tables feed the stream - `job_events` (status, event, checkpoint), `metrics` and `job_samples`
+(samples) - so an event id is the triple of cursors `<last job_event id>-<last metric id>-<last sample id>`.
+A two-part id, `<job_event>-<metric>`, as streams sent before samples were streamed, is still
+accepted: it resumes samples from the first, so a client holding one misses nothing and may be sent
+samples it had read from `/samples`. A step written again by a resumed run keeps its row (and id):
+a stream that sent it does not send it again. The database is the source of truth,
 read in short transactions: a stream catches up from its own cursor, then follows its job's shared
 feed (api/services/feeds.py), skipping what it already sent, and closes once the job is terminal
 or paused and everything has been sent (a paused job changes only when someone resumes it: the
@@ -19,29 +23,33 @@ from sqlalchemy import select
 
 from api.admission import stream_read_slots
 from api.errors import InvalidRequest
-from api.services.feeds import LAGGED, Hub, Subscription, hub_for
+from api.services.feeds import CURSOR_SLOTS, LAGGED, Cursors, Hub, Subscription, hub_for
 from core.db import session_scope
-from core.models import TERMINAL_STATUSES, Checkpoint, Job, JobEvent, JobStatus, Metric
+from core.models import TERMINAL_STATUSES, Checkpoint, Job, JobEvent, JobSample, JobStatus, Metric
 from core.settings import Settings
 
 FETCH_LIMIT = 500
+SAMPLE_FETCH_LIMIT = 50  # samples carry text: fewer per read
 # Statuses that close a stream: nothing happens to the job until someone asks (a paused job is resumable).
 CLOSING_STATUSES = TERMINAL_STATUSES | {JobStatus.paused}
 
 
 MAX_ID = 2**63 - 1  # ids are 64-bit signed integers in the database
-_CURSOR = re.compile(r"([0-9]{1,19})-([0-9]{1,19})")
+_CURSOR = re.compile(r"([0-9]{1,19})-([0-9]{1,19})(?:-([0-9]{1,19}))?")
 
 
-def parse_last_event_id(value: str | None) -> tuple[int, int]:
-    """The (job_event, metric) cursors of a Last-Event-ID; 422 unless both are ids the tables can hold."""
+def parse_last_event_id(value: str | None) -> Cursors:
+    """The (job_event, metric, sample) cursors of a Last-Event-ID; 422 unless each is an id the tables can hold.
+
+    A two-part id (`<job_event>-<metric>`) has sample cursor 0: every sample is sent again.
+    """
     if not value:
-        return 0, 0
+        return 0, 0, 0
     match = _CURSOR.fullmatch(value)
-    if match is None or max(int(part) for part in match.groups()) > MAX_ID:
-        raise InvalidRequest(f"Last-Event-ID {value[:64]!r} is not of the form <id>-<id> "
+    if match is None or max(int(part or 0) for part in match.groups()) > MAX_ID:
+        raise InvalidRequest(f"Last-Event-ID {value[:64]!r} is not of the form <id>-<id>-<id> (or <id>-<id>) "
                              f"with ids from 0 to {MAX_ID}", param="Last-Event-ID")
-    return int(match[1]), int(match[2])
+    return int(match[1]), int(match[2]), int(match[3] or 0)
 
 
 def _checkpoint_payload(ckpt: Checkpoint | None, fallback: dict[str, Any] | None) -> dict[str, Any]:
@@ -51,21 +59,26 @@ def _checkpoint_payload(ckpt: Checkpoint | None, fallback: dict[str, Any] | None
             "size_bytes": ckpt.size_bytes, "sha256": ckpt.sha256, "is_final": ckpt.is_final}
 
 
-def fetch_news(url: str, job_id: str, event_cursor: int, metric_cursor: int) -> tuple[str | None, list[tuple]]:
+def fetch_news(url: str, job_id: str, cursors: Cursors) -> tuple[str | None, list[tuple]]:
     """The job's status (read first) and what happened after the cursors, in time order.
 
     Each item is (time, rank, SSE event, row id, JSON data): the data is encoded here, once, in the
     reading thread, however many streams send it.
     """
+    event_cursor, metric_cursor, sample_cursor = cursors
     with session_scope(url) as session:
         status = session.scalar(select(Job.status).where(Job.id == job_id))
         metrics = session.scalars(select(Metric).where(Metric.job_id == job_id, Metric.id > metric_cursor)
                                   .order_by(Metric.id).limit(FETCH_LIMIT)).all()
+        samples = session.scalars(select(JobSample).where(JobSample.job_id == job_id, JobSample.id > sample_cursor)
+                                  .order_by(JobSample.id).limit(SAMPLE_FETCH_LIMIT)).all()
         events = session.scalars(select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.id > event_cursor)
                                  .order_by(JobEvent.id).limit(FETCH_LIMIT)).all()
         items: list[tuple] = []
         for m in metrics:
             items.append((m.created_at, 0, "metrics", m.id, _json({"step": m.step, "values": m.values})))
+        for s in samples:
+            items.append((s.created_at, 1, "samples", s.id, _json({"step": s.step, "rows": s.rows})))
         for e in events:
             if e.type == "checkpoint":
                 ckpt = session.get(Checkpoint, (e.data or {}).get("checkpoint_id"))
@@ -74,10 +87,10 @@ def fetch_news(url: str, job_id: str, event_cursor: int, metric_cursor: int) -> 
                 payload = {**(e.data or {}), "message": e.message}
             else:
                 payload = {"level": e.level, "message": e.message, "data": e.data}
-            items.append((e.created_at, 1, e.type, e.id, _json(payload)))
-    # Metrics before events at the same instant: a terminal status always comes last.
+            items.append((e.created_at, 2, e.type, e.id, _json(payload)))
+    # Metrics, then samples, before events at the same instant: a terminal status always comes last.
     items.sort(key=lambda it: (it[0], it[1], it[3]))
-    caught_up = len(metrics) < FETCH_LIMIT and len(events) < FETCH_LIMIT
+    caught_up = len(metrics) < FETCH_LIMIT and len(samples) < SAMPLE_FETCH_LIMIT and len(events) < FETCH_LIMIT
     return (status if caught_up else None), items
 
 
@@ -90,24 +103,24 @@ def _sse(event: str, id_: str, data: str) -> str:
 
 
 class Cursor:
-    """What a stream has sent, by table; turns news into frames, skipping anything sent before."""
+    """What a stream has sent, by table (`Cursors`); turns news into frames, skipping anything sent before."""
 
-    def __init__(self, event_id: int, metric_id: int) -> None:
-        self.events, self.metrics = event_id, metric_id
+    def __init__(self, cursors: Cursors) -> None:
+        self.ids = list(cursors)
+
+    @property
+    def position(self) -> Cursors:
+        return self.ids[0], self.ids[1], self.ids[2]
 
     def frames(self, items: list[tuple]) -> list[str]:
-        seen_events, seen_metrics = self.events, self.metrics  # items are in time order, not id order
+        seen = self.position  # items are in time order, not id order
         out = []
         for _, _, kind, row_id, payload in items:
-            if kind == "metrics":
-                if row_id <= seen_metrics:
-                    continue
-                self.metrics = max(self.metrics, row_id)
-            else:
-                if row_id <= seen_events:
-                    continue
-                self.events = max(self.events, row_id)
-            out.append(_sse(kind, f"{self.events}-{self.metrics}", payload))
+            slot = CURSOR_SLOTS.get(kind, 0)
+            if row_id <= seen[slot]:
+                continue
+            self.ids[slot] = max(self.ids[slot], row_id)
+            out.append(_sse(kind, "-".join(map(str, self.ids)), payload))
         return out
 
 
@@ -120,11 +133,11 @@ def hub_of(settings: Settings) -> Hub:
 async def job_stream(*, settings: Settings, job_id: str, last_event_id: str | None,
                      is_disconnected: Callable[[], Awaitable[bool]]) -> AsyncIterator[str]:
     """Yield SSE frames for the job until it is terminal or paused and fully sent, or the client leaves."""
-    cursor = Cursor(*parse_last_event_id(last_event_id))
+    cursor = Cursor(parse_last_event_id(last_event_id))
     yield "retry: 2000\n\n"
     hub = hub_of(settings)
     # Join before the first read: whatever is committed after it reaches this stream through the feed.
-    subscription, started = hub.join(job_id, cursor.events, cursor.metrics)
+    subscription, started = hub.join(job_id, cursor.position)
     try:
         async for frame in _frames(settings, hub, job_id, cursor, subscription, not started, is_disconnected):
             yield frame
@@ -138,7 +151,7 @@ async def _frames(settings: Settings, hub: Hub, job_id: str, cursor: Cursor, sub
     last_write = time.monotonic()
     while True:
         if behind:  # catching up from its own cursor, one page per read
-            status, items = await hub.read(job_id, cursor.events, cursor.metrics)
+            status, items = await hub.read(job_id, cursor.position)
             behind = status is None
         else:
             news = await subscription.next(max(0.05, keepalive - (time.monotonic() - last_write)))

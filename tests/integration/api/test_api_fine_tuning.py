@@ -2,7 +2,7 @@
 refusals with their `param`, list and event pagination, checkpoints, status mapping, trained tokens and
 the estimated finish. The runs are played by a reporter under a real lease (nothing trains here)."""
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import pytest
 from sqlalchemy import update
@@ -10,7 +10,7 @@ from sqlalchemy import update
 from core.artifacts import ArtifactStore
 from core.db import session_scope
 from core.lifecycle import claim_job, transition
-from core.models import Job, JobStatus, Metric
+from core.models import Job, JobStatus
 from tests.support import jsonl, upload
 from worker.reporting import JobReporter
 
@@ -288,21 +288,17 @@ def test_status_mapping(client, settings, files, native, shown):
     assert seen["error"] == expected
 
 
-def test_estimated_finish_follows_the_step_rate_since_the_run_started(client, settings, files):
+def test_estimated_finish_is_the_jobs_own_in_unix_seconds_and_gone_once_it_ends(client, settings, files):
     job = created(client, files["supervised"])
     assert client.get(f"{URL}/{job['id']}").json()["estimated_finish"] is None  # queued
-    start = datetime(2030, 1, 1, tzinfo=UTC)
-    with session_scope(settings.database_url) as session:
-        session.execute(update(Job).where(Job.id == job["id"]).values(status="running", started_at=start,
-                                                                      total_steps=10, current_step=4))
-        # Step 1 was reported by an earlier run (before this start): it does not count.
-        for step, seconds in ((1, -100), (2, 10), (4, 20)):
-            session.add(Metric(job_id=job["id"], step=step, values={"train/loss": 1.0},
-                               created_at=start + timedelta(seconds=seconds)))
-    # 5 s a step between steps 2 and 4; 6 steps remain after step 4.
-    expected = int((start + timedelta(seconds=20 + 6 * 5)).timestamp())
-    assert client.get(f"{URL}/{job['id']}").json()["estimated_finish"] == expected
-    assert client.get(URL).json()["data"][0]["estimated_finish"] == expected
+    finish = datetime(2030, 1, 1, 12, 30, 15, tzinfo=UTC)
+    with session_scope(settings.database_url) as session:  # what the running worker measured (worker.pace)
+        session.execute(update(Job).where(Job.id == job["id"]).values(status="running", estimated_finish=finish,
+                                                                      steps_per_second=0.5))
+    assert client.get(f"{URL}/{job['id']}").json()["estimated_finish"] == int(finish.timestamp())
+    assert client.get(URL).json()["data"][0]["estimated_finish"] == int(finish.timestamp())
+    end(settings, job["id"], JobStatus.succeeded)
+    assert client.get(f"{URL}/{job['id']}").json()["estimated_finish"] is None
 
 
 def test_cancel_pause_and_resume_drive_the_native_job(client, settings, files):

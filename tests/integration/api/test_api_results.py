@@ -1,4 +1,4 @@
-"""Metrics, events, checkpoints, downloads, the live stream and health, on both backends.
+"""Metrics, samples, events, checkpoints, downloads, the live stream and health, on both backends.
 
 Rows are written by the worker's own reporter (the code the training process uses), with a small
 stand-in model directory in place of real weights.
@@ -130,6 +130,50 @@ def test_stream_replays_closes_and_resumes(client, settings, job_id):
     r = client.get(f"/v1/jobs/{job_id}/stream", headers={"Last-Event-ID": "garbage"})
     assert r.status_code == 422 and r.json()["error"]["param"] == "Last-Event-ID"
     assert client.get("/v1/jobs/job_unknown/stream").status_code == 404
+
+
+def rows(step: int) -> list[dict]:
+    return [{"prompt": "Say hi", "completion": f"hi {step}", "reward": 0.5, "length": 4}]
+
+
+def test_samples_are_paginated_by_step(client, settings, job_id):
+    rep = reporter(settings, job_id)
+    for step in (2, 4, 6):
+        rep.on_samples(step, rows(step))
+    reporter(settings, job_id).on_samples(4, rows(40))  # a resumed run reports step 4 again
+    data = client.get(f"/v1/jobs/{job_id}/samples").json()["data"]
+    assert [(s["step"], s["rows"]) for s in data] == [(2, rows(2)), (4, rows(40)), (6, rows(6))]
+    assert all(s["created_at"] for s in data)
+    page = client.get(f"/v1/jobs/{job_id}/samples", params={"after": 2, "limit": 1}).json()
+    assert [s["step"] for s in page["data"]] == [4] and page["has_more"]
+    assert client.get(f"/v1/jobs/{job_id}/samples", params={"after": 6}).json() == {"data": [], "has_more": False}
+    assert client.get(f"/v1/jobs/{job_id}/samples", params={"after": "x"}).status_code == 422
+    assert client.get("/v1/jobs/job_unknown/samples").status_code == 404
+
+
+def test_stream_sends_samples_in_order_and_resumes_from_three_and_two_part_ids(client, settings, job_id):
+    rep = reporter(settings, job_id)
+    for step in (1, 2):
+        rep.on_metrics(step, {"train/loss": 1.0 / step})
+        rep.on_samples(step, rows(step))  # flushes the step's metrics first
+    with session_scope(settings.database_url) as session:
+        transition(session, job_id, JobStatus.succeeded)
+    frames = parse_sse(client.get(f"/v1/jobs/{job_id}/stream").text)
+    assert [f["event"] for f in frames] == ["status", "metrics", "samples", "metrics", "samples", "status"]
+    assert frames[2]["data"] == {"step": 1, "rows": rows(1)}
+    ids = [tuple(int(part) for part in f["id"].split("-")) for f in frames]
+    assert all(len(i) == 3 for i in ids) and ids == sorted(ids)
+    assert ids[2][2] > ids[1][2] == 0  # the sample cursor moves with the samples only
+
+    after_step_2_metrics = frames[3]["id"]
+    resumed = parse_sse(client.get(f"/v1/jobs/{job_id}/stream", headers={"Last-Event-ID": after_step_2_metrics}).text)
+    assert [(f["event"], f["data"].get("step")) for f in resumed] == [("samples", 2), ("status", None)]
+    # A two-part id (before samples were streamed) loses nothing: every sample comes again.
+    two_part = "-".join(after_step_2_metrics.split("-")[:2])
+    resumed = parse_sse(client.get(f"/v1/jobs/{job_id}/stream", headers={"Last-Event-ID": two_part}).text)
+    assert [(f["event"], f["data"].get("step")) for f in resumed] == [("samples", 1), ("samples", 2),
+                                                                      ("status", None)]
+    assert resumed[-1]["data"]["status"] == "succeeded" and resumed[-1]["id"] == frames[-1]["id"]
 
 
 def test_stream_delivers_live_updates(settings, job_id, project_key):

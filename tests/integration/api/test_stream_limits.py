@@ -16,7 +16,7 @@ def job_id(client) -> str:
 
 
 @pytest.mark.parametrize("last_event_id", ["100000000000000000000-0", "0-9223372036854775808", "-1-0", "1--5",
-                                           "1-2-3", "1.5-0", "0x1-0"])
+                                           "0-0-9223372036854775808", "1-2-3-4", "1-2-", "1.5-0", "0x1-0"])
 def test_a_cursor_outside_the_id_range_is_a_422_before_the_stream(client, job_id, last_event_id):
     r = client.get(f"/v1/jobs/{job_id}/stream", headers={"Last-Event-ID": last_event_id})
     assert r.status_code == 422, r.text
@@ -31,8 +31,9 @@ def test_the_largest_cursor_is_accepted(client, job_id):
 
     with session_scope(client.app.state.settings.database_url) as session:
         transition(session, job_id, JobStatus.cancelled)
-    r = client.get(f"/v1/jobs/{job_id}/stream", headers={"Last-Event-ID": "9223372036854775807-0"})
-    assert r.status_code == 200 and "event:" not in r.text  # nothing after that cursor
+    for largest in ("9223372036854775807-0-9223372036854775807", "9223372036854775807-0"):  # 3-part and 2-part
+        r = client.get(f"/v1/jobs/{job_id}/stream", headers={"Last-Event-ID": largest})
+        assert r.status_code == 200 and "event:" not in r.text  # nothing after that cursor
 
 
 def test_an_exhausted_pool_answers_503_with_retry_after(settings, project_key):
