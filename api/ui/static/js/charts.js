@@ -33,6 +33,12 @@ function showLatest(u) {
   });
 }
 
+/** The y axis's width: room for its longest tick label (about 6.5 px a character at 11 px). */
+function axisWidth(u, values) {
+  const longest = Math.max(0, ...(values || []).map((v) => String(v).length));
+  return Math.max(36, Math.ceil(longest * 6.5) + 18);
+}
+
 function tick(u, values) {
   return values.map((v) => (v === null ? "" : number(v, 3)));
 }
@@ -65,7 +71,7 @@ export class ChartCard {
       cursor: {sync: this.syncKey ? {key: this.syncKey} : undefined, drag: {x: true, y: false},
                points: {size: 6}},
       scales: {x: {time: false}, y: {range: yRange}},
-      axes: [{...AXIS, size: 30}, {...AXIS, size: 58, values: tick}],
+      axes: [{...AXIS, size: 30}, {...AXIS, size: axisWidth, values: tick}],
       series: [
         {label: "step", value: (u, v) => (v === null ? "–" : String(v))},
         ...this.series.map((s) => ({

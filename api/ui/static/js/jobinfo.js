@@ -6,10 +6,18 @@ import {ACTIVE, duration, h} from "./dom.js";
 
 /** Progress in [0, 1], or null when the job's length is unknown. */
 export function progressOf(job) {
-  if (["succeeded"].includes(job.status)) return 1;
-  if (typeof job.progress === "number") return Math.min(1, Math.max(0, job.progress > 1 ? job.progress / 100 : job.progress));
+  if (job.status === "succeeded") return 1;
+  if (typeof job.progress === "number") return Math.min(1, Math.max(0, job.progress));
   if (job.total_steps) return Math.min(1, (job.current_step || 0) / job.total_steps);
   return null;
+}
+
+/** A step seen on the stream: the job's step and progress move with it between reads of the job. */
+export function advance(job, step) {
+  if (step <= (job.current_step || 0)) return false;
+  job.current_step = step;
+  if (job.total_steps) job.progress = Math.min(1, step / job.total_steps);
+  return true;
 }
 
 /** Steps per second of the current run: the API's measure, else the average since it started. */

@@ -5,7 +5,7 @@
 import {ApiError, get, getAll, post} from "../api.js";
 import {ACTIVE, dateTime, duration, h, notice, number, replace, statusBadge} from "../dom.js";
 import {MetricCharts} from "../charts.js";
-import {actionsFor, etaText, isEnded, paceOf, progressBar, tookOf} from "../jobinfo.js";
+import {actionsFor, advance, etaText, isEnded, paceOf, progressBar, tookOf} from "../jobinfo.js";
 import {MetricTable, chartsFor} from "../metrics.js";
 import {followStream} from "../sse.js";
 import {CheckpointsPanel, EventsPanel, SamplesPanel} from "./job_panels.js";
@@ -122,7 +122,7 @@ export function jobPage({view, params: [jobId], signal, onLeave}) {
     const eventId = Number(String(id).split("-")[0]);
     if (type === "metrics") {
       table.add(data.step, data.values);
-      if (data.step > job.current_step) { job.current_step = data.step; renderProgress(); }
+      if (advance(job, data.step)) renderProgress();
       layout();
     } else if (type === "samples") {
       samples.add(data.step, data.rows);
@@ -132,7 +132,7 @@ export function jobPage({view, params: [jobId], signal, onLeave}) {
                   created_at: new Date().toISOString()});
       refreshJob();
     } else if (type === "checkpoint") {
-      events.add({id: eventId, type, level: "info", message: `checkpoint ${data.id} of step ${data.step} saved`,
+      events.add({id: eventId, type, level: "info", message: `checkpoint at step ${data.step}`,
                   created_at: new Date().toISOString()});
       loadCheckpoints().catch(() => {});
     } else if (type === "event") {
@@ -193,9 +193,15 @@ export function jobPage({view, params: [jobId], signal, onLeave}) {
     }
   }
 
+  function stepText() {
+    return job.total_steps ? `${job.current_step} of ${job.total_steps}` : String(job.current_step);
+  }
+
   function renderProgress() {
     const slot = head.querySelector(".head-progress");
     if (slot) replace(slot, progressBar(job));
+    const step = head.querySelector("[data-step]");
+    if (step) step.textContent = stepText();
   }
 
   function renderHead() {
@@ -212,8 +218,9 @@ export function jobPage({view, params: [jobId], signal, onLeave}) {
       h("dl.facts",
         fact("Base model", h("span.mono", job.base_model)),
         fact("Dataset", h("a.mono", {href: `#/datasets/${job.dataset_id}`}, job.dataset_id)),
-        fact("Step", job.total_steps ? `${job.current_step} of ${job.total_steps}` : String(job.current_step)),
-        fact("Pace", pace ? `${number(pace, 3)} steps/s` : "–"),
+        fact("Step", h("span", {"data-step": ""}, stepText())),
+        fact("Pace", pace ? [`${number(pace, 3)} steps/s`,
+          job.tokens_per_second ? ` · ${number(Math.round(job.tokens_per_second))} tokens/s` : ""] : "–"),
         isEnded(job) ? fact("Duration", duration(tookOf(job))) : fact("ETA", h("span", {"data-eta": ""}, etaText(job))),
         fact("Created", dateTime(job.created_at)),
         fact("Seed", String(job.seed)),

@@ -98,7 +98,7 @@ export function newJobPage({view, query, signal}) {
                             value: field.default ?? "", placeholder: field.default === null ? "default" : ""});
       } else if (field.kind === "json") {
         const example = field.example === undefined ? "" : JSON.stringify(field.example);
-        input = h("textarea", {...common, rows: field.required ? "4" : "2", spellcheck: "false",
+        input = h("textarea", {...common, rows: field.required ? "8" : "2", spellcheck: "false",
                                placeholder: example ? `e.g. ${example}` : "JSON"});
         if (field.required && example) input.value = JSON.stringify(field.example, null, 2);
       } else {
