@@ -24,12 +24,27 @@ def prompt_dataset(client) -> str:
     return r.json()["id"]
 
 
-def run(client, body: dict) -> tuple[dict, list[dict]]:
+def run_streamed(client, body: dict) -> tuple[dict, list[dict]]:
+    """Create the job, follow its stream to the end; the job as it ended and every frame."""
     r = client.post("/v1/jobs", json=body)
     assert r.status_code == 201, r.text
     frames = stream_until_done(client, r.json()["id"])
-    metrics = [f["data"] for f in frames if f["event"] == "metrics"]
-    return client.get(f"/v1/jobs/{r.json()['id']}").json(), metrics
+    return client.get(f"/v1/jobs/{r.json()['id']}").json(), frames
+
+
+def run(client, body: dict) -> tuple[dict, list[dict]]:
+    job, frames = run_streamed(client, body)
+    return job, [f["data"] for f in frames if f["event"] == "metrics"]
+
+
+def assert_samples_and_finished_pace(client, job: dict, steps: list[int]) -> None:
+    """Each of `steps` has samples whose rewards are the grader's; the job shows progress 1 and no pace."""
+    samples = client.get(f"/v1/jobs/{job['id']}/samples", params={"limit": 100}).json()["data"]
+    assert [s["step"] for s in samples] == steps
+    for row in (row for s in samples for row in s["rows"]):
+        assert row["reward"] == row["reward/has_letter"] == float("e" in row["completion"])
+    assert job["progress"] == 1.0
+    assert (job["steps_per_second"], job["tokens_per_second"], job["estimated_finish"]) == (None, None, None)
 
 
 def mean(values) -> float:
@@ -38,10 +53,15 @@ def mean(values) -> float:
 
 
 def test_grpo_with_a_string_check_grader_raises_the_reward(service):
-    job, metrics = run(service, {"type": "grpo", "base_model": "builtin:tiny-llama", "seed": 0,
-                                 "dataset_id": prompt_dataset(service), "reward": CONTAINS_LETTER,
-                                 "hyperparameters": GRPO_LEARNING})
+    job, frames = run_streamed(service, {"type": "grpo", "base_model": "builtin:tiny-llama", "seed": 0,
+                                         "dataset_id": prompt_dataset(service), "reward": CONTAINS_LETTER,
+                                         "hyperparameters": GRPO_LEARNING})
     assert job["status"] == "succeeded", job["error"]
+    metrics = [f["data"] for f in frames if f["event"] == "metrics"]
+    # One rollout per step: 4 of its completions, one of each prompt, streamed and stored at every step.
+    streamed = [f["data"] for f in frames if f["event"] == "samples"]
+    assert [s["step"] for s in streamed] == list(range(1, 17)) and all(len(s["rows"]) == 4 for s in streamed)
+    assert_samples_and_finished_pace(service, job, list(range(1, 17)))
     assert [m["step"] for m in metrics] == list(range(1, 17))
     before = mean(m["values"]["reward/mean"] for m in metrics[:3])
     after = mean(m["values"]["reward/mean"] for m in metrics[-3:])
@@ -63,6 +83,7 @@ def test_ppo_with_a_string_check_grader_raises_the_reward(embedded_service):
                                  "dataset_id": prompt_dataset(service), "reward": CONTAINS_LETTER,
                                  "hyperparameters": PPO_LEARNING})
     assert job["status"] == "succeeded", job["error"]
+    assert_samples_and_finished_pace(service, job, list(range(STEPS_PER_ROLLOUT, 49, STEPS_PER_ROLLOUT)))
     scores = [m["values"]["objective/scores"] for m in metrics if (m["step"] - 1) % STEPS_PER_ROLLOUT == 0]
     assert len(scores) == 12
     before, after = scores[0], mean(scores[-3:])
