@@ -46,7 +46,8 @@ def create_download_link(
                        **error_responses(404, 503), **TIMED_OUT})
 def download_with_link(
     session: SessionDep, settings: SettingsDep, store: StoreDep, ops: ModelOpsDep,
-    token: Annotated[str, Path(description="The token of a link from POST /v1/checkpoints/{id}/download_link.")],
+    token: Annotated[str, Path(max_length=64, description="The token of a link from "
+                                                        "POST /v1/checkpoints/{id}/download_link.")],
 ):
     """Stream the checkpoint of a download link (no API key: the token is the credential); 404 once it expired."""
     checkpoint, merged = downloads.redeem(session=session, token=token)

@@ -130,6 +130,8 @@ def test_dashboard_trains_from_the_form_live_and_downloads_a_checkpoint(embedded
         "type": "dpo", "base_model": "builtin:tiny-llama", "dataset_id": dataset, "eval_dataset_id": dataset,
         "name": "dpo-from-the-form",
         "hyperparameters": {"learning_rate": 0.003, "max_steps": STEPS, "checkpoint_every": 50, "eval_every": 25}}
+    streams = []
+    page.on("request", lambda request: streams.append(request) if request.url.endswith("/stream") else None)
     page.click(".job-form button[type=submit]")
     page.wait_for_url(f"{origin}/ui/#/jobs/job_*")
     job_id = page.url.rsplit("/", 1)[1]
@@ -141,6 +143,10 @@ def test_dashboard_trains_from_the_form_live_and_downloads_a_checkpoint(embedded
     page.wait_for_function(f"() => Number(document.querySelector('[data-chart=\"loss\"]').dataset.points) > {first}")
     expect(page.locator(".job-head .badge")).to_have_text("succeeded")
     expect(page.locator('[data-chart="loss"]')).to_have_attribute("data-points", str(STEPS))
+    # The stream was read with fetch(): the key in its header, and Last-Event-ID after the events already listed.
+    stream = streams[0].all_headers()
+    assert streams[0].url == f"{origin}/v1/jobs/{job_id}/stream" and stream["authorization"] == f"Bearer {key}"
+    assert re.fullmatch(r"[0-9]+-0", stream["last-event-id"]), stream
     for chart in ("rewards", "margins", "accuracies"):  # DPO's reward curves, chosen against rejected
         expect(page.locator(f'[data-chart="{chart}"]')).to_have_attribute("data-points", str(STEPS))
     # Evaluations are drawn over the training curve of the same name.
