@@ -54,9 +54,11 @@ def create_link(*, session: Session, settings: Settings, project_id: str, checkp
 def redeem(*, session: Session, token: str) -> tuple[Checkpoint, bool]:
     """The checkpoint a live link stands for and whether it asks for the merged model; 404 for a token
     that is unknown or expired (an expired one is deleted), or whose checkpoint is gone."""
-    row = session.get(DownloadToken, token_hash(token))
+    digest = token_hash(token)
+    row = session.get(DownloadToken, digest)
     if row is not None and row.expires_at <= utcnow():
-        session.delete(row)
+        # A statement, not session.delete: two requests may find the same expired row.
+        session.execute(delete(DownloadToken).where(DownloadToken.token_hash == digest))
         session.commit()
         row = None
     # The checkpoint is looked up within the link's project again: it may have been deleted since.

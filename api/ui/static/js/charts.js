@@ -13,8 +13,9 @@ const AXIS = {stroke: "#6b7280", grid: {stroke: "#eef0f4", width: 1}, ticks: {st
 /** The y range: uPlot's padded one, or a unit around a flat line (a fraction stuck at 0 is not 0 to 100). */
 function yRange(u, min, max) {
   if (min === null || max === null) return [0, 1];
-  if (min === max) {
-    const pad = Math.abs(min) > 0 ? Math.abs(min) * 0.5 : 0.5;
+  if (min === max) {  // a flat line: 0 (a fraction never clipped) is drawn at the bottom of [0, 1]
+    if (min === 0) return [0, 1];
+    const pad = Math.abs(min) * 0.5;
     return [min - pad, max + pad];
   }
   return window.uPlot.rangeNum(min, max, 0.1, true);
