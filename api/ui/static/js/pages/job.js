@@ -46,9 +46,9 @@ export function jobPage({view, params: [jobId], signal, onLeave}) {
   const groups = h("div.chart-groups");
   const groupSections = new Map();
   const chartsMessage = h("div");
+  const hint = h("span.muted.hint-inline", "Hover to compare steps across charts · drag to zoom, double-click to reset");
   replace(view, head, actionStatus,
-    h("div.section-head", h("h2", "Training curves"), liveBadge,
-      h("span.muted.hint-inline", "Hover to compare steps across charts · drag to zoom · click a step for its samples")),
+    h("div.section-head", h("h2", "Training curves"), liveBadge, hint),
     chartsMessage, overview, groups,
     h("div.lower", checkpoints.el, events.el));
   replace(chartsMessage, notice("info", "Loading metrics…"));
@@ -63,6 +63,7 @@ export function jobPage({view, params: [jobId], signal, onLeave}) {
       return;
     }
     document.title = `${job.name || job.id} · rlhf-service`;
+    if (RL_TYPES.has(job.type)) hint.append(" · click a step for its samples");
     renderHead();
     const loads = [
       getAll(`/v1/jobs/${jobId}/metrics`, {signal, onPage: (rows) => {
