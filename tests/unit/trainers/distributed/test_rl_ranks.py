@@ -9,6 +9,8 @@ samples a stand-in in the last chunk); the PPO runs whiten advantages and adapt 
 KL, and train the critic spread over the ranks.
 """
 
+import json
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -84,6 +86,20 @@ def assert_same_weights(directory, expected_directory, subdirectory=MODEL_DIR):
         torch.testing.assert_close(weights[name], tensor, rtol=TOLERANCE, atol=TOLERANCE, msg=name)
 
 
+def assert_rank_0_reports_the_samples(directory, expected_directory):
+    """Rank 0 alone reports samples (the other rank's callbacks get none), the ones one process reports."""
+    two = [json.loads((directory / f"samples-{rank}.json").read_text()) for rank in (0, 1)]
+    one = json.loads((expected_directory / "samples-0.json").read_text())
+    assert two[1] == {} and sorted(two[0]) == sorted(one) and one
+    for step, rows in one.items():
+        assert [(r["prompt"], r["completion"], r["reward"]) for r in two[0][step]] == [
+            (r["prompt"], r["completion"], r["reward"]) for r in rows]
+        for got, expected in zip(two[0][step], rows, strict=True):  # advantages, KL: computed share by share
+            assert got.keys() == expected.keys()
+            assert {k: v for k, v in got.items() if not isinstance(v, str)} == pytest.approx(
+                {k: v for k, v in expected.items() if not isinstance(v, str)}, rel=TOLERANCE, abs=1e-6)
+
+
 def test_grpo_on_two_ddp_processes_equals_one_process(runs):
     (one, one_dir), (two, two_dir) = runs("grpo_1"), runs("grpo_ddp")
 
@@ -95,6 +111,7 @@ def test_grpo_on_two_ddp_processes_equals_one_process(runs):
     assert two["metrics"][4]["eval/completions/mean_length"] == one["metrics"][4]["eval/completions/mean_length"]
     assert_same_weights(two_dir / "checkpoint-4", one_dir / "checkpoint-4")
     assert ["info", "2 processes, strategy ddp"] in two["events"]
+    assert_rank_0_reports_the_samples(two_dir, one_dir)
     assert 0 < one["metrics"][1]["reward/mean"] < 1  # rewards that teach: the losses are not all zero
     assert one["metrics"][4]["objective/kl"] > 0
 
@@ -119,3 +136,4 @@ def test_ppo_on_two_ddp_processes_equals_one_process(runs):
     assert one["metrics"][4]["objective/kl_coef"] != one["metrics"][1]["objective/kl_coef"]  # β adapted
     assert_same_weights(two_dir / "checkpoint-4", one_dir / "checkpoint-4")
     assert_same_weights(two_dir / "checkpoint-4", one_dir / "checkpoint-4", CRITIC_DIR)
+    assert_rank_0_reports_the_samples(two_dir, one_dir)
