@@ -59,6 +59,7 @@ def test_samples_are_written_under_the_lease_after_the_metrics_and_replaced_by_a
 
 def test_the_pace_is_written_with_the_metrics_while_running_and_cleared_when_the_run_stops(
         client, settings, job_id, claim, reporter):
+    assert client.get(f"/v1/jobs/{job_id}").json()["progress"] is None  # its total is unknown until it starts
     rep = reporter(claim(job_id))
     rep.on_start(10)
     report_steps(rep, [1])
