@@ -63,10 +63,10 @@ def transition(
     """
     now = utcnow()
     changes: dict[str, Any] = {"status": target.value, **(values or {})}
-    if target != S.running:
-        changes |= dict.fromkeys(PACE_COLUMNS)
     if target == S.running:
         changes.setdefault("started_at", now)
+    else:
+        changes |= dict.fromkeys(PACE_COLUMNS)
     if target in TERMINAL_STATUSES:
         changes["finished_at"] = now
     if error is not None:

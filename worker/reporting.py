@@ -31,6 +31,11 @@ from worker.pace import Pace
 T = TypeVar("T")
 FLUSH_SECONDS = 1.0
 FLUSH_ROWS = 50
+TOKENS_METRIC = "train/num_tokens"  # the cumulative count of trained tokens, where a trainer reports one
+
+
+def _dialect(session: Session) -> Any:
+    return postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
 
 
 def upsert_metrics(session: Session, job_id: str, rows: list[tuple[int, dict[str, float]]]) -> None:
@@ -41,13 +46,6 @@ def upsert_metrics(session: Session, job_id: str, rows: list[tuple[int, dict[str
     stmt = stmt.on_conflict_do_update(index_elements=["job_id", "step"],
                                       set_={"values": stmt.excluded["values"], "created_at": now})
     session.execute(stmt)
-
-
-TOKENS_METRIC = "train/num_tokens"  # the cumulative count of trained tokens, where a trainer reports one
-
-
-def _dialect(session: Session) -> Any:
-    return postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
 
 
 def storable(value: Any) -> Any:
