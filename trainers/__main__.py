@@ -189,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
             kind, choices = _flag_type(field.annotation)
             cmd.add_argument(
                 flag, dest=field_name, type=kind, choices=choices, default=None,
-                help=f"{field.description} (default {field.default})",
+                help=_help_text(f"{field.description} (default {field.default})"),
             )  # fmt: skip
     merge = sub.add_parser("merge", help="write a LoRA checkpoint's base and adapter as one full model")
     merge.add_argument("--model-dir", type=Path, required=True, help="a checkpoint's model/ directory")
@@ -379,6 +379,11 @@ def _error(exc: Exception) -> None:
     """Print an error once per job: every rank meets the same bad input, so only rank 0 says so."""
     if is_main_rank():
         print(f"error: {exc}", file=sys.stderr)
+
+
+def _help_text(text: str) -> str:
+    """Help as argparse prints it: argparse formats help with `%` (`%(default)s`), so a `%` of the text is `%%`."""
+    return text.replace("%", "%%")
 
 
 def _positive(text: str) -> int:
