@@ -5,9 +5,10 @@ from pathlib import Path
 from typing import Any
 
 import click
+from rich.console import Console
 
 from client.http import LONG_TIMEOUT, Api
-from client.output import console, json_option, print_json, size, table, when
+from client.output import console, json_option, one_format, print_ids, print_json, quiet_option, size, table, when
 
 KINDS = ("preference", "prompt", "chat", "feedback", "text")
 
@@ -38,10 +39,13 @@ def column_map(pairs: tuple[str, ...]) -> str | None:
               help="Read a canonical key from another column of the file (repeatable), e.g. prompt=question.")
 @click.option("--skip-invalid", is_flag=True, help="Store the valid rows and report the others (default: all or none).")
 @json_option
+@click.option("-q", "--quiet", is_flag=True,
+              help="Print only the new dataset's id (skipped rows, if any, are reported on stderr).")
 @click.pass_obj
 def upload(api: Api, file: Path, kind: str, name: str | None, pairs: tuple[str, ...], skip_invalid: bool,
-           as_json: bool) -> None:
+           as_json: bool, quiet: bool) -> None:
     """Upload FILE (.jsonl, .json, .csv or .parquet); every row is validated by the API."""
+    one_format(as_json, quiet)
     form = {"kind": kind, "skip_invalid": "true" if skip_invalid else "false"}
     if name is not None:
         form["name"] = name
@@ -52,24 +56,33 @@ def upload(api: Api, file: Path, kind: str, name: str | None, pairs: tuple[str, 
     if as_json:
         print_json(dataset)
         return
-    console.print(f"{dataset['id']}  {dataset['kind']}  {dataset['row_count']} rows  {dataset['name']}")
+    if quiet:
+        print_ids([dataset])
+    else:
+        console.print(f"{dataset['id']}  {dataset['kind']}  {dataset['row_count']} rows  {dataset['name']}")
     skipped = dataset.get("skipped")
     if skipped and skipped.get("count"):
-        console.print(f"skipped {skipped['count']} invalid rows:", style="yellow")
+        out = Console(stderr=True, highlight=False) if quiet else console  # stdout holds the id alone
+        out.print(f"skipped {skipped['count']} invalid rows:", style="yellow")
         for row in skipped.get("rows", [])[:10]:
             field = f", {row['field']}" if row.get("field") else ""
-            console.print(f"  line {row['line']}{field}: {row['message']}", soft_wrap=True)
+            out.print(f"  line {row['line']}{field}: {row['message']}", soft_wrap=True, markup=False)
 
 
 @group.command("list")
 @click.option("--limit", type=click.IntRange(1, 1000), default=20, show_default=True, help="How many, newest first.")
 @json_option
+@quiet_option
 @click.pass_obj
-def list_(api: Api, limit: int, as_json: bool) -> None:
+def list_(api: Api, limit: int, as_json: bool, quiet: bool) -> None:
     """List the project's datasets, newest first."""
+    one_format(as_json, quiet)
     page = api.get("/v1/datasets", params={"limit": limit})
     if as_json:
         print_json(page)
+        return
+    if quiet:
+        print_ids(page["data"])
         return
     table(("id", "name", "kind", "rows", "size", "created"),
           ((d["id"], d["name"], d["kind"], d["row_count"], size(d["size_bytes"]), when(d["created_at"]))

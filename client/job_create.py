@@ -10,7 +10,7 @@ from client import watch
 from client.errors import ApiError
 from client.http import Api
 from client.job_flags import MODELS, Flag, body_of, options, owner, validate
-from client.output import console, print_json
+from client.output import console, one_format, print_ids, print_json
 
 
 def read_spec(path: Path | None) -> dict[str, Any] | None:
@@ -33,8 +33,12 @@ def create_command(job_type: str) -> click.Command | None:
     flags, opts = options(model)
 
     @click.pass_obj
-    def create(api: Api, spec: Path | None, as_json: bool, watch_job: bool, idempotency_key: str | None,
-               **values: Any) -> None:
+    def create(api: Api, spec: Path | None, as_json: bool, quiet: bool, watch_job: bool,
+               idempotency_key: str | None, **values: Any) -> None:
+        one_format(as_json, quiet)
+        if quiet and watch_job:
+            raise click.UsageError("--quiet prints only the new job's id: follow it with `rlhf jobs watch ID`, "
+                                   "not --watch")
         loaded = read_spec(spec)
         body = body_of(job_type, flags, values, loaded)
         validate(model, body, flags, {dest for dest, v in values.items() if v is not None}, loaded is not None)
@@ -45,6 +49,9 @@ def create_command(job_type: str) -> click.Command | None:
             raise name_flag(exc, flags) from None
         if as_json:
             print_json(job)
+        elif quiet:
+            print_ids([job])
+            return
         else:
             console.print(f"{job['id']}  {job['type']}  {job['status']}")
         if watch_job:
@@ -59,6 +66,7 @@ def create_command(job_type: str) -> click.Command | None:
         click.Option(["--idempotency-key"], metavar="KEY",
                      help="Repeating a key returns the first job, not a new one."),
         click.Option(["--json", "as_json"], is_flag=True, help="Print the created job as JSON."),
+        click.Option(["-q", "--quiet"], is_flag=True, help="Print only the new job's id, for scripts."),
     ]
     doc = (model.__doc__ or "").strip().splitlines()[0]
     hyper = [o for o, f in zip(opts, flags, strict=True) if len(f.path) > 1]

@@ -27,7 +27,7 @@ from api.schemas import JOB_CREATE_MODELS
 HYPER = "hyperparameters"
 MODELS: dict[str, type[BaseModel]] = {model.model_fields["type"].annotation.__args__[0]: model
                                       for model in JOB_CREATE_MODELS}
-OWN_OPTIONS = ("spec", "as_json", "watch", "idempotency_key")
+OWN_OPTIONS = ("spec", "as_json", "quiet", "watch", "idempotency_key")
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,19 @@ import click
 
 from client import watch as watching
 from client.http import Api
-from client.output import console, eta, fields, json_option, print_json, progress, table, when
+from client.output import (
+    console,
+    eta,
+    fields,
+    json_option,
+    one_format,
+    print_ids,
+    print_json,
+    progress,
+    quiet_option,
+    table,
+    when,
+)
 from client.stream import job_path
 
 
@@ -41,13 +53,18 @@ def create() -> None:
 @click.option("--type", "type_", metavar="TYPE", help="Only jobs of this type (dpo, grpo, ...).")
 @click.option("--limit", type=click.IntRange(1, 1000), default=20, show_default=True, help="How many, newest first.")
 @json_option
+@quiet_option
 @click.pass_obj
-def list_(api: Api, status: str | None, type_: str | None, limit: int, as_json: bool) -> None:
+def list_(api: Api, status: str | None, type_: str | None, limit: int, as_json: bool, quiet: bool) -> None:
     """List jobs, newest first."""
+    one_format(as_json, quiet)
     params = {"limit": limit} | ({"status": status} if status else {}) | ({"type": type_} if type_ else {})
     page = api.get("/v1/jobs", params=params)
     if as_json:
         print_json(page)
+        return
+    if quiet:
+        print_ids(page["data"])
         return
     table(("id", "type", "status", "model", "progress", "ETA"),
           ((j["id"], j["type"], j["status"], j["base_model"], progress(j), eta(j)) for j in page["data"]))

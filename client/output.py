@@ -15,10 +15,22 @@ from rich.table import Table
 # Piped into a file or another program, lines are not wrapped at 80 columns.
 console = Console(highlight=False, width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else 200)
 json_option = click.option("--json", "as_json", is_flag=True, help="Print the API's JSON answer, for scripts.")
+quiet_option = click.option("-q", "--quiet", is_flag=True, help="Print only the ids, one per line, for scripts.")
 
 
 def print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2) + "\n")
+
+
+def print_ids(items: Iterable[dict[str, Any]]) -> None:
+    """`--quiet`: each item's id on a line of its own, in the order given (`| tail -n 1` is the last)."""
+    sys.stdout.write("".join(f"{item['id']}\n" for item in items))
+
+
+def one_format(as_json: bool, quiet: bool) -> None:
+    """Refuse `--json` with `--quiet` (exit status 2, before anything is sent)."""
+    if as_json and quiet:
+        raise click.UsageError("--json and --quiet: give one of them")
 
 
 def table(columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:

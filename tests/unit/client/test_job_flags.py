@@ -13,7 +13,7 @@ from client.errors import ApiError
 from client.job_create import create_command, name_flag
 from client.job_flags import MODELS, body_of, options, validate
 
-OWN = {"--spec", "--watch", "--idempotency-key", "--json", "--help", "-h"}
+OWN = {"--spec", "--watch", "--idempotency-key", "--json", "--quiet", "-q", "--help", "-h"}
 
 
 def parse(job_type: str, *args: str) -> tuple[dict, dict]:
@@ -21,7 +21,7 @@ def parse(job_type: str, *args: str) -> tuple[dict, dict]:
     command = create_command(job_type)
     ctx = command.make_context(job_type, list(args))
     flags, _ = options(MODELS[job_type])
-    own = {"spec", "as_json", "watch_job", "idempotency_key"}
+    own = {"spec", "as_json", "quiet", "watch_job", "idempotency_key"}
     values = {k: v for k, v in ctx.params.items() if k not in own}
     return body_of(job_type, flags, values, None), values
 
