@@ -59,6 +59,28 @@ class RLHyperparameters(LoopHyperparameters):
                     "metrics are logged (every log_every steps); GRPO takes them from different prompts first. "
                     "0: none.",
     )
+    generation_backend: Literal["hf", "vllm"] = Field(
+        "hf",
+        description="The engine that samples rollouts: 'hf' runs the training model itself (a static KV cache, "
+                    "a compiled decoding step as compile_generation says); 'vllm' a vLLM engine given the "
+                    "policy's weights after each optimizer step, its memory freed between rollouts (the optional "
+                    "vllm extra, CUDA). Log-probs for the losses are recomputed by the training model either way.",
+    )
+    compile_generation: bool | None = Field(
+        None,
+        description="With generation_backend 'hf': decode with a torch.compile'd one-token step over a static KV "
+                    "cache (mode reduce-overhead, CUDA graphs, on CUDA). null: on CUDA always; on the CPU only "
+                    "when a run decodes enough tokens to repay the compile (about 26 s cold, 4 s from the "
+                    "on-disk compile cache). Sampled tokens are the same either way, up to float rounding.",
+    )
+    tis_cap: float | None = Field(
+        None, ge=1, le=1e6,
+        description="Truncated importance sampling (Yao et al. 2025, 'Your efficient RL framework secretly "
+                    "brings you off-policy RL training'): multiply each token's policy-gradient term by "
+                    "min(exp(log π_old − log π_engine), tis_cap), correcting for an engine (vLLM) whose sampling "
+                    "probabilities differ from the trainer's; reported as policy/tis_weight_mean and "
+                    "policy/tis_clipfrac. The paper uses 2. null: off.",
+    )
 
     @field_validator("max_new_tokens")
     @classmethod
