@@ -1,4 +1,4 @@
-"""Helpers of the end-to-end tests: deployments as real processes, datasets, following a job, waiting."""
+"""Helpers of the end-to-end tests: deployments as real processes, datasets, following a job, waiting, README blocks."""
 
 import io
 import os
@@ -21,6 +21,27 @@ from trainers.data.synthetic import uppercase_preference_rows
 
 DEADLINE = 240  # seconds for any one job to finish on a 2-core machine
 ROOT = Path(__file__).resolve().parents[2]
+
+
+def section_blocks(markdown: str, heading: str, lang: str = "bash") -> list[str]:
+    """The fenced `lang` code blocks of one section: from `heading` to the next `## ` heading outside a fence."""
+    lines = markdown.splitlines()
+    blocks: list[str] = []
+    block: list[str] | None = None
+    fence_lang = ""
+    for line in lines[lines.index(heading) + 1:]:
+        if block is None and line.startswith("## "):
+            break
+        if line.startswith("```"):
+            if block is None:
+                block, fence_lang = [], line[3:].strip()
+            else:
+                if fence_lang == lang:
+                    blocks.append("\n".join(block) + "\n")
+                block = None
+        elif block is not None:
+            block.append(line)
+    return blocks
 
 
 def free_port() -> int:

@@ -1,9 +1,11 @@
-"""The `rlhf` command against a live API and worker: the README's flow (upload, create from flags, watch,
-download), and `jobs watch`'s exit status for a job that fails, one that is cancelled and one that is paused."""
+"""The `rlhf` command against a live API and worker: the README's "Command-line client" block, run with bash as
+it is written (upload, create from flags, watch, list, download), and `jobs watch`'s exit status for a job
+that fails, one that is cancelled and one that is paused."""
 
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 import tarfile
@@ -11,12 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.e2e_support import DEADLINE
+from tests.e2e.e2e_support import DEADLINE, ROOT, section_blocks
 from tests.support import jsonl
 from trainers.data.synthetic import uppercase_preference_rows
 
 pytestmark = pytest.mark.e2e
 RLHF = str(Path(sys.executable).with_name("rlhf"))  # the installed script (pip install -e .)
+SECTION = "## Command-line client"
 
 
 def run(service, cwd: Path, *args: str, module: bool = False) -> subprocess.CompletedProcess:
@@ -33,32 +36,54 @@ def ok(proc: subprocess.CompletedProcess, code: int = 0) -> str:
     return proc.stdout
 
 
-def test_the_cli_flow_uploads_trains_watches_and_downloads(embedded_service, tmp_path):
-    (tmp_path / "pairs.jsonl").write_bytes(jsonl(uppercase_preference_rows(32, seed=1)))
-    dataset = json.loads(ok(run(embedded_service, tmp_path, "datasets", "upload", "pairs.jsonl", "--kind",
-                                "preference", "--name", "uppercase", "--json")))
-    assert dataset["row_count"] == 32 and dataset["kind"] == "preference"
-    assert dataset["id"] in ok(run(embedded_service, tmp_path, "datasets", "list"))
+def test_the_readme_cli_flow_runs_as_written(embedded_service, tmp_path):
+    (script,) = section_blocks((ROOT / "README.md").read_text(), SECTION)
+    assert "rlhf jobs watch" in script and "--quiet" in script
 
-    job = json.loads(ok(run(embedded_service, tmp_path, "jobs", "create", "dpo", "--base-model", "builtin:tiny-llama",
-                            "--dataset-id", dataset["id"], "--beta", "0.2", "--learning-rate", "3e-3",
-                            "--max-steps", "4", "--checkpoint-every", "2", "--json", module=True)))
-    assert job["hyperparameters"]["beta"] == 0.2 and job["hyperparameters"]["max_steps"] == 4
+    # A stand-in checkout, as `scripts/serve.sh` leaves it: the venv and the key in var/api-key.
+    checkout, scratch = tmp_path / "checkout", tmp_path / "tmp"
+    for folder in (checkout / "var", scratch):
+        folder.mkdir(parents=True)
+    (checkout / ".venv").symlink_to(sys.prefix)  # the venv running this test: it has `rlhf`
+    (checkout / "var" / "api-key").write_text(embedded_service.headers["Authorization"].removeprefix("Bearer "))
+    (tmp_path / "flow.sh").write_text(script)
+    # No key in the environment: the client reads var/api-key. The block sets RLHF_BASE_URL from BASE.
+    unset = ("API_KEY", "BASE", "RLHF_API_KEY", "RLHF_BASE_URL")
+    env = {k: v for k, v in os.environ.items() if k not in unset} | {
+        "BASE": str(embedded_service.base_url).rstrip("/"), "TMPDIR": str(scratch), "HF_HUB_OFFLINE": "1"}
+    # Strict mode: a step that fails (a `watch` that does not exit 0) stops the run where a reader would see it.
+    proc = subprocess.run(["bash", "-e", "-u", "-o", "pipefail", str(tmp_path / "flow.sh")], cwd=checkout, env=env,
+                          capture_output=True, text=True, timeout=2 * DEADLINE)
+    assert proc.returncode == 0, f"stdout:\n{proc.stdout[-4000:]}\nstderr:\n{proc.stderr[-4000:]}"
+    out = proc.stdout
 
-    watched = ok(run(embedded_service, tmp_path, "jobs", "watch", job["id"]))
-    assert f"{job['id']} succeeded at step 4/4  loss " in watched
-    assert watched.count("checkpoint ckpt_") == 2  # steps 2 and 4, printed as they arrived
-    assert job["id"] in ok(run(embedded_service, tmp_path, "jobs", "list", "--status", "succeeded"))
-
-    checkpoints = json.loads(ok(run(embedded_service, tmp_path, "checkpoints", "list", job["id"], "--json")))["data"]
+    # `jobs watch`: the job succeeded at its last step, each checkpoint printed as it arrived.
+    match = re.search(r"^(job_\S+) succeeded at step 30/30  loss ", out, re.MULTILINE)
+    assert match, out[-4000:]
+    job = embedded_service.get(f"/v1/jobs/{match[1]}").json()
+    assert job["status"] == "succeeded" and job["hyperparameters"]["learning_rate"] == 3e-3
+    checkpoints = embedded_service.get(f"/v1/jobs/{job['id']}/checkpoints").json()["data"]
     final = checkpoints[-1]
-    assert [c["step"] for c in checkpoints] == [2, 4] and final["is_final"]
-    out = ok(run(embedded_service, tmp_path, "checkpoints", "download", final["id"], "-o", "model.tar"))
-    assert f"sha256 {final['sha256']} OK" in out
-    archive = tmp_path / "model.tar"
-    assert hashlib.sha256(archive.read_bytes()).hexdigest() == final["sha256"]
-    with tarfile.open(archive) as tar:
+    assert [c["step"] for c in checkpoints] == [10, 20, 30] and final["is_final"]
+    assert re.findall(r"^checkpoint (ckpt_\S+) at step", out, re.MULTILINE) == [c["id"] for c in checkpoints]
+    dataset = embedded_service.get(f"/v1/datasets/{job['dataset_id']}").json()
+    assert (dataset["name"], dataset["kind"], dataset["row_count"]) == ("uppercase", "preference", 96)
+
+    # `jobs list --status succeeded` lists it; `--quiet | tail -n 1` picked the final checkpoint to download.
+    assert re.search(rf"^\s*{job['id']}\s+dpo\s+succeeded\s", out, re.MULTILINE), out[-4000:]
+    assert re.search(rf"model\.tar\s+\S+ [KMG]?B\s+sha256 {final['sha256']} OK$", out, re.MULTILINE), out[-4000:]
+
+    # The archive is in WORK (what mktemp -d made under TMPDIR), beside the pairs, and is the final checkpoint.
+    (work,) = scratch.glob("tmp.*")
+    assert sorted(p.name for p in work.iterdir()) == ["model.tar", "pairs.jsonl"]
+    assert hashlib.sha256((work / "model.tar").read_bytes()).hexdigest() == final["sha256"]
+    with tarfile.open(work / "model.tar") as tar:
         assert f"{final['id']}/config.json" in tar.getnames()
+    assert sorted(p.name for p in checkout.iterdir()) == [".venv", "var"]
+
+    # `python -m client` is the same command.
+    listed = ok(run(embedded_service, checkout, "datasets", "list", "--quiet", module=True)).splitlines()
+    assert listed[0] == dataset["id"]
 
 
 def test_watch_exits_1_for_a_failed_job_2_cancelled_3_paused(embedded_service, tmp_path):

@@ -14,32 +14,11 @@ import sys
 
 import pytest
 
-from tests.e2e.e2e_support import DEADLINE, ROOT, deployment
+from tests.e2e.e2e_support import DEADLINE, ROOT, deployment, section_blocks
 from tests.support import parse_sse
 
 pytestmark = pytest.mark.e2e
 SECTION = "## The whole flow with curl"
-
-
-def section_blocks(markdown: str, heading: str, lang: str = "bash") -> list[str]:
-    """The fenced `lang` code blocks of one section: from `heading` to the next `## ` heading outside a fence."""
-    lines = markdown.splitlines()
-    blocks: list[str] = []
-    block: list[str] | None = None
-    fence_lang = ""
-    for line in lines[lines.index(heading) + 1:]:
-        if block is None and line.startswith("## "):
-            break
-        if line.startswith("```"):
-            if block is None:
-                block, fence_lang = [], line[3:].strip()
-            else:
-                if fence_lang == lang:
-                    blocks.append("\n".join(block) + "\n")
-                block = None
-        elif block is not None:
-            block.append(line)
-    return blocks
 
 
 def test_section_blocks_stop_at_the_next_heading_and_skip_other_languages():
