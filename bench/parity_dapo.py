@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywher
 
 from trainers.models.tiny import build_tiny_llama  # noqa: E402
 from trainers.rl.dynamic_sampling import shaped_scores  # noqa: E402
+from trainers.rl.generation.hf import HFBackend  # noqa: E402
 from trainers.rl.online import completion_seeds, sample_rollout  # noqa: E402
 from trainers.rl.rewards import RewardScores  # noqa: E402
 from trainers.spec.config import GRPOHyperparameters  # noqa: E402
@@ -43,7 +44,8 @@ def overlong_parity(rows: int = 64) -> dict[str, Any]:
                              max_length=64)  # fmt: skip
     prompts = [tokenizer(p)["input_ids"] for p in ["Hello", "Say something", "Write", "Go"]]
     ids = [prompts[i % len(prompts)] for i in range(rows)]
-    rollout = sample_rollout(model, ids, tokenizer, hp, row_seeds=completion_seeds(0, 1, range(rows), 1))
+    backend = HFBackend.of(model, tokenizer, hp)
+    rollout = sample_rollout(backend, ids, hp, row_seeds=completion_seeds(0, 1, range(rows), 1))
     zero = torch.zeros(rows)
     ours = shaped_scores(RewardScores(rewards=zero, per_grader={}, errors=[], rows_with_errors=0), rollout, hp).rewards
     completion_ids = [row[: int(n)].tolist() for row, n in zip(rollout.response_ids, rollout.response_lengths,

@@ -49,8 +49,15 @@ from trainers.distributed.ranks import Ranks
 from trainers.ops.advantages import group_advantages, reinforce_pp_advantages, rloo_advantages, standardize
 from trainers.ops.kl import kl_k3, kl_penalized_rewards
 from trainers.ops.logprobs import selective_log_softmax
-from trainers.ops.policy_losses import aggregate, clipped_policy_loss, entropy_from_logits, loss_normalizer
+from trainers.ops.policy_losses import (
+    aggregate,
+    clipped_policy_loss,
+    entropy_from_logits,
+    loss_normalizer,
+    truncated_importance_weights,
+)
 from trainers.rl.dynamic_sampling import DynamicSampler, groups_with_signal, sample_with_signal, shaped_scores
+from trainers.rl.generation import create_backend
 from trainers.rl.learning_signal import LearningSignal
 from trainers.rl.online import (
     completion_stats,
@@ -152,8 +159,11 @@ def train_grpo(
                                 or {"prompt_batches_drawn": -(-loop.step // steps_per_rollout)})  # fmt: skip
     signal = LearningSignal(job.reward, callbacks.on_event)
     metrics: dict[str, float] = {}
+    backend = create_backend(policy, tokenizer, compute=run.compute, hp=hp, ranks=ranks, base_model=job.base_model)
+    backend.plan(rollouts=-(-(loop.total_steps - loop.step) // steps_per_rollout))
+    run.callbacks.on_event("info", backend.describe())
 
-    with run.autocast():  # every forward pass below (sampling too) runs in the job's precision
+    with run.autocast(), backend:  # every forward pass below (sampling too) runs in the job's precision
         while loop.step < loop.total_steps:
             # 2. Cooperative stop, between rollouts: a checkpoint never splits one.
             if loop.stop_requested():
@@ -165,9 +175,10 @@ def train_grpo(
             #    A grader erring on every completion for 3 rounds fails the run; 5 rounds without a
             #    group whose rewards differ warn (the rewards are global: every rank decides alike).
             if hp.dynamic_sampling:  # DAPO: rounds of the next prompts until R groups have differing rewards
-                filled = sample_with_signal(policy, run.train, order, tokenizer, rewarder, hp, sampler=sampler,
-                                            signal=signal, seed=job.seed, ranks=ranks, callbacks=run.callbacks,
-                                            should_stop=loop.stop_requested)  # fmt: skip
+                with backend.awake():
+                    filled = sample_with_signal(backend, run.train, order, tokenizer, rewarder, hp, sampler=sampler,
+                                                signal=signal, seed=job.seed, ranks=ranks, callbacks=run.callbacks,
+                                                should_stop=loop.stop_requested)  # fmt: skip
                 if filled is None:
                     return loop.stop(metrics)
                 if filled.rollout is None:  # no group with signal within max_sampling_rounds: no update
@@ -175,9 +186,10 @@ def train_grpo(
                 rollout, scores, sampling_stats = filled.rollout, filled.scores, filled.stats
             else:
                 number, rows = rollout_prompts(order, run.train, step=loop.step, steps_per_rollout=steps_per_rollout)
-                sampled = sample_and_score(policy, rows, tokenizer, rewarder, hp, seed=job.seed, rollout_number=number,
-                                           group_size=G, ranks=ranks, callbacks=run.callbacks,
-                                           should_stop=loop.stop_requested)  # fmt: skip
+                with backend.awake():
+                    sampled = sample_and_score(backend, rows, tokenizer, rewarder, hp, seed=job.seed,
+                                               rollout_number=number, group_size=G, ranks=ranks,
+                                               callbacks=run.callbacks, should_stop=loop.stop_requested)  # fmt: skip
                 if sampled is None:
                     return loop.stop(metrics)
                 rollout, scores = sampled[0], shaped_scores(sampled[1], sampled[0], hp)
@@ -214,12 +226,15 @@ def train_grpo(
                     policy, batch.select(minibatch), hp, backward=loop.backward, ranks=ranks
                 )  # (S,) fmt: skip
                 metrics = loop.update(stats, names) | rollout_stats
+                backend.sync_weights(policy)
 
                 # 7. Evaluation at the rollout's last step, when one of its steps fell due; metrics
                 #    reported when logging falls due and with every evaluation.
                 evaluated = bool(run.eval) and loop.step == last and loop.eval_due(since=first)
                 if evaluated:
-                    metrics |= evaluate_policy(policy, run.eval, tokenizer, rewarder, hp, seed=job.seed, ranks=ranks)
+                    with backend.awake():
+                        metrics |= evaluate_policy(backend, run.eval, tokenizer, rewarder, hp, seed=job.seed,
+                                                   ranks=ranks)  # fmt: skip
                 loop.log(metrics, evaluated=evaluated)
 
             # 8. A few of the rollout's completions with their rewards, when one of its steps was logged
@@ -286,10 +301,11 @@ def accumulate_gradients(
 ) -> tuple[Tensor, list[str]]:
     """Backward the GRPO loss of one optimizer step, micro-batch by micro-batch.
 
-    Per token: ``ℓ = −min(ρÂ, clip(ρ, 1 − ε_low, 1 + ε_high)Â) + β·k3(log π, log π_ref)`` with
+    Per token: ``ℓ = −w·min(ρÂ, clip(ρ, 1 − ε_low, 1 + ε_high)Â) + β·k3(log π, log π_ref)`` with
     ``ρ = exp(log π − log π_old)`` (GSPO's sequence ratio with ``importance_sampling_level``
-    ``sequence``; the k3 term only with the ``grpo`` estimator: ``rloo`` and ``reinforce_pp`` have
-    their KL penalty in the reward already), aggregated as `hp.loss_aggregation` says and divided by the
+    ``sequence``) and w the truncated importance weight with ``tis_cap`` (else 1); the k3 term
+    only with the ``grpo`` estimator (``rloo`` and ``reinforce_pp`` have their KL penalty in the
+    reward already). Aggregated as `hp.loss_aggregation` says and divided by the
     normaliser of the whole step (its token count, sequence count, or sequences × constant), so the
     micro-batch losses add up to the step's loss and the accumulated gradient does not depend on
     `gradient_accumulation_steps`. On several ranks each runs its share of every micro-batch
@@ -308,8 +324,9 @@ def accumulate_gradients(
         stats: (S,) the step's statistics, on the device (on several ranks, this rank's share of
             each, which `TrainingLoop.update` sums): ``train/loss``, ``policy/clipfrac`` (share
             of tokens whose clipped term was chosen), ``policy/approx_kl`` (k3 of the ratio),
-            ``policy/entropy`` (mean per token), and with β > 0 ``objective/kl`` (mean over
-            completions of the summed k3 against the reference, nats).
+            ``policy/entropy`` (mean per token), with β > 0 ``objective/kl`` (mean over
+            completions of the summed k3 against the reference, nats), and with ``tis_cap``
+            ``policy/tis_weight_mean`` and ``policy/tis_clipfrac`` (per token).
         names: the S metric names.
     """
     mask = batch.rollout.response_mask  # (B, A)
@@ -320,7 +337,7 @@ def accumulate_gradients(
     )  # fmt: skip
     ranks = ranks or Ranks()
     with_kl = batch.ref_logprobs is not None
-    sums = torch.zeros(5 if with_kl else 4, device=mask.device)  # (S,)
+    sums = torch.zeros(4 + with_kl + 2 * (hp.tis_cap is not None), device=mask.device)  # (S,)
     for rows in split_micro_batches(list(range(mask.shape[0])), hp.gradient_accumulation_steps):
         mine, weight = ranks.batch_share(rows)
         micro = batch.select(mine)
@@ -329,10 +346,14 @@ def accumulate_gradients(
         logp = selective_log_softmax(logits, micro.rollout.response_ids) * m  # (b, a)
         old = logp.detach() if micro.old_logprobs is None else micro.old_logprobs  # (b, a)
         advantages = micro.advantages.unsqueeze(1) if micro.advantages.dim() == 1 else micro.advantages  # (b, 1|a)
+        tis = None
+        if hp.tis_cap is not None:  # the engine's sampling probabilities against the trainer's π_old
+            tis = truncated_importance_weights(old, micro.rollout.logprobs, m, hp.tis_cap)
         policy_loss = clipped_policy_loss(
             logp, old, advantages, m, eps_low=hp.epsilon_low, eps_high=hp.epsilon_high,
             aggregation=hp.loss_aggregation, normalizer=normalizer,
             importance_sampling_level=hp.importance_sampling_level,
+            token_weights=None if tis is None else tis.weights,
         )  # fmt: skip
         loss = policy_loss.loss
         n = m.sum()
@@ -344,12 +365,17 @@ def accumulate_gradients(
             if hp.advantage_estimator == "grpo":  # rloo, reinforce_pp: the KL is in the reward already
                 loss = loss + hp.beta * aggregate(kl, m, hp.loss_aggregation, normalizer=normalizer)
             micro_stats.append(kl.detach().sum())
+        if tis is not None:
+            micro_stats += [tis.mean * n, tis.clip_frac * n]
         backward(weight * loss)
         sums += weight * torch.stack([loss.detach(), *micro_stats])
     one, sequences = num_tokens.new_tensor(1.0), num_tokens.new_tensor(float(mask.shape[0]))
-    counts = torch.stack([one, num_tokens, num_tokens, num_tokens, sequences])[: len(sums)]  # (S,)
-    names = ["train/loss", "policy/clipfrac", "policy/approx_kl", "policy/entropy", "objective/kl"]
-    return sums / counts, names[: len(sums)]
+    counts = [one, num_tokens, num_tokens, num_tokens] + ([sequences] if with_kl else [])
+    names = ["train/loss", "policy/clipfrac", "policy/approx_kl", "policy/entropy", "objective/kl"][: len(counts)]
+    if hp.tis_cap is not None:
+        counts += [num_tokens, num_tokens]
+        names += ["policy/tis_weight_mean", "policy/tis_clipfrac"]
+    return sums / torch.stack(counts), names  # (S,)
 
 
 def rollout_statistics(scores: RewardScores, group_std: Tensor, rollout: Rollout) -> dict[str, float]:

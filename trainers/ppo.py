@@ -9,8 +9,10 @@ One loop (`train_ppo`, in numbered steps), one rollout per pass:
   sampled over the KV cache at the job's temperature and top-p, each from a seed of (seed,
   rollout, prompt);
 - rewards and KL: each completion's score (`trainers.rl.rewards`: reward models and graders, the
-  missing-EOS penalty), clipped to ±`reward_clip` when set; log π_old recomputed by the policy
-  in a full forward (as TRL, so the first minibatch's ratio is exactly 1), log π_ref and the
+  missing-EOS penalty), clipped to ±`reward_clip` when set; log π_old: the sampling pass's own
+  log-probs where the training model sampled in fp32 (the ``hf`` backend; as TRL, saving a forward
+  pass: the first minibatch's ratio is 1 to about 1e-6), else recomputed by the policy in a full
+  forward (bf16/fp16, or another engine such as vLLM), log π_ref and the
   critic's V_old; per-token rewards ``r_t = −β·(log π_old − log π_ref)_t`` plus the score at
   the last token (`kl_penalized_rewards`);
 - advantages: GAE with (γ, λ), returns ``G = A + V_old``, advantages whitened over the rollout's
@@ -75,12 +77,15 @@ from trainers.ops.policy_losses import (
     clipped_value_loss,
     entropy_from_logits,
     loss_normalizer,
+    truncated_importance_weights,
 )
+from trainers.rl.generation import create_backend
 from trainers.rl.learning_signal import LearningSignal
 from trainers.rl.online import (
     completion_stats,
     forward_groups,
     frozen_logprobs,
+    reuses_sampling_logprobs,
     rollout_prompts,
     sampling_generator,
     select_rows,
@@ -97,9 +102,12 @@ from trainers.spec.config import PPOHyperparameters, PPOJob
 from trainers.spec.results import RunResult, TrainingData
 from trainers.spec.rewards import model_checkpoints
 
-# What `accumulate_gradients` reports for each optimizer step, in order.
+# What `accumulate_gradients` reports for each optimizer step, in order (with `TIS_METRICS` when tis_cap is set).
 STEP_METRICS = ("train/loss", "policy/pg_loss", "policy/clipfrac", "policy/approx_kl", "policy/entropy",
                 "val/vf_loss", "val/clipfrac")  # fmt: skip
+TIS_METRICS = ("policy/tis_weight_mean", "policy/tis_clipfrac")
+OLD_FROM_SAMPLING = ("log π_old is taken from the sampling pass (the hf backend in fp32 samples with the training "
+                     "model itself), as TRL does: one gradient-free forward pass fewer per rollout")  # fmt: skip
 
 
 @dataclass
@@ -209,8 +217,14 @@ def train_ppo(
         kl_controller.load_state_dict(run.state["extra"]["kl_controller"])
     signal = LearningSignal(job.reward, callbacks.on_event)
     metrics: dict[str, float] = {}
+    backend = create_backend(policy, tokenizer, compute=run.compute, hp=hp, ranks=ranks, base_model=job.base_model)
+    backend.plan(rollouts=-(-(loop.total_steps - loop.step) // steps_per_rollout))
+    run.callbacks.on_event("info", backend.describe())
+    old_from_sampling = reuses_sampling_logprobs(backend, run.compute)
+    if old_from_sampling:
+        run.callbacks.on_event("info", OLD_FROM_SAMPLING)
 
-    with run.autocast():  # every forward pass below (sampling too) runs in the job's precision
+    with run.autocast(), backend:  # every forward pass below (sampling too) runs in the job's precision
         while loop.step < loop.total_steps:
             # 2. Cooperative stop, between rollouts: a checkpoint never splits one.
             if loop.stop_requested():
@@ -219,9 +233,10 @@ def train_ppo(
             # 3. Rollout: one completion for each of the rollout's prompts (each rank samples its share,
             #    then all hold the whole rollout).
             number, rows = rollout_prompts(order, run.train, step=loop.step, steps_per_rollout=steps_per_rollout)
-            sampled = sample_and_score(policy, rows, tokenizer, rewarder, hp, seed=job.seed, rollout_number=number,
-                                       group_size=1, ranks=ranks, callbacks=run.callbacks,
-                                       should_stop=loop.stop_requested)  # fmt: skip
+            with backend.awake():
+                sampled = sample_and_score(backend, rows, tokenizer, rewarder, hp, seed=job.seed,
+                                           rollout_number=number, group_size=1, ranks=ranks, callbacks=run.callbacks,
+                                           should_stop=loop.stop_requested)  # fmt: skip
 
             # 4. Rewards and KL: the score at the last token, unless a stop is requested first (the
             #    rollout is then dropped); a KL penalty on every token.
@@ -231,7 +246,8 @@ def train_ppo(
             signal.observe(scores)  # a grader erring on every completion for 3 rollouts fails the run
             mask = rollout.response_mask  # (B, A)
             score = scores.rewards if hp.reward_clip is None else scores.rewards.clamp(-hp.reward_clip, hp.reward_clip)
-            old_logprobs = frozen_logprobs(policy, rollout, hp.temperature, batch_size=micro_size, ranks=ranks)
+            old_logprobs = (rollout.logprobs if old_from_sampling
+                            else frozen_logprobs(policy, rollout, hp.temperature, batch_size=micro_size, ranks=ranks))
             ref_logprobs = frozen_logprobs(
                 reference, rollout, hp.temperature, batch_size=micro_size, reference=True, ranks=ranks
             )  # (B, A) fmt: skip
@@ -260,21 +276,24 @@ def train_ppo(
                 step = loop.next_step()
                 stats = accumulate_gradients(policy, critic, batch.select(minibatch), hp, backward=loop.backward,
                                              ranks=ranks)  # fmt: skip
-                names = STEP_METRICS  # of the (S,) stats
+                names = STEP_METRICS + (TIS_METRICS if hp.tis_cap is not None else ())  # of the (S,) stats
                 if ptx is not None:
                     ptx_loss = backward_ptx_loss(policy, ptx.step_rows(step), coef=hp.ptx_coef,
                                                  pad_token_id=ptx.pad_token_id,
                                                  gradient_accumulation_steps=hp.gradient_accumulation_steps,
                                                  backward=loop.backward, ranks=ranks)  # fmt: skip
                     stats = torch.cat([stats[:1] + hp.ptx_coef * ptx_loss, stats[1:], ptx_loss.reshape(1)])  # (S+1,)
-                    names = (*STEP_METRICS, "ptx/loss")
+                    names = (*names, "ptx/loss")
                 metrics = loop.update(stats, names) | rollout_stats
+                backend.sync_weights(policy)
 
                 # 7. Evaluation at the rollout's last step, when one of its steps fell due; metrics
                 #    reported when logging falls due and with every evaluation.
                 evaluated = bool(run.eval) and loop.step == last and loop.eval_due(since=first)
                 if evaluated:
-                    metrics |= evaluate_policy(policy, run.eval, tokenizer, rewarder, hp, seed=job.seed, ranks=ranks)
+                    with backend.awake():
+                        metrics |= evaluate_policy(backend, run.eval, tokenizer, rewarder, hp, seed=job.seed,
+                                                   ranks=ranks)  # fmt: skip
                 loop.log(metrics, evaluated=evaluated)
 
             # 8. The KL controller sees the rollout's KL (its coefficient is saved with the checkpoint); a few
@@ -302,9 +321,10 @@ def accumulate_gradients(
     """Backward the PPO loss of one optimizer step (one minibatch), micro-batch by micro-batch.
 
     Per token, with ``ρ = exp(clamp(log π − log π_old))``:
-    ``ℓ = −min(ρA, clip(ρ, 1 − ε, 1 + ε)A) + vf_coef·½·max((V − G)², (V_old + clip(V − V_old, ±ε_v) − G)²)
-    − entropy_coef·H(π)``, summed over the step's response tokens and divided by their number
-    (`trainers.ops.policy_losses`, "token" aggregation), so the micro-batch losses add up to the step's
+    ``ℓ = −w·min(ρA, clip(ρ, 1 − ε, 1 + ε)A) + vf_coef·½·max((V − G)², (V_old + clip(V − V_old, ±ε_v) − G)²)
+    − entropy_coef·H(π)``, w the truncated importance weight with ``tis_cap`` (else 1), summed over the
+    step's response tokens and divided by their number (`trainers.ops.policy_losses`, "token"
+    aggregation), so the micro-batch losses add up to the step's
     loss and the accumulated gradients of policy and critic do not depend on
     `gradient_accumulation_steps`. On several ranks each runs its share of every pass
     (`Ranks.batch_share`), still divided by the step's global token count.
@@ -323,12 +343,14 @@ def accumulate_gradients(
         rank's share of each, which `TrainingLoop.update` sums): the loss, the policy
         loss, the share of tokens whose clipped term was chosen, the k3 estimate of KL(π_old ‖ π),
         the mean entropy per token, the value loss and the share of tokens whose clipped value
-        error was the larger; per-token means over the whole step.
+        error was the larger; with ``tis_cap``, the mean truncated importance weight and the share
+        of tokens it capped (`TIS_METRICS`); per-token means over the whole step.
     """
     mask = batch.rollout.response_mask  # (B, A)
     num_tokens = mask.sum().float()
     normalizer = loss_normalizer("token", num_tokens=num_tokens, num_sequences=mask.shape[0])
-    sums = torch.zeros(len(STEP_METRICS), device=mask.device)  # (S,)
+    sums = torch.zeros(len(STEP_METRICS) + (len(TIS_METRICS) if hp.tis_cap is not None else 0),
+                       device=mask.device)  # (S,) fmt: skip
     micro_batches = split_micro_batches(list(range(mask.shape[0])), hp.gradient_accumulation_steps)
     ranks = ranks or Ranks()
     for rows in [part for micro in micro_batches for part in forward_groups(batch.rollout, micro, len(micro))]:
@@ -337,9 +359,12 @@ def accumulate_gradients(
         m = micro.rollout.response_mask  # (b, a)
         logits = response_logits(policy, micro.rollout, hp.temperature)  # (b, a, V)
         logp = selective_log_softmax(logits, micro.rollout.response_ids) * m  # (b, a)
+        tis = None
+        if hp.tis_cap is not None:  # the engine's sampling probabilities against the trainer's π_old
+            tis = truncated_importance_weights(micro.old_logprobs, micro.rollout.logprobs, m, hp.tis_cap)
         policy_loss = clipped_policy_loss(
             logp, micro.old_logprobs, micro.advantages, m, eps_low=hp.cliprange, eps_high=hp.cliprange,
-            aggregation="token", normalizer=normalizer,
+            aggregation="token", normalizer=normalizer, token_weights=None if tis is None else tis.weights,
         )  # fmt: skip
         value_loss = clipped_value_loss(
             response_values(critic, micro.rollout), micro.old_values, micro.returns, m, eps_v=hp.cliprange_value,
@@ -350,10 +375,13 @@ def accumulate_gradients(
         loss = policy_loss.loss + hp.vf_coef * value_loss.loss - hp.entropy_coef * entropy_loss
         backward(weight * loss)
         share = m.sum() / num_tokens  # the micro-batch's share of the step's tokens
-        sums += weight * torch.stack([
+        step_stats = [
             loss.detach(), policy_loss.loss.detach(), policy_loss.clip_frac * share, policy_loss.approx_kl * share,
             entropy_loss.detach(), value_loss.loss.detach(), value_loss.clip_frac * share,
-        ])  # fmt: skip
+        ]  # fmt: skip
+        if tis is not None:
+            step_stats += [tis.mean * share, tis.clip_frac * share]
+        sums += weight * torch.stack(step_stats)
     return sums
 
 

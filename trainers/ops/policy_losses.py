@@ -13,6 +13,7 @@ gradients, multiply the loss by the world size (or divide the normalizer by it).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -141,6 +142,7 @@ def clipped_policy_loss(
     normalizer: Tensor | float,
     max_log_ratio: float = 20.0,
     importance_sampling_level: ImportanceSamplingLevel = "token",
+    token_weights: Tensor | None = None,
 ) -> PolicyLoss:
     """PPO's clipped surrogate (Schulman et al. 2017, eq. 7, https://arxiv.org/abs/1707.06347).
 
@@ -167,6 +169,8 @@ def clipped_policy_loss(
         normalizer: from `loss_normalizer`, for the whole step.
         max_log_ratio: bound of the log-ratio before exponentiating.
         importance_sampling_level: ``token`` (PPO, GRPO) or ``sequence`` (GSPO).
+        token_weights: (B, A) a detached factor on each token's term, or None: the truncated
+            importance weights of `truncated_importance_weights` (``tis_cap``).
 
     Returns:
         The loss, clip fraction and approximate KL.
@@ -184,6 +188,8 @@ def clipped_policy_loss(
     unclipped = -ratio * advantages  # (B, A)
     clipped = -ratio.clamp(1 - eps_low, 1 + eps_high) * advantages  # (B, A)
     per_token = torch.maximum(unclipped, clipped)  # (B, A) −min(ρA, clip(ρ)A)
+    if token_weights is not None:
+        per_token = per_token * token_weights.detach()  # (B, A)
     loss = aggregate(per_token, mask, aggregation, normalizer=normalizer)
     with torch.no_grad():
         real = mask.to(torch.float32)  # (B, A)
@@ -192,6 +198,53 @@ def clipped_policy_loss(
         token_log_ratio = (logp - logp_old).clamp(-max_log_ratio, max_log_ratio)  # (B, A)
         approx_kl = ((torch.exp(token_log_ratio) - 1 - token_log_ratio) * real).sum() / n
     return PolicyLoss(loss=loss, clip_frac=clip_frac, approx_kl=approx_kl)
+
+
+@dataclass
+class ImportanceWeights:
+    """What `truncated_importance_weights` returns.
+
+    Attributes:
+        weights: (B, A) detached ``min(exp(log π_old − log π_engine), cap)``, 1 on padding.
+        mean: () the mean weight over the micro-batch's tokens: ``policy/tis_weight_mean``.
+        clip_frac: () the share of its tokens whose weight was capped: ``policy/tis_clipfrac``.
+    """
+
+    weights: Tensor
+    mean: Tensor
+    clip_frac: Tensor
+
+
+@torch.no_grad()
+def truncated_importance_weights(logp_old: Tensor, logp_engine: Tensor, mask: Tensor, cap: float) -> ImportanceWeights:
+    """Truncated importance sampling (TIS) weights for a rollout sampled by another engine.
+
+    ``w_t = min(π_old(y_t) / π_engine(y_t), C) = exp(min(log π_old − log π_engine, log C))``, where
+    π_engine is the distribution the engine actually sampled from (vLLM's kernels, in another
+    precision) and π_old the trainer's own rollout policy: multiplying each token's policy-gradient
+    term by w_t corrects the gradient for the mismatch, and the cap C bounds its variance (Yao et al.
+    2025, "Your efficient RL framework secretly brings you off-policy RL training",
+    https://fengyao.notion.site/off-policy-rl; verl's ``tis_imp_ratio_cap``). The weights carry no
+    gradient.
+
+    Args:
+        logp_old: (B, A) log π_old of the response tokens, computed by the trainer.
+        logp_engine: (B, A) their log-probs as the engine sampled them (``Rollout.logprobs``).
+        mask: (B, A) 1 on response tokens.
+        cap: C ≥ 1.
+
+    Returns:
+        The weights and their mean and capped share over the response tokens.
+    """
+    real = mask.to(torch.float32)  # (B, A)
+    log_ratio = (logp_old.float() - logp_engine.float()) * real  # (B, A) 0 on padding
+    weights = torch.exp(log_ratio.clamp(max=math.log(cap)))  # (B, A)
+    n = real.sum().clamp(min=1)
+    return ImportanceWeights(
+        weights=weights,
+        mean=(weights * real).sum() / n,
+        clip_frac=((log_ratio > math.log(cap)).float() * real).sum() / n,
+    )
 
 
 @dataclass

@@ -35,12 +35,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from transformers import PreTrainedTokenizerBase
 
 from trainers.data.prompts import PromptOrder, TokenizedPrompt
 from trainers.distributed.ranks import Ranks
 from trainers.ops.reward_shaping import overlong_penalty
+from trainers.rl.generation.base import GenerationBackend
 from trainers.rl.learning_signal import LearningSignal
 from trainers.rl.online import select_rows
 from trainers.rl.rewards import RewardComputer, RewardScores
@@ -275,7 +276,7 @@ class DynamicSampler:
 
 
 def sample_with_signal(
-    policy: nn.Module,
+    backend: GenerationBackend,
     prompts: Sequence[TokenizedPrompt],
     order: PromptOrder,
     tokenizer: PreTrainedTokenizerBase,
@@ -298,7 +299,7 @@ def sample_with_signal(
     signal kept (`DynamicSampler.add`).
 
     Args:
-        policy: the policy (every rank calls this together).
+        backend: the run's rollout engine (every rank calls this together).
         prompts: the tokenised training prompts.
         order: the run's prompt order.
         tokenizer: the policy's tokenizer.
@@ -321,7 +322,7 @@ def sample_with_signal(
     sampler.start()
     while (batch := sampler.next_batch()) is not None:
         rows = [prompts[i] for i in order.rollout_indices(batch)]
-        sampled = sample_and_score(policy, rows, tokenizer, rewarder, hp, seed=seed, rollout_number=batch,
+        sampled = sample_and_score(backend, rows, tokenizer, rewarder, hp, seed=seed, rollout_number=batch,
                                    group_size=hp.num_generations, ranks=ranks, callbacks=callbacks,
                                    should_stop=should_stop)  # fmt: skip
         if sampled is None:

@@ -29,9 +29,11 @@ from transformers import PreTrainedTokenizerBase
 from trainers.data.batching import bucket_overhead_tokens, length_buckets
 from trainers.data.prompts import PromptOrder, TokenizedPrompt
 from trainers.distributed.ranks import Ranks
+from trainers.precision import ComputeSettings
+from trainers.rl.generation.base import GenerationBackend
 from trainers.rl.response_logprobs import response_logprobs
 from trainers.rl.rewards import RewardComputer, RewardScores, decode_completions
-from trainers.rl.rollout import Rollout, generate
+from trainers.rl.rollout import Rollout
 from trainers.spec.config import RLHyperparameters
 
 EVAL_ROLLOUT = 0  # the sampling stream of evaluations; training rollouts count from 1
@@ -135,37 +137,34 @@ def rollout_prompts(
 
 
 def sample_rollout(
-    policy: nn.Module,
-    prompt_ids: Sequence[Sequence[int]],
-    tokenizer: PreTrainedTokenizerBase,
-    hp: RLHyperparameters,
-    *,
-    row_seeds: Sequence[int],
-    ranks: Ranks | None = None,
+    backend: GenerationBackend, prompt_ids: Sequence[Sequence[int]], hp: RLHyperparameters, *, row_seeds: Sequence[int]
 ) -> Rollout:
-    """Sample one completion per prompt with the job's sampling settings, in eval mode.
+    """Sample one completion per prompt through the run's generation backend, with the job's sampling settings.
 
     Args:
-        policy: the policy (restored to its previous train/eval mode afterwards).
+        backend: the run's rollout engine (`trainers.rl.generation`); every rank calls this together.
         prompt_ids: B prompts as token ids (GRPO repeats each prompt G times).
-        tokenizer: supplies the pad and EOS ids.
         hp: supplies `max_new_tokens`, `temperature` and `top_p`.
         row_seeds: each completion's seed (`completion_seeds`), its only source of randomness.
-        ranks: the job's processes; every rank calls this together (default: one).
 
     Returns:
         The rollout, on the policy's device.
     """
-    was_training = policy.training
-    policy.eval()  # dropout off: the sampled distribution is the one later passes score
-    try:
-        return generate(
-            policy, prompt_ids, pad_token_id=tokenizer.pad_token_id, eos_token_id=stop_token_ids(policy, tokenizer),
-            max_new_tokens=hp.max_new_tokens, temperature=hp.temperature, top_p=hp.top_p, row_seeds=row_seeds,
-            ranks=ranks,
-        )  # fmt: skip
-    finally:
-        policy.train(was_training)
+    return backend.sample(prompt_ids, row_seeds=row_seeds, max_new_tokens=hp.max_new_tokens,
+                          temperature=hp.temperature, top_p=hp.top_p)  # fmt: skip
+
+
+def reuses_sampling_logprobs(backend: GenerationBackend, compute: ComputeSettings) -> bool:
+    """Whether the sampling pass's log-probs can stand for log π_old (as TRL's PPO takes them).
+
+    They can when the training model sampled the rollout itself (the ``hf`` backend) in float32:
+    sampling and the π_old pass both run in eval mode at the rollout's temperature, and the cached
+    and full passes then agree to about 1e-6 (`trainers.rl.rollout`, "One temperature for every
+    pass"), which saves one gradient-free forward pass over the rollout. In bf16 or fp16 they
+    differ by rounding (about 3e-3 on builtin:tiny-llama), and another engine's log-probs are not
+    the trainer's: π_old is then recomputed (`frozen_logprobs`).
+    """
+    return backend.samples_training_model and compute.precision == "fp32"
 
 
 def score_rollout(

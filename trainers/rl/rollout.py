@@ -29,14 +29,18 @@ Shapes: B sequences, P prompt tokens, A response tokens, V vocabulary.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+from transformers.cache_utils import DynamicLayer, StaticCache, StaticLayer
 
 from trainers.distributed.ranks import Ranks
+
+# `decode_step`'s signature: (model, token, attention_mask, position_ids, cache, uniforms, finished, **sampling).
+DecodeStep = Callable[..., tuple[Tensor, Tensor, Tensor]]
 
 
 @dataclass
@@ -197,16 +201,24 @@ def generate(
     row_seeds: Sequence[int] | None = None,
     stop_check_interval: int = 16,
     ranks: Ranks | None = None,
+    step_fn: DecodeStep | None = None,
 ) -> Rollout:
     """Sample a response for each prompt, one token per step over the KV cache.
 
     Each step draws ``y ~ top_p(softmax(logits / τ))`` by inverse-CDF sampling with the row's next
     uniform (`row_uniforms` of `row_seeds`, or drawn from `generator` for the whole batch), and
-    records ``log softmax(logits / τ)[y]``. A row stops at its first EOS: later steps write pad ids
-    that the response mask leaves out. To avoid one host synchronisation per token, whether every
-    row has finished is read only every `stop_check_interval` steps; the result does not depend on
-    it, since a finished row's extra steps are masked and trimmed. The model runs in whatever mode
-    it is in (turn dropout off, as PPO's ratio assumes the rollout and training passes agree).
+    records ``log softmax(logits / τ)[y]`` (`next_token`). A row stops at its first EOS: later steps
+    write pad ids that the response mask leaves out. To avoid one host synchronisation per token,
+    whether every row has finished is read only every `stop_check_interval` steps; the result does
+    not depend on it, since a finished row's extra steps are masked and trimmed. The model runs in
+    whatever mode it is in (turn dropout off, as PPO's ratio assumes the rollout and training passes
+    agree).
+
+    With `step_fn` (`decode_step`, usually compiled: `trainers.rl.generation.compiled`) the prompts'
+    keys and values move to a static cache of P + `max_new_tokens` positions (`static_cache_from`)
+    and every later token runs through `step_fn` with tensors of the same shapes at every step,
+    which a compiled graph (and a CUDA graph) replays without a recompile; a model whose cache
+    layers are not all plain full-attention layers keeps its own cache and runs eagerly.
 
     On several ranks each samples its own rows and the ranks agree at every check (and on the
     prefill's form), so each runs the same forwards: every forward of a parallel model is a
@@ -229,6 +241,8 @@ def generate(
         stop_check_interval: steps between checks that every row has finished; 0 never checks
             (always `max_new_tokens` steps).
         ranks: the job's processes, when the model is spread over them (default: one).
+        step_fn: `decode_step` or a compiled copy of it, run over a static cache; None runs
+            `decode_step` eagerly over the model's own (dynamic) cache.
 
     Returns:
         The rollout, its responses trimmed to the longest one.
@@ -254,37 +268,37 @@ def generate(
                               device=generator.device).to(device)  # fmt: skip
 
     out = _prefill(model, prompt_ids, prompt, prompt_mask, positions, pad_token_id, ranks)
-    next_position = positions[:, -1:] + 1  # (B, 1)
+    cache = out.cache
+    static = static_cache_from(model, cache, P + max_new_tokens) if step_fn is not None else None
+    if static is None:
+        step_fn = decode_step
+    else:
+        cache = static
+    sampling = {"temperature": temperature, "top_p": top_p, "pad_token_id": pad_token_id, "eos_ids": eos_ids}
+    position = positions[:, -1:] + 1  # (B, 1)
     responses = torch.full((B, max_new_tokens), pad_token_id, dtype=torch.long, device=device)  # (B, N)
     logprobs = torch.zeros((B, max_new_tokens), dtype=torch.float32, device=device)  # (B, N)
     response_mask = torch.zeros((B, max_new_tokens), dtype=torch.long, device=device)  # (B, N)
     finished = torch.zeros(B, dtype=torch.bool, device=device)  # (B,)
+    token, logprob, now_finished = next_token(out.logits[:, -1], uniforms[:, 0], finished, **sampling)  # (B,) each
     steps = max_new_tokens
     for step in range(max_new_tokens):
-        # Divided in the model's dtype, then widened: the same rounding as `response_logits`.
-        scaled = (out.logits[:, -1] / temperature).float()  # (B, V)
-        step_logprobs = torch.log_softmax(scaled, dim=-1)  # (B, V) recorded before top-p
-        probs = torch.softmax(top_p_filter(scaled, top_p), dim=-1)  # (B, V)
-        token = inverse_cdf_sample(probs, uniforms[:, step])  # (B,)
-        token = token.masked_fill(finished, pad_token_id)  # (B,)
-        alive = ~finished  # (B,)
         responses[:, step] = token
-        response_mask[:, step] = alive.long()
-        logprobs[:, step] = step_logprobs.gather(1, token.unsqueeze(1)).squeeze(1) * alive
-        finished = finished | (alive & torch.isin(token, eos_ids))
+        response_mask[:, step] = (~finished).long()
+        logprobs[:, step] = logprob
+        finished = now_finished
         if step + 1 == max_new_tokens:
             break
         if stop_check_interval and (step + 1) % stop_check_interval == 0 and all_finished(finished, ranks):
             steps = step + 1
             break
-        out = model(
-            input_ids=token.unsqueeze(1),
-            attention_mask=attention_mask[:, : P + step + 1],
-            position_ids=next_position,
-            cache=out.cache,  # `past_key_values` is deprecated, to be removed in transformers 5.40
-            use_cache=True,
-        )
-        next_position = next_position + 1
+        # The static cache takes the whole mask (its keys past this token are masked as the future).
+        mask = attention_mask if static is not None else attention_mask[:, : P + step + 1]  # (B, P+N) or (B, P+t+1)
+        if static is not None and device.type == "cuda":
+            torch.compiler.cudagraph_mark_step_begin()  # the previous step's outputs are copied out
+        token, logprob, now_finished = step_fn(model, token, mask, position, cache, uniforms[:, step + 1], finished,
+                                               **sampling)  # fmt: skip
+        position = position + 1
 
     lengths = response_mask[:, :steps].sum(dim=1)  # (B,)
     width = max(int(lengths.max()), 1)  # one synchronisation, to trim the all-padding columns
@@ -294,10 +308,97 @@ def generate(
         response_ids=responses[:, :width],
         response_mask=response_mask[:, :width],
         logprobs=logprobs[:, :width],
-        ended_with_eos=finished,
+        ended_with_eos=finished.clone(),
         response_lengths=lengths,
         temperature=temperature,
     )
+
+
+def next_token(
+    logits: Tensor, uniforms: Tensor, finished: Tensor, *, temperature: float, top_p: float, pad_token_id: int,
+    eos_ids: Tensor,
+) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
+    """One sampling step: each row's token, its log-prob, and which rows have finished after it.
+
+    Args:
+        logits: (B, V) the last position's logits, in the model's dtype.
+        uniforms: (B,) float64, each row's uniform for this step.
+        finished: (B,) bool, rows that ended before this step: they get the pad id and log-prob 0.
+        temperature: τ.
+        top_p: nucleus threshold.
+        pad_token_id: the finished rows' token.
+        eos_ids: (E,) the stop ids.
+
+    Returns:
+        token: (B,) long; logprob: (B,) float32 ``log softmax(logits / τ)[token]`` (0 for finished
+        rows); finished: (B,) bool, updated with the rows whose token is a stop id.
+    """
+    # Divided in the model's dtype, then widened: the same rounding as `response_logits`.
+    scaled = (logits / temperature).float()  # (B, V)
+    step_logprobs = torch.log_softmax(scaled, dim=-1)  # (B, V) recorded before top-p
+    probs = torch.softmax(top_p_filter(scaled, top_p), dim=-1)  # (B, V)
+    token = inverse_cdf_sample(probs, uniforms).masked_fill(finished, pad_token_id)  # (B,)
+    alive = ~finished  # (B,)
+    logprob = step_logprobs.gather(1, token.unsqueeze(1)).squeeze(1) * alive  # (B,)
+    return token, logprob, finished | (alive & torch.isin(token, eos_ids))
+
+
+def decode_step(
+    model: nn.Module, token: Tensor, attention_mask: Tensor, position_ids: Tensor, cache: Any, uniforms: Tensor,
+    finished: Tensor, *, temperature: float, top_p: float, pad_token_id: int, eos_ids: Tensor,
+) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
+    """One decoding step: the forward of the last sampled token over the cache, then `next_token`.
+
+    The unit `torch.compile` compiles (`trainers.rl.generation.compiled`): over a static cache its
+    inputs have the same shapes at every step.
+
+    Args:
+        model: the causal LM.
+        token: (B,) the tokens sampled last.
+        attention_mask: (B, K) 1 on real tokens: K the cached tokens plus this one (dynamic cache),
+            or the static cache's length.
+        position_ids: (B, 1) the token's position.
+        cache: the model's cache (`out.cache` of the previous forward), updated in place.
+        uniforms, finished, temperature, top_p, pad_token_id, eos_ids: as `next_token`.
+
+    Returns:
+        What `next_token` returns, for the next position.
+    """
+    out = model(input_ids=token.unsqueeze(1), attention_mask=attention_mask, position_ids=position_ids, cache=cache,
+                use_cache=True)  # fmt: skip
+    return next_token(out.logits[:, -1], uniforms, finished, temperature=temperature, top_p=top_p,
+                      pad_token_id=pad_token_id, eos_ids=eos_ids)  # fmt: skip
+
+
+def static_cache_from(model: nn.Module, cache: Any, length: int) -> StaticCache | None:
+    """The prefilled keys and values of a dynamic cache in a `StaticCache` of `length` positions.
+
+    The static cache's tensors keep their address for the whole decode (a compiled graph and a CUDA
+    graph read them in place). Only models whose cache layers are all full-attention layers are
+    moved (sliding-window and linear-attention layers keep their own cache): None otherwise.
+
+    Args:
+        model: the causal LM (its config lays out the cache).
+        cache: the prefill's cache: B rows of P positions per layer.
+        length: positions of the static cache (P + the tokens to decode).
+
+    Returns:
+        The static cache, holding P positions, or None.
+    """
+    static = StaticCache(config=model.config, max_cache_len=length)
+    layers = getattr(cache, "layers", None)
+    if layers is None or len(layers) != len(static.layers):
+        return None
+    pairs = list(zip(static.layers, layers, strict=True))
+    if any(type(target) is not StaticLayer or type(source) is not DynamicLayer for target, source in pairs):
+        return None
+    for target, source in pairs:
+        target.lazy_initialization(source.keys, source.values)  # (B, H, length, D), addresses marked static
+        filled = source.keys.shape[2]
+        target.keys[:, :, :filled].copy_(source.keys)
+        target.values[:, :, :filled].copy_(source.values)
+        target.cumulative_length.fill_(filled)
+    return static
 
 
 def all_finished(finished: Tensor, ranks: Ranks) -> bool:

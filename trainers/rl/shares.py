@@ -18,12 +18,12 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from trainers.data.prompts import TokenizedPrompt
 from trainers.distributed.callbacks import RankCallbacks
 from trainers.distributed.ranks import Ranks
+from trainers.rl.generation.base import GenerationBackend
 from trainers.rl.online import EVAL_ROLLOUT, completion_seeds, sample_rollout, score_rollout
 from trainers.rl.rewards import RewardComputer, RewardScores, decode_completions
 from trainers.rl.rollout import Rollout
@@ -37,7 +37,7 @@ def local_stop_poll(callbacks: Callbacks) -> Callable[[], bool]:
 
 
 def sample_and_score(
-    policy: nn.Module,
+    backend: GenerationBackend,
     prompts: Sequence[TokenizedPrompt],
     tokenizer: PreTrainedTokenizerBase,
     rewarder: RewardComputer,
@@ -57,7 +57,7 @@ def sample_and_score(
     ranks) samples the first one as a stand-in, to run the same forwards, and contributes nothing.
 
     Args:
-        policy: the policy (every rank calls this together: its forwards are collectives).
+        backend: the run's rollout engine (every rank calls this together: its forwards are collectives).
         prompts: the rollout's prompts, the same list on every rank.
         tokenizer: the policy's tokenizer.
         rewarder: the job's reward.
@@ -75,8 +75,8 @@ def sample_and_score(
     """
     positions, weight = ranks.batch_share(range(len(prompts)))
     G = group_size
-    rollout = sample_rollout(policy, [prompts[p].ids for p in positions for _ in range(G)], tokenizer, hp,
-                             row_seeds=completion_seeds(seed, rollout_number, positions, G), ranks=ranks)  # fmt: skip
+    rollout = sample_rollout(backend, [prompts[p].ids for p in positions for _ in range(G)], hp,
+                             row_seeds=completion_seeds(seed, rollout_number, positions, G))  # fmt: skip
     items = [prompts[p].item for p in positions for _ in range(G)]
     scores = score_rollout(rewarder, tokenizer, items, rollout, should_stop=should_stop,
                            local_stop=local_stop_poll(callbacks), ranks=ranks)  # fmt: skip
@@ -151,7 +151,7 @@ def gather_rollout(
 
 @torch.no_grad()
 def evaluate_policy(
-    policy: nn.Module,
+    backend: GenerationBackend,
     prompts: list[TokenizedPrompt],
     tokenizer: PreTrainedTokenizerBase,
     rewarder: RewardComputer,
@@ -167,7 +167,7 @@ def evaluate_policy(
     rank's completions.
 
     Args:
-        policy: the policy (sampled in eval mode).
+        backend: the run's rollout engine (the policy, sampled in eval mode, for ``hf``).
         prompts: the evaluation prompts.
         tokenizer: the policy's tokenizer.
         rewarder: the job's reward.
@@ -185,7 +185,7 @@ def evaluate_policy(
     for start in range(0, len(prompts), size):
         positions, weight = ranks.batch_share(range(start, min(start + size, len(prompts))))
         chunk = [prompts[p] for p in positions]
-        rollout = sample_rollout(policy, [p.ids for p in chunk], tokenizer, hp, ranks=ranks,
+        rollout = sample_rollout(backend, [p.ids for p in chunk], hp,
                                  row_seeds=completion_seeds(seed, EVAL_ROLLOUT, positions, 1))  # fmt: skip
         if not weight:  # a rank without prompts in this chunk sampled a stand-in, to run the same forwards
             continue

@@ -10,7 +10,8 @@ except where the backend samples from the training model itself in float32 witho
 
 Life cycle, as the trainers drive it::
 
-    with create_backend(hp.generation_backend, policy, tokenizer, ...) as backend:  # close() at the end
+    with create_backend(policy, tokenizer, compute=..., hp=hp, ranks=..., base_model=...) as backend:
+        backend.plan(rollouts=...)                  # close() at the end of the with
         for each rollout:
             with backend.awake():               # wake() … sleep(): the engine holds memory only here
                 rollout = backend.sample(prompts, row_seeds=..., max_new_tokens=..., temperature=..., top_p=...)
@@ -97,6 +98,14 @@ class GenerationBackend(ABC):
             ``logprobs`` (B, A) float32, 0 on padding; ``ended_with_eos`` (B,) bool;
             ``response_lengths`` (B,) long.
         """
+
+    def plan(self, *, rollouts: int) -> None:  # noqa: B027 (a hint; engines without a start-up trade-off ignore it)
+        """Hear how many rollouts the run will sample, before the first: an engine may trade a start-up cost
+        (a compile) against it."""
+
+    def describe(self) -> str:
+        """One line for the run's events: the engine and how it samples."""
+        return f"generation backend {self.hp.generation_backend}"
 
     def sync_weights(self, model: nn.Module) -> None:  # noqa: B027 (a no-op unless the engine holds a copy)
         """Give the engine the policy's current weights; called after each optimizer step.

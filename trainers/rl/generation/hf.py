@@ -1,4 +1,10 @@
-"""The ``hf`` generation backend: the training model samples its own rollouts (`trainers.rl.rollout.generate`)."""
+"""The ``hf`` generation backend: the training model samples its own rollouts (`trainers.rl.rollout.generate`).
+
+Eager decoding runs over the model's own KV cache; compiled decoding (``compile_generation``, see
+`trainers.rl.generation.compiled` for when it is on by default) moves the prompts' keys and values
+to a static cache and runs `trainers.rl.rollout.decode_step` compiled, the same tokens up to float
+rounding. Nothing to sync, sleep or wake: the engine is the trained model.
+"""
 
 from __future__ import annotations
 
@@ -8,14 +14,16 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from trainers.distributed.ranks import Ranks
-from trainers.precision import ComputeSettings
+from trainers.precision import ComputeSettings, resolve_compute
 from trainers.rl.generation.base import GenerationBackend
-from trainers.rl.rollout import Rollout, generate
+from trainers.rl.generation.compiled import compiled_decode_step, should_compile, use_compile_cache
+from trainers.rl.online import stop_token_ids
+from trainers.rl.rollout import DecodeStep, Rollout, generate
 from trainers.spec.config import RLHyperparameters
 
 
 class HFBackend(GenerationBackend):
-    """Samples from the training model itself, in eval mode: nothing to sync, sleep or wake."""
+    """Samples from the training model itself, in eval mode (see `GenerationBackend` for the arguments)."""
 
     samples_training_model = True
 
@@ -30,10 +38,33 @@ class HFBackend(GenerationBackend):
         base_model: str,
     ) -> None:
         super().__init__(model, tokenizer, compute=compute, hp=hp, ranks=ranks, base_model=base_model)
-        from trainers.rl.online import stop_token_ids  # online imports this package
-
         self.model = model
         self.stop_ids = stop_token_ids(model, tokenizer)
+        self.step_fn: DecodeStep | None = None
+        self.plan(rollouts=None)
+
+    @classmethod
+    def of(cls, model: nn.Module, tokenizer: PreTrainedTokenizerBase, hp: RLHyperparameters,
+           ranks: Ranks | None = None) -> HFBackend:  # fmt: skip
+        """A backend for `model` as it is, on its device, in the precision `hp` resolves to (for tests and scripts)."""
+        device = next(model.parameters()).device
+        return cls(model, tokenizer, compute=resolve_compute(hp, device), hp=hp, ranks=ranks or Ranks(),
+                   base_model="")  # fmt: skip
+
+    def plan(self, *, rollouts: int | None) -> None:
+        """Decide whether to compile the decoding step, from `compile_generation` and the run's decode steps."""
+        steps = None if rollouts is None else rollouts * self.hp.max_new_tokens
+        if should_compile(self.hp.compile_generation, self.compute.device, planned_decode_steps=steps,
+                          distributed=self.ranks.distributed):  # fmt: skip
+            self.step_fn = self.step_fn or compiled_decode_step(self.compute.device)
+        else:
+            self.step_fn = None
+
+    def describe(self) -> str:
+        """``generation backend hf, eager decoding`` or ``..., compiled decoding (static KV cache, cache dir …)``."""
+        if self.step_fn is None:
+            return "generation backend hf, eager decoding"
+        return f"generation backend hf, compiled decoding (static KV cache, compile cache {use_compile_cache()})"
 
     def sample(
         self,
@@ -51,7 +82,7 @@ class HFBackend(GenerationBackend):
             return generate(
                 self.model, prompt_ids, pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.stop_ids,
                 max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, row_seeds=row_seeds,
-                ranks=self.ranks,
+                ranks=self.ranks, step_fn=self.step_fn,
             )  # fmt: skip
         finally:
             self.model.train(was_training)

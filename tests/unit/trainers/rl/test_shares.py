@@ -3,6 +3,7 @@
 import torch
 
 from tests.unit.trainers.trainer_fixtures import tiny
+from trainers.rl.generation.hf import HFBackend
 from trainers.rl.online import completion_seeds, sample_rollout
 from trainers.rl.rewards import RewardScores
 from trainers.rl.shares import gather_rollout
@@ -31,10 +32,11 @@ def test_gathered_shares_equal_the_whole_rollout_sampled_by_one_process():
     prompts = [tokenizer(text).input_ids for text in ["Hi", "Say something longer", "Go", "Tell me a story"]]
     seeds = completion_seeds(1, 2, range(len(prompts)), 1)
     hp = GRPOHyperparameters(max_new_tokens=8, top_p=0.9)
-    whole = sample_rollout(model, prompts, tokenizer, hp, row_seeds=seeds)
+    backend = HFBackend.of(model, tokenizer, hp)
+    whole = sample_rollout(backend, prompts, hp, row_seeds=seeds)
 
     def share(rows):
-        return sample_rollout(model, [prompts[r] for r in rows], tokenizer, hp, row_seeds=[seeds[r] for r in rows])
+        return sample_rollout(backend, [prompts[r] for r in rows], hp, row_seeds=[seeds[r] for r in rows])
 
     rank1 = Exchange()  # rows 1 and 3: the longest prompts, so rank 0 pads its prompts less than one process
     gather_rollout(share([1, 3]), scores_of([1, 3]), [1, 3], 4, tokenizer.pad_token_id, rank1)

@@ -7,6 +7,7 @@ import pytest
 import trainers
 from tests.unit.trainers.trainer_fixtures import RecordingCallbacks, tiny
 from trainers import GRPOJob, PPOJob, TrainingData
+from trainers.rl.generation.hf import HFBackend
 from trainers.rl.online import sample_rollout, score_rollout
 from trainers.spec.config import GRPOHyperparameters
 from trainers.spec.reward_functions import reward_function
@@ -85,7 +86,7 @@ class Grader:
 def test_ranks_grade_with_a_local_poll_and_all_take_rank_0s_verdict(rank0_stops):
     model, tokenizer = tiny()
     hp = GRPOHyperparameters(max_new_tokens=3)
-    rollout = sample_rollout(model, [tokenizer("Hi").input_ids], tokenizer, hp, row_seeds=[0])
+    rollout = sample_rollout(HFBackend.of(model, tokenizer, hp), [tokenizer("Hi").input_ids], hp, row_seeds=[0])
     collective_polls = []
 
     def should_stop():  # the collective poll: rank 0 says go on before grading
