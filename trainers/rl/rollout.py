@@ -29,18 +29,15 @@ Shapes: B sequences, P prompt tokens, A response tokens, V vocabulary.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
-from transformers.cache_utils import DynamicLayer, StaticCache, StaticLayer
 
 from trainers.distributed.ranks import Ranks
-
-# `decode_step`'s signature: (model, token, attention_mask, position_ids, cache, uniforms, finished, **sampling).
-DecodeStep = Callable[..., tuple[Tensor, Tensor, Tensor]]
+from trainers.rl.static_cache import StaticDecoding, static_cache_into
 
 
 @dataclass
@@ -201,7 +198,7 @@ def generate(
     row_seeds: Sequence[int] | None = None,
     stop_check_interval: int = 16,
     ranks: Ranks | None = None,
-    step_fn: DecodeStep | None = None,
+    static: StaticDecoding | None = None,
 ) -> Rollout:
     """Sample a response for each prompt, one token per step over the KV cache.
 
@@ -214,11 +211,11 @@ def generate(
     whatever mode it is in (turn dropout off, as PPO's ratio assumes the rollout and training passes
     agree).
 
-    With `step_fn` (`decode_step`, usually compiled: `trainers.rl.generation.compiled`) the prompts'
-    keys and values move to a static cache of P + `max_new_tokens` positions (`static_cache_from`)
-    and every later token runs through `step_fn` with tensors of the same shapes at every step,
-    which a compiled graph (and a CUDA graph) replays without a recompile; a model whose cache
-    layers are not all plain full-attention layers keeps its own cache and runs eagerly.
+    With `static` (`StaticDecoding`, its step usually compiled: `trainers.rl.generation.compiled`)
+    the prompts' keys and values move to a static cache (`static_cache_into`) and every later token
+    runs through its step with tensors of the same shapes at every step, and in every call of the
+    same batch size, which a compiled graph (and a CUDA graph) replays without a recompile; a model
+    whose cache layers are not all plain full-attention layers keeps its own cache and runs eagerly.
 
     On several ranks each samples its own rows and the ranks agree at every check (and on the
     prefill's form), so each runs the same forwards: every forward of a parallel model is a
@@ -241,8 +238,8 @@ def generate(
         stop_check_interval: steps between checks that every row has finished; 0 never checks
             (always `max_new_tokens` steps).
         ranks: the job's processes, when the model is spread over them (default: one).
-        step_fn: `decode_step` or a compiled copy of it, run over a static cache; None runs
-            `decode_step` eagerly over the model's own (dynamic) cache.
+        static: decode over a static cache with its step (`decode_step` or a compiled copy);
+            None runs `decode_step` eagerly over the model's own (dynamic) cache.
 
     Returns:
         The rollout, its responses trimmed to the longest one.
@@ -268,12 +265,13 @@ def generate(
                               device=generator.device).to(device)  # fmt: skip
 
     out = _prefill(model, prompt_ids, prompt, prompt_mask, positions, pad_token_id, ranks)
-    cache = out.cache
-    static = static_cache_from(model, cache, P + max_new_tokens) if step_fn is not None else None
-    if static is None:
-        step_fn = decode_step
-    else:
-        cache = static
+    cache, step_fn, static_cache = out.cache, decode_step, None
+    if static is not None:
+        length = max(P + max_new_tokens, static.length)
+        static_cache = static.cache = static_cache_into(model, out.cache, length, reuse=static.cache)
+    if static_cache is not None:  # its whole length is attended to: the keys past the decoded token are the future
+        cache, step_fn = static_cache, static.step_fn
+        attention_mask = torch.cat([prompt_mask, prompt_mask.new_ones(B, length - P)], dim=1)  # (B, L)
     sampling = {"temperature": temperature, "top_p": top_p, "pad_token_id": pad_token_id, "eos_ids": eos_ids}
     position = positions[:, -1:] + 1  # (B, 1)
     responses = torch.full((B, max_new_tokens), pad_token_id, dtype=torch.long, device=device)  # (B, N)
@@ -292,9 +290,8 @@ def generate(
         if stop_check_interval and (step + 1) % stop_check_interval == 0 and all_finished(finished, ranks):
             steps = step + 1
             break
-        # The static cache takes the whole mask (its keys past this token are masked as the future).
-        mask = attention_mask if static is not None else attention_mask[:, : P + step + 1]  # (B, P+N) or (B, P+t+1)
-        if static is not None and device.type == "cuda":
+        mask = attention_mask if static_cache is not None else attention_mask[:, : P + step + 1]  # (B, L) | (B, P+t+1)
+        if static_cache is not None and device.type == "cuda":
             torch.compiler.cudagraph_mark_step_begin()  # the previous step's outputs are copied out
         token, logprob, now_finished = step_fn(model, token, mask, position, cache, uniforms[:, step + 1], finished,
                                                **sampling)  # fmt: skip
@@ -368,37 +365,6 @@ def decode_step(
                 use_cache=True)  # fmt: skip
     return next_token(out.logits[:, -1], uniforms, finished, temperature=temperature, top_p=top_p,
                       pad_token_id=pad_token_id, eos_ids=eos_ids)  # fmt: skip
-
-
-def static_cache_from(model: nn.Module, cache: Any, length: int) -> StaticCache | None:
-    """The prefilled keys and values of a dynamic cache in a `StaticCache` of `length` positions.
-
-    The static cache's tensors keep their address for the whole decode (a compiled graph and a CUDA
-    graph read them in place). Only models whose cache layers are all full-attention layers are
-    moved (sliding-window and linear-attention layers keep their own cache): None otherwise.
-
-    Args:
-        model: the causal LM (its config lays out the cache).
-        cache: the prefill's cache: B rows of P positions per layer.
-        length: positions of the static cache (P + the tokens to decode).
-
-    Returns:
-        The static cache, holding P positions, or None.
-    """
-    static = StaticCache(config=model.config, max_cache_len=length)
-    layers = getattr(cache, "layers", None)
-    if layers is None or len(layers) != len(static.layers):
-        return None
-    pairs = list(zip(static.layers, layers, strict=True))
-    if any(type(target) is not StaticLayer or type(source) is not DynamicLayer for target, source in pairs):
-        return None
-    for target, source in pairs:
-        target.lazy_initialization(source.keys, source.values)  # (B, H, length, D), addresses marked static
-        filled = source.keys.shape[2]
-        target.keys[:, :, :filled].copy_(source.keys)
-        target.values[:, :, :filled].copy_(source.values)
-        target.cumulative_length.fill_(filled)
-    return static
 
 
 def all_finished(finished: Tensor, ranks: Ranks) -> bool:

@@ -27,7 +27,8 @@ from pathlib import Path
 
 import torch
 
-from trainers.rl.rollout import DecodeStep, decode_step
+from trainers.rl.rollout import decode_step
+from trainers.rl.static_cache import DecodeStep
 
 CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"
 # Measured on builtin:tiny-llama, B = 16, 64 tokens, 2 CPU cores (bench/generation_speed.py).
@@ -84,8 +85,10 @@ def should_compile(setting: bool | None, device: torch.device, *, planned_decode
 def compiled_decode_step(device: torch.device) -> DecodeStep:
     """`decode_step` compiled for `device`: whole-graph, with CUDA graphs on CUDA (``reduce-overhead``).
 
-    Compilation happens at the first call, from the on-disk cache when it holds the graph.
+    Shapes are static (the KV cache's tensors are static inputs, as CUDA graphs need): one graph per
+    batch size, since the backend gives every call the same cache length. Compilation happens at
+    the first call of each, from the on-disk cache when it holds the graph.
     """
     use_compile_cache()
     mode = "reduce-overhead" if device.type == "cuda" else None
-    return torch.compile(decode_step, fullgraph=True, dynamic=True, mode=mode)
+    return torch.compile(decode_step, fullgraph=True, dynamic=False, mode=mode)

@@ -18,7 +18,8 @@ from trainers.precision import ComputeSettings, resolve_compute
 from trainers.rl.generation.base import GenerationBackend
 from trainers.rl.generation.compiled import compiled_decode_step, should_compile, use_compile_cache
 from trainers.rl.online import stop_token_ids
-from trainers.rl.rollout import DecodeStep, Rollout, generate
+from trainers.rl.rollout import Rollout, generate
+from trainers.rl.static_cache import StaticDecoding
 from trainers.spec.config import RLHyperparameters
 
 
@@ -40,7 +41,7 @@ class HFBackend(GenerationBackend):
         super().__init__(model, tokenizer, compute=compute, hp=hp, ranks=ranks, base_model=base_model)
         self.model = model
         self.stop_ids = stop_token_ids(model, tokenizer)
-        self.step_fn: DecodeStep | None = None
+        self.static: StaticDecoding | None = None
         self.plan(rollouts=None)
 
     @classmethod
@@ -54,15 +55,16 @@ class HFBackend(GenerationBackend):
     def plan(self, *, rollouts: int | None) -> None:
         """Decide whether to compile the decoding step, from `compile_generation` and the run's decode steps."""
         steps = None if rollouts is None else rollouts * self.hp.max_new_tokens
-        if should_compile(self.hp.compile_generation, self.compute.device, planned_decode_steps=steps,
-                          distributed=self.ranks.distributed):  # fmt: skip
-            self.step_fn = self.step_fn or compiled_decode_step(self.compute.device)
-        else:
-            self.step_fn = None
+        if not should_compile(self.hp.compile_generation, self.compute.device, planned_decode_steps=steps,
+                              distributed=self.ranks.distributed):  # fmt: skip
+            self.static = None
+        elif self.static is None:  # one cache length for the run: every rollout of B rows replays one graph
+            length = self.hp.max_prompt_length + self.hp.max_new_tokens
+            self.static = StaticDecoding(compiled_decode_step(self.compute.device), length=length)
 
     def describe(self) -> str:
         """``generation backend hf, eager decoding`` or ``..., compiled decoding (static KV cache, cache dir …)``."""
-        if self.step_fn is None:
+        if self.static is None:
             return "generation backend hf, eager decoding"
         return f"generation backend hf, compiled decoding (static KV cache, compile cache {use_compile_cache()})"
 
@@ -82,7 +84,7 @@ class HFBackend(GenerationBackend):
             return generate(
                 self.model, prompt_ids, pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.stop_ids,
                 max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, row_seeds=row_seeds,
-                ranks=self.ranks, step_fn=self.step_fn,
+                ranks=self.ranks, static=self.static,
             )  # fmt: skip
         finally:
             self.model.train(was_training)

@@ -10,6 +10,7 @@ from trainers.ops.policy_losses import (
     clipped_value_loss,
     entropy_from_logits,
     loss_normalizer,
+    truncated_importance_weights,
 )
 
 MODES = ["token", "sequence", "constant"]
@@ -84,6 +85,27 @@ def test_log_ratio_is_clamped_before_exp():
                               eps_low=0.2, eps_high=0.2, aggregation="token", normalizer=1, max_log_ratio=20.0)
     assert math.isfinite(out.loss.item()) and math.isfinite(out.approx_kl.item())
     assert out.loss.item() == pytest.approx(math.exp(20.0), rel=1e-5)
+
+
+def test_truncated_importance_weights_and_their_effect_on_the_policy_gradient_by_hand():
+    # token:                  0: π_old/π_engine = e^0.5   1: e^−1   2: 5, capped at 2   3: padding
+    logp_old = torch.tensor([[-1.0, -2.0, -0.5, -3.0]])
+    logp_engine = torch.tensor([[-1.5, -1.0, -0.5 - math.log(5.0), 0.0]])
+    mask = torch.tensor([[1, 1, 1, 0]])
+    tis = truncated_importance_weights(logp_old, logp_engine, mask, cap=2.0)
+    expected = [math.exp(0.5), math.exp(-1.0), 2.0]
+    assert tis.weights[0, :3].tolist() == pytest.approx(expected)
+    assert tis.mean.item() == pytest.approx(sum(expected) / 3)
+    assert tis.clip_frac.item() == pytest.approx(1 / 3)
+
+    # With ρ = 1 and A = 1 on every token, ℓ_t = −w_t: the loss is −Σw/3 and ∂ℓ/∂logp_t = −w_t/3 (no
+    # gradient through w).
+    logp = logp_old.clone().requires_grad_(True)
+    out = clipped_policy_loss(logp, logp_old, torch.ones(1, 1), mask, eps_low=0.2, eps_high=0.2,
+                              aggregation="token", normalizer=3, token_weights=tis.weights)  # fmt: skip
+    assert out.loss.item() == pytest.approx(-sum(expected) / 3)
+    out.loss.backward()
+    assert logp.grad[0].tolist() == pytest.approx([-w / 3 for w in expected] + [0.0])
 
 
 def test_clipped_value_loss_both_branches_by_hand():
