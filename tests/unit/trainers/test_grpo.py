@@ -70,6 +70,27 @@ def test_on_policy_gradient_is_the_advantage_weighted_log_likelihood_gradient(ag
     torch.testing.assert_close(grads(model), grads(naive), rtol=1e-4, atol=1e-7)
 
 
+def test_truncated_importance_weights_scale_the_on_policy_gradient():
+    # Engine log-probs below the trainer's by 0.03 (w = e^0.03) on the second group, by 0.2 on the first (capped).
+    batch, hp, _, _ = hand_made_batch(beta=0.0, tis_cap=1.05)
+    with torch.no_grad():
+        logp = response_logprobs(policy(), batch.rollout, 1.0)  # (B, A)
+    gap = torch.tensor([0.2] * 4 + [0.03] * 4).unsqueeze(1)  # (B, 1)
+    batch.rollout.logprobs = (logp - gap) * batch.rollout.response_mask
+    model = policy()
+    stats, names = accumulate_gradients(model, batch, hp)
+    assert names[-2:] == ["policy/tis_weight_mean", "policy/tis_clipfrac"]
+    mask = batch.rollout.response_mask.float()
+    weights = torch.where(gap > 0.1, 1.05, torch.exp(gap)) * mask  # (B, A)
+    first_group = mask[:4].sum() / mask.sum()
+    torch.testing.assert_close(stats[-2:], torch.stack([(weights.sum() / mask.sum()), first_group]))
+
+    naive = policy()
+    logp = response_logprobs(naive, batch.rollout, 1.0)  # (B, A)
+    (-(batch.advantages[:, None] * weights * logp * mask).sum() / mask.sum()).backward()
+    torch.testing.assert_close(grads(model), grads(naive), rtol=1e-4, atol=1e-7)
+
+
 def noisy_batch():
     """Eight completions of different lengths with old and reference log-probs off the policy's."""
     batch, _, _, _ = hand_made_batch()

@@ -8,7 +8,9 @@ import torch
 
 from tests.unit.trainers.trainer_fixtures import tiny
 from trainers.models.value import critic_from_causal_lm, response_values
-from trainers.ppo import STEP_METRICS, PPOBatch, accumulate_gradients
+from trainers.ppo import STEP_METRICS, TIS_METRICS, PPOBatch, accumulate_gradients
+from trainers.rl.generation.hf import HFBackend
+from trainers.rl.online import frozen_logprobs, reuses_sampling_logprobs, sample_rollout
 from trainers.rl.ptx import backward_ptx_loss, collate_texts
 from trainers.rl.response_logprobs import response_logits, response_logprobs
 from trainers.rl.rollout import generate
@@ -59,6 +61,9 @@ def by_hand(policy, critic, batch, hp):
     ratio = torch.exp(logp - batch.old_logprobs)
     A = batch.advantages
     pg = torch.maximum(-ratio * A, -torch.clamp(ratio, 1 - hp.cliprange, 1 + hp.cliprange) * A)  # (B, A)
+    if hp.tis_cap is not None:  # truncated importance weight of the sampler's log-probs
+        tis = torch.exp(batch.old_logprobs - batch.rollout.logprobs)  # (B, A)
+        pg = pg * torch.clamp(tis, max=hp.tis_cap)
     V, V_old, G = response_values(critic, batch.rollout), batch.old_values, batch.returns
     V_clipped = V_old + torch.clamp(V - V_old, -hp.cliprange_value, hp.cliprange_value)
     vf = 0.5 * torch.maximum((V - G) ** 2, (V_clipped - G) ** 2)  # (B, A)
@@ -71,6 +76,8 @@ def by_hand(policy, critic, batch, hp):
         approx_kl = mean(ratio - 1 - (logp - batch.old_logprobs))
         vf_clipfrac = mean((V_clipped - G) ** 2 > (V - G) ** 2)
     stats = [loss, mean(pg), clipfrac, approx_kl, mean(entropy), mean(vf), vf_clipfrac]
+    if hp.tis_cap is not None:
+        stats += [mean(torch.clamp(tis, max=hp.tis_cap)), mean(tis > hp.tis_cap)]
     return loss, torch.stack([s.detach().float() for s in stats])
 
 
@@ -87,6 +94,22 @@ def test_one_step_matches_the_losses_written_out_by_hand(setup, accumulation):
     assert len(stats) == len(STEP_METRICS)
     torch.testing.assert_close(stats, expected, rtol=1e-5, atol=1e-6)
     assert 0 < expected[2] < 1 and 0 < expected[6] < 1  # both clips were hit, and not everywhere
+    for a, b in zip(got, gradients(policy, critic), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
+
+
+def test_truncated_importance_weights_scale_each_tokens_policy_term(setup):
+    policy, critic, batch = (copy.deepcopy(x) for x in setup)
+    hp = hyperparameters(gradient_accumulation_steps=3, tis_cap=1.2)
+    stats = accumulate_gradients(policy, critic, batch, hp)
+    got = gradients(policy, critic)
+
+    policy.zero_grad(), critic.zero_grad()
+    loss, expected = by_hand(policy, critic, batch, hp)
+    loss.backward()
+    assert len(stats) == len(STEP_METRICS) + len(TIS_METRICS)
+    torch.testing.assert_close(stats, expected, rtol=1e-5, atol=1e-6)
+    assert 0 < expected[-1] < 1  # some weights were capped, not all
     for a, b in zip(got, gradients(policy, critic), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
 
@@ -172,3 +195,24 @@ def test_rows_of_very_different_lengths_run_in_separate_passes_with_the_same_res
     torch.testing.assert_close(stats, expected, rtol=1e-5, atol=1e-6)
     for a, b in zip(got, gradients(policy, critic), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
+
+
+def test_pi_old_from_the_sampling_pass_gives_the_recomputed_loss_in_fp32():
+    """The hf backend in fp32: log π_old taken from the rollout (`reuses_sampling_logprobs`) gives the step's
+    statistics of log π_old recomputed by a full forward pass, to 1e-5."""
+    policy, tokenizer = copy.deepcopy(tiny()[0]), tiny()[1]
+    critic = critic_from_causal_lm(policy)
+    hp = hyperparameters(max_new_tokens=8)
+    backend = HFBackend.of(policy, tokenizer, hp)
+    assert reuses_sampling_logprobs(backend, backend.compute)
+    rollout = sample_rollout(backend, PROMPTS, hp, row_seeds=list(range(len(PROMPTS))))
+    with torch.no_grad():
+        values = response_values(critic, rollout)  # (B, A)
+    advantages = torch.randn(rollout.response_mask.shape, generator=torch.Generator().manual_seed(3))
+    stats = []
+    for old in (rollout.logprobs, frozen_logprobs(policy, rollout, hp.temperature, batch_size=8)):
+        batch = PPOBatch(rollout=rollout, old_logprobs=old, old_values=values,
+                         advantages=advantages * rollout.response_mask, returns=values + advantages)  # fmt: skip
+        models = copy.deepcopy(policy), copy.deepcopy(critic)
+        stats.append(accumulate_gradients(*models, batch, hp))
+    torch.testing.assert_close(stats[0], stats[1], rtol=0, atol=1e-5)
