@@ -32,6 +32,7 @@ from trainers.run_setup import micro_batch_size, prepare_run
 from trainers.spec.callbacks import Callbacks
 from trainers.spec.config import DPOHyperparameters, DPOJob, ORPOHyperparameters, ORPOJob
 from trainers.spec.results import RunResult, TrainingData
+from trainers.token_count import TokenCount
 
 # Per-pair statistics, in the order `pair_losses_and_stats` stacks them; eval metrics are the same
 # under `eval/` (eval/loss, eval/rewards/chosen, ...; `eval_metrics`).
@@ -58,10 +59,10 @@ def train_dpo(
 
     1. Set up the run (`prepare_run`): the policy, the tokenised pairs, π_ref; the pairs' order.
     2. Reference log-probs: a table computed once, π_ref run on every batch, or none (SimPO, ORPO).
-    3. The training loop (`TrainingLoop`). Then, step after step:
+    3. The training loop (`TrainingLoop`), and the tokens trained before a resume. Then, step after step:
     4. stop when asked;
     5. gradients of the step's pairs (`accumulate_gradients`);
-    6. update;
+    6. update, and count the step's tokens;
     7. evaluate when due, and log;
     8. checkpoint when due.
 
@@ -106,8 +107,12 @@ def train_dpo(
         else:
             train_reference = eval_reference = Reference(model=run.reference)
 
-        # 3. Optimiser, schedule, step and RNG (restored when resuming), cadence and checkpoints.
+        # 3. Optimiser, schedule, step and RNG (restored when resuming), cadence and checkpoints;
+        #    the tokens trained so far (a pair's two rows, prompt + chosen and prompt + rejected)
+        #    follow from the data order, so a resumed count continues.
         loop = run.training_loop(order.steps_per_epoch)
+        lengths = [2 * len(p.prompt_ids) + len(p.chosen_ids) + len(p.rejected_ids) for p in run.train]
+        tokens = TokenCount.through(order, lengths, loop.step)
         metrics: dict[str, float] = {}
         train_metric_names = train_metrics(hp.loss_type)  # orpo's add its SFT term and log odds
 
@@ -115,14 +120,14 @@ def train_dpo(
             # 4. Cooperative stop, polled once per step: keep the progress, then return.
             if loop.stop_requested():
                 return loop.stop(metrics)
-            step = loop.next_step()
+            indices = order.step_indices(loop.next_step())
 
             # 5. Gradients of the step's pairs, the mean over them whatever the micro-batching.
-            stats = accumulate_gradients(policy, train_reference, run.train, order.step_indices(step), pad, hp, device,
-                                         overhead, backward=loop.backward, ranks=ranks)  # fmt: skip
+            stats = accumulate_gradients(policy, train_reference, run.train, indices, pad, hp, device, overhead,
+                                         backward=loop.backward, ranks=ranks)  # fmt: skip
 
             # 6. Update: clip, refuse non-finite values, step the optimiser and the schedule.
-            metrics = loop.update(stats, train_metric_names)
+            metrics = loop.update(stats, train_metric_names) | tokens.add_rows(indices)
 
             # 7. Metrics: per step, averaged over the step's pairs; evaluation every `eval_every`
             #    steps, at checkpoints and at the end, reported with the train metrics of its step.

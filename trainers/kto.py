@@ -33,6 +33,7 @@ from trainers.spec.callbacks import Callbacks
 from trainers.spec.config import KTOJob
 from trainers.spec.kto import KTOHyperparameters
 from trainers.spec.results import RunResult, TrainingData
+from trainers.token_count import TokenCount
 
 # TRL's KTO metric names; the rewards and log-probs of each side are means over that side's examples
 # (a step without one side reports none of its metrics), `kl` is the step's z_ref.
@@ -51,10 +52,10 @@ def train_kto(
     1. Set up the run (`prepare_run`): the policy, the examples tokenised with their mismatched
        pairs, π_ref; the examples' order.
     2. Reference log-probs: a table computed once, or π_ref run on every batch.
-    3. The training loop (`TrainingLoop`). Then, step after step:
+    3. The training loop (`TrainingLoop`), and the tokens trained before a resume. Then, step after step:
     4. stop when asked;
     5. z_ref over the step's mismatched pairs, then the gradients of its examples (`accumulate_gradients`);
-    6. update;
+    6. update, and count the step's tokens;
     7. evaluate when due, and log;
     8. checkpoint when due.
 
@@ -91,8 +92,12 @@ def train_kto(
         else:
             train_reference = eval_reference = FeedbackReference(model=run.reference)
 
-        # 3. Optimiser, schedule, step and RNG (restored when resuming), cadence and checkpoints.
+        # 3. Optimiser, schedule, step and RNG (restored when resuming), cadence and checkpoints;
+        #    the tokens trained so far follow from the data order, so a resumed count continues. The
+        #    policy reads each example twice a step: prompt + completion, prompt + mismatched completion.
         loop = run.training_loop(order.steps_per_epoch)
+        lengths = [2 * len(e.prompt_ids) + len(e.completion_ids) + len(e.kl_completion_ids) for e in run.train]
+        tokens = TokenCount.through(order, lengths, loop.step)
         metrics: dict[str, float] = {}
 
         while loop.step < loop.total_steps:
@@ -110,6 +115,7 @@ def train_kto(
 
             # 6. Update: clip, refuse non-finite values, step the optimiser and the schedule.
             metrics = present_metrics(loop.update(stats, TRAIN_METRICS), [run.train[i] for i in indices])
+            metrics |= tokens.add_rows(indices)
 
             # 7. Metrics per step; evaluation every `eval_every` steps, at checkpoints and at the end.
             evaluated = bool(run.eval) and loop.eval_due()

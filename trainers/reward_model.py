@@ -39,6 +39,7 @@ from trainers.spec.callbacks import Callbacks
 from trainers.spec.config import RewardModelHyperparameters, RewardModelJob
 from trainers.spec.errors import UserError
 from trainers.spec.results import RunResult, TrainingData
+from trainers.token_count import TokenCount
 
 # What `pair_losses_and_stats` stacks per pair; `summarize` turns their sums into the metrics.
 PAIR_STATS = ("loss", "accuracy", "margin", "reward_sum", "reward_square_sum")
@@ -53,10 +54,10 @@ def train_reward_model(
 
     1. Set up the run (`prepare_run`): the reward model, the tokenised pairs.
     2. The pairs' margins, their order, the sample the reward statistics are taken on.
-    3. The training loop (`TrainingLoop`). Then, step after step:
+    3. The training loop (`TrainingLoop`), and the tokens trained before a resume. Then, step after step:
     4. stop when asked;
     5. gradients of the step's pairs (`accumulate_gradients`);
-    6. update;
+    6. update, and count the step's tokens;
     7. evaluate when due, and log;
     8. checkpoint when due, with the reward statistics.
 
@@ -95,22 +96,27 @@ def train_reward_model(
         return run.model_info() | {"reward_mean": mean, "reward_std": std}
 
     with run.autocast():  # every forward pass below runs in the job's precision
-        # 3. Optimiser, schedule, step and RNG (restored when resuming), cadence and checkpoints.
+        # 3. Optimiser, schedule, step and RNG (restored when resuming), cadence and checkpoints;
+        #    the tokens trained so far follow from the data order, so a resumed count continues. A
+        #    pair's forwards read prompt + chosen and prompt + rejected, the prompt once when shared.
         loop = run.training_loop(order.steps_per_epoch, model_info=model_info)
+        prompts = 1 if layout["shared_prompt"] else 2
+        lengths = [prompts * len(p.prompt_ids) + len(p.chosen_ids) + len(p.rejected_ids) for p in run.train]
+        tokens = TokenCount.through(order, lengths, loop.step)
         metrics: dict[str, float] = {}
 
         while loop.step < loop.total_steps:
             # 4. Cooperative stop, polled once per step: keep the progress, then return.
             if loop.stop_requested():
                 return loop.stop(metrics)
-            step = loop.next_step()
+            indices = order.step_indices(loop.next_step())
 
             # 5. Gradients of the step's pairs, the mean over them whatever the micro-batching.
-            stats = accumulate_gradients(model, run.train, order.step_indices(step), train_margins, pad, hp, layout,
+            stats = accumulate_gradients(model, run.train, indices, train_margins, pad, hp, layout,
                                          backward=loop.backward, ranks=ranks)  # fmt: skip
 
             # 6. Update: clip, refuse non-finite values, step the optimiser and the schedule.
-            metrics = loop.update(stats, TRAIN_METRICS)
+            metrics = loop.update(stats, TRAIN_METRICS) | tokens.add_rows(indices)
 
             # 7. Metrics: per step, over the step's pairs; evaluation every `eval_every` steps, at
             #    checkpoints and at the end, reported with the train metrics of its step.

@@ -12,7 +12,7 @@ sequences of up to ``max_length`` tokens: the same loss, less padding.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -26,6 +26,7 @@ from trainers.run_setup import micro_batch_size, prepare_run
 from trainers.spec.callbacks import Callbacks
 from trainers.spec.config import SFTHyperparameters, SFTJob
 from trainers.spec.results import RunResult, TrainingData
+from trainers.token_count import TokenCount
 
 # Per-token statistics, in the order `accumulate_gradients` returns them (means over the step's
 # trained tokens); eval metrics are the same under `eval/`.
@@ -69,8 +70,7 @@ def train_sft(
         # 2. Optimiser, schedule, step and RNG (restored when resuming), cadence and checkpoints;
         #    the tokens trained so far follow from the data order, so a resumed count continues.
         loop = run.training_loop(order.steps_per_epoch)
-        lengths = [len(chat.input_ids) for chat in run.train]
-        num_tokens = tokens_through(order, lengths, loop.step)
+        tokens = TokenCount.through(order, [len(chat.input_ids) for chat in run.train], loop.step)
         metrics: dict[str, float] = {}
 
         while loop.step < loop.total_steps:
@@ -85,9 +85,7 @@ def train_sft(
                                          ranks=ranks)  # fmt: skip
 
             # 5. Update: clip, refuse non-finite values, step the optimiser and the schedule.
-            metrics = loop.update(stats, TRAIN_METRICS)
-            num_tokens += sum(lengths[i] for i in indices)
-            metrics["train/num_tokens"] = float(num_tokens)
+            metrics = loop.update(stats, TRAIN_METRICS) | tokens.add_rows(indices)
 
             # 6. Evaluation every `eval_every` steps, at checkpoints and at the end, reported with
             #    the train metrics of its step.
@@ -195,19 +193,3 @@ def evaluate(
     model.train(was_training)
     count = max(1, sum(chat.num_loss_tokens for chat in chats))
     return dict(zip(EVAL_METRICS, (ranks.sum(sums) / count).tolist(), strict=True))
-
-
-def tokens_through(order: BatchOrder, lengths: Sequence[int], step: int) -> int:
-    """Tokens of the rows of steps 1 … `step` (``train/num_tokens`` after that step).
-
-    Args:
-        order: the run's data order.
-        lengths: (N,) tokens of each training row, after truncation.
-        step: optimizer steps done.
-
-    Returns:
-        Whole epochs count every row once; the current epoch adds its first batches.
-    """
-    epochs, position = divmod(step, order.steps_per_epoch)
-    done = order.epoch_permutation(epochs)[: position * order.batch_size].tolist() if position else []
-    return epochs * sum(lengths) + sum(lengths[i] for i in done)

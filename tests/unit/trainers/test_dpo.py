@@ -12,8 +12,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 import trainers
 import trainers.dpo
 import trainers.run_setup
-from tests.unit.trainers.trainer_fixtures import RecordingCallbacks
+from tests.unit.trainers.trainer_fixtures import RecordingCallbacks, tiny
 from trainers import DPOJob, ModelNotFoundError, NumericalError, TrainingData
+from trainers.data.preference import collate_pairs, tokenize_pairs
 from trainers.data.synthetic import uppercase_preference_rows
 from trainers.models.checkpoint import MODEL_DIR, PROBE_TEXT, PROBE_VOCAB, STATE_FILE
 
@@ -21,7 +22,7 @@ from trainers.models.checkpoint import MODEL_DIR, PROBE_TEXT, PROBE_VOCAB, STATE
 LEARNING = {"learning_rate": 1e-3, "max_steps": 30, "batch_size": 8}
 METRIC_NAMES = {
     "train/loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
-    "logps/chosen", "logps/rejected", "train/learning_rate", "train/grad_norm", "train/epoch",
+    "logps/chosen", "logps/rejected", "train/learning_rate", "train/grad_norm", "train/epoch", "train/num_tokens",
 }  # fmt: skip
 
 
@@ -79,6 +80,12 @@ def test_interrupted_and_resumed_run_matches_an_uninterrupted_one(tmp_path):
         assert combined[step] == pytest.approx(metrics, abs=1e-6), f"step {step}"
     assert straight.metrics[1]["train/learning_rate"] == pytest.approx(2e-3 / 3)  # warmup
     assert straight.metrics[4]["train/epoch"] == pytest.approx(4 / 3)
+    # Steps 1-3 and 4-6 are an epoch each: every pair's two rows (prompt + chosen, prompt + rejected)
+    # once per epoch, the count continued across the resume.
+    hp = job.hyperparameters
+    pairs = tokenize_pairs(rows, tiny()[1], max_length=hp.max_length, max_prompt_length=hp.max_prompt_length)
+    epoch_tokens = collate_pairs(pairs, tiny()[1].pad_token_id).attention_mask.sum().item()
+    assert [combined[s]["train/num_tokens"] for s in (3, 6)] == [epoch_tokens, 2 * epoch_tokens]
 
 
 def test_stop_before_any_step_saves_nothing():

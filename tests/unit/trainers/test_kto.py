@@ -11,7 +11,8 @@ import torch
 import trainers
 from tests.unit.trainers.trainer_fixtures import RecordingCallbacks, cli, tiny, write_jsonl
 from trainers import KTOJob, TrainingData
-from trainers.data.feedback import tokenize_feedback, unpair_preference_rows
+from trainers.data.batching import BatchOrder
+from trainers.data.feedback import collate_feedback, tokenize_feedback, unpair_preference_rows
 from trainers.data.synthetic import uppercase_preference_rows
 from trainers.kto import FeedbackReference, accumulate_gradients, present_metrics
 from trainers.ops.logprobs import sequence_logprobs
@@ -19,7 +20,8 @@ from trainers.spec.kto import KTOHyperparameters
 
 PAD = 256
 METRIC_NAMES = {"train/loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "logps/chosen",
-                "logps/rejected", "kl", "train/learning_rate", "train/grad_norm", "train/epoch"}  # fmt: skip
+                "logps/rejected", "kl", "train/learning_rate", "train/grad_norm", "train/epoch",
+                "train/num_tokens"}  # fmt: skip
 
 
 def kto_job(seed=0, **hyperparameters):
@@ -120,7 +122,7 @@ def test_kto_learns_desirable_above_undesirable(preference):
 
 
 @pytest.mark.trains
-def test_results_do_not_depend_on_gradient_accumulation_or_precomputing_the_reference():
+def test_results_do_not_depend_on_gradient_accumulation_precomputing_the_reference_or_a_resume(tmp_path):
     rows = feedback_rows(12, seed=2)
     runs = []
     for hp in ({"gradient_accumulation_steps": 1}, {"gradient_accumulation_steps": 3},
@@ -129,10 +131,26 @@ def test_results_do_not_depend_on_gradient_accumulation_or_precomputing_the_refe
         trainers.run(kto_job(2, learning_rate=2e-3, max_steps=4, batch_size=6, **hp), TrainingData(train=rows),
                      callbacks)  # fmt: skip
         runs.append(callbacks.metrics)
+    job = kto_job(2, learning_rate=2e-3, max_steps=4, batch_size=6)
+    interrupted = RecordingCallbacks(tmp_path / "first", stop_after=2)
+    assert trainers.run(job, TrainingData(train=rows), interrupted).step == 2
+    resumed = RecordingCallbacks(tmp_path / "second")
+    result = trainers.run(job, TrainingData(train=rows), resumed, resume_from=interrupted.checkpoints[2][0])
+    assert (result.status, result.step) == ("completed", 4) and sorted(resumed.metrics) == [3, 4]
+    runs.append(interrupted.metrics | resumed.metrics)
     assert runs[0][4]["kl"] > 0  # the estimate matters by the last step
     for other in runs[1:]:
         for step, metrics in runs[0].items():
             assert other[step] == pytest.approx(metrics, abs=1e-5), f"step {step}"
+    # The policy reads each of a step's examples twice (its completion, then its mismatched one for z_ref).
+    hp = job.hyperparameters
+    examples = tokenize_feedback(rows, tiny()[1], max_length=hp.max_length, max_prompt_length=hp.max_prompt_length,
+                                 group_size=6)  # fmt: skip
+    order, total = BatchOrder(num_rows=len(examples), batch_size=6, seed=2), 0
+    for step in range(1, 5):
+        batch = [examples[i] for i in order.step_indices(step)]
+        total += sum(collate_feedback(batch, PAD, kl=kl).attention_mask.sum().item() for kl in (False, True))
+        assert runs[0][step]["train/num_tokens"] == total, f"step {step}"
 
 
 @pytest.mark.trains

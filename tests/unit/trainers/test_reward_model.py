@@ -9,7 +9,7 @@ import torch
 import trainers
 import trainers.reward_model
 import trainers.run_setup
-from tests.unit.trainers.trainer_fixtures import RecordingCallbacks
+from tests.unit.trainers.trainer_fixtures import RecordingCallbacks, tiny
 from trainers import ModelNotFoundError, NumericalError, RewardModelJob, TrainingData, UserError
 from trainers.data.preference import collate_pairs, tokenize_pairs
 from trainers.data.synthetic import uppercase_preference_rows
@@ -23,7 +23,7 @@ from trainers.spec.config import LoRAConfig
 # accuracy >= 0.98 on 12 seeds (plain and conversational rows, full weights and LoRA) after 20 steps.
 LEARNING = {"learning_rate": 1e-3, "max_steps": 20, "batch_size": 8}
 TRAIN_NAMES = {"train/loss", "train/accuracy", "train/margin", "train/reward_mean", "train/reward_std",
-               "train/learning_rate", "train/grad_norm", "train/epoch"}  # fmt: skip
+               "train/learning_rate", "train/grad_norm", "train/epoch", "train/num_tokens"}  # fmt: skip
 EVAL_NAMES = {"eval/loss", "eval/accuracy", "eval/margin", "eval/reward_mean", "eval/reward_std"}
 
 
@@ -196,6 +196,13 @@ def test_interrupted_and_resumed_run_matches_an_uninterrupted_one(tmp_path, lora
         assert combined[step] == pytest.approx(metrics, abs=1e-6), f"step {step}"
     assert straight.checkpoints[6][1]["model"] == pytest.approx(resumed.checkpoints[6][1]["model"], abs=1e-6)
     assert straight.metrics[1]["train/learning_rate"] == pytest.approx(2e-3 / 3)  # warmup
+    # Steps 1-3 and 4-6 are an epoch each: every pair once per epoch, its prompt computed once beside
+    # both responses (the shared-prompt rows builtin:tiny-llama reads), the count continued across the resume.
+    hp = job.hyperparameters
+    pairs = tokenize_pairs(rows, tiny()[1], max_length=hp.max_length, max_prompt_length=hp.max_prompt_length)
+    (rows_of_pairs,) = collate_pairs(pairs, tiny()[1].pad_token_id, shared_prompt=True).shared
+    epoch_tokens = (rows_of_pairs.input_ids != tiny()[1].pad_token_id).sum().item()
+    assert [combined[s]["train/num_tokens"] for s in (3, 6)] == [epoch_tokens, 2 * epoch_tokens]
 
 
 def test_stop_before_any_step_saves_nothing():

@@ -9,10 +9,9 @@ import torch
 import trainers
 from tests.unit.trainers.trainer_fixtures import RecordingCallbacks, cli, tiny, write_jsonl
 from trainers import SFTJob, TrainingData
-from trainers.data.batching import BatchOrder
 from trainers.data.chat import ChatLayout, tokenize_chat
 from trainers.models.checkpoint import MODEL_DIR
-from trainers.sft import accumulate_gradients, token_losses, tokens_through
+from trainers.sft import accumulate_gradients, token_losses
 from trainers.spec.config import SFTHyperparameters
 
 PAD = 256
@@ -82,16 +81,6 @@ def test_the_step_loss_and_gradients_do_not_depend_on_micro_batching_or_packing(
         torch.testing.assert_close(other_stats, stats, rtol=1e-5, atol=1e-6, msg=str(settings))
         for name, grad in grads.items():
             torch.testing.assert_close(other_grads[name], grad, rtol=1e-4, atol=1e-6, msg=f"{settings} {name}")
-
-
-def test_tokens_through_counts_the_rows_of_every_step_so_far():
-    lengths = [3, 5, 7, 11, 13]
-    order = BatchOrder(num_rows=5, batch_size=2, seed=4)
-    total = 0
-    for step in range(1, 8):
-        total += sum(lengths[i] for i in order.step_indices(step))
-        assert tokens_through(order, lengths, step) == total
-    assert tokens_through(order, lengths, 0) == 0 and tokens_through(order, lengths, 6) == 2 * sum(lengths)
 
 
 @pytest.mark.trains
