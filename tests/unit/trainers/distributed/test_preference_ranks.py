@@ -96,6 +96,8 @@ def test_dpo_on_two_ddp_processes_equals_one_process(runs):
     assert sorted(two["metrics"]) == sorted(one["metrics"]) == [1, 2, 3, 4]
     assert_same_metrics(two, one, [1, 2, 3, 4], DPO_TRAIN)
     assert_same_metrics(two, one, [2, 4], DPO_EVAL)
+    tokens = [two["metrics"][step]["train/num_tokens"] for step in [1, 2, 3, 4]]  # each step's rows, every rank's
+    assert tokens == [one["metrics"][step]["train/num_tokens"] for step in [1, 2, 3, 4]] and 0 < tokens[0] < tokens[3]
     assert_same_weights(two_dir / "checkpoint-4", one_dir / "checkpoint-4")
     assert ["info", "2 processes, strategy ddp"] in two["events"]
 
