@@ -220,7 +220,7 @@ def train_ppo(
     backend = create_backend(policy, tokenizer, compute=run.compute, hp=hp, ranks=ranks, base_model=job.base_model)
     backend.plan(rollouts=-(-(loop.total_steps - loop.step) // steps_per_rollout))
     run.callbacks.on_event("info", backend.describe())
-    old_from_sampling = reuses_sampling_logprobs(backend, run.compute)
+    old_from_sampling = not hp.recompute_old_logprobs and reuses_sampling_logprobs(backend, run.compute)
     if old_from_sampling:
         run.callbacks.on_event("info", OLD_FROM_SAMPLING)
 

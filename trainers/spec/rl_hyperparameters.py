@@ -303,6 +303,15 @@ class PPOHyperparameters(RLHyperparameters):
     critic_learning_rate: float = Field(
         9e-6, gt=0, le=1, description="Peak AdamW learning rate of the critic (OpenRLHF's default)."
     )
+    recompute_old_logprobs: bool = Field(
+        False,
+        description="Recompute log π_old with a forward pass of the policy over each rollout. Off, the sampling "
+                    "pass's own log-probs are π_old where they are the training model's (generation_backend 'hf' "
+                    "in fp32: the cached and full passes agree to about 1e-6), as TRL does, saving one forward "
+                    "pass per rollout; in bf16/fp16 or with 'vllm' π_old is always recomputed. On, runs on "
+                    "different numbers of processes agree to float rounding (each rank's sampling pass rounds "
+                    "with its own padding).",
+    )
 
     @field_validator("rollout_batch_size")
     @classmethod

@@ -61,7 +61,8 @@ def test_ppo_learns_to_write_the_rewarded_letter(seed):
     scores = [metrics[s]["objective/scores"] for s in rollout_starts(metrics, 4)]  # one per rollout
     before, after = scores[0], sum(scores[-3:]) / 3
     assert before < 0.15 and after > 0.6 and after - before > 0.45, scores
-    assert metrics[1]["objective/kl"] == 0 and metrics[1]["policy/clipfrac"] == 0  # π = π_old = π_ref
+    # π = π_old = π_ref; π_old comes from the sampling pass (cached attention): equal to float rounding
+    assert metrics[1]["objective/kl"] == pytest.approx(0, abs=1e-6) and metrics[1]["policy/clipfrac"] == 0
     assert metrics[48]["objective/kl"] > 1 and metrics[48]["policy/entropy"] < metrics[1]["policy/entropy"]
     assert {m["objective/kl_coef"] for m in metrics.values()} == {0.05}
     assert metrics[48]["objective/rlhf_reward"] == pytest.approx(

@@ -31,7 +31,10 @@ GRPO = {"learning_rate": 1e-2, "max_steps": 4, "rollout_batch_size": 4, "num_gen
 PPO = {"learning_rate": 1e-2, "critic_learning_rate": 3e-3, "max_steps": 4, "rollout_batch_size": 8, "batch_size": 4,
        "ppo_epochs": 1, "gradient_accumulation_steps": 2, "adaptive_kl": True, "target_kl": 0.5, "kl_horizon": 100,
        "value_model": "policy", "max_new_tokens": 6, "max_prompt_length": 16, "max_length": 64,
-       "checkpoint_every": 4}  # fmt: skip
+       "checkpoint_every": 4,
+       # π_old by a forward pass: the sampling pass's log-probs round with each rank's padding, and Adam's
+       # first steps magnify a 1e-7 difference in the ratio where a gradient is near zero.
+       "recompute_old_logprobs": True}  # fmt: skip
 GRPO_TRAIN = ("train/loss", "policy/clipfrac", "policy/approx_kl", "policy/entropy", "objective/kl", "train/grad_norm")
 GRPO_ROLLOUT = ("reward/mean", "reward/std", "reward/lowercase", "frac_reward_zero_std", "completions/mean_length")
 PPO_TRAIN = ("train/loss", "policy/pg_loss", "policy/entropy", "val/vf_loss", "train/grad_norm", "critic/grad_norm")
