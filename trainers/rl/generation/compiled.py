@@ -6,13 +6,16 @@ replays one graph per token: on CUDA with ``mode="reduce-overhead"`` (CUDA graph
 token instead of one per kernel), on the CPU as fused C++ kernels without the Python overhead of
 each module call.
 
-**When (``compile_generation`` null).** On CUDA always: the compile takes seconds and a CUDA graph
-removes most of a decode step's launch overhead. On the CPU the compile costs about 26 s the first
-time and about 4 s once its graphs are in the on-disk cache, against about
-`CPU_SAVING_MS_PER_STEP` ms saved per decoded token step (builtin:tiny-llama, B = 16, 2 cores,
-bench/RESULTS.md "Generation speed"); it is on only when a run plans at least
-`CPU_COMPILE_MIN_DECODE_STEPS` decode steps (rollouts × max_new_tokens), where even a cold compile
-is repaid. A unit test's run of a few rollouts of a few tokens never compiles.
+**When (``compile_generation`` null).** On CUDA always, on one process: the compile takes seconds
+and a CUDA graph removes most of a decode step's launch overhead. On the CPU
+(bench/generation_speed.py, builtin:tiny-llama, B = 16 rows × 64 tokens, 2 busy cores; bench/RESULTS.md
+"Decoding speed") a step takes 8.6 ms eager and 1.7 ms compiled, a saving of about 7 ms per step,
+against a compile of about 26 s cold and 11 s with its graphs in the on-disk cache (Dynamo's
+tracing is never cached): a cold compile is repaid after about 3,700 steps, a warm one after
+1,600. The rule compiles when a run plans at least `CPU_COMPILE_MIN_DECODE_STEPS` decode steps
+(rollouts × max_new_tokens), a margin over the cold break-even for an idle machine, where eager
+steps are faster. A unit test's run of a few rollouts of a few tokens (hundreds of steps) never
+compiles. Several processes decode eagerly unless asked (their forwards are collectives).
 
 **Cache.** Inductor keeps compiled graphs on disk (its FX graph cache and AOTAutograd cache, on
 by default) under ``TORCHINDUCTOR_CACHE_DIR``; unless that is set, `use_compile_cache` points it
@@ -33,9 +36,10 @@ from trainers.rl.static_cache import DecodeStep
 CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"
 # Measured on builtin:tiny-llama, B = 16, 64 tokens, 2 CPU cores (bench/generation_speed.py).
 CPU_COLD_COMPILE_S = 26.0
-CPU_SAVING_MS_PER_STEP = 2.0
-# Decode steps that repay a cold compile: 26 s / 2 ms = 13,000, rounded up.
-CPU_COMPILE_MIN_DECODE_STEPS = 15_000
+CPU_WARM_COMPILE_S = 11.0
+CPU_SAVING_MS_PER_STEP = 7.0
+# Decode steps that repay a cold compile: 26 s / 7 ms ≈ 3,700; ×2.7 for an idle machine's faster eager steps.
+CPU_COMPILE_MIN_DECODE_STEPS = 10_000
 
 
 def default_cache_dir() -> Path:
