@@ -3,8 +3,9 @@
 One loop (`train_grpo`, in numbered steps), one rollout per pass:
 
 - rollout: `rollout_batch_size` prompts (a function of (seed, rollout)), G = `num_generations`
-  completions each, sampled over the KV cache, each completion from a seed of (seed, rollout,
-  prompt, completion);
+  completions each, sampled by the run's generation backend (`trainers.rl.generation`: the policy
+  itself over its KV cache, or vLLM), each completion from a seed of (seed, rollout, prompt,
+  completion);
 - rewards and KL: the job's reward for every completion (`trainers.rl.rewards`); log-probs of the
   rollout policy when the rollout feeds more than one optimizer step, and of the reference;
 - advantages: each completion's reward against its group's, ``Â = (r − mean_G) / (std_G + eps)``
@@ -14,7 +15,9 @@ One loop (`train_grpo`, in numbered steps), one rollout per pass:
 - clipped updates: μ = `num_iterations` passes over the rollout's minibatches, one optimizer step
   each, minimising ``−min(ρÂ, clip(ρ, 1 − ε_low, 1 + ε_high)Â) + β·k3`` per token (ρ per token, or
   GSPO's per sequence: `importance_sampling_level`), aggregated over the whole step
-  (`trainers.ops.policy_losses`), so micro-batching does not change the gradient.
+  (`trainers.ops.policy_losses`), so micro-batching does not change the gradient; with `tis_cap`,
+  each token's policy term weighted by its truncated importance weight against the engine's
+  sampling log-probs. The backend is given the new weights after each step.
 
 With μ = 1 and one minibatch per rollout (the defaults) the policy that sampled is the one being
 trained: π_old is the current policy detached, ρ = 1, and no extra forward pass is needed (as TRL).

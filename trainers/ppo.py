@@ -6,8 +6,8 @@ https://arxiv.org/abs/2203.02155), with TRL's and OpenRLHF's choices where the p
 One loop (`train_ppo`, in numbered steps), one rollout per pass:
 
 - rollout: `rollout_batch_size` prompts (a function of (seed, rollout)), one completion each,
-  sampled over the KV cache at the job's temperature and top-p, each from a seed of (seed,
-  rollout, prompt);
+  sampled by the run's generation backend (`trainers.rl.generation`: the policy itself over its KV
+  cache, or vLLM) at the job's temperature and top-p, each from a seed of (seed, rollout, prompt);
 - rewards and KL: each completion's score (`trainers.rl.rewards`: reward models and graders, the
   missing-EOS penalty), clipped to ±`reward_clip` when set; log π_old: the sampling pass's own
   log-probs where the training model sampled in fp32 (the ``hf`` backend; as TRL, saving a forward
@@ -18,8 +18,9 @@ One loop (`train_ppo`, in numbered steps), one rollout per pass:
 - advantages: GAE with (γ, λ), returns ``G = A + V_old``, advantages whitened over the rollout's
   tokens;
 - clipped updates: `ppo_epochs` passes over the rollout in shuffled minibatches of `batch_size`
-  completions, one optimizer step each (`accumulate_gradients`); the KL controller then sees the
-  rollout's KL.
+  completions, one optimizer step each (`accumulate_gradients`; with `tis_cap`, each token's policy
+  term weighted by its truncated importance weight against the engine's sampling log-probs), the
+  backend given the new weights after each; the KL controller then sees the rollout's KL.
 
 The critic (`trainers.models.value`) has its own AdamW at `critic_learning_rate`; its gradients come
 from the same backward pass, are clipped on their own, and step with the policy's through the

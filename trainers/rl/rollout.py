@@ -16,9 +16,16 @@ samples its share of a rollout draws exactly the tokens one process draws for th
 chosen tokens, before top-p filtering: the distribution the policy defines at temperature τ, which
 is what `trainers.rl.response_logprobs` recomputes. The old-policy, reference and training passes must all use
 the same τ, or the PPO ratio compares two different distributions and is not 1 on the first epoch.
-In float32 the two agree to 1e-5; in bfloat16 the cached and the full pass round differently
-(about 3e-3 on builtin:tiny-llama), so a trainer that wants a ratio of exactly 1 takes log π_old
-from `response_logprobs`, as TRL does, and keeps `Rollout.logprobs` for monitoring.
+In float32 the two agree to 1e-5, so PPO takes log π_old from the sampling pass there, as TRL's
+PPOTrainer takes it from its generation's logits (`trainers.rl.online.reuses_sampling_logprobs`);
+in bfloat16 the cached and the full pass round differently (about 3e-3 on builtin:tiny-llama), so
+log π_old is then recomputed by `response_logprobs` and `Rollout.logprobs` serve monitoring.
+
+**Decoding steps.** Each token after the first is `decode_step`: the last token's forward over the
+KV cache, then `next_token`. Eagerly it runs over the model's own cache; with `StaticDecoding` the
+prompts' keys and values move to a static cache (`trainers.rl.static_cache`) and the step may be
+compiled (`trainers.rl.generation.compiled`). Whether every row has finished is read every
+`stop_check_interval` tokens, not after each: the only host synchronisations of the loop.
 
 Layout: prompts are left-padded to P tokens and responses right-padded to A tokens, so a full row
 is ``[pad… prompt | response pad…]`` and every response starts at column P. Position ids count
