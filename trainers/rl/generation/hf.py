@@ -8,8 +8,10 @@ rounding. Nothing to sync, sleep or wake: the engine is the trained model.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
+import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
@@ -21,6 +23,8 @@ from trainers.rl.online import stop_token_ids
 from trainers.rl.rollout import Rollout, generate
 from trainers.rl.static_cache import StaticDecoding
 from trainers.spec.config import RLHyperparameters
+
+logger = logging.getLogger(__name__)
 
 
 class HFBackend(GenerationBackend):
@@ -77,14 +81,30 @@ class HFBackend(GenerationBackend):
         temperature: float,
         top_p: float,
     ) -> Rollout:
-        """`generate` in eval mode (dropout off: the sampled distribution is the one later passes score)."""
+        """`generate` in eval mode (dropout off: the sampled distribution is the one later passes score).
+
+        With ``compile_generation`` null, a decoding step that fails to compile (an architecture
+        torch.compile cannot trace whole) is logged and the run decodes eagerly from then on; the
+        rollout is sampled again from the start (a function of its seeds, it comes out the same).
+        """
         was_training = self.model.training
         self.model.eval()
         try:
-            return generate(
-                self.model, prompt_ids, pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.stop_ids,
-                max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, row_seeds=row_seeds,
-                ranks=self.ranks, static=self.static,
-            )  # fmt: skip
+            try:
+                return self._generate(prompt_ids, row_seeds, max_new_tokens, temperature, top_p)
+            except torch._dynamo.exc.TorchDynamoException as error:
+                if self.static is None or self.hp.compile_generation is not None:
+                    raise
+                logger.warning("the decoding step did not compile; decoding eagerly: %s", error)
+                self.static = None
+                return self._generate(prompt_ids, row_seeds, max_new_tokens, temperature, top_p)
         finally:
             self.model.train(was_training)
+
+    def _generate(self, prompt_ids: Sequence[Sequence[int]], row_seeds: Sequence[int], max_new_tokens: int,
+                  temperature: float, top_p: float) -> Rollout:  # fmt: skip
+        return generate(
+            self.model, prompt_ids, pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.stop_ids,
+            max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, row_seeds=row_seeds,
+            ranks=self.ranks, static=self.static,
+        )  # fmt: skip

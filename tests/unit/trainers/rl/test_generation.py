@@ -102,6 +102,24 @@ def test_compile_rule_leaves_short_cpu_runs_eager():
     assert backend.static is None
 
 
+def test_a_step_that_fails_to_compile_falls_back_to_eager_decoding_when_compiling_was_not_asked_for():
+    def untraceable(*args, **kwargs):
+        raise torch._dynamo.exc.Unsupported("a graph break under fullgraph=True")
+
+    model, tokenizer = tiny()
+    options = {"row_seeds": [0, 1, 2, 3], "max_new_tokens": 12, "temperature": 0.8, "top_p": 1.0}
+    expected = HFBackend.of(model, tokenizer, GRPOHyperparameters()).sample(PROMPTS, **options)
+    for setting in (None, True):
+        backend = HFBackend.of(model, tokenizer, GRPOHyperparameters(compile_generation=setting))
+        backend.static = StaticDecoding(untraceable, length=32)  # the CPU rule would not compile a short run
+        if setting is None:
+            assert_same_rollout(backend.sample(PROMPTS, **options), expected)
+            assert backend.static is None
+        else:  # asked for: the error stands
+            with pytest.raises(torch._dynamo.exc.Unsupported):
+                backend.sample(PROMPTS, **options)
+
+
 def test_the_compile_cache_defaults_under_the_users_cache_directory(monkeypatch, tmp_path):
     from torch._inductor.runtime.cache_dir_utils import default_cache_dir as inductor_default
 
