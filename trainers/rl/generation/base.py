@@ -5,8 +5,8 @@ A backend turns prompts into a `trainers.rl.rollout.Rollout` in the layout every
 never trust the engine's numbers for the losses: log π_old, log π_ref and log π are recomputed by
 the training and reference models (`trainers.rl.response_logprobs`). ``Rollout.logprobs`` (the
 engine's sampling log-probs) serve monitoring and truncated importance sampling (``tis_cap``) only,
-except where the backend samples from the training model itself in float32 without dropout
-(`samples_training_model`; see `trainers.rl.online.old_policy_logprobs`).
+except where the backend samples from the training model itself in float32
+(`samples_training_model`): PPO then takes them as log π_old (`trainers.rl.online.reuses_sampling_logprobs`).
 
 Life cycle, as the trainers drive it::
 
