@@ -77,6 +77,7 @@ from trainers.run_setup import prepare_run
 from trainers.spec.callbacks import Callbacks
 from trainers.spec.config import GRPOHyperparameters, GRPOJob
 from trainers.spec.results import RunResult, TrainingData
+from trainers.token_count import TokenCount, sequence_tokens
 
 
 @dataclass
@@ -154,9 +155,14 @@ def train_grpo(
     # Dynamic sampling draws a varying number of prompt batches per rollout: checkpoints keep the count.
     sampler = DynamicSampler(prompts_per_rollout=hp.rollout_batch_size, group_size=G, max_rounds=hp.max_sampling_rounds,
                              pad_token_id=tokenizer.pad_token_id)  # fmt: skip
-    loop = run.training_loop(order.rollouts_per_epoch * steps_per_rollout,
-                             extra_state=(lambda: {"dynamic_sampling": sampler.state_dict()}) if hp.dynamic_sampling
-                             else None)  # fmt: skip
+    tokens = TokenCount()  # the tokens trained on, ``train/num_tokens``: sampled, so checkpoints keep the count
+
+    def extra_state() -> dict:
+        return tokens.state_dict() | ({"dynamic_sampling": sampler.state_dict()} if hp.dynamic_sampling else {})
+
+    loop = run.training_loop(order.rollouts_per_epoch * steps_per_rollout, extra_state=extra_state)
+    if run.resumed:
+        tokens.load_state_dict(run.state.get("extra"))
     if hp.dynamic_sampling and run.resumed:  # a checkpoint without the count: one batch per rollout so far
         sampler.load_state_dict((run.state.get("extra") or {}).get("dynamic_sampling")
                                 or {"prompt_batches_drawn": -(-loop.step // steps_per_rollout)})  # fmt: skip
@@ -220,6 +226,7 @@ def train_grpo(
             # 6. Clipped updates: μ passes over the minibatches, one optimizer step each (fewer when
             #    the run ends first), each step's metrics with the rollout's.
             completions = list(range(len(batch.advantages)))  # fewer than a full rollout: dynamic sampling's bound
+            lengths = sequence_tokens(rollout)  # (B,) what the policy's training forwards read of each completion
             minibatches = [completions[i : i + hp.batch_size] for i in range(0, len(completions), hp.batch_size)]
             schedule = (minibatches * hp.num_iterations)[: loop.total_steps - loop.step]
             first, last = loop.step, loop.step + len(schedule)  # the steps before and at the rollout's end
@@ -228,7 +235,7 @@ def train_grpo(
                 stats, names = accumulate_gradients(
                     policy, batch.select(minibatch), hp, backward=loop.backward, ranks=ranks
                 )  # (S,) fmt: skip
-                metrics = loop.update(stats, names) | rollout_stats
+                metrics = loop.update(stats, names) | rollout_stats | tokens.add(sum(lengths[i] for i in minibatch))
                 backend.sync_weights(policy)
 
                 # 7. Evaluation at the rollout's last step, when one of its steps fell due; metrics

@@ -102,6 +102,7 @@ from trainers.spec.callbacks import Callbacks
 from trainers.spec.config import PPOHyperparameters, PPOJob
 from trainers.spec.results import RunResult, TrainingData
 from trainers.spec.rewards import model_checkpoints
+from trainers.token_count import TokenCount, sequence_tokens
 
 # What `accumulate_gradients` reports for each optimizer step, in order (with `TIS_METRICS` when tis_cap is set).
 STEP_METRICS = ("train/loss", "policy/pg_loss", "policy/clipfrac", "policy/approx_kl", "policy/entropy",
@@ -209,13 +210,15 @@ def train_ppo(
         else FixedKLController(hp.kl_coef)
     )  # fmt: skip
     steps_per_rollout = hp.ppo_epochs * hp.num_minibatches
+    tokens = TokenCount()  # the tokens trained on, ``train/num_tokens``: sampled, so checkpoints keep the count
     loop = run.training_loop(
         order.rollouts_per_epoch * steps_per_rollout,
         auxiliary=AuxiliaryModel(CRITIC_DIR, critic, hp.critic_learning_rate, functools.partial(save_critic, critic)),
-        extra_state=lambda: {"kl_controller": kl_controller.state_dict()},
+        extra_state=lambda: {"kl_controller": kl_controller.state_dict()} | tokens.state_dict(),
     )
     if run.resumed:  # the loop has checked that this is a PPO checkpoint
         kl_controller.load_state_dict(run.state["extra"]["kl_controller"])
+        tokens.load_state_dict(run.state["extra"])
     signal = LearningSignal(job.reward, callbacks.on_event)
     metrics: dict[str, float] = {}
     backend = create_backend(policy, tokenizer, compute=run.compute, hp=hp, ranks=ranks, base_model=job.base_model)
@@ -273,19 +276,23 @@ def train_ppo(
                 schedule += [permutation[i : i + hp.batch_size] for i in range(0, len(rows), hp.batch_size)]
             schedule = schedule[: loop.total_steps - loop.step]
             first, last = loop.step, loop.step + len(schedule)  # the steps before and at the rollout's end
+            lengths = sequence_tokens(rollout)  # (B,) what the policy's training forwards read of each sequence
             for minibatch in schedule:
                 step = loop.next_step()
                 stats = accumulate_gradients(policy, critic, batch.select(minibatch), hp, backward=loop.backward,
                                              ranks=ranks)  # fmt: skip
                 names = STEP_METRICS + (TIS_METRICS if hp.tis_cap is not None else ())  # of the (S,) stats
+                step_tokens = sum(lengths[i] for i in minibatch)
                 if ptx is not None:
-                    ptx_loss = backward_ptx_loss(policy, ptx.step_rows(step), coef=hp.ptx_coef,
+                    ptx_rows = ptx.step_rows(step)
+                    step_tokens += sum(map(len, ptx_rows))  # the text rows are read by the same policy
+                    ptx_loss = backward_ptx_loss(policy, ptx_rows, coef=hp.ptx_coef,
                                                  pad_token_id=ptx.pad_token_id,
                                                  gradient_accumulation_steps=hp.gradient_accumulation_steps,
                                                  backward=loop.backward, ranks=ranks)  # fmt: skip
                     stats = torch.cat([stats[:1] + hp.ptx_coef * ptx_loss, stats[1:], ptx_loss.reshape(1)])  # (S+1,)
                     names = (*names, "ptx/loss")
-                metrics = loop.update(stats, names) | rollout_stats
+                metrics = loop.update(stats, names) | rollout_stats | tokens.add(step_tokens)
                 backend.sync_weights(policy)
 
                 # 7. Evaluation at the rollout's last step, when one of its steps fell due; metrics

@@ -8,15 +8,20 @@ same on every process and equal to one process's count, with no communication.
 
 A trainer whose steps take rows in a `BatchOrder` (SFT, DPO, ORPO, KTO, reward models) knows the
 tokens of every row up front: a resumed run derives the tokens of the steps before it from the
-order (`tokens_through`), as it derives its rows. An RL trainer's rows are sampled, so it keeps its
-count in the checkpoint (`TokenCount.state_dict`).
+order (`tokens_through`), as it derives its rows. An RL trainer's rows are sampled (every process
+holds the whole rollout), so it counts each step's sequences (`sequence_tokens`) and keeps its count
+in the checkpoint (`TokenCount.state_dict`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 
 from trainers.data.batching import BatchOrder
+
+if TYPE_CHECKING:
+    from trainers.rl.rollout import Rollout
 
 METRIC = "train/num_tokens"
 
@@ -70,3 +75,8 @@ def tokens_through(order: BatchOrder, lengths: Sequence[int], step: int) -> int:
     epochs, position = divmod(step, order.steps_per_epoch)
     done = order.epoch_permutation(epochs)[: position * order.batch_size].tolist() if position else []
     return epochs * sum(lengths) + sum(lengths[i] for i in done)
+
+
+def sequence_tokens(rollout: Rollout) -> list[int]:
+    """(B,) tokens a training forward reads of each of a rollout's sequences: prompt and response, no padding."""
+    return (rollout.prompt_mask.sum(dim=1) + rollout.response_mask.sum(dim=1)).tolist()

@@ -5,8 +5,9 @@ import re
 import pytest
 
 import trainers
-from tests.unit.trainers.trainer_fixtures import RecordingCallbacks
+from tests.unit.trainers.trainer_fixtures import RecordingCallbacks, tiny
 from trainers import GRPOJob, TrainingData
+from trainers.data.prompts import PromptOrder, tokenize_prompts
 from trainers.models.checkpoint import MODEL_DIR, read_model_info
 
 pytestmark = pytest.mark.trains
@@ -73,6 +74,13 @@ def test_an_interrupted_and_resumed_run_matches_an_uninterrupted_one(tmp_path):
     assert sorted(straight.samples) == [4, 8]  # one report per rollout, at its last step
     assert (interrupted.samples | resumed.samples) == straight.samples
     assert straight.metrics[1]["policy/approx_kl"] == 0 < straight.metrics[2]["policy/approx_kl"]  # π moved from π_old
+    # A rollout's 4 steps read each of its 8 sequences (prompt + completion) twice.
+    prompt_tokens = [len(p.ids) for p in tokenize_prompts(PROMPTS, tiny()[1], max_prompt_length=16)]
+    order, total = PromptOrder(num_rows=len(PROMPTS), rollout_batch_size=2, seed=3), 0
+    for rollout, end in ((1, 4), (2, 8)):
+        prompts = 4 * sum(prompt_tokens[i] for i in order.rollout_indices(rollout))  # G = 4 completions each
+        total += 2 * (prompts + 8 * straight.metrics[end]["completions/mean_length"])
+        assert straight.metrics[end]["train/num_tokens"] == pytest.approx(total, abs=1e-3), end
 
 
 def test_stop_before_any_step_saves_nothing_and_a_checkpoint_falls_due_at_the_rollout_end(tmp_path):

@@ -9,12 +9,14 @@ import torch
 
 import trainers
 import trainers.ppo
-from tests.unit.trainers.trainer_fixtures import RecordingCallbacks
+from tests.unit.trainers.trainer_fixtures import RecordingCallbacks, tiny
 from trainers import NumericalError, PPOJob, TrainingData, UserError
+from trainers.data.prompts import tokenize_prompts
 from trainers.loop import EXTRA_STATE_FILE, load_run_state
 from trainers.models.checkpoint import MODEL_DIR, read_model_info
 from trainers.models.reward import load_reward_model
 from trainers.models.value import CRITIC_DIR
+from trainers.rl.ptx import PtxData
 
 # The same prompts and reward as GRPO's tests: an untrained tiny-llama is close to uniform over its
 # 262 tokens, so about 6% of its 16-token completions contain an "e".
@@ -104,6 +106,12 @@ def test_an_interrupted_and_resumed_run_matches_an_uninterrupted_one(tmp_path, l
     for step in range(5, 13):
         assert resumed.metrics[step] == straight.metrics[step], step
     assert resumed.checkpoints[12][1]["probe"] == straight.checkpoints[12][1]["probe"]
+    # Each rollout holds every prompt once, and its 4 steps read each sequence (prompt + response) twice.
+    prompt_tokens = sum(len(p.ids) for p in tokenize_prompts(PROMPTS, tiny()[1], max_prompt_length=16))
+    total = 0
+    for end in (4, 8, 12):
+        total += 2 * (prompt_tokens + len(PROMPTS) * straight.metrics[end]["completions/mean_length"])
+        assert straight.metrics[end]["train/num_tokens"] == pytest.approx(total, abs=1e-3), end
 
 
 @pytest.mark.trains
@@ -160,6 +168,8 @@ def test_ptx_mixes_a_language_modelling_loss_into_every_step():
     first, without = callbacks.metrics[1], plain.metrics[1]
     assert math.log(262) - 1 < first["ptx/loss"] < math.log(262) + 1  # a near-uniform model's NLL per token
     assert first["train/loss"] == pytest.approx(without["train/loss"] + 0.5 * first["ptx/loss"], rel=1e-5)
+    ptx = PtxData.from_rows(texts, tiny()[1], max_length=64, batch_size=4, seed=0)  # a step of 4: the 3 texts
+    assert first["train/num_tokens"] == without["train/num_tokens"] + sum(len(s) for s in ptx.step_rows(1))
     assert callbacks.metrics[4]["ptx/loss"] < first["ptx/loss"]  # 4 steps of the 3 texts
     with pytest.raises(UserError, match="needs text rows") as info:
         trainers.run(ppo_job(max_steps=1, ptx_coef=0.5), TrainingData(train=PROMPTS), RecordingCallbacks())
