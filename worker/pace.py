@@ -19,7 +19,7 @@ process, starts a new one.
   and checkpoints happen between observations too, so the estimate includes their time, as the
   run's end will.
 - **Tokens** per second are the same ratio over the increments of the cumulative
-  ``train/num_tokens`` metric (reported by SFT), over the intervals where both ends have it.
+  ``train/num_tokens`` metric (every trainer reports it), over the intervals where both ends have it.
 """
 
 from __future__ import annotations
