@@ -84,6 +84,12 @@ class RLHyperparameters(LoopHyperparameters):
                     "probabilities differ from the trainer's; reported as policy/tis_weight_mean and "
                     "policy/tis_clipfrac. The paper uses 2. null: off.",
     )
+    vllm_gpu_memory_utilization: float = Field(
+        0.3, gt=0, le=1,
+        description="With generation_backend 'vllm': the share of each GPU's memory the engine may take while "
+                    "awake (weights and KV cache); the rest stays for training. It holds none while asleep "
+                    "between rollouts (CUDA).",
+    )
 
     @field_validator("max_new_tokens")
     @classmethod

@@ -55,7 +55,6 @@ from trainers.rl.online import stop_token_ids
 from trainers.rl.rollout import Rollout, left_pad
 from trainers.spec.config import RLHyperparameters
 
-DEFAULT_GPU_MEMORY_UTILIZATION = 0.3
 LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # the max_lora_rank values vLLM accepts
 
 
@@ -79,7 +78,7 @@ class VLLMBackend(GenerationBackend):
         self.stop_ids = stop_token_ids(model, tokenizer)
         self.lora = isinstance(model, PeftModel)
         self.sleeps = current_platform.is_sleep_mode_available()  # CUDA/ROCm: vLLM refuses sleep mode elsewhere
-        self.memory = float(getattr(hp, "vllm_gpu_memory_utilization", DEFAULT_GPU_MEMORY_UTILIZATION))
+        self.memory = hp.vllm_gpu_memory_utilization
         self.version = vllm.__version__
         self.asleep = False
         self.stale: nn.Module | None = None  # the model to push at the next wake/sample
