@@ -45,62 +45,35 @@ from bench.common import (  # noqa: E402
     forward_flops,
     machine,
     measure_matmul_rate,
-    peak_rss_mib,
     preference_rows,
     prompt_rows,
     reward_judge,
     tokenize_rows,
+)
+from bench.rl_runs import (  # noqa: E402
+    GRPO,
+    LEARNING_RATE,
+    LOG_EVERY,
+    PPO,
+    StepClock,
+    memory,
+    run_ours_grpo,
+    run_ours_ppo,
+    run_trl_grpo,
+    run_trl_ppo,
 )
 
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS_JSON = BENCH_DIR / "results.json"
 BATCH_SIZE = 8
 BETA = 0.1
-LEARNING_RATE = {"dpo": 5e-4, "reward_model": 3e-4, "grpo": 1e-3, "rloo": 1e-3, "ppo": 1e-4}
-# GRPO: 4 prompts × G = 4 completions of at most 32 new tokens per optimizer step (one step per
-# rollout, μ = 1), β = 0.04 against the initial policy, token-level aggregation (TRL's "dapo"),
-# advantages scaled by the group's std. The reward: 1 when the completion contains the row's answer.
-GRPO = {"prompts": 4, "generations": 4, "new_tokens": 32, "beta": 0.04}
-GRPO_REWARD = {"type": "string_check", "name": "answer", "operation": "contains", "reference": "{{item.answer}}"}
-# RLOO: GRPO's setting with our advantage_estimator "rloo" against TRL's RLOOTrainer: leave-one-out
-# baselines, β = 0.04 as a KL penalty in the reward, no advantage normalisation. TRL's loss is one ratio
-# per completion averaged over completions; on policy its gradient is ours with the "constant"
-# aggregation over 1 token (bench/parity_variants.py checks both to 1e-5).
-RLOO_OPTIONS = {"advantage_estimator": "rloo", "loss_aggregation": "constant", "max_completion_tokens_constant": 1}
-# PPO: 16 prompts per rollout, one completion each of at most 32 new tokens, 2 minibatches of 8 and
-# 4 epochs (8 optimizer steps per rollout), KL coefficient 0.05, ε = ε_v = 0.2, γ = 1, λ = 0.95; the
-# reward is the benchmark reward model's raw score, and the critic starts from that reward model.
-# TRL ships no PPO trainer since 1.13: the newest that does (1.12, trl.experimental.ppo) runs from
-# its own virtualenv, PPO_VENV, made by `--setup-ppo-venv`.
-PPO = {"prompts": 16, "minibatch": 8, "epochs": 4, "new_tokens": 32, "kl_coef": 0.05}
+EVAL_ROWS = 128
 PPO_TRL_VERSION = "1.12.0"
 PPO_VENV = BENCH_DIR / ".venv-trl-ppo"
-EVAL_ROWS = 128
-LOG_EVERY = 10  # TRL's logging cadence; its logged loss is the mean over these steps
+COMPILED = "ours+compiled"  # ours with compile_generation: true (--compile-generation)
 
 
 # --- children: one trainer, one run --------------------------------------------------------------
-
-
-class StepClock:
-    """Timestamps of the ends of optimizer steps, and the real tokens of each step."""
-
-    def __init__(self) -> None:
-        self.times: list[float] = []
-        self.tokens: list[int] = []
-        self.flops: list[float] = []
-
-    def rates(self, warmup: int, batch_size: int) -> dict[str, float]:
-        """Samples/s, tokens/s and FLOP/s over the steps after the first `warmup` ones."""
-        elapsed = self.times[-1] - self.times[warmup - 1]
-        steps = len(self.times) - warmup
-        return {
-            "samples_per_s": steps * batch_size / elapsed,
-            "tokens_per_s": sum(self.tokens[warmup:]) / elapsed,
-            "flops_per_s": sum(self.flops[warmup:]) / elapsed,
-            "measured_steps": steps,
-            "train_s": self.times[-1] - self.times[0],
-        }
 
 
 def _step_cost(config, lengths: list[int], algo: str) -> tuple[int, float]:
@@ -129,7 +102,7 @@ def run_ours(algo: str, work: Path, seed: int, steps: int, warmup: int, device: 
 
     class Timing(trainers.Callbacks):
         def on_metrics(self, step, metrics):
-            clock.times.append(time.perf_counter())
+            clock.mark()
             step_lengths = [t for i in order.step_indices(step) for t in lengths[i]]
             tokens, flops = _step_cost(config, step_lengths, algo)
             clock.tokens.append(tokens)
@@ -149,7 +122,7 @@ def run_ours(algo: str, work: Path, seed: int, steps: int, warmup: int, device: 
         )
     start = time.perf_counter()
     trainers.run(job, trainers.TrainingData(train=rows), Timing())
-    result = clock.rates(warmup, BATCH_SIZE) | _memory(device) | {"setup_s": clock.times[0] - start}
+    result = clock.rates(warmup, BATCH_SIZE) | memory(device) | {"setup_s": clock.times[0] - start}
     last = sorted(losses)[-LOG_EVERY:]
     result["final"] = {"train_loss_last10": statistics.fmean(losses[s] for s in last)}
     if algo == "dpo":
@@ -159,222 +132,6 @@ def run_ours(algo: str, work: Path, seed: int, steps: int, warmup: int, device: 
         model = AutoModelForSequenceClassification.from_pretrained(out_dir / "model")
         result["final"] |= reward_judge(model, eval_rows, tokenizer)
     return result
-
-
-def run_ours_grpo(
-    work: Path, seed: int, steps: int, warmup: int, device: str = "cpu", algo: str = "grpo"
-) -> dict[str, Any]:
-    """Train GRPO (or its RLOO estimator) with our library through `trainers.run`, timing each step."""
-    from transformers import AutoConfig
-
-    import trainers
-
-    rows = json.loads((work / "prompts.json").read_text())
-    model_dir = work / "policy"
-    config = AutoConfig.from_pretrained(model_dir)
-    prompt_tokens = statistics.fmean(r["prompt_tokens"] for r in rows)
-    completions = GRPO["prompts"] * GRPO["generations"]
-    clock, rewards = StepClock(), {}
-
-    class Timing(trainers.Callbacks):
-        def on_metrics(self, step, metrics):
-            clock.times.append(time.perf_counter())
-            completion = metrics["completions/mean_length"]
-            clock.tokens.append(round(completions * (prompt_tokens + completion)))
-            clock.flops.append(_grpo_step_flops(config, prompt_tokens, completion, completions))
-            rewards[step] = metrics["reward/mean"]
-
-    job = trainers.GRPOJob(
-        base_model=str(model_dir), seed=seed, reward=GRPO_REWARD,
-        hyperparameters={
-            "learning_rate": LEARNING_RATE["grpo"], "batch_size": completions, "rollout_batch_size": GRPO["prompts"],
-            "num_generations": GRPO["generations"], "max_new_tokens": GRPO["new_tokens"], "beta": GRPO["beta"],
-            "max_length": MAX_LENGTH, "max_prompt_length": MAX_PROMPT_LENGTH, "max_steps": steps,
-            "checkpoint_every": 10**6, "loss_aggregation": "token", "scale_rewards": True,
-        } | (RLOO_OPTIONS if algo == "rloo" else {}),
-    )  # fmt: skip
-    start = time.perf_counter()
-    trainers.run(job, trainers.TrainingData(train=[{"prompt": r["prompt"], "answer": r["answer"]} for r in rows]),
-                 Timing())  # fmt: skip
-    result = clock.rates(warmup, completions) | _memory(device) | {"setup_s": clock.times[0] - start}
-    last = sorted(rewards)[-LOG_EVERY:]
-    result["final"] = {"train_reward_last10": statistics.fmean(rewards[s] for s in last)}
-    return result
-
-
-def run_trl_grpo(
-    work: Path, seed: int, steps: int, warmup: int, device: str = "cpu", algo: str = "grpo"
-) -> dict[str, Any]:
-    """Train with TRL's `GRPOTrainer` (`RLOOTrainer` for RLOO) in the same setting, timing each step."""
-    import trl
-    from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
-
-    rows = json.loads((work / "prompts.json").read_text())
-    model_dir = work / "policy"
-    tokenizer = AutoTokenizer.from_pretrained(model_dir, padding_side="left")
-    model = AutoModelForCausalLM.from_pretrained(model_dir)
-    prompt_tokens = statistics.fmean(r["prompt_tokens"] for r in rows)
-    completions = GRPO["prompts"] * GRPO["generations"]
-    clock, pending = StepClock(), []
-
-    class Timing(TrainerCallback):
-        def on_step_end(self, args, state, control, **kwargs):
-            clock.times.append(time.perf_counter())
-            completion = statistics.fmean(pending)
-            clock.tokens.append(round(completions * (prompt_tokens + completion)))
-            clock.flops.append(_grpo_step_flops(model.config, prompt_tokens, completion, completions))
-            pending.clear()
-
-    class TimedGRPO(trl.RLOOTrainer if algo == "rloo" else trl.GRPOTrainer):
-        def training_step(self, model, inputs, *args, **kwargs):
-            output = super().training_step(model, inputs, *args, **kwargs)  # generates, then trains
-            pending.extend(self._last_completion_lengths)
-            return output
-
-        def _generate_and_score_completions(self, inputs):
-            out = super()._generate_and_score_completions(inputs)
-            self._last_completion_lengths = out["completion_mask"].sum(dim=1).tolist()
-            return out
-
-    def answer_reward(completions, answer, **kwargs):
-        return [1.0 if a in c else 0.0 for c, a in zip(completions, answer, strict=True)]
-
-    variant = {"normalize_advantages": False} if algo == "rloo" else {"loss_type": "dapo", "scale_rewards": "group"}
-    args = (trl.RLOOConfig if algo == "rloo" else trl.GRPOConfig)(
-        output_dir=tempfile.mkdtemp(dir=work, prefix=f"trl-{algo}-{seed}-"), per_device_train_batch_size=completions,
-        num_generations=GRPO["generations"], max_completion_length=GRPO["new_tokens"], beta=GRPO["beta"],
-        epsilon=0.2, num_iterations=1, temperature=1.0, top_p=1.0, **variant,
-        learning_rate=LEARNING_RATE["grpo"], lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,
-        max_grad_norm=1.0, max_steps=steps, bf16=device == "cuda", fp16=False, gradient_checkpointing=False,
-        logging_steps=1, save_strategy="no", report_to="none", disable_tqdm=True, seed=seed, use_cpu=device == "cpu",
-        log_completions=False,
-    )  # fmt: skip
-    start = time.perf_counter()
-    trainer = TimedGRPO(model=model, reward_funcs=answer_reward, args=args, processing_class=tokenizer,
-                        train_dataset=Dataset.from_list([{"prompt": r["prompt"], "answer": r["answer"]} for r in rows]),
-                        callbacks=[Timing()])  # fmt: skip
-    trainer.train()
-    result = clock.rates(warmup, completions) | _memory(device) | {"setup_s": clock.times[0] - start}
-    logged = [entry["reward"] for entry in trainer.state.log_history if "reward" in entry]
-    result["final"] = {"train_reward_last10": statistics.fmean(logged[-LOG_EVERY:])}
-    result["trl_version"] = trl.__version__
-    return result
-
-
-def _memory(device: str) -> dict[str, float]:
-    """Peak RSS of this process, and on CUDA the peak memory torch allocated on the device (MiB)."""
-    out = {"peak_rss_mib": peak_rss_mib()}
-    if device == "cuda":
-        import torch
-
-        out["peak_gpu_mib"] = torch.cuda.max_memory_allocated() / 2**20
-    return out
-
-
-def run_ours_ppo(work: Path, seed: int, steps: int, warmup: int, device: str = "cpu") -> dict[str, Any]:
-    """Train PPO with our library; a "step" here is one rollout and its 8 optimizer steps."""
-    from transformers import AutoConfig
-
-    import trainers
-
-    rows = json.loads((work / "prompts.json").read_text())
-    model_dir = work / "policy"
-    config = AutoConfig.from_pretrained(model_dir)
-    prompt_tokens = statistics.fmean(r["prompt_tokens"] for r in rows)
-    per_rollout = PPO["epochs"] * PPO["prompts"] // PPO["minibatch"]  # optimizer steps
-    clock, scores = StepClock(), {}
-
-    class Timing(trainers.Callbacks):
-        def on_metrics(self, step, metrics):
-            if step % per_rollout:
-                return
-            clock.times.append(time.perf_counter())
-            clock.tokens.append(round(PPO["prompts"] * (prompt_tokens + PPO["new_tokens"])))
-            clock.flops.append(_ppo_rollout_flops(config, prompt_tokens))
-            scores[step] = metrics["objective/scores"]
-
-    job = trainers.PPOJob(
-        base_model=str(model_dir), seed=seed,
-        reward={"type": "model", "name": "rm", "checkpoint_id": "rm", "normalize": False},
-        reward_model_dirs={"rm": str(work / "reward_model")},
-        hyperparameters={
-            "learning_rate": LEARNING_RATE["ppo"], "critic_learning_rate": LEARNING_RATE["ppo"],
-            "batch_size": PPO["minibatch"], "rollout_batch_size": PPO["prompts"], "ppo_epochs": PPO["epochs"],
-            "max_new_tokens": PPO["new_tokens"], "kl_coef": PPO["kl_coef"], "cliprange": 0.2, "cliprange_value": 0.2,
-            "gamma": 1.0, "lam": 0.95, "value_model": "reward_model", "max_length": MAX_LENGTH,
-            "max_prompt_length": MAX_PROMPT_LENGTH, "max_steps": steps * per_rollout, "checkpoint_every": 10**6,
-        },
-    )  # fmt: skip
-    start = time.perf_counter()
-    trainers.run(job, trainers.TrainingData(train=[{"prompt": r["prompt"]} for r in rows]), Timing())
-    result = clock.rates(warmup, PPO["prompts"]) | _memory(device) | {"setup_s": clock.times[0] - start}
-    last = sorted(scores)[-LOG_EVERY:]
-    result["final"] = {"score_last10": statistics.fmean(scores[s] for s in last)}
-    return result
-
-
-def run_trl_ppo(work: Path, seed: int, steps: int, warmup: int, device: str = "cpu") -> dict[str, Any]:
-    """Train PPO with TRL 1.12's `trl.experimental.ppo.PPOTrainer` (run from PPO_VENV)."""
-    import trl
-    from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, TrainerCallback
-    from trl.experimental.ppo import PPOConfig, PPOTrainer
-
-    rows = json.loads((work / "prompts.json").read_text())
-    model_dir, reward_dir = work / "policy", work / "reward_model"
-    tokenizer = AutoTokenizer.from_pretrained(model_dir, padding_side="left")
-    policy = AutoModelForCausalLM.from_pretrained(model_dir)
-    reference = AutoModelForCausalLM.from_pretrained(model_dir)
-    reward = AutoModelForSequenceClassification.from_pretrained(reward_dir, num_labels=1)
-    value = AutoModelForSequenceClassification.from_pretrained(reward_dir, num_labels=1)
-    prompt_tokens = statistics.fmean(r["prompt_tokens"] for r in rows)
-    clock = StepClock()
-    dataset = Dataset.from_list([{"input_ids": tokenizer(r["prompt"])["input_ids"]} for r in rows])
-
-    class Timing(TrainerCallback):
-        def on_step_end(self, args, state, control, **kwargs):
-            clock.times.append(time.perf_counter())
-            clock.tokens.append(round(PPO["prompts"] * (prompt_tokens + PPO["new_tokens"])))
-            clock.flops.append(_ppo_rollout_flops(policy.config, prompt_tokens))
-
-    args = PPOConfig(
-        output_dir=tempfile.mkdtemp(dir=work, prefix=f"trl-ppo-{seed}-"), per_device_train_batch_size=PPO["prompts"],
-        gradient_accumulation_steps=1, num_mini_batches=PPO["prompts"] // PPO["minibatch"],  # TRL: a rollout, split
-        num_ppo_epochs=PPO["epochs"], total_episodes=steps * PPO["prompts"], response_length=PPO["new_tokens"],
-        kl_coef=PPO["kl_coef"], cliprange=0.2, cliprange_value=0.2, vf_coef=0.1, gamma=1.0, lam=0.95,
-        temperature=1.0, stop_token="eos", missing_eos_penalty=None, learning_rate=LEARNING_RATE["ppo"],
-        lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0, bf16=device == "cuda",
-        fp16=False, gradient_checkpointing=False, logging_steps=1, save_strategy="no", report_to="none",
-        disable_tqdm=True, seed=seed, use_cpu=device == "cpu", num_sample_generations=0,
-        local_rollout_forward_batch_size=PPO["prompts"],
-    )  # fmt: skip
-    start = time.perf_counter()
-    trainer = PPOTrainer(args=args, processing_class=tokenizer, model=policy, ref_model=reference, reward_model=reward,
-                         value_model=value, train_dataset=dataset, callbacks=[Timing()])  # fmt: skip
-    trainer.train()
-    logged = [e for e in trainer.state.log_history if "objective/scores" in e]
-    result = clock.rates(warmup, PPO["prompts"]) | _memory(device) | {"setup_s": clock.times[0] - start}
-    result["final"] = {"score_last10": statistics.fmean(e["objective/scores"] for e in logged[-LOG_EVERY:])}
-    result["trl_version"] = trl.__version__
-    return result
-
-
-def _ppo_rollout_flops(config, prompt_tokens: float) -> float:
-    """Model FLOPs of one PPO rollout and its updates, counting each pass over the rollout's sequences.
-
-    Sampling (≈ one forward), the rollout policy, reference, reward and value passes (4 forwards),
-    then per epoch a policy and a value forward and backward (2 × 3 forwards). TRL does not log
-    completion lengths, so for both trainers a sequence counts as its prompt plus `new_tokens`.
-    """
-    length = round(prompt_tokens + PPO["new_tokens"])
-    return (5 + 6 * PPO["epochs"]) * forward_flops(config, [length] * PPO["prompts"])
-
-
-def _grpo_step_flops(config, prompt_tokens: float, completion_tokens: float, completions: int) -> float:
-    """Model FLOPs of one GRPO step: sampling (≈ one forward), the reference pass, forward + backward."""
-    length = round(prompt_tokens + completion_tokens)
-    return 5 * forward_flops(config, [length] * completions)
 
 
 def run_trl(algo: str, work: Path, seed: int, steps: int, warmup: int, device: str = "cpu") -> dict[str, Any]:
@@ -392,7 +149,7 @@ def run_trl(algo: str, work: Path, seed: int, steps: int, warmup: int, device: s
 
     class Timing(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
-            clock.times.append(time.perf_counter())
+            clock.mark()
             tokens, flops = _step_cost(model.config, pending, algo)
             clock.tokens.append(tokens)
             clock.flops.append(flops)
@@ -434,7 +191,7 @@ def run_trl(algo: str, work: Path, seed: int, steps: int, warmup: int, device: s
         trainer = TimedReward(model=model, args=args, train_dataset=Dataset.from_list(rows),
                               processing_class=tokenizer, callbacks=[Timing()])  # fmt: skip
     trainer.train()
-    result = clock.rates(warmup, BATCH_SIZE) | _memory(device) | {"setup_s": clock.times[0] - start}
+    result = clock.rates(warmup, BATCH_SIZE) | memory(device) | {"setup_s": clock.times[0] - start}
     logged = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     result["final"] = {"train_loss_last10": logged[-1]}
     if algo == "dpo":
@@ -449,16 +206,20 @@ def run_trl(algo: str, work: Path, seed: int, steps: int, warmup: int, device: s
 
 
 def _child(
-    trainer: str, algo: str, work: Path, seed: int, steps: int, warmup: int, threads: int, device: str = "cpu"
+    trainer: str, algo: str, work: Path, seed: int, steps: int, warmup: int, threads: int, device: str = "cpu",
+    split: bool = False,
 ) -> dict[str, Any]:
     script, python = Path(__file__), sys.executable
     if trainer == "trl" and algo == "ppo":
         python = str(PPO_VENV / "bin" / "python")
     if trainer.startswith("ours@"):  # our library as another checkout has it: run that checkout's copy
         script = Path(trainer.partition("@")[2]) / "bench" / script.name
-    cmd = [python, str(script), "--child", trainer.partition("@")[0], "--algo", algo, "--work", str(work),
+    child = trainer.partition("@")[0].partition("+")[0]  # ours, ours@<checkout>, ours+compiled: "ours"
+    cmd = [python, str(script), "--child", child, "--algo", algo, "--work", str(work),
            "--seed", str(seed), "--steps", str(steps), "--warmup", str(warmup), "--device", device]  # fmt: skip
-    env = os.environ | {
+    cmd += ["--split"] if split and trainer.startswith("ours") else []
+    cmd += ["--compile-generation"] if trainer == COMPILED else []
+    env = os.environ | ({"TORCHINDUCTOR_CACHE_DIR": str(work / "inductor")} if trainer == COMPILED else {}) | {
         "TQDM_DISABLE": "1", "TOKENIZERS_PARALLELISM": "false", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
         "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
     }  # fmt: skip
@@ -470,31 +231,41 @@ def _child(
 
 def compare(
     algo: str, work: Path, reps: int, steps: int, warmup: int, matmul_rate: float, threads: int, others: list[Path],
-    device: str = "cpu",
+    device: str = "cpu", split: bool = False, compiled: bool = False,
 ) -> list[dict[str, Any]]:
     """Run both trainers `reps` times, alternating who goes first; return one benchmark per figure.
 
     `others` are further checkouts of this repository whose library runs as ``ours@<checkout>`` in
-    the same rotation: a change's effect is measured side by side with TRL's and ours.
+    the same rotation: a change's effect is measured side by side with TRL's and ours. With
+    `compiled`, ours also runs with ``compile_generation: true`` (`COMPILED`), its compiled graphs in
+    an inductor cache of this run (empty at its first run: a cold compile, then warm ones).
     """
-    variants = [f"ours@{tree}" for tree in others]
+    variants = [COMPILED] * compiled + [f"ours@{tree}" for tree in others]
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in ("ours", "trl", *variants)}
     for rep in range(reps):
         rotation = ["ours", "trl", *variants]
         rotation = rotation[rep % len(rotation) :] + rotation[: rep % len(rotation)]
         for trainer in rotation:
-            result = _child(trainer, algo, work, rep, steps, warmup, threads, device)
+            result = _child(trainer, algo, work, rep, steps, warmup, threads, device, split)
             runs[trainer].append(result)
-            print(f"  rep {rep} {trainer:>4}: {result['samples_per_s']:.2f} samples/s, "
+            cpu = f" ({result['samples_per_cpu_s']:.2f} per CPU s)" if "samples_per_cpu_s" in result else ""
+            print(f"  rep {rep} {trainer:>4}: {result['samples_per_s']:.2f} samples/s{cpu}, "
                   f"{result['peak_rss_mib']:.0f} MiB, {json.dumps(result['final'])}", flush=True)  # fmt: skip
+            if "split_ms" in result:
+                split = ", ".join(f"{k} {v:.1f}" for k, v in result["split_ms"].items())
+                print(f"    ms per step: {split}", flush=True)
     figures = [
         ("samples_per_s", "samples/s", "training pairs per second after warm-up (higher is better)"),
+        *([("samples_per_cpu_s", "samples/CPU s", "samples per second of the process's CPU time after warm-up")]
+          * all("samples_per_cpu_s" in r for r in runs["ours"] + runs["trl"])),
         ("tokens_per_s", "tokens/s", "real (non-padding) tokens per second after warm-up"),
         ("flops_per_s", "FLOP/s", "model FLOPs of the real tokens per second (forward + backward)"),
         ("peak_rss_mib", "MiB", "peak resident memory of the training process (lower is better)"),
         *([("peak_gpu_mib", "MiB", "peak GPU memory allocated by torch (lower is better)")] * (device == "cuda")),
         ("setup_s", "s", "from the start of the run to the end of the first step (loading, tokenising, "
                          "reference pass)"),
+        *([("e2e_samples_per_s", "samples/s", "samples over the whole run, setup included")]
+          * all("e2e_samples_per_s" in r for r in runs["ours"] + runs["trl"])),
     ]  # fmt: skip
     out = []
     for key, units, what in figures:
@@ -525,19 +296,43 @@ def compare(
             "ours_runs": ours, "trl_runs": theirs,
         })  # fmt: skip
     for variant in variants:
-        for key in ("samples_per_s", "tokens_per_s", "peak_rss_mib"):
+        for key in ("samples_per_s", "samples_per_cpu_s", "tokens_per_s", "peak_rss_mib", "setup_s",
+                    "e2e_samples_per_s"):
+            if not all(key in r for r in runs[variant] + runs["trl"]):
+                continue
             theirs = [r[key] for r in runs["trl"]]
             values = [r[key] for r in runs[variant]]
             out.append({
-                "name": f"{algo}/{key}@{_commit(Path(variant.partition('@')[2]))}", "units": "",
+                "name": f"{algo}/{key}@{_variant_label(variant)}", "units": "",
                 "what": f"{key} of our library at another commit, same run",
                 "ours": statistics.median(values), "trl": statistics.median(theirs),
                 "ratio": statistics.median(a / b for a, b in zip(values, theirs, strict=True)),
                 "ours_runs": values, "trl_runs": theirs,
             })  # fmt: skip
+    out += split_entries(algo, runs, variants)
     trl_version = runs["trl"][0]["trl_version"]
     commit = _commit(BENCH_DIR.parent)
     return [entry | {"trl_version": trl_version, "ours_commit": commit} for entry in out]
+
+
+def split_entries(algo: str, runs: dict[str, list[dict[str, Any]]], variants: list[str]) -> list[dict[str, Any]]:
+    """Medians of each phase's ms per step (``--split``), ours and each other checkout's; TRL has none."""
+    out = []
+    for name in ("ours", *variants):
+        splits = [r["split_ms"] for r in runs[name] if "split_ms" in r]
+        suffix = "" if name == "ours" else f"@{_variant_label(name)}"
+        for phase in splits[0] if splits else ():
+            values = [s[phase] for s in splits]
+            out.append({
+                "name": f"{algo}/split/{phase}{suffix}", "units": "ms", "what": f"ms per step in {phase} (--split)",
+                "ours": statistics.median(values), "trl": float("nan"), "ratio": None, "ours_runs": values,
+            })  # fmt: skip
+    return out
+
+
+def _variant_label(variant: str) -> str:
+    """``compiled`` for `COMPILED`, else the commit of the checkout ``ours@<checkout>`` runs."""
+    return "compiled" if variant == COMPILED else _commit(Path(variant.partition("@")[2]))
 
 
 def _commit(tree: Path) -> str:
@@ -603,6 +398,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--also", type=Path, action="append", default=[],
                         help="another checkout of this repository whose trainers join the rotation")  # fmt: skip
     parser.add_argument("--no-parity", action="store_true", help="skip the loss parity checks")
+    parser.add_argument("--compile-generation", action="store_true",
+                        help="GRPO, RLOO, PPO: ours also with compile_generation: true, same rotation")  # fmt: skip
+    parser.add_argument("--split", action="store_true",
+                        help="GRPO, RLOO, PPO: also time our step's phases (bench/step_split.py)")  # fmt: skip
     parser.add_argument("--setup-ppo-venv", action="store_true",
                         help=f"make {PPO_VENV.name}: TRL {PPO_TRL_VERSION}, the newest with a PPO trainer")  # fmt: skip
     parser.add_argument("--child", choices=["ours", "trl"], help=argparse.SUPPRESS)
@@ -617,6 +416,8 @@ def main(argv: list[str] | None = None) -> None:
                    ("trl", "rloo"): run_trl_grpo, ("ours", "ppo"): run_ours_ppo,
                    ("trl", "ppo"): run_trl_ppo}[args.child, args.algo]  # fmt: skip
             options = {"algo": args.algo} if args.algo != "ppo" else {}
+            options |= {"split": True} if args.split else {}
+            options |= {"compile_generation": True} if args.compile_generation else {}
             print(json.dumps(run(args.work, args.seed, args.steps, args.warmup, args.device, **options)))
             return
         run = run_ours if args.child == "ours" else run_trl
@@ -651,7 +452,9 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{algo}:", flush=True)
             steps, warmup = (args.ppo_rollouts, 2) if algo == "ppo" else (args.steps, args.warmup)
             others = args.also
-            entries += compare(algo, work, args.reps, steps, warmup, matmul_rate, args.threads, others)
+            entries += compare(algo, work, args.reps, steps, warmup, matmul_rate, args.threads, others,
+                               split=args.split and algo in ("grpo", "rloo", "ppo"),
+                               compiled=args.compile_generation and algo in ("grpo", "rloo", "ppo"))  # fmt: skip
         matmul_after = measure_matmul_rate()
         print(f"fp32 matmul rate after the runs: {matmul_after / 1e9:.1f} GFLOP/s", flush=True)
     write_results(entries, command, info)
