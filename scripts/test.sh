@@ -18,4 +18,8 @@ if command -v redis-server >/dev/null && ! redis-cli -h 127.0.0.1 -p "$redis_por
 fi
 
 .venv/bin/ruff check .
-exec .venv/bin/python -m pytest "$@"
+# One pytest-xdist worker per core (at most 4): most tests wait on processes, servers and the database,
+# so two workers keep both cores of a small machine busy. A module's tests stay on one worker
+# (--dist loadscope), so a module-scoped deployment starts once. `-n 0` (after this) runs in one process.
+workers=$(nproc 2>/dev/null || echo 1); [ "$workers" -gt 4 ] && workers=4
+exec .venv/bin/python -m pytest -n "$workers" --dist loadscope "$@"

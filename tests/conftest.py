@@ -6,6 +6,7 @@ test gets its own database (Postgres: copied from a migrated template, which is 
 Celery queue name, so tests never see each other's rows or messages.
 """
 
+import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +17,13 @@ from core.db import engine_for
 from core.migrate import upgrade
 from core.settings import Settings
 from tests.support import BACKENDS, embedded_settings, new_project_key, pg_admin, pg_url, postgres_deployments
+
+# Under pytest-xdist the cores are shared by the workers: each worker's torch (and every process it
+# starts, which inherits the variable) gets its share of the threads instead of one per core, so the
+# workers do not oversubscribe the cores. Set before any test imports torch.
+if os.environ.get("PYTEST_XDIST_WORKER") and "OMP_NUM_THREADS" not in os.environ:
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // workers))
 
 
 @pytest.fixture(scope="session")
