@@ -22,4 +22,6 @@ fi
 # so two workers keep both cores of a small machine busy. A module's tests stay on one worker
 # (--dist loadscope), so a module-scoped deployment starts once. `-n 0` (after this) runs in one process.
 workers=$(nproc 2>/dev/null || echo 1); [ "$workers" -gt 4 ] && workers=4
+# Idle OpenMP threads sleep rather than spin, as in the worker's training processes: the cores are shared.
+export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
 exec .venv/bin/python -m pytest -n "$workers" --dist loadscope "$@"
