@@ -31,13 +31,13 @@ def ui_root(request: Request) -> RedirectResponse:
     return RedirectResponse(f"{root_path(request)}/ui/", headers=HEADERS)
 
 
-@router.get("/")
+@router.api_route("/", methods=["GET", "HEAD"])
 def ui_page() -> FileResponse:
     """The dashboard's single page; its views are chosen by the URL's #fragment."""
     return _file(STATIC_DIR / "index.html")
 
 
-@router.get("/static/{path:path}")
+@router.api_route("/static/{path:path}", methods=["GET", "HEAD"])
 def ui_static(path: str, request: Request) -> Response:
     """A file of the dashboard (JavaScript module, stylesheet, vendored library)."""
     try:

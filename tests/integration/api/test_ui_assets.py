@@ -103,3 +103,13 @@ def test_only_the_dashboards_files_are_served_and_none_is_in_the_schema(client):
 def test_behind_a_proxy_prefix_the_redirect_keeps_it(client):
     r = TestClient(client.app, root_path="/rlhf").get("/ui", follow_redirects=False)
     assert r.headers["location"] == "/rlhf/ui/"
+
+
+def test_head_requests_answer_like_gets_without_a_body(client):
+    # `curl -I`, link checkers and proxies' health checks ask with HEAD.
+    for path in ("/ui/", "/ui/static/js/main.js"):
+        get, head = client.get(path), client.head(path)
+        assert head.status_code == 200, path
+        assert head.content == b""
+        assert head.headers["content-type"] == get.headers["content-type"]
+        assert head.headers["content-security-policy"] == get.headers["content-security-policy"]
