@@ -11,7 +11,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, Trans
 
 from client.errors import ClientError
 from client.http import LONG_TIMEOUT, Api
-from client.output import console, json_option, one_format, print_ids, print_json, quiet_option, size, table
+from client.output import console, json_option, one_format, printed_plainly, quiet_option, size, table
 from client.stream import job_path
 from client.watch import metrics_text
 
@@ -30,11 +30,7 @@ def list_(api: Api, job_id: str, as_json: bool, quiet: bool) -> None:
     """List a job's checkpoints by step, the last one last."""
     one_format(as_json, quiet)
     page = api.get(f"{job_path(job_id)}/checkpoints", params={"limit": 1000})
-    if as_json:
-        print_json(page)
-        return
-    if quiet:
-        print_ids(page["data"])
+    if printed_plainly(page, as_json, quiet):
         return
     table(("id", "step", "final", "size", "sha256", "metrics"),
           ((c["id"], c["step"], "yes" if c["is_final"] else "", size(c["size_bytes"]), c["sha256"][:12],

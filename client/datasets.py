@@ -8,7 +8,18 @@ import click
 from rich.console import Console
 
 from client.http import LONG_TIMEOUT, Api
-from client.output import console, json_option, one_format, print_ids, print_json, quiet_option, size, table, when
+from client.output import (
+    console,
+    json_option,
+    one_format,
+    print_ids,
+    print_json,
+    printed_plainly,
+    quiet_option,
+    size,
+    table,
+    when,
+)
 
 KINDS = ("preference", "prompt", "chat", "feedback", "text")
 
@@ -78,11 +89,7 @@ def list_(api: Api, limit: int, as_json: bool, quiet: bool) -> None:
     """List the project's datasets, newest first."""
     one_format(as_json, quiet)
     page = api.get("/v1/datasets", params={"limit": limit})
-    if as_json:
-        print_json(page)
-        return
-    if quiet:
-        print_ids(page["data"])
+    if printed_plainly(page, as_json, quiet):
         return
     table(("id", "name", "kind", "rows", "size", "created"),
           ((d["id"], d["name"], d["kind"], d["row_count"], size(d["size_bytes"]), when(d["created_at"]))

@@ -10,8 +10,8 @@ from client.output import (
     fields,
     json_option,
     one_format,
-    print_ids,
     print_json,
+    printed_plainly,
     progress,
     quiet_option,
     table,
@@ -60,11 +60,7 @@ def list_(api: Api, status: str | None, type_: str | None, limit: int, as_json: 
     one_format(as_json, quiet)
     params = {"limit": limit} | ({"status": status} if status else {}) | ({"type": type_} if type_ else {})
     page = api.get("/v1/jobs", params=params)
-    if as_json:
-        print_json(page)
-        return
-    if quiet:
-        print_ids(page["data"])
+    if printed_plainly(page, as_json, quiet):
         return
     table(("id", "type", "status", "model", "progress", "ETA"),
           ((j["id"], j["type"], j["status"], j["base_model"], progress(j), eta(j)) for j in page["data"]))

@@ -27,6 +27,16 @@ def print_ids(items: Iterable[dict[str, Any]]) -> None:
     sys.stdout.write("".join(f"{item['id']}\n" for item in items))
 
 
+def printed_plainly(page: dict[str, Any], as_json: bool, quiet: bool) -> bool:
+    """Print a list answer as the API's JSON (`--json`) or its ids (`--quiet`); False when neither was asked,
+    so the caller prints its table."""
+    if as_json:
+        print_json(page)
+    elif quiet:
+        print_ids(page["data"])
+    return as_json or quiet
+
+
 def one_format(as_json: bool, quiet: bool) -> None:
     """Refuse `--json` with `--quiet` (exit status 2, before anything is sent)."""
     if as_json and quiet:
