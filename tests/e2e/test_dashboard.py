@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import expect
 
+from tests.e2e.browser_support import chromium, offline_context, same_origin
 from tests.e2e.e2e_support import ROOT, create_dataset, wait_for
-from tests.e2e.test_docs_offline import CHROMIUM, same_origin
 from tests.support import jsonl
 
 pytestmark = pytest.mark.e2e
@@ -34,25 +34,15 @@ WORDS = ["apple", "river", "stone", "cloud", "tiger", "maple", "piano", "ocean"]
 
 @pytest.fixture(scope="module")
 def browser():
-    """Debian's headless Chromium, mapping HOST to this machine."""
-    from playwright.sync_api import sync_playwright
-
-    if not Path(CHROMIUM).is_file():
-        pytest.fail(f"no Chromium at {CHROMIUM}: scripts/setup.sh installs Debian's (apt-get install chromium)")
-    args = ["--disable-gpu", "--disable-quic", f"--host-resolver-rules=MAP {HOST} 127.0.0.1"]
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=args)
+    with chromium(HOST) as browser:
         yield browser
-        browser.close()
 
 
 @pytest.fixture
 def dashboard(embedded_service, browser):
     """A page whose requests to any origin but the API's are aborted; yields (page, origin, problems, requests)."""
     origin = f"http://{HOST}:{embedded_service.base_url.port}"
-    context = browser.new_context(viewport=VIEWPORT, service_workers="block", accept_downloads=True)
-    context.route("**/*", lambda route: route.continue_() if same_origin(route.request.url, origin)
-                  else route.abort("internetdisconnected"))
+    context = offline_context(browser, origin, viewport=VIEWPORT, accept_downloads=True)
     page = context.new_page()
     page.set_default_timeout(WAIT_MS)
     expect.set_options(timeout=WAIT_MS)

@@ -1,20 +1,16 @@
 """/docs and /redoc render in a real headless Chromium with every host but the API server blocked.
 
-The browser is Debian's `chromium` (scripts/setup.sh installs it), driven by Playwright pointed at that
-executable: Playwright's own browser download would need the internet this test proves the docs do without.
+The browser is Debian's `chromium` driven by Playwright (tests/e2e/browser_support.py).
 """
 
-import shutil
-from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-from playwright.sync_api import Route, sync_playwright
 
+from tests.e2e.browser_support import chromium, offline_context, same_origin
 from tests.e2e.e2e_support import Deployment
 from tests.support import embedded_settings
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 VIEWPORT = {"width": 1280, "height": 900}  # the size of docs/swagger-offline.png
 # The server is reached by a name, as on a real deployment: Swagger UI never asks its online validator about a
 # spec on localhost, so a test on 127.0.0.1 could miss that request.
@@ -36,40 +32,20 @@ def api(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser():
-    """Debian's headless Chromium; its absence fails the test, since the docs would then go unchecked."""
-    if not Path(CHROMIUM).is_file():
-        pytest.fail(f"no Chromium at {CHROMIUM}: scripts/setup.sh installs Debian's (apt-get install chromium)")
-    args = ["--disable-gpu", "--disable-quic", f"--host-resolver-rules=MAP {HOST} 127.0.0.1"]
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=args)
+    with chromium(HOST) as browser:
         yield browser
-        browser.close()
 
 
 @pytest.fixture
 def offline_page(api, browser):
     """A page whose requests to any origin but the API server's are aborted; yields (page, origin, requests)."""
     origin = f"http://{HOST}:{api.port}"
-    context = browser.new_context(viewport=VIEWPORT, service_workers="block")
-
-    def only_the_server(route: Route) -> None:
-        if same_origin(route.request.url, origin):
-            route.continue_()
-        else:
-            route.abort("internetdisconnected")
-
-    context.route("**/*", only_the_server)
+    context = offline_context(browser, origin, viewport=VIEWPORT)
     page = context.new_page()
     requests: list[str] = []
     page.on("request", lambda request: requests.append(request.url))
     yield page, origin, requests
     context.close()
-
-
-def same_origin(url: str, origin: str) -> bool:
-    parts = urlsplit(url)
-    # data: and blob: URLs are made inside the page and never reach the network.
-    return parts.scheme in ("data", "blob") or f"{parts.scheme}://{parts.netloc}" == origin
 
 
 def test_swagger_ui_renders_the_operations_and_authorizes_with_the_network_blocked(api, offline_page, tmp_path):
