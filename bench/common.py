@@ -28,8 +28,6 @@ from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, Pr
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere without installing
 
-from trainers.models.tiny import INIT_SEED, INIT_STD, build_model_config, build_tokenizer  # noqa: E402
-
 # The benchmark model: `builtin:tiny-llama` scaled up (hidden 64 → 256, 2 → 4 layers).
 MODEL_SHAPE = {
     "hidden_size": 256,
@@ -57,7 +55,9 @@ def build_models(root: Path) -> tuple[Path, Path]:
     Returns:
         The two model directories.
     """
+    # Imported here: TRL's PPO child imports this module from a virtualenv without our dependencies.
     from trainers.models.reward import load_reward_model
+    from trainers.models.tiny import INIT_SEED, INIT_STD, build_model_config, build_tokenizer
 
     tokenizer = build_tokenizer()
     config: LlamaConfig = build_model_config(tokenizer)
