@@ -1,6 +1,8 @@
 // One job, live: its header (status, progress, pace, ETA, cancel/pause/resume), its curves, samples,
-// events and checkpoints. History comes from the paged lists (GET …/metrics, /events, /checkpoints,
-// /samples), then the SSE stream keeps everything current until the job ends or pauses.
+// events and checkpoints. Events and checkpoints come from their paged lists; the metrics and samples of
+// a job that will stream come from the stream itself, which replays them from the first (its Last-Event-ID
+// starts their cursors at 0), so they are not read twice; those of an ended or paused job, whose stream is
+// closed, come from GET …/metrics and /samples. The stream keeps everything current until the job ends or pauses.
 
 import {ApiError, get, getAll, post} from "../api.js";
 import {ACTIVE, dateTime, duration, h, notice, number, replace, statusBadge} from "../dom.js";
@@ -65,19 +67,24 @@ export function jobPage({view, params: [jobId], signal, onLeave}) {
     document.title = `${job.name || job.id} · rlhf-service`;
     if (RL_TYPES.has(job.type)) hint.append(" · click a step for its samples");
     renderHead();
+    const streamed = !CLOSING.has(job.status);
     const loads = [
-      getAll(`/v1/jobs/${jobId}/metrics`, {signal, onPage: (rows) => {
-        for (const m of rows) table.add(m.step, m.values);
-        layout();
-      }}).then(() => {
-        if (!table.steps.length) replace(chartsMessage, notice("info", "No metrics yet: curves appear with the first step."));
-      }),
       getAll(`/v1/jobs/${jobId}/events`, {signal, cursor: (e) => e.id, limit: 500}).then((rows) => {
         for (const e of rows) { events.add(e); lastEventId = Math.max(lastEventId, e.id); }
       }),
       loadCheckpoints(),
     ];
-    if (RL_TYPES.has(job.type)) loads.push(loadSamples());
+    if (streamed) {
+      replace(chartsMessage, noMetrics());
+    } else {
+      loads.push(getAll(`/v1/jobs/${jobId}/metrics`, {signal, onPage: (rows) => {
+        for (const m of rows) table.add(m.step, m.values);
+        layout();
+      }}).then(() => {
+        if (!table.steps.length) replace(chartsMessage, noMetrics());
+      }));
+      if (RL_TYPES.has(job.type)) loads.push(loadSamples());
+    }
     try {
       await Promise.all(loads);
     } catch (err) {
@@ -105,7 +112,7 @@ export function jobPage({view, params: [jobId], signal, onLeave}) {
 
   function openStream() {
     if (CLOSING.has(job.status) || stream) return;
-    // Events up to lastEventId are shown already; metrics are replayed from the start and replace by step.
+    // Events up to lastEventId are shown already; metrics and samples come from the start (they replace by step).
     stream = followStream(`/v1/jobs/${jobId}/stream`, {
       lastEventId: resumeFrom || `${lastEventId}-0`,
       isFinished: () => CLOSING.has(job.status),
@@ -231,6 +238,10 @@ export function jobPage({view, params: [jobId], signal, onLeave}) {
         h("pre.json", JSON.stringify({hyperparameters: job.hyperparameters, lora: job.lora, reward: job.reward,
                                       metadata: job.metadata}, null, 2))));
   }
+}
+
+function noMetrics() {
+  return notice("info", "No metrics yet: curves appear with the first step.");
 }
 
 function fact(label, value) {
