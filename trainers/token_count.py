@@ -19,12 +19,10 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
 from trainers.data.batching import BatchOrder
+from trainers.spec.results import NUM_TOKENS_METRIC
 
 if TYPE_CHECKING:
     from trainers.rl.rollout import Rollout
-
-METRIC = "train/num_tokens"
-
 
 class TokenCount:
     """The cumulative token count of a run, reported as ``train/num_tokens`` after each optimizer step.
@@ -50,7 +48,7 @@ class TokenCount:
     def add(self, tokens: int) -> dict[str, float]:
         """Count an optimizer step's tokens; return ``{"train/num_tokens": total}``."""
         self.total += int(tokens)
-        return {METRIC: float(self.total)}
+        return {NUM_TOKENS_METRIC: float(self.total)}
 
     def state_dict(self) -> dict[str, int]:
         """What a checkpoint keeps of the count (for trainers that cannot derive it)."""

@@ -26,12 +26,12 @@ from core.model_refs import MODEL_SUBDIR
 from core.models import Checkpoint, Job, JobEvent, JobSample, JobStatus, Metric, new_id, utcnow
 from core.notify import publish
 from trainers.spec.callbacks import Callbacks
+from trainers.spec.results import NUM_TOKENS_METRIC
 from worker.pace import Pace
 
 T = TypeVar("T")
 FLUSH_SECONDS = 1.0
 FLUSH_ROWS = 50
-TOKENS_METRIC = "train/num_tokens"  # the cumulative count of trained tokens, where a trainer reports one
 
 
 def _dialect(session: Session) -> Any:
@@ -113,7 +113,7 @@ class JobReporter(Callbacks):
 
     def on_metrics(self, step: int, metrics: dict[str, float]) -> None:
         self._pending[step] = {k: float(v) for k, v in metrics.items()}
-        self.pace.observe(time.monotonic(), step, self._pending[step].get(TOKENS_METRIC))
+        self.pace.observe(time.monotonic(), step, self._pending[step].get(NUM_TOKENS_METRIC))
         if len(self._pending) >= FLUSH_ROWS or time.monotonic() - self._last_flush >= FLUSH_SECONDS:
             self.flush()
 

@@ -23,6 +23,7 @@ from api.errors import InvalidRequest
 from api.services.fine_tuning_methods import METHOD_OF_TYPE, to_openai
 from core import model_names
 from core.models import Checkpoint, Job, JobEvent, JobStatus, Metric
+from trainers.spec.results import NUM_TOKENS_METRIC
 
 STATUS = {JobStatus.queued: "queued", JobStatus.running: "running", JobStatus.cancelling: "running",
           JobStatus.pausing: "running", JobStatus.paused: "paused", JobStatus.succeeded: "succeeded",
@@ -44,8 +45,8 @@ def trained_tokens(session: Session, job: Job) -> int | None:
     """The last `train/num_tokens` the job reported (a cumulative count), or None."""
     stmt = select(Metric.values).where(Metric.job_id == job.id).order_by(Metric.step.desc()).limit(10)
     for values in session.scalars(stmt):
-        if "train/num_tokens" in values:
-            return int(values["train/num_tokens"])
+        if NUM_TOKENS_METRIC in values:
+            return int(values[NUM_TOKENS_METRIC])
     return None
 
 

@@ -6,6 +6,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+# The cumulative count of non-padding tokens a run's training forward passes have read, a metric every
+# trainer reports (`trainers.token_count`); the worker's token rate and OpenAI's `trained_tokens` read it.
+NUM_TOKENS_METRIC = "train/num_tokens"
+
 
 @dataclass
 class TrainingData:

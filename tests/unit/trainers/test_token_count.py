@@ -1,7 +1,8 @@
 """``train/num_tokens``: a step's rows counted, derived from the data order on a resume, or kept in a checkpoint."""
 
 from trainers.data.batching import BatchOrder
-from trainers.token_count import METRIC, TokenCount, tokens_through
+from trainers.spec.results import NUM_TOKENS_METRIC as METRIC
+from trainers.token_count import TokenCount, tokens_through
 
 
 def test_tokens_through_counts_the_rows_of_every_step_so_far():
