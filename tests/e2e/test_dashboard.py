@@ -137,6 +137,8 @@ def test_dashboard_trains_from_the_form_live_and_downloads_a_checkpoint(embedded
     stream = streams[0].all_headers()
     assert streams[0].url == f"{origin}/v1/jobs/{job_id}/stream" and stream["authorization"] == f"Bearer {key}"
     assert re.fullmatch(r"[0-9]+-0", stream["last-event-id"]), stream
+    # A job that streams gets its metrics from the stream alone, not from the list as well.
+    assert [url for url in requests if f"/v1/jobs/{job_id}/metrics" in url] == []
     for chart in ("rewards", "margins", "accuracies"):  # DPO's reward curves, chosen against rejected
         expect(page.locator(f'[data-chart="{chart}"]')).to_have_attribute("data-points", str(STEPS))
     # Evaluations are drawn over the training curve of the same name.
