@@ -77,18 +77,20 @@ class StepClock:
 
 def run_ours_grpo(
     work: Path, seed: int, steps: int, warmup: int, device: str = "cpu", algo: str = "grpo", split: bool = False,
-    compile_generation: bool | None = None,
+    compile_generation: bool | None = None, probe: Any = None,
 ) -> dict[str, Any]:
     """Train GRPO (or its RLOO estimator) with our library through `trainers.run`, timing each step.
 
     With `split`, also the time of each phase of a step (`bench.step_split`), as ``split_ms``;
     `compile_generation` is the hyperparameter (None: the library's rule, which the default run size leaves eager).
+    `probe`, in place of the split: any object with the phase clock's ``reset()`` (called at the end of
+    warm-up) and ``per_step(steps)`` (after each later step), such as `bench.op_profile.OpProfile`.
     """
     from transformers import AutoConfig
 
     import trainers
 
-    phases = install_split(algo) if split else None
+    phases = probe or (install_split(algo) if split else None)
 
     rows = json.loads((work / "prompts.json").read_text())
     model_dir = work / "policy"
@@ -211,14 +213,14 @@ def memory(device: str) -> dict[str, float]:
 
 def run_ours_ppo(
     work: Path, seed: int, steps: int, warmup: int, device: str = "cpu", split: bool = False,
-    compile_generation: bool | None = None,
+    compile_generation: bool | None = None, probe: Any = None,
 ) -> dict[str, Any]:
     """Train PPO with our library; a "step" here is one rollout and its 8 optimizer steps (options: as GRPO's)."""
     from transformers import AutoConfig
 
     import trainers
 
-    phases = install_split("ppo") if split else None
+    phases = probe or (install_split("ppo") if split else None)
 
     rows = json.loads((work / "prompts.json").read_text())
     model_dir = work / "policy"
