@@ -14,7 +14,7 @@ from api.observability import install_metrics
 from api.routes import admin, chat, checkpoints, datasets, downloads, files, fine_tuning, graders, health, jobs, models
 from api.services.modelops import ModelOps
 from api.ui import router as ui_router
-from core.db import configure_pool
+from core.db import configure_pool, release_engine
 from core.queue import make_celery
 from core.settings import Settings, get_settings
 from trainers.spec.reward_functions import load_registry
@@ -36,10 +36,13 @@ def freeze_startup_objects() -> None:
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """On start, freeze the startup objects; on shutdown, end the model process (it would also die
-    with this process)."""
+    with this process) and close the database connections of the app's engine (a process that goes
+    on, such as a server reloading its app, would otherwise keep them). The broker's connections are
+    kombu's, pooled for the process by broker URL, and serve the next app of the same URL."""
     freeze_startup_objects()
     yield
     app.state.model_ops.close()
+    release_engine(app.state.settings.database_url)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -92,6 +92,17 @@ def configure_pool(url: str, pool: PoolOptions) -> None:
             _engines.pop(url)[1].dispose()
 
 
+def release_engine(url: str) -> None:
+    """Close the pooled connections of `url`'s engine in this process and forget it (the next use makes another).
+
+    An app that stops calls it, so that nothing it opened outlives it in a process that goes on.
+    """
+    with _lock:
+        made = _engines.pop(url, None)
+    if made is not None:
+        made[1].dispose()
+
+
 def _made(url: str) -> tuple[PoolOptions, Engine, sessionmaker[Session]]:
     with _lock:
         if url not in _engines:
