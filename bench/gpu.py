@@ -1,6 +1,7 @@
 """DPO and GRPO on a CUDA device with a randomly initialised ~0.5B-parameter model: ours against TRL, bf16 against fp32.
 
     .venv/bin/python bench/gpu.py [--reps 2] [--steps 30] [--grpo-steps 12] [--out bench/gpu.json]
+    .venv/bin/python bench/gpu.py --algo rollouts [--rollout-steps 6]   # the rollout engines, a run of its own
     .venv/bin/python bench/gpu.py --dry-run     # the same plumbing on the CPU with a tiny model, in under a minute
 
 The model has Qwen2-0.5B's shape (24 layers, hidden 896, 14 heads of which 2 key/value, MLP 4864,
@@ -18,11 +19,20 @@ Each repetition runs, each in its own process and in rotation:
 - GRPO, ours (bf16) and TRL (``bf16=True``; `bench.trainers_vs_trl.run_trl_grpo` loads the model in its
   saved type, bf16).
 
+``--algo rollouts`` (not part of ``all``: it is a 10-minute run of its own) compares rollout engines
+on GRPO in bf16 with longer completions (`ROLLOUTS`: 8 prompts × G = 8 completions of up to 256 new
+tokens per step): ours with ``generation_backend: hf`` decoding eagerly, with ``compile_generation:
+true`` (static KV cache, CUDA graphs), and with ``generation_backend: vllm`` (colocated, asleep
+between rollouts); TRL sampling with HF ``generate`` and with its vLLM colocate mode. Its figure is
+completions/s over the steps after warm-up; setup (the compile, the engine's start) is reported apart.
+Runs that need vLLM are skipped with a message where it is not installed (the ``vllm`` extra).
+
 TRL is optional: without it those runs are skipped with a message. Printed per run and as a table:
 DPO tokens/s (real tokens), model FLOP utilisation (model FLOPs of the real tokens, forward and
 backward, against this device's bf16 matmul rate measured in the same run), GRPO completions/s and
-peak GPU memory torch allocated. Figures are medians over repetitions, ratios medians of
-per-repetition ratios. Results go to ``--out`` as JSON (and, on a GPU, into bench/results.json).
+peak GPU memory torch allocated. Figures are medians over repetitions, ratios (to each algorithm's
+first run: ours bf16, or ours ``hf`` eager for the rollouts) medians of per-repetition ratios.
+Results go to ``--out`` as JSON (and, on a GPU, into bench/results.json).
 A real run takes about 6–8 minutes on one H100/H200-class GPU.
 
 Needs a CUDA device (without one it stops at once and says so) unless ``--dry-run``.
@@ -75,13 +85,26 @@ QWEN2_0_5B_SHAPE = {
     "num_key_value_heads": 2, "vocab_size": 151_936, "max_position_embeddings": 4096, "tie_word_embeddings": True,
     "rope_theta": 1_000_000.0, "rms_norm_eps": 1e-6,
 }  # fmt: skip
-# --dry-run: the same architecture, small enough to train on the CPU in seconds.
-TINY_SHAPE = QWEN2_0_5B_SHAPE | {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+# --dry-run: the same architecture, small enough to train on the CPU in seconds (heads of 32, the
+# smallest vLLM's CPU backend takes).
+TINY_SHAPE = QWEN2_0_5B_SHAPE | {"hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 2,
                                  "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 512}  # fmt: skip
-# The runs of each algorithm: (trainer, what it is).
+# The runs of each algorithm: (trainer, what it is); ratios are to the first.
 RUNS = {
     "dpo": {"ours-bf16": "ours, bf16 autocast", "ours-fp32": "ours, fp32 (TF32)", "trl": "TRL, bf16 autocast"},
     "grpo": {"ours-bf16": "ours, precision auto (bf16 on CUDA)", "trl": "TRL, bf16"},
+    "rollouts": {"ours-hf": "ours, hf eager", "ours-compiled": "ours, hf compiled", "ours-vllm": "ours, vllm",
+                 "trl": "TRL, HF generate", "trl-vllm": "TRL, vLLM colocate"},
+}  # fmt: skip
+# --algo rollouts: GRPO with long completions (--dry-run: a few short ones), and what each run adds.
+ROLLOUTS = {"prompts": 8, "generations": 8, "new_tokens": 256}
+TINY_ROLLOUTS = {"prompts": 2, "generations": 4, "new_tokens": 16}
+ROLLOUT_OPTIONS = {
+    "ours-hf": {"generation_backend": "hf", "compile_generation": False},
+    "ours-compiled": {"generation_backend": "hf", "compile_generation": True},
+    "ours-vllm": {"generation_backend": "vllm", "vllm_gpu_memory_utilization": 0.3},
+    "trl": {},
+    "trl-vllm": {"use_vllm": True, "vllm_mode": "colocate", "vllm_gpu_memory_utilization": 0.3},
 }
 
 
@@ -91,6 +114,15 @@ def trl_installed() -> bool:
 
 def flash_attn_installed() -> bool:
     return importlib.util.find_spec("flash_attn") is not None
+
+
+def missing(trainer: str) -> str | None:
+    """What a run needs and this environment lacks (None: nothing)."""
+    if trainer.startswith("trl") and not trl_installed():
+        return "TRL"
+    if trainer.endswith("vllm") and importlib.util.find_spec("vllm") is None:
+        return "vLLM"
+    return None
 
 
 def require_cuda() -> None:
@@ -249,6 +281,14 @@ def run_trl_dpo(work: Path, seed: int, steps: int, warmup: int, device: str) -> 
 
 def run_child(trainer: str, algo: str, work: Path, seed: int, steps: int, warmup: int, device: str) -> dict[str, Any]:
     """One run of one trainer, in this process."""
+    if algo == "rollouts":
+        setting = TINY_ROLLOUTS if device == "cpu" else ROLLOUTS
+        options = ROLLOUT_OPTIONS[trainer]
+        if trainer.startswith("trl"):
+            result = run_trl_grpo(work, seed, steps, warmup, device, setting=setting, trl_options=options)
+        else:
+            result = run_ours_grpo(work, seed, steps, warmup, device, setting=setting, hyperparameters=options)
+        return result | {"completions_per_s": result["samples_per_s"]}
     if algo == "grpo":
         run = run_ours_grpo if trainer == "ours-bf16" else run_trl_grpo
         result = run(work, seed, steps, warmup, device)
@@ -277,13 +317,16 @@ def child(trainer: str, algo: str, work: Path, seed: int, steps: int, warmup: in
 
 def measure(algo: str, work: Path, reps: int, steps: int, warmup: int, device: str) -> dict[str, list[dict]]:
     """Every run of `algo` `reps` times, rotating who goes first; results by trainer."""
-    trainers = [t for t in RUNS[algo] if t != "trl" or trl_installed()]
+    trainers = [t for t in RUNS[algo] if missing(t) is None]
+    for trainer in RUNS[algo]:
+        if missing(trainer):
+            print(f"  {algo} {RUNS[algo][trainer]}: skipped, {missing(trainer)} is not installed", flush=True)
     runs: dict[str, list[dict[str, Any]]] = {t: [] for t in trainers}
     for rep in range(reps):
         for trainer in trainers[rep % len(trainers) :] + trainers[: rep % len(trainers)]:
             result = child(trainer, algo, work, rep, steps, warmup, device)
             runs[trainer].append(result)
-            rate = f"{result['completions_per_s']:.2f} completions/s" if algo == "grpo" else \
+            rate = f"{result['completions_per_s']:.2f} completions/s" if algo != "dpo" else \
                 f"{result['tokens_per_s']:.0f} tokens/s"  # fmt: skip
             peak = result.get("peak_gpu_mib", result["peak_rss_mib"])
             print(f"  rep {rep} {algo} {RUNS[algo][trainer]:>20}: {rate}, peak {peak:.0f} MiB", flush=True)
@@ -291,11 +334,12 @@ def measure(algo: str, work: Path, reps: int, steps: int, warmup: int, device: s
 
 
 def figures(algo: str, runs: dict[str, list[dict]], rate: float, device: str) -> list[dict[str, Any]]:
-    """One entry per figure and run: the median over repetitions, and its ratio to ``ours-bf16``'s."""
-    keys = [("completions_per_s", "completions/s")] * (algo == "grpo") + [("tokens_per_s", "tokens/s"),
+    """One entry per figure and run: the median over repetitions, and its ratio to the algorithm's first run's."""
+    keys = [("completions_per_s", "completions/s")] * (algo != "dpo") + [("tokens_per_s", "tokens/s"),
             ("mfu", "fraction of bf16 matmul rate"), ("peak_gpu_mib" if device == "cuda" else "peak_rss_mib", "MiB"),
             ("setup_s", "s")]  # fmt: skip
-    ours = runs["ours-bf16"]
+    baseline = next(iter(RUNS[algo]))
+    ours = runs[baseline]
     out = []
     for trainer, results in runs.items():
         for result in results:
@@ -305,30 +349,34 @@ def figures(algo: str, runs: dict[str, list[dict]], rate: float, device: str) ->
             out.append({
                 "name": f"gpu/{algo}/{key}/{trainer}", "algo": algo, "figure": key, "units": units,
                 "run": RUNS[algo][trainer], "value": statistics.median(values), "runs": values,
-                "ratio_to_ours_bf16": statistics.median(r[key] / o[key] for r, o in zip(results, ours, strict=True)),
+                "baseline": RUNS[algo][baseline],
+                "ratio": statistics.median(r[key] / o[key] for r, o in zip(results, ours, strict=True)),
             })  # fmt: skip
     return out
 
 
 def print_table(entries: list[dict[str, Any]]) -> None:
     """A Markdown table: one row per figure and run."""
-    print("| algorithm | run | figure | value | ÷ ours bf16 |\n|---|---|---|---|---|")
+    print("| algorithm | run | figure | value | ÷ the first run (baseline) |\n|---|---|---|---|---|")
     for e in entries:
         value = f"{e['value']:.3g}" if e["figure"] == "mfu" else f"{e['value']:.4g}"
-        print(f"| {e['algo']} | {e['run']} | {e['figure']} ({e['units']}) | {value} | {e['ratio_to_ours_bf16']:.2f} |")
+        ratio = f"{e['ratio']:.2f} ({e['baseline']})"
+        print(f"| {e['algo']} | {e['run']} | {e['figure']} ({e['units']}) | {value} | {ratio} |")
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--algo", default="all", choices=["dpo", "grpo", "all"])
-    parser.add_argument("--reps", type=int, default=2, help="repetitions of each run")
+    parser.add_argument("--algo", default="all", choices=["dpo", "grpo", "all", "rollouts"],
+                        help="all: dpo and grpo; rollouts: the rollout engines, alone")  # fmt: skip
+    parser.add_argument("--reps", type=int, default=None, help="repetitions of each run (default 2; rollouts 1)")
     parser.add_argument("--steps", type=int, default=30, help="DPO optimizer steps of 8 pairs per run")
     parser.add_argument("--grpo-steps", type=int, default=12, help="GRPO steps (rollouts of 16 completions) per run")
+    parser.add_argument("--rollout-steps", type=int, default=6, help="GRPO steps per run with --algo rollouts")
     parser.add_argument("--warmup", type=int, default=5, help="first DPO steps left out of the rates (GRPO: 2)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where the figures are written as JSON")
     parser.add_argument("--dry-run", action="store_true",
                         help="on the CPU with a tiny Qwen2 model, 1 repetition of a few steps: checks the plumbing")
-    parser.add_argument("--child", choices=["ours-bf16", "ours-fp32", "trl"], help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=sorted({t for runs in RUNS.values() for t in runs}), help=argparse.SUPPRESS)
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--device", default="cuda", help=argparse.SUPPRESS)
@@ -340,10 +388,13 @@ def main(argv: list[str] | None = None) -> None:
     command = "python bench/gpu.py " + " ".join(argv if argv is not None else sys.argv[1:])
     if args.dry_run:
         device, shape, reps, steps, grpo_steps, warmup, grpo_warmup = "cpu", TINY_SHAPE, 1, 4, 3, 1, 1
+        rollout_steps = 3
     else:
         require_cuda()
-        device, shape, reps, steps, grpo_steps, warmup, grpo_warmup = (
-            "cuda", QWEN2_0_5B_SHAPE, args.reps, args.steps, args.grpo_steps, args.warmup, 2)
+        reps = args.reps or (1 if args.algo == "rollouts" else 2)
+        device, shape, steps, grpo_steps, warmup, grpo_warmup = (
+            "cuda", QWEN2_0_5B_SHAPE, args.steps, args.grpo_steps, args.warmup, 2)
+        rollout_steps = args.rollout_steps
     info = machine() | {"gpu": torch.cuda.get_device_name(0) if device == "cuda" else None}
     if not trl_installed():
         print("TRL is not installed: its runs are skipped (pip install -e '.[bench]' to compare)", flush=True)
@@ -354,19 +405,20 @@ def main(argv: list[str] | None = None) -> None:
         work = Path(tmp)
         build_model(work, shape, "flash_attention_2" if device == "cuda" and flash_attn_installed() else "sdpa")
         (work / "train.json").write_text(json.dumps(preference_rows(steps * BATCH_SIZE, seed=1)))
-        (work / "prompts.json").write_text(json.dumps(prompt_rows(grpo_steps * GRPO["prompts"], seed=3)))
+        prompts = max(grpo_steps * GRPO["prompts"], rollout_steps * ROLLOUTS["prompts"])
+        (work / "prompts.json").write_text(json.dumps(prompt_rows(prompts, seed=3)))
         rate = bf16_matmul_rate() if device == "cuda" else measure_matmul_rate(256, 0.5, torch.bfloat16)
         print(f"bf16 matmul rate: {rate / 1e12:.3g} TFLOP/s", flush=True)
         for algo in algos:
-            n, w = (grpo_steps, grpo_warmup) if algo == "grpo" else (steps, warmup)
+            lengths = {"grpo": (grpo_steps, grpo_warmup), "rollouts": (rollout_steps, grpo_warmup)}
+            n, w = lengths.get(algo, (steps, warmup))
             entries += figures(algo, measure(algo, work, reps, n, w, device), rate, device)
     seconds = time.perf_counter() - started
     record = {"command": command, "machine": info, "device": device, "dry_run": args.dry_run, "seconds": seconds,
               "bf16_matmul_flops_per_s": rate, "trl_installed": trl_installed(), "figures": entries}  # fmt: skip
     args.out.write_text(json.dumps(record, indent=1) + "\n")
     if not args.dry_run:
-        write_results([e | {"ours": e["value"], "trl": None, "ratio": e["ratio_to_ours_bf16"]} for e in entries],
-                      command, info)  # fmt: skip
+        write_results([e | {"ours": e["value"], "trl": None} for e in entries], command, info)
     print_table(entries)
     print(f"{seconds:.0f} s; written to {args.out}", flush=True)
 

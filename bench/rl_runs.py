@@ -77,7 +77,8 @@ class StepClock:
 
 def run_ours_grpo(
     work: Path, seed: int, steps: int, warmup: int, device: str = "cpu", algo: str = "grpo", split: bool = False,
-    compile_generation: bool | None = None, probe: Any = None,
+    compile_generation: bool | None = None, probe: Any = None, setting: dict[str, Any] | None = None,
+    hyperparameters: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Train GRPO (or its RLOO estimator) with our library through `trainers.run`, timing each step.
 
@@ -85,6 +86,8 @@ def run_ours_grpo(
     `compile_generation` is the hyperparameter (None: the library's rule, which the default run size leaves eager).
     `probe`, in place of the split: any object with the phase clock's ``reset()`` (called at the end of
     warm-up) and ``per_step(steps)`` (after each later step), such as `bench.op_profile.OpProfile`.
+    `setting` replaces keys of `GRPO` (prompts, generations, new_tokens); `hyperparameters` are added
+    to the job's (bench/gpu.py's rollout engines: ``generation_backend``, ``compile_generation``).
     """
     from transformers import AutoConfig
 
@@ -96,7 +99,8 @@ def run_ours_grpo(
     model_dir = work / "policy"
     config = AutoConfig.from_pretrained(model_dir)
     prompt_tokens = statistics.fmean(r["prompt_tokens"] for r in rows)
-    completions = GRPO["prompts"] * GRPO["generations"]
+    grpo = GRPO | (setting or {})
+    completions = grpo["prompts"] * grpo["generations"]
     clock, rewards = StepClock(), {}
 
     class Timing(trainers.Callbacks):
@@ -111,11 +115,11 @@ def run_ours_grpo(
     job = trainers.GRPOJob(
         base_model=str(model_dir), seed=seed, reward=GRPO_REWARD,
         hyperparameters={
-            "learning_rate": LEARNING_RATE["grpo"], "batch_size": completions, "rollout_batch_size": GRPO["prompts"],
-            "num_generations": GRPO["generations"], "max_new_tokens": GRPO["new_tokens"], "beta": GRPO["beta"],
-            "max_length": MAX_LENGTH, "max_prompt_length": MAX_PROMPT_LENGTH, "max_steps": steps,
+            "learning_rate": LEARNING_RATE["grpo"], "batch_size": completions, "rollout_batch_size": grpo["prompts"],
+            "num_generations": grpo["generations"], "max_new_tokens": grpo["new_tokens"], "beta": grpo["beta"],
+            "max_length": _max_length(grpo), "max_prompt_length": MAX_PROMPT_LENGTH, "max_steps": steps,
             "checkpoint_every": 10**6, "loss_aggregation": "token", "scale_rewards": True,
-        } | _compile_option(compile_generation) | (RLOO_OPTIONS if algo == "rloo" else {}),
+        } | _compile_option(compile_generation) | (RLOO_OPTIONS if algo == "rloo" else {}) | (hyperparameters or {}),
     )  # fmt: skip
     start, result = time.perf_counter(), {}
     trainers.run(job, trainers.TrainingData(train=[{"prompt": r["prompt"], "answer": r["answer"]} for r in rows]),
@@ -127,9 +131,13 @@ def run_ours_grpo(
 
 
 def run_trl_grpo(
-    work: Path, seed: int, steps: int, warmup: int, device: str = "cpu", algo: str = "grpo"
+    work: Path, seed: int, steps: int, warmup: int, device: str = "cpu", algo: str = "grpo",
+    setting: dict[str, Any] | None = None, trl_options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Train with TRL's `GRPOTrainer` (`RLOOTrainer` for RLOO) in the same setting, timing each step."""
+    """Train with TRL's `GRPOTrainer` (`RLOOTrainer` for RLOO) in the same setting, timing each step.
+
+    `setting` as for `run_ours_grpo`; `trl_options` are added to TRL's config (``use_vllm`` …).
+    """
     import trl
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
@@ -139,7 +147,8 @@ def run_trl_grpo(
     tokenizer = AutoTokenizer.from_pretrained(model_dir, padding_side="left")
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     prompt_tokens = statistics.fmean(r["prompt_tokens"] for r in rows)
-    completions = GRPO["prompts"] * GRPO["generations"]
+    grpo = GRPO | (setting or {})
+    completions = grpo["prompts"] * grpo["generations"]
     clock, pending = StepClock(), []
 
     class Timing(TrainerCallback):
@@ -167,12 +176,12 @@ def run_trl_grpo(
     variant = {"normalize_advantages": False} if algo == "rloo" else {"loss_type": "dapo", "scale_rewards": "group"}
     args = (trl.RLOOConfig if algo == "rloo" else trl.GRPOConfig)(
         output_dir=tempfile.mkdtemp(dir=work, prefix=f"trl-{algo}-{seed}-"), per_device_train_batch_size=completions,
-        num_generations=GRPO["generations"], max_completion_length=GRPO["new_tokens"], beta=GRPO["beta"],
+        num_generations=grpo["generations"], max_completion_length=grpo["new_tokens"], beta=grpo["beta"],
         epsilon=0.2, num_iterations=1, temperature=1.0, top_p=1.0, **variant,
         learning_rate=LEARNING_RATE["grpo"], lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,
         max_grad_norm=1.0, max_steps=steps, bf16=device == "cuda", fp16=False, gradient_checkpointing=False,
         logging_steps=1, save_strategy="no", report_to="none", disable_tqdm=True, seed=seed, use_cpu=device == "cpu",
-        log_completions=False,
+        log_completions=False, **(trl_options or {}),
     )  # fmt: skip
     start = time.perf_counter()
     trainer = TimedGRPO(model=model, reward_funcs=answer_reward, args=args, processing_class=tokenizer,
@@ -184,6 +193,11 @@ def run_trl_grpo(
     result["final"] = {"train_reward_last10": statistics.fmean(logged[-LOG_EVERY:])}
     result["trl_version"] = trl.__version__
     return result
+
+
+def _max_length(grpo: dict[str, Any]) -> int:
+    """The benchmark's longest prompt + response, longer where the completions need it."""
+    return max(MAX_LENGTH, MAX_PROMPT_LENGTH + grpo["new_tokens"])
 
 
 def _compile_option(compile_generation: bool | None) -> dict[str, bool]:
