@@ -22,4 +22,7 @@ if [ ! -f "$stamp" ]; then
   rm -f "$venv"/.installed-* && touch "$stamp"
 fi
 # VLLM_CPU_KVCACHE_SPACE: GiB of KV cache (vLLM's CPU default is larger than a tiny model needs).
-VLLM_CPU_KVCACHE_SPACE=${VLLM_CPU_KVCACHE_SPACE:-1} PYTHONPATH=. exec "$venv/bin/python" scripts/vllm_check.py "$@"
+export VLLM_CPU_KVCACHE_SPACE=${VLLM_CPU_KVCACHE_SPACE:-1} PYTHONPATH=.
+"$venv/bin/python" scripts/vllm_check.py "$@"
+# Tensor parallelism: one engine over two processes, as a job of two processes runs it.
+"$venv/bin/torchrun" --nproc_per_node 2 scripts/vllm_check.py --tensor-parallel "$@"

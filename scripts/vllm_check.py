@@ -12,20 +12,28 @@ What it proves, on a tiny Llama built here (head size 32, vLLM's CPU minimum), f
    engine's log-probs are HF's ``log softmax(logits / τ)`` of the sampled tokens;
 3. weight push: after every weight changes and `sync_weights`, the engine's greedy tokens are HF's
    for the new weights, and differ from before;
-4. LoRA: the same through adapters (a `LoRARequest` per push), the base weights left alone.
+4. LoRA: the same through adapters (a `LoRARequest` per push), the base weights left alone;
+5. tensor parallelism (``--tensor-parallel``, under ``torchrun --nproc_per_node 2``): one engine
+   split over the two processes, each sampling its own share of the rows, gives HF's greedy tokens
+   on every rank, before and after a weight push, and the job's process group outlives the engine;
+   then a GRPO job through `trainers.run` on both processes samples with one engine over them,
+   completes, and its ranks end their process group as the worker's ranks do.
 Exits 1 at the first failed check.
 """
 
 from __future__ import annotations
 
+import shutil
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 from peft import LoraConfig, get_peft_model
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from trainers.distributed.ranks import Ranks
+from trainers.distributed.ranks import Ranks, init_ranks
 from trainers.models.tiny import build_tokenizer
 from trainers.precision import resolve_compute
 from trainers.rl.generation import create_backend
@@ -189,8 +197,100 @@ def lora_model() -> None:
         check("LoRA: the new adapter changed the greedy tokens", after != before, f"{after}")
 
 
+def tensor_parallel(ranks: Ranks) -> None:
+    """Check 5: one engine tensor-parallel over torchrun's processes, each sampling its own rows."""
+    model, tokenizer = tiny_llama()  # seeded: the same weights on every rank
+    hp = GRPOHyperparameters(max_length=128, max_prompt_length=64, max_new_tokens=NEW_TOKENS,
+                             generation_backend="vllm")  # fmt: skip
+    backend = create_backend(model, tokenizer, compute=resolve_compute(hp, torch.device("cpu")), hp=hp,
+                             ranks=ranks, base_model="")  # fmt: skip
+    rows = ranks.share(list(range(len(PROMPTS))))
+    prompts = [PROMPTS[row] for row in rows]
+
+    def on_every_rank(name: str) -> list[list[int]]:
+        with backend.awake():
+            rollout = backend.sample(prompts, row_seeds=[row + 1 for row in rows], max_new_tokens=NEW_TOKENS, **GREEDY)
+        got = responses(rollout)
+        want = [hf_greedy(model, p, backend.stop_ids, tokenizer.pad_token_id) for p in prompts]
+        verdicts = ranks.gather((got == want, f"rank {ranks.rank} rows {rows}: vllm {got} hf {want}"))
+        if ranks.is_main:
+            check(name, all(ok for ok, _ in verdicts), "; ".join(detail for ok, detail in verdicts if not ok))
+        elif not all(ok for ok, _ in verdicts):
+            sys.exit(1)
+        return got
+
+    if ranks.is_main:
+        print(f"{ranks.world_size} processes: {backend.describe()}", flush=True)
+    with backend:
+        before = on_every_rank(f"tensor parallel: on each of {ranks.world_size} ranks, its rows' tokens equal HF's")
+        generator = torch.Generator().manual_seed(1)
+        with torch.no_grad():  # the same change on every rank
+            for param in model.parameters():
+                param.add_(torch.randn(param.shape, generator=generator) * 0.05)
+            model.lm_head.weight.neg_()
+        backend.sync_weights(model)
+        after = on_every_rank("tensor parallel: after sync_weights, each rank's tokens equal HF's for the new weights")
+        changed = ranks.gather(after != before)
+        if ranks.is_main:
+            check("tensor parallel: the greedy tokens changed", any(changed), f"{changed}")
+    # The job goes on after its engine closes (a final checkpoint, the worker's own collectives).
+    alive = torch.distributed.is_initialized()
+    total = float(ranks.sum(torch.ones(1))) if alive else 0.0
+    check(f"tensor parallel: rank {ranks.rank}'s process group outlives the closed engine",
+          alive and total == ranks.world_size, f"initialized {alive}, sum {total}")  # fmt: skip
+    grpo_job(ranks)
+
+
+def grpo_job(ranks: Ranks) -> None:
+    """A GRPO job through `trainers.run` on every rank, sampling with vLLM tensor-parallel over them."""
+    import trainers
+
+    directory = Path(ranks.broadcast(tempfile.mkdtemp(prefix="vllm-check-") if ranks.is_main else ""))
+    if ranks.is_main:
+        model, tokenizer = tiny_llama()
+        model.save_pretrained(directory / "policy")
+        tokenizer.save_pretrained(directory / "policy")
+    ranks.barrier()
+    job = trainers.GRPOJob(
+        base_model=str(directory / "policy"), seed=0,
+        reward={"type": "string_check", "name": "answer", "operation": "contains", "reference": "{{item.answer}}"},
+        hyperparameters={"generation_backend": "vllm", "max_steps": 3, "rollout_batch_size": 2, "num_generations": 4,
+                         "batch_size": 8, "max_new_tokens": NEW_TOKENS, "max_length": 64, "max_prompt_length": 32,
+                         "learning_rate": 1e-3, "checkpoint_every": 100},
+    )  # fmt: skip
+    rows = [{"prompt": f"write {letter}:", "answer": letter} for letter in "ABCDEFGH"]
+    events: list[str] = []
+
+    class Events(trainers.Callbacks):
+        def on_event(self, level: str, message: str) -> None:
+            events.append(message)
+
+    result = trainers.run(job, trainers.TrainingData(train=rows), Events())
+    verdicts = ranks.gather((result.status, result.step))
+    if ranks.is_main:  # events are rank 0's to report
+        engine = [e for e in events if e.startswith(f"generation backend vllm {vllm_version()}")]
+        check(f"job: GRPO on {ranks.world_size} processes samples with one vLLM engine over them and completes",
+              all(v == ("completed", 3) for v in verdicts) and len(engine) == 1
+              and f"tensor parallel {ranks.world_size}" in engine[0], f"{verdicts} {engine}")  # fmt: skip
+    torch.distributed.destroy_process_group()  # what a rank of the worker does at the end
+    if ranks.is_main:
+        check("job: the ranks end their process group after the run", not torch.distributed.is_initialized())
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def vllm_version() -> str:
+    import vllm
+
+    return vllm.__version__
+
+
 if __name__ == "__main__":
     start = time.perf_counter()
-    full_model()
-    lora_model()
-    print(f"{len(passed)} passed, 0 failed in {time.perf_counter() - start:.1f} s")
+    ranks = init_ranks()  # a process group under torchrun (--tensor-parallel), else one process
+    if "--tensor-parallel" in sys.argv:
+        tensor_parallel(ranks)
+    else:
+        full_model()
+        lora_model()
+    if ranks.is_main:
+        print(f"{len(passed)} passed, 0 failed in {time.perf_counter() - start:.1f} s")
