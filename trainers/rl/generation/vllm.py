@@ -229,8 +229,8 @@ class VLLMBackend(GenerationBackend):
             return
         from vllm.distributed.parallel_state import destroy_distributed_environment, destroy_model_parallel
 
-        with contextlib.suppress(Exception):  # an engine that failed mid-step still releases what it can
-            llm.llm_engine.engine_core.shutdown()
+        with contextlib.suppress(Exception), _default_group_kept(not self.owns_process_group):
+            llm.llm_engine.engine_core.shutdown()  # an engine that failed mid-step still releases what it can
         del llm
         destroy_model_parallel()
         if self.owns_process_group:
@@ -337,6 +337,31 @@ def _torchrun_environment() -> Iterator[None]:
     finally:
         for key in missing:
             os.environ.pop(key, None)
+
+
+@contextlib.contextmanager
+def _default_group_kept(keep: bool) -> Iterator[None]:
+    """With `keep`, calls that would destroy the default process group leave it alone.
+
+    vLLM's engine shutdown tears down "its" distributed environment, the default process group
+    included (``cleanup_dist_env_and_memory``). Under torchrun that group is the job's: the trainer
+    and the worker go on using it after the engine closes (the last checkpoint, the rank's exit).
+    vLLM's own groups are still destroyed.
+    """
+    if not keep:
+        yield
+        return
+    destroy = torch.distributed.destroy_process_group
+
+    def destroy_but_the_default(group: Any = None) -> None:
+        if group is not None and group is not torch.distributed.GroupMember.WORLD:
+            destroy(group)
+
+    torch.distributed.destroy_process_group = destroy_but_the_default
+    try:
+        yield
+    finally:
+        torch.distributed.destroy_process_group = destroy
 
 
 @contextlib.contextmanager
