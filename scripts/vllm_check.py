@@ -13,11 +13,12 @@ What it proves, on a tiny Llama built here (head size 32, vLLM's CPU minimum), f
 3. weight push: after every weight changes and `sync_weights`, the engine's greedy tokens are HF's
    for the new weights, and differ from before;
 4. LoRA: the same through adapters (a `LoRARequest` per push), the base weights left alone;
+   then GRPO (full and LoRA) and PPO jobs through `trainers.run` sample with the engine and complete;
 5. tensor parallelism (``--tensor-parallel``, under ``torchrun --nproc_per_node 2``): one engine
    split over the two processes, each sampling its own share of the rows, gives HF's greedy tokens
    on every rank, before and after a weight push, and the job's process group outlives the engine;
-   then a GRPO job through `trainers.run` on both processes samples with one engine over them,
-   completes, and its ranks end their process group as the worker's ranks do.
+   then the same jobs through `trainers.run` on both processes sample with one engine over them
+   and complete, and the ranks end their process group as the worker's ranks do.
 Exits 1 at the first failed check.
 """
 
@@ -37,6 +38,8 @@ from trainers.distributed.ranks import Ranks, init_ranks
 from trainers.models.tiny import build_tokenizer
 from trainers.precision import resolve_compute
 from trainers.rl.generation import create_backend
+from trainers.spec.callbacks import Callbacks
+from trainers.spec.config import JOB_MODELS_BY_TYPE
 from trainers.spec.hyperparameters import GRPOHyperparameters
 
 NEW_TOKENS = 12
@@ -238,11 +241,30 @@ def tensor_parallel(ranks: Ranks) -> None:
     total = float(ranks.sum(torch.ones(1))) if alive else 0.0
     check(f"tensor parallel: rank {ranks.rank}'s process group outlives the closed engine",
           alive and total == ranks.world_size, f"initialized {alive}, sum {total}")  # fmt: skip
-    grpo_job(ranks)
+    rl_jobs(ranks)
 
 
-def grpo_job(ranks: Ranks) -> None:
-    """A GRPO job through `trainers.run` on every rank, sampling with vLLM tensor-parallel over them."""
+RL_JOBS = {  # a few steps of each trainer that samples through the backend: (type, LoRA, hyperparameters)
+    "GRPO": ("grpo", None, {"max_steps": 3, "rollout_batch_size": 2, "num_generations": 4, "batch_size": 8}),
+    "GRPO with LoRA": ("grpo", {"r": 8}, {"max_steps": 3, "rollout_batch_size": 2, "num_generations": 4,
+                                          "batch_size": 8}),
+    "PPO": ("ppo", None, {"max_steps": 2, "rollout_batch_size": 4, "batch_size": 4, "ppo_epochs": 1,
+                          "value_model": "policy"}),
+}  # fmt: skip
+
+
+class Events(Callbacks):
+    """The run's event messages."""
+
+    def __init__(self) -> None:
+        self.messages: list[str] = []
+
+    def on_event(self, level: str, message: str) -> None:
+        self.messages.append(message)
+
+
+def rl_jobs(ranks: Ranks) -> None:
+    """GRPO (full and LoRA) and PPO jobs through `trainers.run` on every rank, sampling with vLLM over them."""
     import trainers
 
     directory = Path(ranks.broadcast(tempfile.mkdtemp(prefix="vllm-check-") if ranks.is_main else ""))
@@ -251,30 +273,31 @@ def grpo_job(ranks: Ranks) -> None:
         model.save_pretrained(directory / "policy")
         tokenizer.save_pretrained(directory / "policy")
     ranks.barrier()
-    job = trainers.GRPOJob(
-        base_model=str(directory / "policy"), seed=0,
-        reward={"type": "string_check", "name": "answer", "operation": "contains", "reference": "{{item.answer}}"},
-        hyperparameters={"generation_backend": "vllm", "max_steps": 3, "rollout_batch_size": 2, "num_generations": 4,
-                         "batch_size": 8, "max_new_tokens": NEW_TOKENS, "max_length": 64, "max_prompt_length": 32,
-                         "learning_rate": 1e-3, "checkpoint_every": 100},
-    )  # fmt: skip
     rows = [{"prompt": f"write {letter}:", "answer": letter} for letter in "ABCDEFGH"]
-    events: list[str] = []
-
-    class Events(trainers.Callbacks):
-        def on_event(self, level: str, message: str) -> None:
-            events.append(message)
-
-    result = trainers.run(job, trainers.TrainingData(train=rows), Events())
-    verdicts = ranks.gather((result.status, result.step))
-    if ranks.is_main:  # events are rank 0's to report
-        engine = [e for e in events if e.startswith(f"generation backend vllm {vllm_version()}")]
-        check(f"job: GRPO on {ranks.world_size} processes samples with one vLLM engine over them and completes",
-              all(v == ("completed", 3) for v in verdicts) and len(engine) == 1
-              and f"tensor parallel {ranks.world_size}" in engine[0], f"{verdicts} {engine}")  # fmt: skip
-    torch.distributed.destroy_process_group()  # what a rank of the worker does at the end
+    for name, (job_type, lora, options) in RL_JOBS.items():
+        spec = {"type": job_type, "base_model": str(directory / "policy"), "seed": 0, "lora": lora,
+                "reward": {"type": "string_check", "name": "answer", "operation": "contains",
+                           "reference": "{{item.answer}}"},
+                "hyperparameters": options | {"generation_backend": "vllm", "max_new_tokens": NEW_TOKENS,
+                                              "max_length": 64, "max_prompt_length": 32, "learning_rate": 1e-3,
+                                              "checkpoint_every": 100}}  # fmt: skip
+        events = Events()
+        result = trainers.run(JOB_MODELS_BY_TYPE[job_type].model_validate(spec), trainers.TrainingData(train=rows),
+                              events)  # fmt: skip
+        verdicts = ranks.gather((result.status, result.step))
+        if ranks.is_main:  # events are rank 0's to report
+            engine = [e for e in events.messages if e.startswith(f"generation backend vllm {vllm_version()}")]
+            processes = f"{ranks.world_size} processes" if ranks.distributed else "one process"
+            check(f"job: {name} on {processes} samples with one vLLM engine (tensor parallel "
+                  f"{ranks.world_size}) and completes", all(v == ("completed", options["max_steps"]) for v in verdicts)
+                  and len(engine) == 1 and f"tensor parallel {ranks.world_size}" in engine[0]
+                  and ("LoRA adapters" in engine[0]) == (lora is not None),
+                  f"{verdicts} {engine}")  # fmt: skip
+    if ranks.distributed:
+        torch.distributed.destroy_process_group()  # what a rank of the worker does at the end
     if ranks.is_main:
-        check("job: the ranks end their process group after the run", not torch.distributed.is_initialized())
+        check("job: the ranks end their process group after the runs" if ranks.distributed else
+              "job: no process group is left behind", not torch.distributed.is_initialized())  # fmt: skip
         shutil.rmtree(directory, ignore_errors=True)
 
 
@@ -292,5 +315,6 @@ if __name__ == "__main__":
     else:
         full_model()
         lora_model()
+        rl_jobs(ranks)
     if ranks.is_main:
         print(f"{len(passed)} passed, 0 failed in {time.perf_counter() - start:.1f} s")
