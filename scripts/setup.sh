@@ -1,17 +1,21 @@
 #!/usr/bin/env bash
 # Prepare ./.venv: torch pinned first (so resolving the project never swaps its build), then the
-# project with its test extras; and Debian's chromium for the browser test, when missing. Safe to run
-# again: it reinstalls only when pyproject.toml changed.
+# project with the extras named by the argument (default: test; scripts/test.sh adds bench, whose TRL
+# the parity tests compare against); and Debian's chromium for the browser test, when missing. Safe
+# to run again: it reinstalls only when pyproject.toml or the extras changed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python=${PYTHON:-python3}
+extras=${1:-test}
 [ -x .venv/bin/python ] || "$python" -m venv .venv
-stamp=".venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)"
+project=$(sha256sum pyproject.toml | cut -c1-16)
+stamp=".venv/.installed-$project-${extras//,/-}"
 if [ ! -f "$stamp" ]; then
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q "torch==2.13.0"
-  .venv/bin/python -m pip install -q -e ".[test]"
-  rm -f .venv/.installed-* && touch "$stamp"
+  .venv/bin/python -m pip install -q -e ".[$extras]"
+  find .venv -maxdepth 1 -name '.installed-*' ! -name ".installed-$project-*" -delete  # an older pyproject.toml's
+  touch "$stamp"
 fi
 # The browser test of the API docs drives Debian's chromium: Playwright's own browser download needs the
 # internet, which an air-gapped machine lacks. Installed only when missing, so a second run costs nothing.

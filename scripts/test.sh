@@ -2,7 +2,7 @@
 # Run the whole test suite: set-up, make sure the local PostgreSQL and Redis servers are up, pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh
+scripts/setup.sh test,bench  # bench: TRL, the reference the parity tests (tests/unit/bench/) compare against
 
 pg_host=127.0.0.1 pg_port=5432 redis_port=6379
 if command -v pg_isready >/dev/null && ! pg_isready -q -h "$pg_host" -p "$pg_port"; then
