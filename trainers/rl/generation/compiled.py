@@ -1,7 +1,7 @@
 """The compiled decoding step of the ``hf`` backend, when it pays off, and the compile cache on disk.
 
 `trainers.rl.rollout.generate` decodes with `decode_step` (one token's forward over the KV cache and
-the next token's sampling). `torch.compile` of that step over a static cache (`static_cache_from`)
+the next token's sampling). `torch.compile` of that step over a static cache (`static_cache_into`)
 replays one graph per token: on CUDA with ``mode="reduce-overhead"`` (CUDA graphs: one launch per
 token instead of one per kernel), on the CPU as fused C++ kernels without the Python overhead of
 each module call.
@@ -38,11 +38,8 @@ from trainers.rl.rollout import decode_step
 from trainers.rl.static_cache import DecodeStep
 
 CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"
-# Measured on builtin:tiny-llama, B = 16, 64 tokens, 2 CPU cores (bench/generation_speed.py).
-CPU_COLD_COMPILE_S = 26.0
-CPU_WARM_COMPILE_S = 11.0
-CPU_SAVING_MS_PER_STEP = 7.0
-# Decode steps that repay a cold compile: 26 s / 7 ms ≈ 3,700; ×2.7 for an idle machine's faster eager steps.
+# Decode steps that repay a cold compile on 2 busy cores (builtin:tiny-llama, B = 16: 26 s / 7 ms saved per step
+# ≈ 3,700), ×2.7 for an idle machine's faster eager steps; between one idle thread's warm and cold break-evens.
 CPU_COMPILE_MIN_DECODE_STEPS = 10_000
 
 
