@@ -86,14 +86,38 @@ def responses(rollout) -> list[list[int]]:
     return [ids[mask.bool()].tolist() for ids, mask in zip(rollout.response_ids, rollout.response_mask, strict=True)]
 
 
-def greedy_matches(name: str, backend, model, tokenizer) -> list[list[int]]:
-    """Check the backend's greedy tokens against HF's; return them."""
+def greedy_matches(name: str, backend, model, tokenizer, ranks: Ranks | None = None) -> list[list[int]]:
+    """Check the backend's greedy tokens for this rank's share of `PROMPTS` against HF's, on every rank; return them."""
+    ranks = ranks or Ranks()
+    rows = ranks.share(list(range(len(PROMPTS))))
+    prompts = [PROMPTS[row] for row in rows]
     with backend.awake():
-        rollout = backend.sample(PROMPTS, row_seeds=[1, 2, 3], max_new_tokens=NEW_TOKENS, **GREEDY)
+        rollout = backend.sample(prompts, row_seeds=[row + 1 for row in rows], max_new_tokens=NEW_TOKENS, **GREEDY)
     got = responses(rollout)
-    want = [hf_greedy(model, p, backend.stop_ids, tokenizer.pad_token_id) for p in PROMPTS]
-    check(name, got == want, f"vllm {got} hf {want}")
+    want = [hf_greedy(model, p, backend.stop_ids, tokenizer.pad_token_id) for p in prompts]
+    verdicts = ranks.gather((got == want, f"rank {ranks.rank} rows {rows}: vllm {got} hf {want}"))
+    if ranks.is_main:
+        check(name, all(ok for ok, _ in verdicts), "; ".join(detail for ok, detail in verdicts if not ok))
+    elif not all(ok for ok, _ in verdicts):
+        sys.exit(1)
     return got
+
+
+def vllm_backend(model, tokenizer, ranks: Ranks | None = None):
+    """The vllm backend of `model` on the CPU, tensor-parallel over `ranks` (default: one process)."""
+    hp = GRPOHyperparameters(max_length=128, max_prompt_length=64, max_new_tokens=NEW_TOKENS,
+                             generation_backend="vllm")  # fmt: skip
+    return create_backend(model, tokenizer, compute=resolve_compute(hp, torch.device("cpu")), hp=hp,
+                          ranks=ranks or Ranks(), base_model="")  # fmt: skip
+
+
+def perturb(model) -> None:
+    """Move every weight (embeddings, fused q/k/v and gate/up, norms, head) by the same seeded change on every rank."""
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(torch.randn(param.shape, generator=generator) * 0.05)
+        model.lm_head.weight.neg_()
 
 
 def check_layout(rollout, tokenizer, stop_ids: list[int]) -> None:
@@ -137,12 +161,9 @@ def check_seeds_and_logprobs(backend, model) -> None:
 def full_model() -> None:
     """Checks 1-3 on a fully trained policy."""
     model, tokenizer = tiny_llama()
-    hp = GRPOHyperparameters(max_length=128, max_prompt_length=64, max_new_tokens=NEW_TOKENS,
-                             generation_backend="vllm")  # fmt: skip
     start = time.perf_counter()
     rng = torch.get_rng_state()
-    backend = create_backend(model, tokenizer, compute=resolve_compute(hp, torch.device("cpu")), hp=hp,
-                             ranks=Ranks(), base_model="")  # fmt: skip
+    backend = vllm_backend(model, tokenizer)
     print(f"engine started in {time.perf_counter() - start:.1f} s: {backend.describe()}", flush=True)
     check("start: the engine leaves the process's global torch generator as it was",
           torch.equal(rng, torch.get_rng_state()))  # fmt: skip
@@ -156,11 +177,7 @@ def full_model() -> None:
               f"{rollout.ended_with_eos.tolist()}")  # fmt: skip
         check_seeds_and_logprobs(backend, model)
 
-        generator = torch.Generator().manual_seed(1)
-        with torch.no_grad():  # every weight moves: embeddings, fused q/k/v and gate/up, norms, head
-            for param in model.parameters():
-                param.add_(torch.randn(param.shape, generator=generator) * 0.05)
-            model.lm_head.weight.neg_()
+        perturb(model)
         start = time.perf_counter()
         backend.sync_weights(model)
         after = greedy_matches("weight push: after sync_weights vLLM's greedy tokens equal HF's for the new weights",
@@ -179,11 +196,8 @@ def lora_model() -> None:
             if "lora_B" in name:
                 param.copy_(torch.randn(param.shape, generator=generator) * 0.3)
     model.eval()
-    hp = GRPOHyperparameters(max_length=128, max_prompt_length=64, max_new_tokens=NEW_TOKENS,
-                             generation_backend="vllm")  # fmt: skip
     start = time.perf_counter()
-    backend = create_backend(model, tokenizer, compute=resolve_compute(hp, torch.device("cpu")), hp=hp,
-                             ranks=Ranks(), base_model="")  # fmt: skip
+    backend = vllm_backend(model, tokenizer)
     print(f"engine started in {time.perf_counter() - start:.1f} s: {backend.describe()}", flush=True)
     with backend:
         with model.disable_adapter():
@@ -203,36 +217,16 @@ def lora_model() -> None:
 def tensor_parallel(ranks: Ranks) -> None:
     """Check 5: one engine tensor-parallel over torchrun's processes, each sampling its own rows."""
     model, tokenizer = tiny_llama()  # seeded: the same weights on every rank
-    hp = GRPOHyperparameters(max_length=128, max_prompt_length=64, max_new_tokens=NEW_TOKENS,
-                             generation_backend="vllm")  # fmt: skip
-    backend = create_backend(model, tokenizer, compute=resolve_compute(hp, torch.device("cpu")), hp=hp,
-                             ranks=ranks, base_model="")  # fmt: skip
-    rows = ranks.share(list(range(len(PROMPTS))))
-    prompts = [PROMPTS[row] for row in rows]
-
-    def on_every_rank(name: str) -> list[list[int]]:
-        with backend.awake():
-            rollout = backend.sample(prompts, row_seeds=[row + 1 for row in rows], max_new_tokens=NEW_TOKENS, **GREEDY)
-        got = responses(rollout)
-        want = [hf_greedy(model, p, backend.stop_ids, tokenizer.pad_token_id) for p in prompts]
-        verdicts = ranks.gather((got == want, f"rank {ranks.rank} rows {rows}: vllm {got} hf {want}"))
-        if ranks.is_main:
-            check(name, all(ok for ok, _ in verdicts), "; ".join(detail for ok, detail in verdicts if not ok))
-        elif not all(ok for ok, _ in verdicts):
-            sys.exit(1)
-        return got
-
+    backend = vllm_backend(model, tokenizer, ranks)
     if ranks.is_main:
         print(f"{ranks.world_size} processes: {backend.describe()}", flush=True)
     with backend:
-        before = on_every_rank(f"tensor parallel: on each of {ranks.world_size} ranks, its rows' tokens equal HF's")
-        generator = torch.Generator().manual_seed(1)
-        with torch.no_grad():  # the same change on every rank
-            for param in model.parameters():
-                param.add_(torch.randn(param.shape, generator=generator) * 0.05)
-            model.lm_head.weight.neg_()
+        before = greedy_matches(f"tensor parallel: on each of {ranks.world_size} ranks, its rows' tokens equal HF's",
+                                backend, model, tokenizer, ranks)  # fmt: skip
+        perturb(model)
         backend.sync_weights(model)
-        after = on_every_rank("tensor parallel: after sync_weights, each rank's tokens equal HF's for the new weights")
+        after = greedy_matches("tensor parallel: after sync_weights, each rank's tokens equal HF's for the new weights",
+                               backend, model, tokenizer, ranks)  # fmt: skip
         changed = ranks.gather(after != before)
         if ranks.is_main:
             check("tensor parallel: the greedy tokens changed", any(changed), f"{changed}")
