@@ -31,7 +31,8 @@ TRL is optional: without it those runs are skipped with a message. Printed per r
 DPO tokens/s (real tokens), model FLOP utilisation (model FLOPs of the real tokens, forward and
 backward, against this device's bf16 matmul rate measured in the same run), GRPO completions/s and
 peak GPU memory torch allocated. Figures are medians over repetitions, ratios (to each algorithm's
-first run: ours bf16, or ours ``hf`` eager for the rollouts) medians of per-repetition ratios.
+first run made: ours bf16, or ours ``hf`` eager for the rollouts; ``--runs`` picks some) medians of
+per-repetition ratios.
 Results go to ``--out`` as JSON (and, on a GPU, into bench/results.json).
 A real run takes about 6–8 minutes on one H100/H200-class GPU.
 
@@ -315,10 +316,12 @@ def child(trainer: str, algo: str, work: Path, seed: int, steps: int, warmup: in
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def measure(algo: str, work: Path, reps: int, steps: int, warmup: int, device: str) -> dict[str, list[dict]]:
-    """Every run of `algo` `reps` times, rotating who goes first; results by trainer."""
-    trainers = [t for t in RUNS[algo] if missing(t) is None]
-    for trainer in RUNS[algo]:
+def measure(algo: str, work: Path, reps: int, steps: int, warmup: int, device: str,
+            only: list[str] | None = None) -> dict[str, list[dict]]:  # fmt: skip
+    """Every run of `algo` (those in `only`, when given) `reps` times, rotating who goes first; results by trainer."""
+    wanted = [t for t in RUNS[algo] if only is None or t in only]
+    trainers = [t for t in wanted if missing(t) is None]
+    for trainer in wanted:
         if missing(trainer):
             print(f"  {algo} {RUNS[algo][trainer]}: skipped, {missing(trainer)} is not installed", flush=True)
     runs: dict[str, list[dict[str, Any]]] = {t: [] for t in trainers}
@@ -338,7 +341,7 @@ def figures(algo: str, runs: dict[str, list[dict]], rate: float, device: str) ->
     keys = [("completions_per_s", "completions/s")] * (algo != "dpo") + [("tokens_per_s", "tokens/s"),
             ("mfu", "fraction of bf16 matmul rate"), ("peak_gpu_mib" if device == "cuda" else "peak_rss_mib", "MiB"),
             ("setup_s", "s")]  # fmt: skip
-    baseline = next(iter(RUNS[algo]))
+    baseline = next(iter(runs))  # the first of the runs made, in `RUNS` order
     ours = runs[baseline]
     out = []
     for trainer, results in runs.items():
@@ -372,6 +375,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=30, help="DPO optimizer steps of 8 pairs per run")
     parser.add_argument("--grpo-steps", type=int, default=12, help="GRPO steps (rollouts of 16 completions) per run")
     parser.add_argument("--rollout-steps", type=int, default=6, help="GRPO steps per run with --algo rollouts")
+    parser.add_argument("--runs", nargs="+", choices=sorted({t for runs in RUNS.values() for t in runs}),
+                        help="only these runs (default: every run of the algorithm)")  # fmt: skip
     parser.add_argument("--warmup", type=int, default=5, help="first DPO steps left out of the rates (GRPO: 2)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where the figures are written as JSON")
     parser.add_argument("--dry-run", action="store_true",
@@ -412,7 +417,7 @@ def main(argv: list[str] | None = None) -> None:
         for algo in algos:
             lengths = {"grpo": (grpo_steps, grpo_warmup), "rollouts": (rollout_steps, grpo_warmup)}
             n, w = lengths.get(algo, (steps, warmup))
-            entries += figures(algo, measure(algo, work, reps, n, w, device), rate, device)
+            entries += figures(algo, measure(algo, work, reps, n, w, device, args.runs), rate, device)
     seconds = time.perf_counter() - started
     record = {"command": command, "machine": info, "device": device, "dry_run": args.dry_run, "seconds": seconds,
               "bf16_matmul_flops_per_s": rate, "trl_installed": trl_installed(), "figures": entries}  # fmt: skip
